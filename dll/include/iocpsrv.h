@@ -1,0 +1,450 @@
+/*
+ * iocpsrv.h -- the whole public ABI of iocpsrv, an embeddable TCP server engine.
+ *
+ * One header for every platform: iocpsrv.dll (I/O completion ports) on Windows and
+ * libiocpsrv.so (epoll) on Linux. The host registers callbacks (or drains events in
+ * pull mode), the engine accepts clients, splits their byte streams into
+ * length-prefixed packets and hands each packet to the host on a worker thread. The
+ * host answers with iocpsrv_send() from any thread.
+ *
+ * Conventions
+ *   - Every function returns 0 (or a non-negative count) on success and a negative
+ *     IOCPSRV_E* code on failure; iocpsrv_strerror() turns one into text. The engine
+ *     never asks the host to read errno or GetLastError().
+ *   - Booleans are int (0 / non-zero): bool differs in size across languages.
+ *   - Structs that cross the ABI start with their own size, set by the caller, so new
+ *     fields can be appended without breaking old binaries.
+ *   - Error codes, options, reasons and event types are only ever appended, never
+ *     renumbered.
+ *   - Memory the engine hands out (packet pointers, event payloads) is owned by the
+ *     engine; the host never frees it.
+ *
+ * THREADING CONTRACT (every binding documents the same and the tests check each line)
+ *   1. Callbacks (connect, packet, disconnect, drain, worker hooks, log) run on the
+ *      engine's worker threads.
+ *   2. For one connection, callbacks are serialized and ordered: connect, then packets
+ *      in arrival order (drain callbacks interleave between them), then exactly one
+ *      disconnect, last. Different connections run concurrently on different workers.
+ *   3. The packet pointer is valid only until the packet callback returns; copy what
+ *      you keep.
+ *   4. The connect callback may refuse the client (non-zero return); a refused client
+ *      gets no further callback, not even disconnect. The packet callback may ask to
+ *      close the connection (non-zero return): queued sends are flushed first.
+ *   5. send, sendv, broadcast, disconnect, pause/resume, pending, info, list and stats
+ *      are thread-safe, never block on the network, and may be called from inside any
+ *      callback, including for other connections.
+ *   6. iocpsrv_stop() may be called from any thread, including a callback, where it
+ *      starts the stop and returns at once instead of joining its own thread. When
+ *      stop returns on a thread that is not a worker, no callback is running or will
+ *      run. A graceful stop stops accepting, flushes queued sends up to the timeout,
+ *      then closes every connection; each still gets its one disconnect (reason
+ *      IOCPSRV_REASON_SERVER_STOPPED). iocpsrv_destroy() is never called from a
+ *      callback.
+ *   7. A callback that blocks delays only the thread it runs on: any idle worker serves
+ *      any other connection.
+ *
+ * FRAMING
+ *   Default: a 4-byte little-endian unsigned length, then that many payload bytes (the
+ *   2001 article's protocol). 2-byte headers, big-endian headers and raw mode (bytes
+ *   delivered as they arrive, sends written as given) are options. A zero-length packet
+ *   is legal and delivered. A header that claims more than IOCPSRV_OPT_MAX_PACKET_SIZE
+ *   closes the connection with IOCPSRV_REASON_PROTOCOL_ERROR; the claimed size is never
+ *   allocated. Sends are framed the same way: the host passes the payload only.
+ */
+#ifndef IOCPSRV_H
+#define IOCPSRV_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- Export and calling-convention macros (override by defining them first) ---- */
+#ifndef IOCPSRV_API
+#  if defined(_WIN32)
+#    if defined(IOCPSRV_BUILDING_DLL)
+#      define IOCPSRV_API __declspec(dllexport)
+#    elif defined(IOCPSRV_STATIC)
+#      define IOCPSRV_API
+#    else
+#      define IOCPSRV_API __declspec(dllimport)
+#    endif
+#  elif defined(__GNUC__)
+#    define IOCPSRV_API __attribute__((visibility("default")))
+#  else
+#    define IOCPSRV_API
+#  endif
+#endif
+
+#ifndef IOCPSRV_CALL
+#  if defined(_WIN32)
+#    define IOCPSRV_CALL __cdecl
+#  else
+#    define IOCPSRV_CALL
+#  endif
+#endif
+
+/* ---- Version ---- */
+#define IOCPSRV_VERSION_MAJOR 1
+#define IOCPSRV_VERSION_MINOR 0
+#define IOCPSRV_VERSION_PATCH 0
+#define IOCPSRV_VERSION_HEX \
+  ((IOCPSRV_VERSION_MAJOR << 16) | (IOCPSRV_VERSION_MINOR << 8) | IOCPSRV_VERSION_PATCH)
+
+/* The run-time version as IOCPSRV_VERSION_HEX encodes it. Bindings check the major
+ * version (value >> 16) at load. Any thread. */
+IOCPSRV_API unsigned IOCPSRV_CALL iocpsrv_version(void);
+
+/* The run-time version as "MAJOR.MINOR.PATCH backend", e.g. "1.0.0 epoll". Static
+ * string. Any thread. */
+IOCPSRV_API const char *IOCPSRV_CALL iocpsrv_version_string(void);
+
+/* ---- Errors ----
+ * One table generates the enum, iocpsrv_strerror() and iocpsrv_err_name(). Values are
+ * the same on every OS and are only ever appended. */
+#define IOCPSRV_ERRNO_MAP(X)                                                          \
+  X(INVAL, -1, "invalid argument")                                                    \
+  X(NOMEM, -2, "out of memory")                                                       \
+  X(NOTCONN, -3, "no such connection: unknown, closed or stale id")                  \
+  X(QUEUEFULL, -4, "send queue is over its limit")                                    \
+  X(TOOBIG, -5, "packet larger than the maximum packet size")                         \
+  X(STOPPED, -6, "server is not running")                                             \
+  X(STATE, -7, "not allowed in the server's current state")                           \
+  X(ADDRINUSE, -8, "address already in use")                                          \
+  X(ADDRNOTAVAIL, -9, "cannot resolve or bind that address")                          \
+  X(NOTSUP, -10, "not supported in this mode or on this platform")                    \
+  X(BUSY, -11, "another thread is already polling this server")                       \
+  X(UNKNOWNOPT, -12, "unknown option")                                                \
+  X(RANGE, -13, "option value out of range")                                          \
+  X(INCALLBACK, -14, "not allowed from inside a callback")                            \
+  X(SYSTEM, -15, "operating system error")                                            \
+  X(ACCES, -16, "permission denied")
+
+typedef enum iocpsrv_errno_e {
+#define IOCPSRV_ERRNO_ENUM_(name, value, text) IOCPSRV_E##name = value,
+  IOCPSRV_ERRNO_MAP(IOCPSRV_ERRNO_ENUM_)
+#undef IOCPSRV_ERRNO_ENUM_
+  IOCPSRV_OK = 0
+} iocpsrv_errno_t;
+
+/* Text for an error code ("unknown error" for values not in the table). Static
+ * string. Any thread. */
+IOCPSRV_API const char *IOCPSRV_CALL iocpsrv_strerror(int err);
+
+/* The error code's name, e.g. "IOCPSRV_ENOTCONN". Static string. Any thread. */
+IOCPSRV_API const char *IOCPSRV_CALL iocpsrv_err_name(int err);
+
+/* ---- Types ---- */
+
+/* Opaque server handle. */
+typedef struct iocpsrv_s iocpsrv_t;
+
+/* A connection id: 64 bits, never 0, never reused within the life of a server (slot
+ * plus generation). A stale id gets IOCPSRV_ENOTCONN, never another client's data. */
+typedef uint64_t iocpsrv_conn_id_t;
+
+/* Why a connection ended (the disconnect callback's reason). Appended only. */
+typedef enum iocpsrv_reason_e {
+  IOCPSRV_REASON_PEER_CLOSED = 1,    /* the client closed its side cleanly */
+  IOCPSRV_REASON_PEER_RESET = 2,     /* reset or other socket error */
+  IOCPSRV_REASON_LOCAL_CLOSE = 3,    /* iocpsrv_disconnect graceful, or packet cb asked */
+  IOCPSRV_REASON_LOCAL_ABORT = 4,    /* iocpsrv_disconnect abortive */
+  IOCPSRV_REASON_PROTOCOL_ERROR = 5, /* header above the max packet size */
+  IOCPSRV_REASON_IDLE_TIMEOUT = 6,   /* no complete packet within the idle timeout */
+  IOCPSRV_REASON_SERVER_STOPPED = 7  /* iocpsrv_stop */
+} iocpsrv_reason_t;
+/* The reason names why the close began. A graceful close (either side's) ends when
+ * both FINs are exchanged and the queue is written, or is turned into an abort after
+ * IOCPSRV_OPT_CLOSE_TIMEOUT_MS; the reason stays the same. */
+
+/* A reason's name, e.g. "peer-closed". Static string. Any thread. */
+IOCPSRV_API const char *IOCPSRV_CALL iocpsrv_reason_name(int reason);
+
+/* Disconnect modes. */
+typedef enum iocpsrv_close_mode_e {
+  IOCPSRV_CLOSE_GRACEFUL = 0, /* send what is queued, then FIN; reason LOCAL_CLOSE */
+  IOCPSRV_CLOSE_ABORT = 1     /* drop the queue, reset (RST); reason LOCAL_ABORT */
+} iocpsrv_close_mode_t;
+
+/* Framing values for IOCPSRV_OPT_FRAMING. */
+typedef enum iocpsrv_framing_e {
+  IOCPSRV_FRAMING_LEN32_LE = 0, /* default: 4-byte little-endian length + payload */
+  IOCPSRV_FRAMING_LEN32_BE = 1,
+  IOCPSRV_FRAMING_LEN16_LE = 2, /* payloads up to 65535 bytes */
+  IOCPSRV_FRAMING_LEN16_BE = 3,
+  IOCPSRV_FRAMING_RAW = 4       /* no framing: bytes as they arrive, sends as given */
+} iocpsrv_framing_t;
+
+/* ---- Options ----
+ * Set with iocpsrv_set_option() while the server is not running (before the first
+ * iocpsrv_listen or after iocpsrv_stop). Values are int64. Appended only. */
+typedef enum iocpsrv_option_e {
+  IOCPSRV_OPT_WORKER_THREADS = 1,   /* default 0 = 2 x CPUs (the article's rule); 1..1024 */
+  IOCPSRV_OPT_CONCURRENCY = 2,      /* IOCP NumberOfConcurrentThreads, default 0 = CPUs;
+                                       ignored by epoll and by Wine */
+  IOCPSRV_OPT_LISTEN_BACKLOG = 3,   /* default 0 = SOMAXCONN */
+  IOCPSRV_OPT_ACCEPTS_POSTED = 4,   /* pre-posted AcceptEx (Windows), default 32; on epoll,
+                                       the most accepts per readiness event */
+  IOCPSRV_OPT_MAX_CONNECTIONS = 5,  /* default 10000; 1..16777215. Clients past it are
+                                       closed at once and counted in connections_refused */
+  IOCPSRV_OPT_MAX_PACKET_SIZE = 6,  /* payload bytes, default 1 MiB; at most 1 GiB. Applies
+                                       to received and sent packets */
+  IOCPSRV_OPT_FRAMING = 7,          /* an iocpsrv_framing_t, default LEN32_LE */
+  IOCPSRV_OPT_SEND_QUEUE_LIMIT = 8, /* bytes queued per connection before send returns
+                                       IOCPSRV_EQUEUEFULL, default 4 MiB. An empty queue
+                                       always takes one packet, however large */
+  IOCPSRV_OPT_IDLE_TIMEOUT_MS = 9,  /* close a connection that completed no packet for this
+                                       long (trickling bytes does not count), default 0 =
+                                       off; reason IDLE_TIMEOUT */
+  IOCPSRV_OPT_KEEPALIVE_MS = 10,    /* TCP keep-alive idle time, default 0 = off */
+  IOCPSRV_OPT_NODELAY = 11,         /* TCP_NODELAY, default 1 */
+  IOCPSRV_OPT_RCVBUF = 12,          /* SO_RCVBUF, default 0 = OS default */
+  IOCPSRV_OPT_SNDBUF = 13,          /* SO_SNDBUF, default 0 = OS default */
+  IOCPSRV_OPT_READ_BUFFER = 14,     /* bytes read per receive, default 65536; 512..16 MiB */
+  IOCPSRV_OPT_PULL_MODE = 15,       /* 1 = queue events for iocpsrv_poll instead of calling
+                                       the connect/packet/disconnect/drain callbacks */
+  IOCPSRV_OPT_PULL_QUEUE_LIMIT = 16,/* packets queued in pull mode before the engine stops
+                                       reading sockets, default 8192 */
+  IOCPSRV_OPT_CLOSE_TIMEOUT_MS = 17,/* how long a graceful close may wait for the queue to
+                                       drain and the peer's FIN, default 5000 */
+  IOCPSRV_OPT_IPV6_ONLY = 18        /* for a "::" listener: 1 = IPv6 only, default 0 = dual */
+} iocpsrv_option_t;
+
+/* ---- Callbacks ----
+ * All run on worker threads under the threading contract above. `server` is the
+ * server they belong to; the host's server pointer is iocpsrv_user_data(server). */
+
+/* A client connected. `peer` is its numeric address, "127.0.0.1:5000" or
+ * "[::1]:5000". Store a per-connection pointer in *conn_user; it comes back in every
+ * later callback for this connection. Return 0 to accept, non-zero to refuse (the
+ * client is closed, counted in connections_rejected, and gets no disconnect). */
+typedef int(IOCPSRV_CALL *iocpsrv_connect_cb)(iocpsrv_t *server, iocpsrv_conn_id_t conn,
+                                              const char *peer, void **conn_user);
+
+/* One whole packet (payload only). `data` is valid until the callback returns and is
+ * never NULL, even for a zero-length packet. Return 0 to go on, non-zero to close the
+ * connection gracefully (reason LOCAL_CLOSE). */
+typedef int(IOCPSRV_CALL *iocpsrv_packet_cb)(iocpsrv_t *server, iocpsrv_conn_id_t conn,
+                                             void *conn_user, const uint8_t *data,
+                                             size_t len);
+
+/* The connection is gone; its id is dead from now on. Called exactly once for every
+ * accepted connection, after its last packet callback. `reason` is an
+ * iocpsrv_reason_t. */
+typedef void(IOCPSRV_CALL *iocpsrv_disconnect_cb)(iocpsrv_t *server,
+                                                  iocpsrv_conn_id_t conn,
+                                                  void *conn_user, int reason);
+
+/* After a send to this connection returned IOCPSRV_EQUEUEFULL, its queue fell below
+ * half the limit: the host may send again (Node's 'drain'). Once per refusal episode. */
+typedef void(IOCPSRV_CALL *iocpsrv_drain_cb)(iocpsrv_t *server, iocpsrv_conn_id_t conn,
+                                             void *conn_user);
+
+/* A worker thread starts (before any callback on it) or stops (after its last one).
+ * `worker` is 0-based. Hosts attach threads to a runtime, set up COM, name threads. */
+typedef void(IOCPSRV_CALL *iocpsrv_worker_cb)(iocpsrv_t *server, int worker);
+
+/* Engine diagnostics (accept failures, protocol errors). Any thread, possibly
+ * concurrently; keep it short. `level`: 0 error, 1 warning, 2 info, 3 debug. */
+typedef void(IOCPSRV_CALL *iocpsrv_log_cb)(iocpsrv_t *server, int level,
+                                           const char *message);
+
+/* ---- Lifecycle ---- */
+
+/* Create a stopped server with default options. `user` is returned by
+ * iocpsrv_user_data(). Returns 0 and stores the handle in *out, or a negative code. */
+IOCPSRV_API int IOCPSRV_CALL iocpsrv_create(iocpsrv_t **out, void *user);
+
+/* The `user` pointer given to iocpsrv_create. Any thread. */
+IOCPSRV_API void *IOCPSRV_CALL iocpsrv_user_data(iocpsrv_t *server);
+
+/* Set or read an option (iocpsrv_option_t). Setting is allowed only while the server
+ * is not running (IOCPSRV_ESTATE otherwise). IOCPSRV_EUNKNOWNOPT / IOCPSRV_ERANGE for
+ * bad input. */
+IOCPSRV_API int IOCPSRV_CALL iocpsrv_set_option(iocpsrv_t *server, int option,
+                                                int64_t value);
+IOCPSRV_API int IOCPSRV_CALL iocpsrv_get_option(iocpsrv_t *server, int option,
+                                                int64_t *value);
+
+/* Register callbacks (NULL clears one). Only while the server is not running. */
+IOCPSRV_API int IOCPSRV_CALL iocpsrv_set_connect_cb(iocpsrv_t *server,
+                                                    iocpsrv_connect_cb cb);
+IOCPSRV_API int IOCPSRV_CALL iocpsrv_set_packet_cb(iocpsrv_t *server, iocpsrv_packet_cb cb);
+IOCPSRV_API int IOCPSRV_CALL iocpsrv_set_disconnect_cb(iocpsrv_t *server,
+                                                       iocpsrv_disconnect_cb cb);
+IOCPSRV_API int IOCPSRV_CALL iocpsrv_set_drain_cb(iocpsrv_t *server, iocpsrv_drain_cb cb);
+IOCPSRV_API int IOCPSRV_CALL iocpsrv_set_worker_hooks(iocpsrv_t *server,
+                                                      iocpsrv_worker_cb on_start,
+                                                      iocpsrv_worker_cb on_stop);
+IOCPSRV_API int IOCPSRV_CALL iocpsrv_set_log_cb(iocpsrv_t *server, iocpsrv_log_cb cb);
+
+/* Bind `host` ("127.0.0.1", "::1", "::" for all interfaces, dual stack unless
+ * IOCPSRV_OPT_IPV6_ONLY; NULL or "" means "::", falling back to "0.0.0.0") and
+ * `port` (0 picks a free one: read it with iocpsrv_port), start the workers and
+ * accept. Clients are served when this returns 0. IOCPSRV_ESTATE if already running;
+ * a server stopped from a callback finishes that stop first. Not from a callback. */
+IOCPSRV_API int IOCPSRV_CALL iocpsrv_listen(iocpsrv_t *server, const char *host, int port);
+
+/* The bound port while running (or last run), else IOCPSRV_ESTOPPED. Any thread. */
+IOCPSRV_API int IOCPSRV_CALL iocpsrv_port(iocpsrv_t *server);
+
+/* Stop: no new clients; queued sends flushed for up to `timeout_ms` (0 = abort at
+ * once, negative = no limit); every connection closed with its one disconnect
+ * (reason SERVER_STOPPED); workers joined. From a non-worker thread it returns when
+ * all of that is done. From a callback it starts the stop and returns; a later stop
+ * or destroy from another thread finishes it. Returns 0, or IOCPSRV_ESTOPPED if not
+ * running. The server may listen again afterwards. */
+IOCPSRV_API int IOCPSRV_CALL iocpsrv_stop(iocpsrv_t *server, int timeout_ms);
+
+/* Stop (abortively, if still running) and free the server. Never from a callback;
+ * IOCPSRV_EINCALLBACK then, and nothing is freed. The handle is dead afterwards. */
+IOCPSRV_API int IOCPSRV_CALL iocpsrv_destroy(iocpsrv_t *server);
+
+/* ---- Sending and connection control (thread-safe, never block on the network) ---- */
+
+/* Copy `len` bytes, frame them and queue them for `conn`. Sends made inside a callback
+ * are written once after the callback's batch; sends from other threads are written
+ * at once. Returns 0, or IOCPSRV_ENOTCONN (unknown, closing or stale id),
+ * IOCPSRV_EQUEUEFULL (queue over IOCPSRV_OPT_SEND_QUEUE_LIMIT: drop, retry after the
+ * drain callback, or disconnect), IOCPSRV_ETOOBIG, IOCPSRV_ESTOPPED, IOCPSRV_EINVAL. */
+IOCPSRV_API int IOCPSRV_CALL iocpsrv_send(iocpsrv_t *server, iocpsrv_conn_id_t conn,
+                                          const void *data, size_t len);
+
+/* One gathered buffer for iocpsrv_sendv. */
+typedef struct iocpsrv_buf_s {
+  const void *base;
+  size_t len;
+} iocpsrv_buf_t;
+
+/* Like iocpsrv_send for one packet whose payload is the concatenation of `count`
+ * buffers (a header and a body, say) without the host joining them first. */
+IOCPSRV_API int IOCPSRV_CALL iocpsrv_sendv(iocpsrv_t *server, iocpsrv_conn_id_t conn,
+                                           const iocpsrv_buf_t *bufs, int count);
+
+/* Send one packet to every open connection. Returns how many took it (connections
+ * whose queue was full are skipped) or a negative code. */
+IOCPSRV_API int IOCPSRV_CALL iocpsrv_broadcast(iocpsrv_t *server, const void *data,
+                                               size_t len);
+
+/* Close a connection, IOCPSRV_CLOSE_GRACEFUL or IOCPSRV_CLOSE_ABORT. Its disconnect
+ * callback follows on a worker. No packet callback starts for it after this returns
+ * on the thread running its callbacks. An abort upgrades a pending graceful close. */
+IOCPSRV_API int IOCPSRV_CALL iocpsrv_disconnect(iocpsrv_t *server, iocpsrv_conn_id_t conn,
+                                                int mode);
+
+/* Flow control: stop / restart reading from a connection. While paused, packets
+ * already received wait in the engine and TCP pushes back on the client. Called from
+ * the connection's own callback, no packet callback follows until resume; from
+ * another thread, one already starting may still run. */
+IOCPSRV_API int IOCPSRV_CALL iocpsrv_pause_receive(iocpsrv_t *server,
+                                                   iocpsrv_conn_id_t conn);
+IOCPSRV_API int IOCPSRV_CALL iocpsrv_resume_receive(iocpsrv_t *server,
+                                                    iocpsrv_conn_id_t conn);
+
+/* Bytes queued for `conn` and not yet handed to the kernel (>= 0), or a negative code. */
+IOCPSRV_API int64_t IOCPSRV_CALL iocpsrv_pending_bytes(iocpsrv_t *server,
+                                                       iocpsrv_conn_id_t conn);
+
+/* Replace the per-connection pointer that callbacks and pull events carry. */
+IOCPSRV_API int IOCPSRV_CALL iocpsrv_set_conn_user(iocpsrv_t *server,
+                                                   iocpsrv_conn_id_t conn, void *conn_user);
+
+/* ---- Introspection (thread-safe) ---- */
+
+/* Connection flags in iocpsrv_conn_info_t.flags. */
+#define IOCPSRV_CONN_PAUSED 0x1u  /* receive paused by the host */
+#define IOCPSRV_CONN_CLOSING 0x2u /* a disconnect is under way */
+
+/* What iocpsrv_conn_info reports. Set struct_size = sizeof(iocpsrv_conn_info_t). */
+typedef struct iocpsrv_conn_info_s {
+  uint32_t struct_size;
+  uint32_t flags;             /* IOCPSRV_CONN_* */
+  iocpsrv_conn_id_t id;
+  int64_t connect_time_ms;    /* Unix time in milliseconds */
+  uint64_t bytes_in;          /* on the wire, headers included */
+  uint64_t bytes_out;         /* handed to the kernel, headers included */
+  uint64_t packets_in;        /* the article's m_nMsgIn */
+  uint64_t packets_out;       /* the article's m_nMsgOut (packets queued) */
+  uint64_t pending_send_bytes;
+  char peer[64];              /* "127.0.0.1:5000" or "[::1]:5000" */
+  char local[64];
+} iocpsrv_conn_info_t;
+
+/* Fill *info for `conn` (at most info->struct_size bytes). IOCPSRV_ENOTCONN for a dead
+ * id, IOCPSRV_EINVAL if struct_size is too small for the first fields. */
+IOCPSRV_API int IOCPSRV_CALL iocpsrv_conn_info(iocpsrv_t *server, iocpsrv_conn_id_t conn,
+                                               iocpsrv_conn_info_t *info);
+
+/* Write up to `max` open connection ids to `ids` (may be NULL when max is 0) and
+ * return the number of open connections, which may exceed `max`. */
+IOCPSRV_API int IOCPSRV_CALL iocpsrv_connections(iocpsrv_t *server, iocpsrv_conn_id_t *ids,
+                                                 int max);
+
+/* What iocpsrv_stats reports. Set struct_size = sizeof(iocpsrv_stats_t). Totals cover
+ * the server's whole life across restarts. */
+typedef struct iocpsrv_stats_s {
+  uint32_t struct_size;
+  uint32_t workers;              /* worker threads running now */
+  uint64_t connections_now;      /* accepted and not yet disconnected */
+  uint64_t connections_total;    /* accepted (connect callback called) */
+  uint64_t connections_refused;  /* closed at once: max connections reached */
+  uint64_t connections_rejected; /* refused by the connect callback */
+  uint64_t packets_in;
+  uint64_t packets_out;          /* packets queued by send/sendv/broadcast */
+  uint64_t bytes_in;             /* on the wire, headers included */
+  uint64_t bytes_out;            /* handed to the kernel, headers included */
+  uint64_t accept_errors;
+  uint64_t protocol_errors;      /* connections closed for an oversize header */
+  uint64_t send_queue_rejections;/* sends refused with IOCPSRV_EQUEUEFULL */
+  uint64_t idle_timeouts;
+  uint64_t pull_queue_depth;     /* events waiting for iocpsrv_poll now */
+} iocpsrv_stats_t;
+
+IOCPSRV_API int IOCPSRV_CALL iocpsrv_stats(iocpsrv_t *server, iocpsrv_stats_t *stats);
+
+/* ---- Pull mode (IOCPSRV_OPT_PULL_MODE = 1) ----
+ * The engine queues events instead of calling the connect, packet, disconnect and
+ * drain callbacks; one consumer thread at a time drains them with iocpsrv_poll. The
+ * queue holds up to IOCPSRV_OPT_PULL_QUEUE_LIMIT packets; when it is full the engine
+ * stops reading sockets (TCP pushes back on clients) and never drops an event.
+ * Connect and disconnect events are always queued. The same per-connection order
+ * holds: connect, packets, exactly one disconnect. Pull-mode connections cannot be
+ * refused at connect time: call iocpsrv_disconnect instead. */
+typedef enum iocpsrv_event_type_e {
+  IOCPSRV_EVENT_CONNECT = 1,    /* data/len: the peer address text (NUL-terminated) */
+  IOCPSRV_EVENT_PACKET = 2,     /* data/len: the payload */
+  IOCPSRV_EVENT_DISCONNECT = 3, /* reason: an iocpsrv_reason_t */
+  IOCPSRV_EVENT_DRAIN = 4
+} iocpsrv_event_type_t;
+
+typedef struct iocpsrv_event_s {
+  int32_t type;        /* iocpsrv_event_type_t */
+  int32_t reason;      /* DISCONNECT only */
+  iocpsrv_conn_id_t conn;
+  void *conn_user;     /* as set by iocpsrv_set_conn_user */
+  const uint8_t *data; /* valid until the next iocpsrv_poll on this server; never NULL */
+  size_t len;
+} iocpsrv_event_t;
+
+/* Move up to `max` queued events into `events`, waiting up to `timeout_ms` for the
+ * first (0 = do not wait, negative = forever). Returns the count (0 on timeout),
+ * IOCPSRV_ESTOPPED once the server is stopped and nothing is left, IOCPSRV_EBUSY if
+ * another thread is polling, IOCPSRV_ENOTSUP unless pull mode is on. Events still
+ * queued at stop (disconnects included) can be polled after it. */
+IOCPSRV_API int IOCPSRV_CALL iocpsrv_poll(iocpsrv_t *server, iocpsrv_event_t *events,
+                                          int max, int timeout_ms);
+
+/* A waitable object that is signalled while events wait (and once the server has
+ * stopped): a Linux eventfd (add it to epoll/select, asyncio's add_reader) or a
+ * Windows event HANDLE. iocpsrv_poll resets it when it empties the queue; the host
+ * never reads from or closes it. Valid until destroy. Negative code without pull
+ * mode. */
+IOCPSRV_API int64_t IOCPSRV_CALL iocpsrv_wait_handle(iocpsrv_t *server);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* IOCPSRV_H */

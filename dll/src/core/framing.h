@@ -1,0 +1,63 @@
+/* The framing parser: splits a byte stream into length-prefixed packets.
+ *
+ * Pure code, no I/O and no locks: a backend feeds it whatever a receive returned and
+ * gets one deliver() call per whole packet. Packets that lie whole in the fed buffer
+ * are delivered in place (no copy); only an incomplete tail, or what is left when
+ * deliver() asks to stop, is copied into the framer's own stash. */
+#ifndef IOCPSRV_CORE_FRAMING_H
+#define IOCPSRV_CORE_FRAMING_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct framing_cfg_s {
+  unsigned header_bytes; /* 0 = raw, 2 or 4 */
+  int big_endian;
+  uint32_t max_packet;   /* largest payload accepted */
+} framing_cfg_t;
+
+typedef struct framer_s {
+  uint8_t *buf;  /* stash: bytes [off, len) not yet delivered */
+  size_t off, len, cap;
+  int held;      /* the stash holds bytes left over by a stop, maybe whole packets */
+} framer_t;
+
+/* Returns 0 to go on, non-zero to stop delivering (receive paused, connection closing). */
+typedef int (*framer_deliver_fn)(void *ctx, const uint8_t *data, size_t len);
+
+enum {
+  FRAMER_OK = 0,
+  FRAMER_STOPPED = 1,          /* deliver() asked to stop; the rest is stashed */
+  FRAMER_PROTOCOL_ERROR = -1,  /* a header above max_packet: close the connection */
+  FRAMER_NOMEM = -2
+};
+
+/* Translate an iocpsrv framing option value; 0 or -1 for an unknown value. */
+int framing_cfg_from_option(framing_cfg_t *cfg, int64_t framing, int64_t max_packet);
+
+/* The header for a payload of `len` bytes into out[]; returns the header's size. */
+size_t framing_write_header(const framing_cfg_t *cfg, uint8_t out[4], size_t len);
+
+/* The stream continues with data[0..len). Delivers every whole packet. */
+int framer_feed(framer_t *f, const framing_cfg_t *cfg, const uint8_t *data, size_t len,
+                framer_deliver_fn deliver, void *ctx);
+
+/* Delivers packets held in the stash after a stop (call when the stop condition ends). */
+int framer_resume(framer_t *f, const framing_cfg_t *cfg, framer_deliver_fn deliver,
+                  void *ctx);
+
+/* For a large packet still arriving: where the next receive may write directly (so a
+ * payload far larger than the read buffer is copied once, by the kernel). Returns the
+ * room (0 = read into the backend's own buffer and use framer_feed). */
+size_t framer_direct_space(framer_t *f, const framing_cfg_t *cfg, uint8_t **where);
+
+/* `n` bytes were received at the pointer framer_direct_space returned. */
+int framer_direct_commit(framer_t *f, const framing_cfg_t *cfg, size_t n,
+                         framer_deliver_fn deliver, void *ctx);
+
+/* Bytes received and not yet delivered. */
+static inline size_t framer_buffered(const framer_t *f) { return f->len - f->off; }
+
+void framer_free(framer_t *f);
+
+#endif

@@ -1,0 +1,76 @@
+#include "core/options.h"
+
+#include <stddef.h>
+
+#include "iocpsrv.h"
+
+void srv_options_init(srv_options_t *o) {
+  o->worker_threads = 0;
+  o->concurrency = 0;
+  o->listen_backlog = 0;
+  o->accepts_posted = 32;
+  o->max_connections = 10000;
+  o->max_packet_size = 1 << 20;
+  o->framing = IOCPSRV_FRAMING_LEN32_LE;
+  o->send_queue_limit = 4 << 20;
+  o->idle_timeout_ms = 0;
+  o->keepalive_ms = 0;
+  o->nodelay = 1;
+  o->rcvbuf = 0;
+  o->sndbuf = 0;
+  o->read_buffer = 65536;
+  o->pull_mode = 0;
+  o->pull_queue_limit = 8192;
+  o->close_timeout_ms = 5000;
+  o->ipv6_only = 0;
+}
+
+typedef struct option_desc_s {
+  int option;
+  size_t offset;
+  int64_t min, max;
+} option_desc_t;
+
+#define OPT_(id, field, lo, hi) {id, offsetof(srv_options_t, field), lo, hi}
+static const option_desc_t option_table[] = {
+    OPT_(IOCPSRV_OPT_WORKER_THREADS, worker_threads, 0, 1024),
+    OPT_(IOCPSRV_OPT_CONCURRENCY, concurrency, 0, 1024),
+    OPT_(IOCPSRV_OPT_LISTEN_BACKLOG, listen_backlog, 0, 65535),
+    OPT_(IOCPSRV_OPT_ACCEPTS_POSTED, accepts_posted, 1, 1024),
+    OPT_(IOCPSRV_OPT_MAX_CONNECTIONS, max_connections, 1, 16777215),
+    OPT_(IOCPSRV_OPT_MAX_PACKET_SIZE, max_packet_size, 1, 1 << 30),
+    OPT_(IOCPSRV_OPT_FRAMING, framing, IOCPSRV_FRAMING_LEN32_LE, IOCPSRV_FRAMING_RAW),
+    OPT_(IOCPSRV_OPT_SEND_QUEUE_LIMIT, send_queue_limit, 1, INT64_C(1) << 40),
+    OPT_(IOCPSRV_OPT_IDLE_TIMEOUT_MS, idle_timeout_ms, 0, INT64_C(1) << 40),
+    OPT_(IOCPSRV_OPT_KEEPALIVE_MS, keepalive_ms, 0, INT64_C(1) << 31),
+    OPT_(IOCPSRV_OPT_NODELAY, nodelay, 0, 1),
+    OPT_(IOCPSRV_OPT_RCVBUF, rcvbuf, 0, 1 << 30),
+    OPT_(IOCPSRV_OPT_SNDBUF, sndbuf, 0, 1 << 30),
+    OPT_(IOCPSRV_OPT_READ_BUFFER, read_buffer, 512, 16 << 20),
+    OPT_(IOCPSRV_OPT_PULL_MODE, pull_mode, 0, 1),
+    OPT_(IOCPSRV_OPT_PULL_QUEUE_LIMIT, pull_queue_limit, 1, 1 << 24),
+    OPT_(IOCPSRV_OPT_CLOSE_TIMEOUT_MS, close_timeout_ms, 0, INT64_C(1) << 31),
+    OPT_(IOCPSRV_OPT_IPV6_ONLY, ipv6_only, 0, 1),
+};
+#undef OPT_
+
+static const option_desc_t *find_option(int option) {
+  for (size_t i = 0; i < sizeof option_table / sizeof option_table[0]; i++)
+    if (option_table[i].option == option) return &option_table[i];
+  return NULL;
+}
+
+int srv_options_set(srv_options_t *o, int option, int64_t value) {
+  const option_desc_t *d = find_option(option);
+  if (!d) return IOCPSRV_EUNKNOWNOPT;
+  if (value < d->min || value > d->max) return IOCPSRV_ERANGE;
+  *(int64_t *)((char *)o + d->offset) = value;
+  return 0;
+}
+
+int srv_options_get(const srv_options_t *o, int option, int64_t *value) {
+  const option_desc_t *d = find_option(option);
+  if (!d) return IOCPSRV_EUNKNOWNOPT;
+  *value = *(const int64_t *)((const char *)o + d->offset);
+  return 0;
+}

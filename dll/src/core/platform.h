@@ -1,0 +1,124 @@
+/* The few OS primitives the core needs: mutex, condition variable, clocks and a
+ * waitable object for pull mode. Header-only; pthreads + eventfd on Linux, SRWLOCK +
+ * CONDITION_VARIABLE + an event on Windows. */
+#ifndef IOCPSRV_CORE_PLATFORM_H
+#define IOCPSRV_CORE_PLATFORM_H
+
+#include <stdint.h>
+
+#if defined(_WIN32)
+#  ifndef WIN32_LEAN_AND_MEAN
+#    define WIN32_LEAN_AND_MEAN
+#  endif
+#  include <winsock2.h>
+#  include <windows.h>
+
+typedef SRWLOCK srv_mutex_t;
+typedef CONDITION_VARIABLE srv_cond_t;
+static inline void srv_mutex_init(srv_mutex_t *m) { InitializeSRWLock(m); }
+static inline void srv_mutex_destroy(srv_mutex_t *m) { (void)m; }
+static inline void srv_mutex_lock(srv_mutex_t *m) { AcquireSRWLockExclusive(m); }
+static inline void srv_mutex_unlock(srv_mutex_t *m) { ReleaseSRWLockExclusive(m); }
+static inline void srv_cond_init(srv_cond_t *c) { InitializeConditionVariable(c); }
+static inline void srv_cond_destroy(srv_cond_t *c) { (void)c; }
+static inline void srv_cond_signal(srv_cond_t *c) { WakeConditionVariable(c); }
+static inline void srv_cond_broadcast(srv_cond_t *c) { WakeAllConditionVariable(c); }
+/* Waits at most timeout_ms (negative = forever). */
+static inline void srv_cond_wait_ms(srv_cond_t *c, srv_mutex_t *m, int64_t timeout_ms) {
+  SleepConditionVariableSRW(c, m, timeout_ms < 0 ? INFINITE : (DWORD)timeout_ms, 0);
+}
+static inline int64_t srv_now_ms(void) { return (int64_t)GetTickCount64(); }
+static inline int64_t srv_unix_ms(void) {
+  FILETIME ft;
+  GetSystemTimeAsFileTime(&ft);
+  uint64_t t = ((uint64_t)ft.dwHighDateTime << 32) | ft.dwLowDateTime;
+  return (int64_t)(t / 10000 - UINT64_C(11644473600000));
+}
+
+/* Pull mode's waitable: a manual-reset event. */
+typedef struct srv_waitable_s { HANDLE event; } srv_waitable_t;
+static inline int srv_waitable_init(srv_waitable_t *w) {
+  w->event = CreateEventW(NULL, TRUE, FALSE, NULL);
+  return w->event ? 0 : -1;
+}
+static inline void srv_waitable_set(srv_waitable_t *w) { SetEvent(w->event); }
+static inline void srv_waitable_reset(srv_waitable_t *w) { ResetEvent(w->event); }
+static inline int64_t srv_waitable_handle(srv_waitable_t *w) { return (int64_t)(intptr_t)w->event; }
+static inline void srv_waitable_destroy(srv_waitable_t *w) {
+  if (w->event) CloseHandle(w->event);
+  w->event = NULL;
+}
+
+#else
+#  include <errno.h>
+#  include <pthread.h>
+#  include <sys/eventfd.h>
+#  include <time.h>
+#  include <unistd.h>
+
+typedef pthread_mutex_t srv_mutex_t;
+typedef pthread_cond_t srv_cond_t;
+static inline void srv_mutex_init(srv_mutex_t *m) { pthread_mutex_init(m, NULL); }
+static inline void srv_mutex_destroy(srv_mutex_t *m) { pthread_mutex_destroy(m); }
+static inline void srv_mutex_lock(srv_mutex_t *m) { pthread_mutex_lock(m); }
+static inline void srv_mutex_unlock(srv_mutex_t *m) { pthread_mutex_unlock(m); }
+static inline void srv_cond_init(srv_cond_t *c) {
+  pthread_condattr_t a;
+  pthread_condattr_init(&a);
+  pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+  pthread_cond_init(c, &a);
+  pthread_condattr_destroy(&a);
+}
+static inline void srv_cond_destroy(srv_cond_t *c) { pthread_cond_destroy(c); }
+static inline void srv_cond_signal(srv_cond_t *c) { pthread_cond_signal(c); }
+static inline void srv_cond_broadcast(srv_cond_t *c) { pthread_cond_broadcast(c); }
+static inline int64_t srv_now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+static inline int64_t srv_unix_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+static inline void srv_cond_wait_ms(srv_cond_t *c, srv_mutex_t *m, int64_t timeout_ms) {
+  if (timeout_ms < 0) {
+    pthread_cond_wait(c, m);
+    return;
+  }
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  ts.tv_sec += timeout_ms / 1000;
+  ts.tv_nsec += (timeout_ms % 1000) * 1000000;
+  if (ts.tv_nsec >= 1000000000) {
+    ts.tv_sec++;
+    ts.tv_nsec -= 1000000000;
+  }
+  pthread_cond_timedwait(c, m, &ts);
+}
+
+/* Pull mode's waitable: an eventfd, readable while events wait. */
+typedef struct srv_waitable_s { int fd; } srv_waitable_t;
+static inline int srv_waitable_init(srv_waitable_t *w) {
+  w->fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  return w->fd >= 0 ? 0 : -1;
+}
+static inline void srv_waitable_set(srv_waitable_t *w) {
+  uint64_t one = 1;
+  ssize_t r = write(w->fd, &one, sizeof one);
+  (void)r; /* EAGAIN only if the counter is saturated: it is readable either way */
+}
+static inline void srv_waitable_reset(srv_waitable_t *w) {
+  uint64_t v;
+  ssize_t r = read(w->fd, &v, sizeof v);
+  (void)r; /* EAGAIN: already reset */
+}
+static inline int64_t srv_waitable_handle(srv_waitable_t *w) { return w->fd; }
+static inline void srv_waitable_destroy(srv_waitable_t *w) {
+  if (w->fd >= 0) close(w->fd);
+  w->fd = -1;
+}
+#endif
+
+#endif

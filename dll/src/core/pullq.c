@@ -1,0 +1,160 @@
+#include "core/pullq.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+struct pullq_node_s {
+  pullq_node_t *next;
+  iocpsrv_event_t ev;
+  uint8_t data[]; /* payload copy, NUL-terminated so a peer address is a C string */
+};
+
+int pullq_init(pullq_t *q, pullq_room_fn on_room, void *ctx) {
+  memset(q, 0, sizeof *q);
+  if (srv_waitable_init(&q->waitable)) return -1;
+  srv_mutex_init(&q->lock);
+  srv_cond_init(&q->nonempty);
+  q->on_room = on_room;
+  q->room_ctx = ctx;
+  q->limit = 8192;
+  return 0;
+}
+
+static void free_list(pullq_node_t *n) {
+  while (n) {
+    pullq_node_t *next = n->next;
+    free(n);
+    n = next;
+  }
+}
+
+void pullq_destroy(pullq_t *q) {
+  free_list(q->head);
+  free_list(q->batch);
+  free(q->waiters);
+  srv_waitable_destroy(&q->waitable);
+  srv_cond_destroy(&q->nonempty);
+  srv_mutex_destroy(&q->lock);
+}
+
+void pullq_reset(pullq_t *q, size_t limit) {
+  srv_mutex_lock(&q->lock);
+  free_list(q->head);
+  free_list(q->batch);
+  q->head = q->tail = q->batch = NULL;
+  q->events = q->packets = 0;
+  q->nwaiters = 0;
+  q->stopped = 0;
+  q->limit = limit;
+  srv_waitable_reset(&q->waitable);
+  srv_mutex_unlock(&q->lock);
+}
+
+void pullq_set_stopped(pullq_t *q) {
+  srv_mutex_lock(&q->lock);
+  q->stopped = 1;
+  srv_waitable_set(&q->waitable);
+  srv_cond_broadcast(&q->nonempty);
+  srv_mutex_unlock(&q->lock);
+}
+
+static int add_waiter(pullq_t *q, iocpsrv_conn_id_t conn) {
+  if (q->nwaiters == q->capwaiters) {
+    size_t cap = q->capwaiters ? q->capwaiters * 2 : 64;
+    iocpsrv_conn_id_t *p = realloc(q->waiters, cap * sizeof *p);
+    if (!p) return -1;
+    q->waiters = p;
+    q->capwaiters = cap;
+  }
+  q->waiters[q->nwaiters++] = conn;
+  return 0;
+}
+
+int pullq_push(pullq_t *q, int type, iocpsrv_conn_id_t conn, void *conn_user, int reason,
+               const void *data, size_t len) {
+  pullq_node_t *n = malloc(sizeof *n + len + 1);
+  if (!n) return -1;
+  n->next = NULL;
+  n->ev.type = type;
+  n->ev.reason = reason;
+  n->ev.conn = conn;
+  n->ev.conn_user = conn_user;
+  n->ev.data = n->data;
+  n->ev.len = len;
+  if (len) memcpy(n->data, data, len);
+  n->data[len] = 0;
+
+  int full = 0;
+  srv_mutex_lock(&q->lock);
+  if (q->tail) q->tail->next = n;
+  else q->head = n;
+  q->tail = n;
+  if (q->events++ == 0) {
+    srv_waitable_set(&q->waitable);
+    srv_cond_signal(&q->nonempty);
+  }
+  if (type == IOCPSRV_EVENT_PACKET && ++q->packets >= q->limit && !q->stopped) {
+    /* If the waiter cannot be recorded, the connection just keeps reading. */
+    full = add_waiter(q, conn) == 0;
+  }
+  srv_mutex_unlock(&q->lock);
+  return full;
+}
+
+/* Takes up to max queued events into the batch; lock held. */
+static int take_batch(pullq_t *q, iocpsrv_event_t *events, int max) {
+  pullq_node_t **tail = &q->batch;
+  int n = 0;
+  while (n < max && q->head) {
+    pullq_node_t *node = q->head;
+    q->head = node->next;
+    node->next = NULL;
+    *tail = node;
+    tail = &node->next;
+    events[n++] = node->ev;
+    if (node->ev.type == IOCPSRV_EVENT_PACKET) q->packets--;
+  }
+  if (!q->head) q->tail = NULL;
+  q->events -= (size_t)n;
+  if (q->events == 0 && !q->stopped) srv_waitable_reset(&q->waitable);
+  return n;
+}
+
+int pullq_poll(pullq_t *q, iocpsrv_event_t *events, int max, int timeout_ms) {
+  srv_mutex_lock(&q->lock);
+  if (q->polling) {
+    srv_mutex_unlock(&q->lock);
+    return IOCPSRV_EBUSY;
+  }
+  q->polling = 1;
+  free_list(q->batch);
+  q->batch = NULL;
+  int64_t deadline = timeout_ms < 0 ? -1 : srv_now_ms() + timeout_ms;
+  while (!q->head && !q->stopped) {
+    int64_t left = deadline < 0 ? -1 : deadline - srv_now_ms();
+    if (deadline >= 0 && left <= 0) break;
+    srv_cond_wait_ms(&q->nonempty, &q->lock, left);
+  }
+  int n = q->head ? take_batch(q, events, max) : (q->stopped ? IOCPSRV_ESTOPPED : 0);
+
+  iocpsrv_conn_id_t *waiters = NULL;
+  size_t nwaiters = 0;
+  if (q->nwaiters && q->packets <= q->limit / 2) {
+    waiters = q->waiters;
+    nwaiters = q->nwaiters;
+    q->waiters = NULL;
+    q->nwaiters = q->capwaiters = 0;
+  }
+  q->polling = 0;
+  srv_mutex_unlock(&q->lock);
+  if (nwaiters) q->on_room(q->room_ctx, waiters, nwaiters);
+  free(waiters);
+  return n;
+}
+
+size_t pullq_depth(pullq_t *q) {
+  srv_mutex_lock(&q->lock);
+  size_t n = q->events;
+  srv_mutex_unlock(&q->lock);
+  return n;
+}

@@ -1,0 +1,51 @@
+/* Pull mode's event queue: workers push, one consumer drains batches with
+ * iocpsrv_poll. Packets are counted against a limit; a connection whose packet fills
+ * the queue is remembered and handed back through on_room once the consumer has made
+ * room, so the engine stops reading it meanwhile and never drops an event. */
+#ifndef IOCPSRV_CORE_PULLQ_H
+#define IOCPSRV_CORE_PULLQ_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/platform.h"
+#include "iocpsrv.h"
+
+typedef struct pullq_node_s pullq_node_t;
+
+/* Called on the consumer's thread, outside the queue lock, with the connections that
+ * waited for room. */
+typedef void (*pullq_room_fn)(void *ctx, const iocpsrv_conn_id_t *ids, size_t n);
+
+typedef struct pullq_s {
+  srv_mutex_t lock;
+  srv_cond_t nonempty;
+  srv_waitable_t waitable;
+  pullq_node_t *head, *tail; /* queued */
+  pullq_node_t *batch;       /* handed out by the last poll, freed by the next */
+  size_t events, packets, limit;
+  int stopped;               /* no more events will come */
+  int polling;               /* a consumer is inside pullq_poll */
+  iocpsrv_conn_id_t *waiters;
+  size_t nwaiters, capwaiters;
+  pullq_room_fn on_room;
+  void *room_ctx;
+} pullq_t;
+
+int pullq_init(pullq_t *q, pullq_room_fn on_room, void *ctx);
+void pullq_destroy(pullq_t *q);
+/* Forget queued events and start a new run with this packet limit. */
+void pullq_reset(pullq_t *q, size_t limit);
+void pullq_set_stopped(pullq_t *q);
+
+/* Queue an event (data copied). For a packet, returns 1 when the queue is now full:
+ * the caller stops reading `conn` until on_room names it. 0 otherwise, -1 on OOM. */
+int pullq_push(pullq_t *q, int type, iocpsrv_conn_id_t conn, void *conn_user, int reason,
+               const void *data, size_t len);
+
+/* iocpsrv_poll. */
+int pullq_poll(pullq_t *q, iocpsrv_event_t *events, int max, int timeout_ms);
+
+size_t pullq_depth(pullq_t *q);
+
+#endif

@@ -1,0 +1,51 @@
+#include "core/sendbuf.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* Capacity kept once the queue is empty; larger buffers are released so a burst does
+ * not pin memory on an idle connection. */
+#define SENDBUF_KEEP_CAP 16384
+
+int sendbuf_append(sendbuf_t *b, const framing_cfg_t *cfg, const iocpsrv_buf_t *bufs,
+                   int count, size_t total) {
+  size_t need = cfg->header_bytes + total;
+  if (b->cap - b->len < need) {
+    size_t pending = b->len - b->off;
+    if (b->off && b->cap - pending >= need) {
+      memmove(b->buf, b->buf + b->off, pending);
+    } else {
+      size_t cap = b->cap ? b->cap : 1024;
+      while (cap < pending + need) cap *= 2;
+      uint8_t *p = malloc(cap);
+      if (!p) return -1;
+      if (pending) memcpy(p, b->buf + b->off, pending);
+      free(b->buf);
+      b->buf = p;
+      b->cap = cap;
+    }
+    b->off = 0;
+    b->len = pending;
+  }
+  uint8_t *w = b->buf + b->len;
+  w += framing_write_header(cfg, w, total);
+  for (int i = 0; i < count; i++) {
+    if (bufs[i].len) memcpy(w, bufs[i].base, bufs[i].len);
+    w += bufs[i].len;
+  }
+  b->len += need;
+  return 0;
+}
+
+void sendbuf_consume(sendbuf_t *b, size_t n) {
+  b->off += n;
+  if (b->off < b->len) return;
+  b->off = b->len = 0;
+  if (b->cap > SENDBUF_KEEP_CAP) sendbuf_free(b);
+}
+
+void sendbuf_free(sendbuf_t *b) {
+  free(b->buf);
+  b->buf = NULL;
+  b->off = b->len = b->cap = 0;
+}

@@ -1,0 +1,31 @@
+/* A connection's outgoing bytes: framed packets appended back to back in one
+ * contiguous buffer, so a flush is one write of everything queued and a send costs a
+ * memcpy, not an allocation, once the buffer has grown to the connection's rhythm. */
+#ifndef IOCPSRV_CORE_SENDBUF_H
+#define IOCPSRV_CORE_SENDBUF_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/framing.h"
+#include "iocpsrv.h"
+
+typedef struct sendbuf_s {
+  uint8_t *buf; /* bytes [off, len) wait to be written */
+  size_t off, len, cap;
+} sendbuf_t;
+
+static inline size_t sendbuf_pending(const sendbuf_t *b) { return b->len - b->off; }
+static inline const uint8_t *sendbuf_data(const sendbuf_t *b) { return b->buf + b->off; }
+
+/* Appends one packet: the header for `total` payload bytes, then the buffers. Returns
+ * 0 or -1 when out of memory (nothing appended then). */
+int sendbuf_append(sendbuf_t *b, const framing_cfg_t *cfg, const iocpsrv_buf_t *bufs,
+                   int count, size_t total);
+
+/* `n` bytes were written. */
+void sendbuf_consume(sendbuf_t *b, size_t n);
+
+void sendbuf_free(sendbuf_t *b);
+
+#endif
