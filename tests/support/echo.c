@@ -203,7 +203,7 @@ static void echo_on_disconnect(echo_server_t *es, iocpsrv_conn_id_t id, void *us
   }
   if (c->state == 3) echo_contract_error(es, c, "disconnect for a refused connection");
   if (c->state == 2) echo_contract_error(es, c, "second disconnect");
-  if (reason < IOCPSRV_REASON_PEER_CLOSED || reason > IOCPSRV_REASON_CLOSE_TIMEOUT)
+  if (reason < IOCPSRV_REASON_PEER_CLOSED || reason > IOCPSRV_REASON_SERVER_STOPPED)
     echo_contract_error(es, c, "disconnect reason %d out of range", reason);
   tt_mutex_lock(&es->lock);
   c->disconnects++;

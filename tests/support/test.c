@@ -24,6 +24,9 @@ static const char *g_filter = NULL;
 static int g_ran, g_skipped_now, g_skipped;
 static tt_counter_t g_done;
 
+#if defined(__GNUC__)
+__attribute__((noreturn))
+#endif
 static void test_exit_now(int code) {
   fflush(stdout);
   fflush(stderr);
