@@ -475,6 +475,14 @@ void echo_destroy(echo_server_t *es) {
     es->pump = NULL;
   }
   CHECK_OK(iocpsrv_destroy(es->srv));
+  echo_free(es);
+}
+
+void echo_free(echo_server_t *es) {
+  if (es->pump) {
+    tt_thread_join(es->pump);
+    es->pump = NULL;
+  }
   echo_conn_t *c = es->all;
   while (c) {
     echo_conn_t *n = c->next_all;
