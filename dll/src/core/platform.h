@@ -11,6 +11,7 @@
 #    define WIN32_LEAN_AND_MEAN
 #  endif
 #  include <winsock2.h>
+#  include <ws2tcpip.h>
 #  include <windows.h>
 
 typedef SRWLOCK srv_mutex_t;
@@ -27,6 +28,37 @@ static inline void srv_cond_broadcast(srv_cond_t *c) { WakeAllConditionVariable(
 static inline void srv_cond_wait_ms(srv_cond_t *c, srv_mutex_t *m, int64_t timeout_ms) {
   SleepConditionVariableSRW(c, m, timeout_ms < 0 ? INFINITE : (DWORD)timeout_ms, 0);
 }
+/* Threads: a plain function and argument on both systems. */
+typedef HANDLE srv_thread_t;
+typedef struct srv_thread_start_s { void (*fn)(void *); void *arg; } srv_thread_start_t;
+static DWORD WINAPI srv_thread_trampoline_(LPVOID p) {
+  srv_thread_start_t s = *(srv_thread_start_t *)p;
+  HeapFree(GetProcessHeap(), 0, p);
+  s.fn(s.arg);
+  return 0;
+}
+static inline int srv_thread_create(srv_thread_t *t, void (*fn)(void *), void *arg) {
+  srv_thread_start_t *s = HeapAlloc(GetProcessHeap(), 0, sizeof *s);
+  if (!s) return -1;
+  s->fn = fn;
+  s->arg = arg;
+  *t = CreateThread(NULL, 0, srv_thread_trampoline_, s, 0, NULL);
+  if (!*t) {
+    HeapFree(GetProcessHeap(), 0, s);
+    return -1;
+  }
+  return 0;
+}
+static inline void srv_thread_join(srv_thread_t t) {
+  WaitForSingleObject(t, INFINITE);
+  CloseHandle(t);
+}
+static inline int srv_cpu_count(void) {
+  SYSTEM_INFO si;
+  GetSystemInfo(&si);
+  return si.dwNumberOfProcessors > 0 ? (int)si.dwNumberOfProcessors : 1;
+}
+
 static inline int64_t srv_now_ms(void) { return (int64_t)GetTickCount64(); }
 static inline int64_t srv_unix_ms(void) {
   FILETIME ft;
@@ -52,6 +84,7 @@ static inline void srv_waitable_destroy(srv_waitable_t *w) {
 #else
 #  include <errno.h>
 #  include <pthread.h>
+#  include <stdlib.h>
 #  include <sys/eventfd.h>
 #  include <time.h>
 #  include <unistd.h>
@@ -72,6 +105,32 @@ static inline void srv_cond_init(srv_cond_t *c) {
 static inline void srv_cond_destroy(srv_cond_t *c) { pthread_cond_destroy(c); }
 static inline void srv_cond_signal(srv_cond_t *c) { pthread_cond_signal(c); }
 static inline void srv_cond_broadcast(srv_cond_t *c) { pthread_cond_broadcast(c); }
+/* Threads: a plain function and argument on both systems. */
+typedef pthread_t srv_thread_t;
+typedef struct srv_thread_start_s { void (*fn)(void *); void *arg; } srv_thread_start_t;
+static void *srv_thread_trampoline_(void *p) {
+  srv_thread_start_t s = *(srv_thread_start_t *)p;
+  free(p);
+  s.fn(s.arg);
+  return NULL;
+}
+static inline int srv_thread_create(srv_thread_t *t, void (*fn)(void *), void *arg) {
+  srv_thread_start_t *s = malloc(sizeof *s);
+  if (!s) return -1;
+  s->fn = fn;
+  s->arg = arg;
+  if (pthread_create(t, NULL, srv_thread_trampoline_, s) != 0) {
+    free(s);
+    return -1;
+  }
+  return 0;
+}
+static inline void srv_thread_join(srv_thread_t t) { pthread_join(t, NULL); }
+static inline int srv_cpu_count(void) {
+  long n = sysconf(_SC_NPROCESSORS_ONLN);
+  return n > 0 ? (int)n : 1;
+}
+
 static inline int64_t srv_now_ms(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);

@@ -1,0 +1,196 @@
+/* The engine shared by every backend: connections, the callback token, closing,
+ * sending, receiving through the framer, pull mode, stats and the whole public API.
+ *
+ * A backend (linux/epoll.c, win/iocp.c) supplies the OS half through the bk_*
+ * functions below and reports readiness or completions through the engine_*
+ * functions. It keeps its own fields inside the core's structs through the types of
+ * its backend_types.h (found on the include path CMake sets for that backend).
+ *
+ * The callback token. A connection's callbacks must be serialized, but work for it
+ * comes from several places: its readiness or receive completion, a task posted by
+ * another thread (resume, disconnect, drain), a failed write. Whoever has work sets a
+ * note bit under the connection lock; the first to find the connection not `busy`
+ * takes the token and runs notes until none are left, then asks the backend to arm
+ * the connection again. Everyone else just leaves the note. Only the token holder runs
+ * callbacks, receives, touches the framer or ends the connection.
+ *
+ * Lifetime. Connection slots never move or get freed while the server exists (see
+ * conntable.h), and every registration carries the connection id. A late event, task
+ * or flush for a closed connection finds the id changed and does nothing. */
+#ifndef IOCPSRV_CORE_ENGINE_H
+#define IOCPSRV_CORE_ENGINE_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "backend_types.h"
+#include "core/conntable.h"
+#include "core/framing.h"
+#include "core/options.h"
+#include "core/platform.h"
+#include "core/pullq.h"
+#include "core/sendbuf.h"
+#include "iocpsrv.h"
+
+enum { SRV_STOPPED = 0, SRV_RUNNING = 1, SRV_STOPPING = 2 };
+enum { CONN_FREE = 0, CONN_OPEN = 1, CONN_CLOSING = 2, CONN_DEAD = 3 };
+enum { CLOSE_NONE = 0, CLOSE_GRACEFUL = 1, CLOSE_ABORT = 2 };
+
+/* Note bits: work waiting for the token holder. */
+#define NOTE_READ 0x01u   /* readable, hung up or in error */
+#define NOTE_WRITE 0x02u  /* the backend can write again */
+#define NOTE_RESUME 0x04u /* the host resumed receiving */
+#define NOTE_ROOM 0x08u   /* the pull queue has room again */
+#define NOTE_CLOSE 0x10u  /* a disconnect was requested */
+#define NOTE_DRAIN 0x20u  /* the send queue drained after a refusal */
+#define NOTE_ERROR 0x40u  /* a write failed: the connection is dead */
+
+/* bk_conn_recv results besides a byte count. */
+#define BK_EOF 0
+#define BK_AGAIN (-1)
+#define BK_ERROR (-2)
+
+typedef struct worker_s worker_t;
+
+typedef struct conn_s {
+  conn_slot_t slot; /* id + lock; must stay first */
+  iocpsrv_t *srv;
+  /* Under slot.lock: */
+  uint8_t state, close_mode, close_reason;
+  uint8_t busy;         /* a worker holds the callback token */
+  uint8_t queued;       /* on the server task list (kept across reuse, see run_tasks) */
+  uint8_t flush_queued; /* on a worker flush list (likewise) */
+  uint8_t paused, pull_blocked, want_drain;
+  uint8_t wr_shut, rd_eof, hup; /* sent our FIN, got the peer's, socket hung up */
+  uint32_t notes;
+  bk_socket_t sock;
+  sendbuf_t out;        /* queued, not yet handed to the backend */
+  uint64_t bytes_out, packets_out;
+  int64_t close_deadline;
+  struct conn_s *next_task, *next_flush;
+  /* Owned by the token holder (read elsewhere through the atomics): */
+  framer_t in;
+  atomic_int deliver_stop; /* paused or closing: stop handing packets over */
+  _Atomic(void *) user;
+  atomic_uint_fast64_t bytes_in, packets_in;
+  atomic_int_fast64_t last_packet_ms;
+  int64_t connect_time_ms;
+  char peer[64];
+  bk_conn_t bk;
+} conn_t;
+
+struct worker_s {
+  iocpsrv_t *srv;
+  int index;
+  srv_thread_t thread;
+  uint8_t *rbuf;
+  size_t rbuf_size;
+  int64_t now;
+  conn_t *flush_head;
+  uint64_t packets_in, bytes_in, packets_out, bytes_out; /* published once per batch */
+  bk_worker_t bk;
+};
+
+typedef struct srv_stats_s {
+  atomic_uint_fast64_t connections_total, connections_refused, connections_rejected;
+  atomic_uint_fast64_t packets_in, packets_out, bytes_in, bytes_out;
+  atomic_uint_fast64_t accept_errors, protocol_errors, send_queue_rejections, idle_timeouts;
+} srv_stats_t;
+
+struct iocpsrv_s {
+  void *user;
+  srv_options_t opt;
+  framing_cfg_t framing;
+  iocpsrv_connect_cb on_connect;
+  iocpsrv_packet_cb on_packet;
+  iocpsrv_disconnect_cb on_disconnect;
+  iocpsrv_drain_cb on_drain;
+  iocpsrv_worker_cb on_worker_start, on_worker_stop;
+  iocpsrv_log_cb on_log;
+
+  srv_mutex_t life_lock;  /* lifecycle calls (listen, stop, destroy); never on workers */
+  srv_mutex_t count_lock; /* with count_cond: a stop waiting for the last connection */
+  srv_cond_t count_cond;
+  atomic_int state;
+  int need_join;         /* workers exist and must be joined */
+  atomic_int_fast64_t stop_deadline;
+  int stop_abort;
+  bk_socket_t listen_sock;
+  int port;
+  int sweep_period_ms;
+  atomic_int_fast64_t next_sweep_ms;
+  worker_t *workers;
+  int nworkers;
+  atomic_int running_workers;
+
+  conntable_t table;
+  atomic_size_t open_count;
+  srv_mutex_t task_lock;
+  conn_t *task_head, *task_tail;
+  pullq_t pull;
+  srv_stats_t stats;
+  bk_server_t bk;
+};
+
+/* ---- Engine entry points for backends ---- */
+
+/* A new client socket from the listener (non-blocking already on epoll). */
+void engine_accept(worker_t *w, bk_socket_t sock, const struct sockaddr_storage *peer);
+/* The connection an event's id names, locked, or NULL when it has closed since. */
+conn_t *engine_conn_lock_id_event(iocpsrv_t *srv, uint64_t id);
+/* Add notes (NOTE_READ, NOTE_WRITE) and run them if no one holds the token. Called
+ * with the lock held; returns with it released. */
+void engine_conn_notify_locked(worker_t *w, conn_t *c, uint32_t notes);
+/* The task wake-up fired: run what other threads scheduled. */
+void engine_run_tasks(worker_t *w);
+/* After each batch of events: deferred flushes, stats, the periodic sweep. Returns
+ * how long the worker may wait for the next event, in ms. */
+int engine_after_batch(worker_t *w);
+/* Bytes left the send queue (handed to or taken by the kernel); lock held. Checks
+ * drain and the graceful half-close. */
+void engine_sent_locked(iocpsrv_t *srv, conn_t *c, size_t n);
+/* A write failed: the connection is dead. Lock held. */
+void engine_write_failed_locked(iocpsrv_t *srv, conn_t *c);
+/* Work for the token holder; lock held. */
+void engine_schedule_locked(iocpsrv_t *srv, conn_t *c, uint32_t note);
+/* The backend's last outstanding I/O on a closed connection finished (IOCP). */
+void engine_conn_released(iocpsrv_t *srv, conn_t *c);
+/* Whether the connection wants to receive now (lock held). */
+int engine_reading_wanted(const conn_t *c);
+int engine_in_worker_of(iocpsrv_t *srv);
+void engine_log(iocpsrv_t *srv, int level, const char *fmt, ...);
+void engine_stat_add(atomic_uint_fast64_t *s, uint64_t n);
+
+/* ---- Backend functions for the engine ---- */
+
+int bk_global_init(void);                   /* once per server create (WSAStartup) */
+void bk_global_cleanup(void);
+/* Bind and listen (srv->listen_sock, srv->port), create the wait objects. */
+int bk_start(iocpsrv_t *srv, const char *host, int port);
+void bk_stop_accepting(iocpsrv_t *srv);     /* not closing: a worker may be accepting */
+void bk_release(iocpsrv_t *srv);            /* after the workers are joined */
+void bk_worker_loop(worker_t *w);           /* until bk_quit_workers */
+void bk_quit_workers(iocpsrv_t *srv);
+void bk_wake_tasks(iocpsrv_t *srv);
+void bk_tune_socket(iocpsrv_t *srv, bk_socket_t sock);
+/* Start watching a fresh connection; lock held. Non-zero on failure. */
+int bk_conn_register(iocpsrv_t *srv, conn_t *c);
+/* Arm the connection for what it waits for (engine_reading_wanted, writes); lock
+ * held, token not held. */
+void bk_conn_arm_locked(iocpsrv_t *srv, conn_t *c);
+/* Hand queued bytes to the OS without blocking; lock held. */
+void bk_conn_flush_locked(iocpsrv_t *srv, conn_t *c);
+/* NOTE_WRITE reached the token holder; lock held. */
+void bk_conn_on_writable_locked(iocpsrv_t *srv, conn_t *c);
+/* Bytes queued or handed to the backend and not yet taken by the kernel. */
+size_t bk_conn_pending_locked(const conn_t *c);
+/* Receive into buf: a count, BK_EOF, BK_AGAIN or BK_ERROR. Token held. */
+long bk_conn_recv(conn_t *c, void *buf, size_t len);
+void bk_conn_shutdown_write(conn_t *c);
+/* Close the socket (RST when abort). Returns 1 if I/O is still outstanding: the
+ * backend then calls engine_conn_released after its last completion. */
+int bk_conn_close(iocpsrv_t *srv, conn_t *c, int abort);
+int bk_local_addr(conn_t *c, struct sockaddr_storage *sa);
+
+#endif

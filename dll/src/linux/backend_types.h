@@ -1,0 +1,26 @@
+/* What the epoll backend keeps inside the core's structs (see core/engine.h). */
+#ifndef IOCPSRV_LINUX_BACKEND_TYPES_H
+#define IOCPSRV_LINUX_BACKEND_TYPES_H
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+typedef int bk_socket_t;
+#define BK_INVALID_SOCKET (-1)
+
+typedef struct bk_conn_s {
+  uint32_t armed_ev; /* the one-shot epoll mask armed now, 0 when not armed */
+  uint8_t want_write;/* a write would block: EPOLLOUT armed */
+} bk_conn_t;
+
+typedef struct bk_server_s {
+  int epfd, task_fd, quit_fd;
+} bk_server_t;
+
+typedef struct bk_worker_s {
+  int unused;
+} bk_worker_t;
+
+#endif

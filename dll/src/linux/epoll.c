@@ -1,0 +1,314 @@
+/* The Linux backend: one shared epoll set served by every worker.
+ *
+ * Each socket is registered EPOLLONESHOT in one epoll set that all workers wait on,
+ * the readiness twin of a completion port: any idle worker serves any ready
+ * connection, so a callback that blocks delays only its own thread, and the one-shot
+ * arming means one event per connection is in flight at a time. The engine's token
+ * (core/engine.h) does the rest of the serializing.
+ *
+ * Sends are plain non-blocking send() calls of the whole contiguous send buffer; one
+ * that would block arms EPOLLOUT and the token holder finishes it. */
+#define _GNU_SOURCE /* accept4 */
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "core/engine.h"
+
+/* epoll data values that are not connection ids (ids are >= 1 << 24). */
+#define TAG_LISTEN 1u
+#define TAG_TASK 2u
+#define TAG_QUIT 3u
+
+#define EVENTS_PER_WAIT 64
+
+int bk_global_init(void) { return 0; }
+void bk_global_cleanup(void) {}
+
+static int os_error(int e) {
+  switch (e) {
+  case EADDRINUSE: return IOCPSRV_EADDRINUSE;
+  case EACCES:
+  case EPERM: return IOCPSRV_EACCES;
+  case EADDRNOTAVAIL:
+  case EAFNOSUPPORT:
+  case EINVAL: return IOCPSRV_EADDRNOTAVAIL;
+  case ENOMEM:
+  case ENOBUFS: return IOCPSRV_ENOMEM;
+  default: return IOCPSRV_ESYSTEM;
+  }
+}
+
+/* ------------------------------------------------------------------ listener ---- */
+
+static int listen_on(iocpsrv_t *srv, const struct addrinfo *ai) {
+  int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return os_error(errno);
+  int one = 1, v6only = (int)srv->opt.ipv6_only;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  if (ai->ai_family == AF_INET6)
+    setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, sizeof v6only);
+  int backlog = srv->opt.listen_backlog ? (int)srv->opt.listen_backlog : SOMAXCONN;
+  if (bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, backlog) != 0) {
+    int err = os_error(errno);
+    close(fd);
+    return err;
+  }
+  struct sockaddr_storage sa;
+  socklen_t len = sizeof sa;
+  getsockname(fd, (struct sockaddr *)&sa, &len);
+  srv->port = ntohs(sa.ss_family == AF_INET ? ((struct sockaddr_in *)&sa)->sin_port
+                                            : ((struct sockaddr_in6 *)&sa)->sin6_port);
+  srv->listen_sock = fd;
+  return 0;
+}
+
+/* No host: all interfaces, dual stack, falling back to IPv4 where IPv6 is off. */
+static int bind_listener(iocpsrv_t *srv, const char *host, int port) {
+  int any = host == NULL || host[0] == 0;
+  const char *candidates[2] = {any ? "::" : host, any ? "0.0.0.0" : NULL};
+  int err = IOCPSRV_EADDRNOTAVAIL;
+  char service[16];
+  snprintf(service, sizeof service, "%d", port);
+  for (int k = 0; k < 2 && candidates[k]; k++) {
+    struct addrinfo hints = {0}, *res = NULL;
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+    if (getaddrinfo(candidates[k], service, &hints, &res) != 0) continue;
+    for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
+      err = listen_on(srv, ai);
+      if (err == 0) break;
+    }
+    freeaddrinfo(res);
+    if (err == 0) return 0;
+  }
+  return err;
+}
+
+static int add_watch(iocpsrv_t *srv, int fd, uint32_t events, uint64_t tag) {
+  struct epoll_event e = {.events = events, .data.u64 = tag};
+  return epoll_ctl(srv->bk.epfd, EPOLL_CTL_ADD, fd, &e);
+}
+
+int bk_start(iocpsrv_t *srv, const char *host, int port) {
+  bk_server_t *b = &srv->bk;
+  b->epfd = b->task_fd = b->quit_fd = -1;
+  int rc = bind_listener(srv, host, port);
+  if (rc) return rc;
+  b->epfd = epoll_create1(EPOLL_CLOEXEC);
+  b->task_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  b->quit_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (b->epfd < 0 || b->task_fd < 0 || b->quit_fd < 0) return os_error(errno);
+  /* The task eventfd is edge-triggered so one write wakes one worker; quit is
+   * level-triggered so it wakes them all. */
+  if (add_watch(srv, srv->listen_sock, EPOLLIN | EPOLLONESHOT, TAG_LISTEN) ||
+      add_watch(srv, b->task_fd, EPOLLIN | EPOLLET, TAG_TASK) ||
+      add_watch(srv, b->quit_fd, EPOLLIN, TAG_QUIT))
+    return os_error(errno);
+  return 0;
+}
+
+void bk_stop_accepting(iocpsrv_t *srv) {
+  /* shutdown, not close: a worker may be inside accept4 on this fd right now. */
+  epoll_ctl(srv->bk.epfd, EPOLL_CTL_DEL, srv->listen_sock, NULL);
+  shutdown(srv->listen_sock, SHUT_RDWR);
+}
+
+static void close_fd(int *fd) {
+  if (*fd >= 0) close(*fd);
+  *fd = -1;
+}
+
+void bk_release(iocpsrv_t *srv) {
+  close_fd(&srv->listen_sock);
+  close_fd(&srv->bk.epfd);
+  close_fd(&srv->bk.task_fd);
+  close_fd(&srv->bk.quit_fd);
+}
+
+static void signal_fd(int fd) {
+  uint64_t one = 1;
+  ssize_t r = write(fd, &one, sizeof one);
+  (void)r; /* EAGAIN only if the counter is saturated: it is readable either way */
+}
+
+void bk_quit_workers(iocpsrv_t *srv) { signal_fd(srv->bk.quit_fd); }
+void bk_wake_tasks(iocpsrv_t *srv) { signal_fd(srv->bk.task_fd); }
+
+static void accept_batch(worker_t *w) {
+  iocpsrv_t *srv = w->srv;
+  for (int i = 0; i < srv->opt.accepts_posted; i++) {
+    struct sockaddr_storage sa;
+    socklen_t len = sizeof sa;
+    int fd = accept4(srv->listen_sock, (struct sockaddr *)&sa, &len,
+                     SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      if (errno == EINTR || errno == ECONNABORTED) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINVAL) break;
+      engine_stat_add(&srv->stats.accept_errors, 1);
+      engine_log(srv, 0, "accept failed: %s", strerror(errno));
+      break;
+    }
+    engine_accept(w, fd, &sa);
+  }
+  if (atomic_load(&srv->state) == SRV_RUNNING) {
+    struct epoll_event e = {.events = EPOLLIN | EPOLLONESHOT, .data.u64 = TAG_LISTEN};
+    epoll_ctl(srv->bk.epfd, EPOLL_CTL_MOD, srv->listen_sock, &e);
+  }
+}
+
+/* ------------------------------------------------------------------- workers ---- */
+
+static void on_conn_event(worker_t *w, uint64_t id, uint32_t ev) {
+  conn_t *c = engine_conn_lock_id_event(w->srv, id);
+  if (!c) return;
+  c->bk.armed_ev = 0;
+  if (ev & (EPOLLHUP | EPOLLERR)) c->hup = 1;
+  uint32_t notes = 0;
+  if (ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) notes |= NOTE_READ;
+  if (ev & EPOLLOUT) notes |= NOTE_WRITE;
+  engine_conn_notify_locked(w, c, notes);
+}
+
+void bk_worker_loop(worker_t *w) {
+  iocpsrv_t *srv = w->srv;
+  struct epoll_event evs[EVENTS_PER_WAIT];
+  int wait_ms = engine_after_batch(w);
+  for (;;) {
+    int n = epoll_wait(srv->bk.epfd, evs, EVENTS_PER_WAIT, wait_ms);
+    if (n < 0 && errno != EINTR) {
+      engine_log(srv, 0, "epoll_wait failed: %s", strerror(errno));
+      return;
+    }
+    w->now = srv_now_ms();
+    int quit = 0;
+    for (int i = 0; i < n; i++) {
+      uint64_t tag = evs[i].data.u64;
+      if (tag == TAG_LISTEN) {
+        accept_batch(w);
+      } else if (tag == TAG_TASK) {
+        uint64_t v;
+        ssize_t r = read(srv->bk.task_fd, &v, sizeof v);
+        (void)r;
+        engine_run_tasks(w);
+      } else if (tag == TAG_QUIT) {
+        quit = 1;
+      } else {
+        on_conn_event(w, tag, evs[i].events);
+      }
+    }
+    wait_ms = engine_after_batch(w);
+    if (quit) return;
+  }
+}
+
+/* --------------------------------------------------------------- connections ---- */
+
+void bk_tune_socket(iocpsrv_t *srv, bk_socket_t fd) {
+  const srv_options_t *o = &srv->opt;
+  int one = 1;
+  if (o->nodelay) setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  if (o->keepalive_ms) {
+    int secs = (int)((o->keepalive_ms + 999) / 1000);
+    setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &secs, sizeof secs);
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &secs, sizeof secs);
+  }
+  if (o->rcvbuf) {
+    int v = (int)o->rcvbuf;
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &v, sizeof v);
+  }
+  if (o->sndbuf) {
+    int v = (int)o->sndbuf;
+    setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &v, sizeof v);
+  }
+}
+
+int bk_conn_register(iocpsrv_t *srv, conn_t *c) {
+  c->bk.want_write = 0;
+  struct epoll_event e = {.events = EPOLLIN | EPOLLRDHUP | EPOLLONESHOT,
+                          .data.u64 = c->slot.id};
+  if (epoll_ctl(srv->bk.epfd, EPOLL_CTL_ADD, c->sock, &e) != 0) {
+    engine_log(srv, 0, "epoll_ctl(ADD) failed: %s", strerror(errno));
+    c->bk.armed_ev = 0;
+    return -1;
+  }
+  c->bk.armed_ev = e.events;
+  return 0;
+}
+
+void bk_conn_arm_locked(iocpsrv_t *srv, conn_t *c) {
+  if (c->busy || (c->state != CONN_OPEN && c->state != CONN_CLOSING)) return;
+  uint32_t ev = 0;
+  if (engine_reading_wanted(c)) ev |= EPOLLIN | EPOLLRDHUP;
+  if (c->bk.want_write) ev |= EPOLLOUT;
+  /* A hung-up socket reports EPOLLHUP whatever the mask: while nothing is wanted from
+   * it, leave it disarmed instead of waking workers in a loop. */
+  if (ev == 0 && c->hup) return;
+  ev |= EPOLLONESHOT;
+  if (c->bk.armed_ev == ev) return;
+  struct epoll_event e = {.events = ev, .data.u64 = c->slot.id};
+  if (epoll_ctl(srv->bk.epfd, EPOLL_CTL_MOD, c->sock, &e) == 0) c->bk.armed_ev = ev;
+}
+
+void bk_conn_flush_locked(iocpsrv_t *srv, conn_t *c) {
+  if (c->bk.want_write) return; /* EPOLLOUT will flush */
+  size_t sent = 0;
+  while (sendbuf_pending(&c->out)) {
+    ssize_t n = send(c->sock, sendbuf_data(&c->out), sendbuf_pending(&c->out), MSG_NOSIGNAL);
+    if (n > 0) {
+      sendbuf_consume(&c->out, (size_t)n);
+      sent += (size_t)n;
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      c->bk.want_write = 1;
+      bk_conn_arm_locked(srv, c);
+      break;
+    }
+    engine_write_failed_locked(srv, c);
+    return;
+  }
+  engine_sent_locked(srv, c, sent);
+}
+
+void bk_conn_on_writable_locked(iocpsrv_t *srv, conn_t *c) {
+  c->bk.want_write = 0;
+  bk_conn_flush_locked(srv, c);
+}
+
+size_t bk_conn_pending_locked(const conn_t *c) { return sendbuf_pending(&c->out); }
+
+long bk_conn_recv(conn_t *c, void *buf, size_t len) {
+  for (;;) {
+    ssize_t n = recv(c->sock, buf, len, 0);
+    if (n >= 0) return (long)n;
+    if (errno == EINTR) continue;
+    return errno == EAGAIN || errno == EWOULDBLOCK ? BK_AGAIN : BK_ERROR;
+  }
+}
+
+void bk_conn_shutdown_write(conn_t *c) { shutdown(c->sock, SHUT_WR); }
+
+int bk_conn_close(iocpsrv_t *srv, conn_t *c, int abort) {
+  (void)srv;
+  if (abort) {
+    struct linger lg = {1, 0}; /* RST instead of FIN */
+    setsockopt(c->sock, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+  }
+  close(c->sock); /* also drops the epoll registration: the fd is never duplicated */
+  c->sock = -1;
+  return 0;
+}
+
+int bk_local_addr(conn_t *c, struct sockaddr_storage *sa) {
+  socklen_t len = sizeof *sa;
+  return getsockname(c->sock, (struct sockaddr *)sa, &len);
+}
