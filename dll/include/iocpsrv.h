@@ -290,9 +290,10 @@ IOCPSRV_API int IOCPSRV_CALL iocpsrv_listen(iocpsrv_t *server, const char *host,
 /* The bound port while running (or last run), else IOCPSRV_ESTOPPED. Any thread. */
 IOCPSRV_API int IOCPSRV_CALL iocpsrv_port(iocpsrv_t *server);
 
-/* Stop: no new clients; queued sends flushed for up to `timeout_ms` (0 = abort at
- * once, negative = no limit); every connection closed with its one disconnect
- * (reason SERVER_STOPPED); workers joined. From a non-worker thread it returns when
+/* Stop: no new clients; every connection closes gracefully (queued sends written,
+ * our FIN sent, the client's FIN awaited) for up to `timeout_ms`, after which the
+ * rest are reset (0 = reset at once, negative = no limit); each gets its one
+ * disconnect (reason SERVER_STOPPED); workers joined. From a non-worker thread it returns when
  * all of that is done. From a callback it starts the stop and returns; a later stop
  * or destroy from another thread finishes it. Returns 0, or IOCPSRV_ESTOPPED if not
  * running. The server may listen again afterwards. */
