@@ -309,8 +309,7 @@ static void framing_oversize_header(void) {
   CHECK(rc == TS_EOF || rc == TS_RESET);
   ts_close(mixed);
 
-  iocpsrv_stats_t st = echo_stats(es);
-  CHECK_EQ(st.protocol_errors, 3);
+  ECHO_CHECK_STAT(es, protocol_errors, 3);
 
   /* The other client never noticed. */
   CHECK_EQ(ts_send_packet(good, "after", 5), 0);

@@ -812,7 +812,7 @@ static void run_hooks(int workers) {
     CHECK_MSG(tt_counter_wait(&h->starts, (int64_t)workers * run, TS_WAIT_MS) == 0,
               "%lld worker start hooks, expected %d", (long long)tt_counter_get(&h->starts),
               workers * run);
-    CHECK_EQ(echo_stats(es).workers, workers);
+    ECHO_CHECK_STAT(es, workers, workers);
     ts_sock_t s[8];
     for (i = 0; i < 8; i++) {
       s[i] = connect_to(es);

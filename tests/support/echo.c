@@ -196,7 +196,7 @@ static void echo_on_disconnect(echo_server_t *es, iocpsrv_conn_id_t id, void *us
   echo_conn_t *c = echo_enter(es, id, "disconnect");
   if (!c) return;
   if (pull && user == NULL) {
-    c->pull_null_user++;
+    c->pull_null_user_disc++;
   } else if (user != c->expected_user) {
     echo_contract_error(es, c, "disconnect: conn_user %p, expected %p", user,
                         c->expected_user);
@@ -318,6 +318,8 @@ static void echo_pump(void *arg) {
     for (i = 0; i < n; i++) {
       iocpsrv_event_t *e = &ev[i];
       es->pump_events++;
+      if (es->cfg.pull_pace_every > 0 && es->pump_events % es->cfg.pull_pace_every == 0)
+        tt_sleep_ms(1); /* pacing a deliberately slow consumer */
       if (e->data == NULL)
         echo_contract_error(es, NULL, "event type %d with data == NULL", (int)e->type);
       switch (e->type) {
@@ -398,7 +400,7 @@ int echo_listen(echo_server_t *es) {
   es->port = iocpsrv_port(es->srv);
   CHECK_GT(es->port, 0);
   CHECK_LT(es->port, 65536);
-  if (es->cfg.pull) {
+  if (es->cfg.pull && !es->cfg.pull_manual) {
     es->pump_result = 1;
     es->pump = tt_thread_start(echo_pump, es);
     CHECK(es->pump != NULL);

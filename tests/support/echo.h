@@ -61,6 +61,9 @@ typedef struct echo_config_s {
   int pull;               /* pull mode, served by a pump thread */
   int pull_wait_handle;   /* the pump waits on iocpsrv_wait_handle, then polls with 0 */
   int pull_batch;         /* events per iocpsrv_poll, default 64 */
+  int pull_manual;        /* pull mode without the pump: the test polls itself */
+  int pull_pace_every;    /* the pump sleeps 1 ms after this many events (a slow
+                             consumer, to fill the pull queue); 0 = never */
   int check_seq;          /* payloads of >= 4 bytes start with a u32le sequence 0,1,2.. */
   int log_events;         /* keep a per-connection digest of events (echo_digests) */
   int keep_raw;           /* keep every payload byte per connection (raw mode checks) */
@@ -85,7 +88,8 @@ struct echo_conn_s {
   int drains;
   int busy;            /* a callback for this connection is running */
   int errors;          /* contract breaches on this connection */
-  int pull_null_user;  /* pull events that carried conn_user NULL */
+  int pull_null_user;  /* pull packet events that carried conn_user NULL */
+  int pull_null_user_disc; /* pull disconnect events that carried conn_user NULL */
   char *log;           /* "C;P<len>:<hash>;...;D<reason>;" when cfg.log_events */
   size_t log_len, log_cap;
   uint8_t *raw;        /* every payload byte when cfg.keep_raw */
@@ -162,6 +166,22 @@ void echo_contract_error(echo_server_t *es, echo_conn_t *c, const char *fmt, ...
 
 /* Fetch stats (fails the test on error). */
 iocpsrv_stats_t echo_stats(echo_server_t *es);
+
+/* Poll a condition on engine state that has no event to wait on, for up to
+ * TS_WAIT_MS (e.g. stats the engine updates just after a callback returns: the
+ * callback is observable before the counter moves). The caller CHECKs it afterwards. */
+#define ECHO_WAIT_FOR(cond)                                                           \
+  do {                                                                                \
+    int64_t echo_deadline_ = tt_now_ms() + TS_WAIT_MS;                                \
+    while (!(cond) && tt_now_ms() < echo_deadline_) tt_sleep_ms(1);                   \
+  } while (0)
+
+/* Wait until stats.field == want, then check it. */
+#define ECHO_CHECK_STAT(es, field, want)                                              \
+  do {                                                                                \
+    ECHO_WAIT_FOR(echo_stats(es).field == (uint64_t)(want));                          \
+    CHECK_EQ(echo_stats(es).field, (want));                                           \
+  } while (0)
 
 #ifdef __cplusplus
 }

@@ -298,6 +298,8 @@ int ts_recv_some(ts_sock_t s, void *buf, size_t cap, int timeout_ms) {
 
 int ts_readable(ts_sock_t s, int timeout_ms) { return ts_wait(s, POLLIN, timeout_ms); }
 
+int ts_writable(ts_sock_t s, int timeout_ms) { return ts_wait(s, POLLOUT, timeout_ms); }
+
 void ts_encode_header(uint8_t *hdr, size_t len, int hdr_size, int big_endian) {
   int i;
   for (i = 0; i < hdr_size; i++) {

@@ -83,6 +83,9 @@ int ts_recv_some(ts_sock_t s, void *buf, size_t cap, int timeout_ms);
 /* 1 if data or EOF is ready to read within timeout_ms, 0 if not, negative on error. */
 int ts_readable(ts_sock_t s, int timeout_ms);
 
+/* 1 if the socket can take more bytes within timeout_ms, 0 if not, negative on error. */
+int ts_writable(ts_sock_t s, int timeout_ms);
+
 /* Framing helpers: hdr_size 2 or 4, big_endian 0/1. */
 void ts_encode_header(uint8_t *hdr, size_t len, int hdr_size, int big_endian);
 size_t ts_decode_header(const uint8_t *hdr, int hdr_size, int big_endian);
