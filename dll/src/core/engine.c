@@ -477,10 +477,7 @@ static void conn_refuse(iocpsrv_t *srv, conn_t *c) {
 
 /* Closes a client we will not serve. */
 static void refuse_socket(iocpsrv_t *srv, bk_socket_t sock) {
-  conn_t tmp;
-  memset(&tmp, 0, sizeof tmp);
-  tmp.sock = sock;
-  bk_conn_close(srv, &tmp, 0);
+  bk_close_socket(sock);
   engine_stat_add(&srv->stats.connections_refused, 1);
 }
 

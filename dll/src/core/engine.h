@@ -174,6 +174,7 @@ void bk_worker_loop(worker_t *w);           /* until bk_quit_workers */
 void bk_quit_workers(iocpsrv_t *srv);
 void bk_wake_tasks(iocpsrv_t *srv);
 void bk_tune_socket(iocpsrv_t *srv, bk_socket_t sock);
+void bk_close_socket(bk_socket_t sock);    /* a client socket we never served */
 /* Start watching a fresh connection; lock held. Non-zero on failure. */
 int bk_conn_register(iocpsrv_t *srv, conn_t *c);
 /* Arm the connection for what it waits for (engine_reading_wanted, writes); lock

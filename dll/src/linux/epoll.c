@@ -308,6 +308,8 @@ int bk_conn_close(iocpsrv_t *srv, conn_t *c, int abort) {
   return 0;
 }
 
+void bk_close_socket(bk_socket_t sock) { close(sock); }
+
 int bk_local_addr(conn_t *c, struct sockaddr_storage *sa) {
   socklen_t len = sizeof *sa;
   return getsockname(c->sock, (struct sockaddr *)sa, &len);

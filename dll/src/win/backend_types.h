@@ -1,0 +1,49 @@
+/* What the IOCP backend keeps inside the core's structs (see core/engine.h). */
+#ifndef IOCPSRV_WIN_BACKEND_TYPES_H
+#define IOCPSRV_WIN_BACKEND_TYPES_H
+
+#ifndef WIN32_LEAN_AND_MEAN
+#  define WIN32_LEAN_AND_MEAN
+#endif
+#include <winsock2.h>
+#include <ws2tcpip.h>
+#include <mswsock.h>
+#include <windows.h>
+#include <stdint.h>
+
+#include "core/sendbuf.h"
+
+typedef SOCKET bk_socket_t;
+#define BK_INVALID_SOCKET INVALID_SOCKET
+
+/* One overlapped operation; the completion leads back to it with container_of. */
+typedef struct bk_io_s {
+  OVERLAPPED ov;
+  int kind; /* BK_IO_RECV, BK_IO_SEND */
+} bk_io_t;
+
+typedef struct bk_conn_s {
+  bk_io_t recv_io, send_io;
+  sendbuf_t inflight;   /* the bytes the outstanding WSASend is writing */
+  int io_pending;       /* overlapped operations not yet completed */
+  uint8_t recv_posted, send_posted;
+  uint8_t skip_inline;  /* FILE_SKIP_COMPLETION_PORT_ON_SUCCESS is on for this socket */
+  uint8_t closed;       /* socket closed; the slot is released after the last completion */
+} bk_conn_t;
+
+typedef struct bk_accept_s bk_accept_t;
+
+typedef struct bk_server_s {
+  HANDLE port;
+  int family;
+  bk_accept_t *accepts;
+  int naccepts;
+  LPFN_ACCEPTEX accept_ex;
+  LPFN_GETACCEPTEXSOCKADDRS get_sockaddrs;
+} bk_server_t;
+
+typedef struct bk_worker_s {
+  int unused;
+} bk_worker_t;
+
+#endif

@@ -1,0 +1,467 @@
+/* The Windows backend: one I/O completion port per server, served by every worker.
+ *
+ * Accepts are pre-posted AcceptEx calls (IOCPSRV_OPT_ACCEPTS_POSTED of them). Each
+ * connection has at most one outstanding receive and one outstanding send:
+ *   - The receive is a zero-byte WSARecv: it completes when data (or FIN, or an error)
+ *     is there, and the token holder then takes the bytes with a non-blocking recv()
+ *     into its worker's read buffer. Idle connections hold no receive buffer, and the
+ *     engine's receive path is the same as on epoll.
+ *   - The send hands the whole contiguous send buffer to one WSASend (every packet
+ *     queued since the last one, in one call) and swaps in an empty buffer for new
+ *     sends while the kernel owns that one.
+ * FILE_SKIP_COMPLETION_PORT_ON_SUCCESS is set where the system allows it, so an
+ * operation that succeeds at once is finished inline and queues no packet.
+ *
+ * Lifetime. A connection counts its outstanding operations. Closing the socket makes
+ * them complete (995, or 676 under Wine: any error on a closed connection means
+ * "closed"); the engine's disconnect callback and the slot's release wait for the last
+ * completion, so no completion ever touches a reused slot.
+ *
+ * Stop posts one quit packet per worker (closing the port does not wake waiters under
+ * Wine), and cancels the listener's accepts with CancelIoEx. */
+#include <limits.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "core/engine.h"
+
+#define KEY_CONN 1
+#define KEY_LISTEN 2
+#define KEY_TASK 3
+#define KEY_QUIT 4
+
+enum { BK_IO_RECV = 1, BK_IO_SEND = 2 };
+
+#define ENTRIES_PER_WAIT 64
+#define ADDR_SLOT (sizeof(struct sockaddr_storage) + 16) /* AcceptEx's rule */
+
+struct bk_accept_s {
+  OVERLAPPED ov;
+  SOCKET sock;   /* the socket AcceptEx fills, INVALID_SOCKET when idle */
+  int posted;
+  char addrs[2 * ADDR_SLOT];
+};
+
+#define container_of(p, type, field) ((type *)((char *)(p) - offsetof(type, field)))
+
+static int os_error(int e) {
+  switch (e) {
+  case WSAEADDRINUSE: return IOCPSRV_EADDRINUSE;
+  case WSAEACCES: return IOCPSRV_EACCES;
+  case WSAEADDRNOTAVAIL:
+  case WSAEAFNOSUPPORT:
+  case WSAEINVAL: return IOCPSRV_EADDRNOTAVAIL;
+  case WSAENOBUFS:
+  case ERROR_NOT_ENOUGH_MEMORY: return IOCPSRV_ENOMEM;
+  default: return IOCPSRV_ESYSTEM;
+  }
+}
+
+int bk_global_init(void) {
+  WSADATA wsa;
+  return WSAStartup(MAKEWORD(2, 2), &wsa) == 0 ? 0 : -1;
+}
+
+void bk_global_cleanup(void) { WSACleanup(); }
+
+static SOCKET new_socket(int family) {
+  return WSASocketW(family, SOCK_STREAM, IPPROTO_TCP, NULL, 0,
+                    WSA_FLAG_OVERLAPPED | WSA_FLAG_NO_HANDLE_INHERIT);
+}
+
+/* ------------------------------------------------------------------ listener ---- */
+
+static int load_extensions(iocpsrv_t *srv) {
+  GUID accept_guid = WSAID_ACCEPTEX, addrs_guid = WSAID_GETACCEPTEXSOCKADDRS;
+  DWORD bytes = 0;
+  if (WSAIoctl(srv->listen_sock, SIO_GET_EXTENSION_FUNCTION_POINTER, &accept_guid,
+               sizeof accept_guid, &srv->bk.accept_ex, sizeof srv->bk.accept_ex, &bytes, NULL,
+               NULL) != 0 ||
+      WSAIoctl(srv->listen_sock, SIO_GET_EXTENSION_FUNCTION_POINTER, &addrs_guid,
+               sizeof addrs_guid, &srv->bk.get_sockaddrs, sizeof srv->bk.get_sockaddrs,
+               &bytes, NULL, NULL) != 0)
+    return os_error(WSAGetLastError());
+  return 0;
+}
+
+static int listen_on(iocpsrv_t *srv, const struct addrinfo *ai) {
+  SOCKET s = new_socket(ai->ai_family);
+  if (s == INVALID_SOCKET) return os_error(WSAGetLastError());
+  /* Exclusive: no other process can bind the same port and steal connections. */
+  BOOL yes = TRUE;
+  setsockopt(s, SOL_SOCKET, SO_EXCLUSIVEADDRUSE, (const char *)&yes, sizeof yes);
+  if (ai->ai_family == AF_INET6) {
+    DWORD v6only = (DWORD)srv->opt.ipv6_only;
+    setsockopt(s, IPPROTO_IPV6, IPV6_V6ONLY, (const char *)&v6only, sizeof v6only);
+  }
+  int backlog = srv->opt.listen_backlog ? (int)srv->opt.listen_backlog : SOMAXCONN;
+  if (bind(s, ai->ai_addr, (int)ai->ai_addrlen) != 0 || listen(s, backlog) != 0) {
+    int err = os_error(WSAGetLastError());
+    closesocket(s);
+    return err;
+  }
+  struct sockaddr_storage sa;
+  int len = sizeof sa;
+  getsockname(s, (struct sockaddr *)&sa, &len);
+  srv->port = ntohs(sa.ss_family == AF_INET ? ((struct sockaddr_in *)&sa)->sin_port
+                                            : ((struct sockaddr_in6 *)&sa)->sin6_port);
+  srv->listen_sock = s;
+  srv->bk.family = ai->ai_family;
+  return 0;
+}
+
+/* No host: all interfaces, dual stack, falling back to IPv4 where IPv6 is off. */
+static int bind_listener(iocpsrv_t *srv, const char *host, int port) {
+  int any = host == NULL || host[0] == 0;
+  const char *candidates[2] = {any ? "::" : host, any ? "0.0.0.0" : NULL};
+  int err = IOCPSRV_EADDRNOTAVAIL;
+  char service[16];
+  snprintf(service, sizeof service, "%d", port);
+  for (int k = 0; k < 2 && candidates[k]; k++) {
+    struct addrinfo hints, *res = NULL;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+    if (getaddrinfo(candidates[k], service, &hints, &res) != 0) continue;
+    for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
+      err = listen_on(srv, ai);
+      if (err == 0) break;
+    }
+    freeaddrinfo(res);
+    if (err == 0) return 0;
+  }
+  return err;
+}
+
+/* Post one AcceptEx. */
+static void post_accept(iocpsrv_t *srv, bk_accept_t *a) {
+  a->sock = new_socket(srv->bk.family);
+  if (a->sock == INVALID_SOCKET) {
+    engine_stat_add(&srv->stats.accept_errors, 1);
+    engine_log(srv, 0, "WSASocket failed: %d", WSAGetLastError());
+    return;
+  }
+  memset(&a->ov, 0, sizeof a->ov);
+  DWORD bytes = 0;
+  a->posted = 1;
+  if (!srv->bk.accept_ex(srv->listen_sock, a->sock, a->addrs, 0, ADDR_SLOT, ADDR_SLOT, &bytes,
+                         &a->ov) &&
+      WSAGetLastError() != ERROR_IO_PENDING) {
+    a->posted = 0;
+    engine_stat_add(&srv->stats.accept_errors, 1);
+    engine_log(srv, 0, "AcceptEx failed: %d", WSAGetLastError());
+    closesocket(a->sock);
+    a->sock = INVALID_SOCKET;
+  }
+}
+
+int bk_start(iocpsrv_t *srv, const char *host, int port) {
+  bk_server_t *b = &srv->bk;
+  int rc = bind_listener(srv, host, port);
+  if (rc) return rc;
+  rc = load_extensions(srv);
+  if (rc) return rc;
+  b->port = CreateIoCompletionPort(INVALID_HANDLE_VALUE, NULL, 0, (DWORD)srv->opt.concurrency);
+  if (!b->port) return os_error((int)GetLastError());
+  if (!CreateIoCompletionPort((HANDLE)srv->listen_sock, b->port, KEY_LISTEN, 0))
+    return os_error((int)GetLastError());
+  b->naccepts = (int)srv->opt.accepts_posted;
+  b->accepts = calloc((size_t)b->naccepts, sizeof *b->accepts);
+  if (!b->accepts) return IOCPSRV_ENOMEM;
+  for (int i = 0; i < b->naccepts; i++) {
+    b->accepts[i].sock = INVALID_SOCKET;
+    post_accept(srv, &b->accepts[i]);
+  }
+  return 0;
+}
+
+void bk_stop_accepting(iocpsrv_t *srv) {
+  /* Cancel, not close: a worker may be re-posting an accept on this socket right now. */
+  CancelIoEx((HANDLE)srv->listen_sock, NULL);
+}
+
+/* After the workers are gone: close the listener and wait out the accepts it had
+ * posted, so the kernel is done with their OVERLAPPEDs before they are freed. */
+static void drain_accepts(iocpsrv_t *srv) {
+  bk_server_t *b = &srv->bk;
+  int posted = 0;
+  for (int i = 0; i < b->naccepts; i++) posted += b->accepts[i].posted;
+  for (int tries = 0; posted > 0 && tries < 100; tries++) {
+    OVERLAPPED_ENTRY e[ENTRIES_PER_WAIT];
+    ULONG n = 0;
+    if (!GetQueuedCompletionStatusEx(b->port, e, ENTRIES_PER_WAIT, &n, 50, FALSE)) continue;
+    for (ULONG i = 0; i < n; i++) {
+      if (e[i].lpCompletionKey != KEY_LISTEN || !e[i].lpOverlapped) continue;
+      bk_accept_t *a = container_of(e[i].lpOverlapped, bk_accept_t, ov);
+      a->posted = 0;
+      posted--;
+    }
+  }
+}
+
+void bk_release(iocpsrv_t *srv) {
+  bk_server_t *b = &srv->bk;
+  if (srv->listen_sock != INVALID_SOCKET) closesocket(srv->listen_sock);
+  srv->listen_sock = INVALID_SOCKET;
+  if (b->port && b->accepts) drain_accepts(srv);
+  for (int i = 0; b->accepts && i < b->naccepts; i++)
+    if (b->accepts[i].sock != INVALID_SOCKET) closesocket(b->accepts[i].sock);
+  free(b->accepts);
+  b->accepts = NULL;
+  b->naccepts = 0;
+  if (b->port) CloseHandle(b->port);
+  b->port = NULL;
+}
+
+void bk_quit_workers(iocpsrv_t *srv) {
+  /* One packet per worker: closing the port does not wake waiters under Wine. */
+  for (int i = 0; i < srv->nworkers; i++)
+    PostQueuedCompletionStatus(srv->bk.port, 0, KEY_QUIT, NULL);
+}
+
+void bk_wake_tasks(iocpsrv_t *srv) { PostQueuedCompletionStatus(srv->bk.port, 0, KEY_TASK, NULL); }
+
+static void on_accept(worker_t *w, bk_accept_t *a, int ok) {
+  iocpsrv_t *srv = w->srv;
+  SOCKET s = a->sock;
+  a->sock = INVALID_SOCKET;
+  a->posted = 0;
+  if (atomic_load(&srv->state) != SRV_RUNNING) { /* cancelled by stop */
+    closesocket(s);
+    return;
+  }
+  if (!ok) {
+    engine_stat_add(&srv->stats.accept_errors, 1);
+    closesocket(s);
+    post_accept(srv, a);
+    return;
+  }
+  SOCKET ls = srv->listen_sock;
+  setsockopt(s, SOL_SOCKET, SO_UPDATE_ACCEPT_CONTEXT, (const char *)&ls, sizeof ls);
+  struct sockaddr *local = NULL, *remote = NULL;
+  int llen = 0, rlen = 0;
+  srv->bk.get_sockaddrs(a->addrs, 0, ADDR_SLOT, ADDR_SLOT, &local, &llen, &remote, &rlen);
+  struct sockaddr_storage peer;
+  memset(&peer, 0, sizeof peer);
+  if (remote && rlen > 0 && (size_t)rlen <= sizeof peer) memcpy(&peer, remote, (size_t)rlen);
+  post_accept(srv, a); /* keep the accept pool full before serving this one */
+  u_long nonblocking = 1;
+  if (ioctlsocket(s, FIONBIO, &nonblocking) != 0 ||
+      !CreateIoCompletionPort((HANDLE)s, srv->bk.port, KEY_CONN, 0)) {
+    engine_stat_add(&srv->stats.accept_errors, 1);
+    closesocket(s);
+    return;
+  }
+  engine_accept(w, s, &peer);
+}
+
+/* ------------------------------------------------------------------- workers ---- */
+
+static void on_recv_done(worker_t *w, conn_t *c);
+static void on_send_done(worker_t *w, conn_t *c, DWORD bytes, int ok);
+
+static void dispatch(worker_t *w, const OVERLAPPED_ENTRY *e, int *quit) {
+  ULONG_PTR key = e->lpCompletionKey;
+  if (key == KEY_QUIT) {
+    /* One quit packet per worker: a second one in the same batch belongs to another. */
+    if (*quit) PostQueuedCompletionStatus(w->srv->bk.port, 0, KEY_QUIT, NULL);
+    *quit = 1;
+  } else if (key == KEY_TASK) {
+    engine_run_tasks(w);
+  } else if (key == KEY_LISTEN) {
+    bk_accept_t *a = container_of(e->lpOverlapped, bk_accept_t, ov);
+    on_accept(w, a, e->lpOverlapped->Internal == 0);
+  } else if (key == KEY_CONN && e->lpOverlapped) {
+    bk_io_t *io = container_of(e->lpOverlapped, bk_io_t, ov);
+    int ok = e->lpOverlapped->Internal == 0;
+    if (io->kind == BK_IO_RECV)
+      on_recv_done(w, container_of(io, conn_t, bk.recv_io));
+    else
+      on_send_done(w, container_of(io, conn_t, bk.send_io), e->dwNumberOfBytesTransferred, ok);
+  }
+}
+
+void bk_worker_loop(worker_t *w) {
+  iocpsrv_t *srv = w->srv;
+  OVERLAPPED_ENTRY entries[ENTRIES_PER_WAIT];
+  int wait_ms = engine_after_batch(w);
+  for (;;) {
+    ULONG n = 0;
+    BOOL ok = GetQueuedCompletionStatusEx(srv->bk.port, entries, ENTRIES_PER_WAIT, &n,
+                                          (DWORD)wait_ms, FALSE);
+    if (!ok) n = 0; /* timeout: time for the sweep */
+    w->now = srv_now_ms();
+    int quit = 0;
+    for (ULONG i = 0; i < n; i++) dispatch(w, &entries[i], &quit);
+    wait_ms = engine_after_batch(w);
+    if (quit) return;
+  }
+}
+
+/* --------------------------------------------------------------- connections ---- */
+
+void bk_tune_socket(iocpsrv_t *srv, bk_socket_t s) {
+  const srv_options_t *o = &srv->opt;
+  if (o->nodelay) {
+    BOOL yes = TRUE;
+    setsockopt(s, IPPROTO_TCP, TCP_NODELAY, (const char *)&yes, sizeof yes);
+  }
+  if (o->keepalive_ms) {
+    struct tcp_keepalive ka = {1, (ULONG)o->keepalive_ms, (ULONG)o->keepalive_ms};
+    DWORD bytes = 0;
+    WSAIoctl(s, SIO_KEEPALIVE_VALS, &ka, sizeof ka, NULL, 0, &bytes, NULL, NULL);
+  }
+  if (o->rcvbuf) {
+    int v = (int)o->rcvbuf;
+    setsockopt(s, SOL_SOCKET, SO_RCVBUF, (const char *)&v, sizeof v);
+  }
+  if (o->sndbuf) {
+    int v = (int)o->sndbuf;
+    setsockopt(s, SOL_SOCKET, SO_SNDBUF, (const char *)&v, sizeof v);
+  }
+}
+
+int bk_conn_register(iocpsrv_t *srv, conn_t *c) {
+  (void)srv;
+  memset(&c->bk.recv_io, 0, sizeof c->bk.recv_io);
+  memset(&c->bk.send_io, 0, sizeof c->bk.send_io);
+  c->bk.recv_io.kind = BK_IO_RECV;
+  c->bk.send_io.kind = BK_IO_SEND;
+  c->bk.io_pending = 0;
+  c->bk.recv_posted = c->bk.send_posted = 0;
+  c->bk.closed = 0;
+  c->bk.skip_inline = SetFileCompletionNotificationModes(
+                          (HANDLE)c->sock, FILE_SKIP_COMPLETION_PORT_ON_SUCCESS) != 0;
+  return 0; /* the first receive is posted when the token is released */
+}
+
+/* Post the zero-byte receive. Lock held. */
+void bk_conn_arm_locked(iocpsrv_t *srv, conn_t *c) {
+  if (c->busy || c->bk.recv_posted || c->bk.closed || !engine_reading_wanted(c)) return;
+  if (c->state != CONN_OPEN && c->state != CONN_CLOSING) return;
+  WSABUF none = {0, NULL};
+  DWORD bytes = 0, flags = 0;
+  memset(&c->bk.recv_io.ov, 0, sizeof c->bk.recv_io.ov);
+  c->bk.recv_posted = 1;
+  c->bk.io_pending++;
+  int rc = WSARecv(c->sock, &none, 1, &bytes, &flags, &c->bk.recv_io.ov, NULL);
+  if (rc == 0 && !c->bk.skip_inline) return; /* a completion packet is on its way */
+  if (rc != 0 && WSAGetLastError() == WSA_IO_PENDING) return;
+  /* Finished inline (data is there) or failed (recv() will report it): no packet
+   * comes, so the readiness goes to the token holder as a task. */
+  c->bk.recv_posted = 0;
+  c->bk.io_pending--;
+  engine_schedule_locked(srv, c, NOTE_READ);
+}
+
+/* The last completion on a closed connection: give the slot back. Lock held; returns
+ * with it released. */
+static void release_if_done_locked(iocpsrv_t *srv, conn_t *c) {
+  int done = c->bk.closed && c->bk.io_pending == 0;
+  if (done) sendbuf_free(&c->bk.inflight);
+  srv_mutex_unlock(&c->slot.lock);
+  if (done) engine_conn_released(srv, c);
+}
+
+static void on_recv_done(worker_t *w, conn_t *c) {
+  srv_mutex_lock(&c->slot.lock);
+  c->bk.recv_posted = 0;
+  c->bk.io_pending--;
+  if (c->bk.closed) {
+    release_if_done_locked(w->srv, c);
+    return;
+  }
+  engine_conn_notify_locked(w, c, NOTE_READ);
+}
+
+/* Hand the queued bytes to one WSASend, unless one is outstanding. Lock held. */
+void bk_conn_flush_locked(iocpsrv_t *srv, conn_t *c) {
+  while (!c->bk.send_posted && !c->bk.closed) {
+    if (sendbuf_pending(&c->bk.inflight) == 0) {
+      if (sendbuf_pending(&c->out) == 0) {
+        engine_sent_locked(srv, c, 0); /* lets a graceful close half-close now */
+        return;
+      }
+      sendbuf_t t = c->bk.inflight; /* swap: new sends go to an empty buffer */
+      c->bk.inflight = c->out;
+      c->out = t;
+    }
+    WSABUF buf = {(ULONG)sendbuf_pending(&c->bk.inflight),
+                  (char *)sendbuf_data(&c->bk.inflight)};
+    DWORD bytes = 0;
+    memset(&c->bk.send_io.ov, 0, sizeof c->bk.send_io.ov);
+    c->bk.send_posted = 1;
+    c->bk.io_pending++;
+    int rc = WSASend(c->sock, &buf, 1, &bytes, 0, &c->bk.send_io.ov, NULL);
+    if (rc == 0 && !c->bk.skip_inline) return;
+    if (rc != 0 && WSAGetLastError() == WSA_IO_PENDING) return;
+    c->bk.send_posted = 0;
+    c->bk.io_pending--;
+    if (rc != 0) {
+      sendbuf_free(&c->bk.inflight);
+      engine_write_failed_locked(srv, c);
+      return;
+    }
+    sendbuf_consume(&c->bk.inflight, bytes); /* done inline: go round for more */
+    engine_sent_locked(srv, c, bytes);
+  }
+}
+
+static void on_send_done(worker_t *w, conn_t *c, DWORD bytes, int ok) {
+  iocpsrv_t *srv = w->srv;
+  srv_mutex_lock(&c->slot.lock);
+  c->bk.send_posted = 0;
+  c->bk.io_pending--;
+  if (c->bk.closed) {
+    release_if_done_locked(srv, c);
+    return;
+  }
+  if (!ok) {
+    sendbuf_free(&c->bk.inflight);
+    engine_write_failed_locked(srv, c);
+  } else {
+    sendbuf_consume(&c->bk.inflight, bytes);
+    engine_sent_locked(srv, c, bytes);
+    bk_conn_flush_locked(srv, c);
+  }
+  srv_mutex_unlock(&c->slot.lock);
+}
+
+void bk_conn_on_writable_locked(iocpsrv_t *srv, conn_t *c) { bk_conn_flush_locked(srv, c); }
+
+size_t bk_conn_pending_locked(const conn_t *c) {
+  return sendbuf_pending(&c->out) + sendbuf_pending(&c->bk.inflight);
+}
+
+long bk_conn_recv(conn_t *c, void *buf, size_t len) {
+  int n = recv(c->sock, (char *)buf, len > INT_MAX ? INT_MAX : (int)len, 0);
+  if (n >= 0) return n;
+  return WSAGetLastError() == WSAEWOULDBLOCK ? BK_AGAIN : BK_ERROR;
+}
+
+void bk_conn_shutdown_write(conn_t *c) { shutdown(c->sock, SD_SEND); }
+
+int bk_conn_close(iocpsrv_t *srv, conn_t *c, int abort) {
+  (void)srv;
+  srv_mutex_lock(&c->slot.lock);
+  if (abort) {
+    struct linger lg = {1, 0}; /* RST instead of FIN */
+    setsockopt(c->sock, SOL_SOCKET, SO_LINGER, (const char *)&lg, sizeof lg);
+  }
+  closesocket(c->sock); /* outstanding operations now complete with an error */
+  c->sock = INVALID_SOCKET;
+  c->bk.closed = 1;
+  int outstanding = c->bk.io_pending > 0;
+  if (!outstanding) sendbuf_free(&c->bk.inflight);
+  srv_mutex_unlock(&c->slot.lock);
+  return outstanding;
+}
+
+void bk_close_socket(bk_socket_t s) { closesocket(s); }
+
+int bk_local_addr(conn_t *c, struct sockaddr_storage *sa) {
+  int len = sizeof *sa;
+  return getsockname(c->sock, (struct sockaddr *)sa, &len) == 0 ? 0 : -1;
+}
