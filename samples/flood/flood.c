@@ -111,7 +111,11 @@ static void sleep_ms(int ms) {
 
 static const char *sock_strerror(int e) {
 #ifdef _WIN32
+#  ifdef _MSC_VER
   static __declspec(thread) char buf[64];
+#  else
+  static _Thread_local char buf[64];
+#  endif
   snprintf(buf, sizeof buf, "winsock error %d", e);
   return buf;
 #else

@@ -1,0 +1,182 @@
+#!/usr/bin/env bash
+# test.sh -- the one command that installs what is missing and runs every test.
+#
+#   bash scripts/test.sh                 every section, in order
+#   bash scripts/test.sh build ctest     only the named sections
+#   bash scripts/test.sh --list          the section names
+#
+# Sections (each a function named section_<name>; add new ones to SECTIONS):
+#   deps     install missing tools with apt-get (cmake, gcc, make, pkg-config)
+#   build    cmake --preset linux && cmake --build --preset linux
+#   ctest    ctest --preset linux (fails when no test ran)
+#   demo     scripts/demo.sh --no-build: echo server + flood verification, clean stop
+#   install  cmake --install into a temporary prefix; build and run samples/consumer
+#            with find_package(iocpsrv) and with pkg-config
+# Every section runs even when an earlier one failed (sections that need the build are
+# skipped when it failed). Exits non-zero if any section failed or was skipped.
+set -uo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$(pwd)
+BUILD_DIR="$ROOT/build/linux"
+JOBS=$(nproc 2>/dev/null || echo 2)
+SECTIONS=(deps build ctest demo install)
+
+export DEBIAN_FRONTEND=noninteractive
+
+# ---- helpers --------------------------------------------------------------------------
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+APT_UPDATED=0
+
+# apt_install PKG...: install Debian packages, non-interactively, updating lists once.
+apt_install() {
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "test.sh: need $* but apt-get is not available; install them by hand" >&2
+    return 1
+  fi
+  if [ "$APT_UPDATED" = 0 ]; then
+    $SUDO apt-get update -q || return 1
+    APT_UPDATED=1
+  fi
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@"
+}
+
+# need_cmd CMD PKG...: install PKG... unless CMD is on PATH.
+MISSING=()
+need_cmd() {
+  local cmd=$1
+  shift
+  command -v "$cmd" >/dev/null 2>&1 || MISSING+=("$@")
+}
+
+# version_ge A B: true when dotted version A >= B.
+version_ge() { [ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -n1)" = "$2" ]; }
+
+# ---- sections -------------------------------------------------------------------------
+
+section_deps() {
+  MISSING=()
+  need_cmd cmake cmake
+  need_cmd gcc gcc libc6-dev
+  need_cmd make make          # the linux preset uses CMake's default generator
+  need_cmd pkg-config pkg-config
+  need_cmd timeout coreutils
+  if [ "${#MISSING[@]}" -gt 0 ]; then
+    echo "installing: ${MISSING[*]}"
+    apt_install "${MISSING[@]}" || return 1
+  else
+    echo "all tools present"
+  fi
+  local v
+  v=$(cmake --version | head -n1 | awk '{print $3}')
+  echo "cmake $v, $(gcc --version | head -n1), $(make --version | head -n1)"
+  version_ge "$v" 3.25 || { echo "CMakePresets.json needs cmake >= 3.25, found $v" >&2; return 1; }
+}
+
+section_build() {
+  cmake --preset linux || return 1
+  cmake --build --preset linux -j"$JOBS"
+}
+
+section_ctest() {
+  ctest --preset linux --no-tests=error
+}
+
+section_demo() {
+  bash "$ROOT/scripts/demo.sh" --no-build
+}
+
+section_install() {
+  local work prefix lib pc flags f
+  work=$(mktemp -d "${TMPDIR:-/tmp}/iocpsrv-install.XXXXXX")
+  prefix="$work/prefix"
+  # shellcheck disable=SC2064 # expand $work now: the trap runs after the function returns
+  trap "rm -rf '$work'" EXIT # the section runs in its own subshell
+
+  cmake --install "$BUILD_DIR" --prefix "$prefix" || return 1
+  echo "--- installed files"
+  (cd "$prefix" && find . \( -type f -o -type l \) | sort)
+
+  for f in include/iocpsrv.h bin/iocpsrv-echo; do
+    [ -e "$prefix/$f" ] || { echo "missing after install: $f" >&2; return 1; }
+  done
+  lib=$(find "$prefix" -name libiocpsrv.so | head -n1)
+  pc=$(find "$prefix" -name iocpsrv.pc | head -n1)
+  [ -n "$lib" ] || { echo "missing after install: libiocpsrv.so" >&2; return 1; }
+  [ -n "$pc" ] || { echo "missing after install: iocpsrv.pc" >&2; return 1; }
+
+  echo "--- the installed iocpsrv-echo finds the installed library (RPATH)"
+  env -u LD_LIBRARY_PATH "$prefix/bin/iocpsrv-echo" --help >/dev/null || return 1
+  echo "ok"
+
+  echo "--- find_package(iocpsrv): samples/consumer"
+  cmake -S "$ROOT/samples/consumer" -B "$work/consumer" -DCMAKE_PREFIX_PATH="$prefix" \
+    -DCMAKE_BUILD_TYPE=RelWithDebInfo || return 1
+  cmake --build "$work/consumer" || return 1
+  timeout 60 "$work/consumer/iocpsrv-consumer" || return 1
+
+  echo "--- pkg-config --cflags --libs iocpsrv"
+  flags=$(PKG_CONFIG_PATH="$(dirname "$pc")" pkg-config --cflags --libs iocpsrv) || return 1
+  echo "pkg-config: $flags"
+  if [[ "$flags" != *"-I$prefix/"* || "$flags" != *"-L$prefix/"* ]]; then
+    echo "iocpsrv.pc does not point into the install prefix $prefix:" >&2
+    sed -n '1,3p' "$pc" >&2
+    echo "(cmake --install --prefix moves the files, not a prefix written into the .pc" \
+         "at configure time; iocpsrv.pc.in could say prefix=\${pcfiledir}/../..)" >&2
+    return 1
+  fi
+  # shellcheck disable=SC2086 # $flags is a list of words
+  gcc -o "$work/consumer-pc" "$ROOT/samples/consumer/consumer.c" $flags || return 1
+  LD_LIBRARY_PATH="$(dirname "$lib")" timeout 60 "$work/consumer-pc" || return 1
+}
+
+# ---- runner ---------------------------------------------------------------------------
+
+declare -A RESULT=()
+ORDER=()
+
+# run_section NAME: run section_NAME in a subshell with errexit, record PASS/FAIL/SKIP.
+run_section() {
+  local name=$1 start rc
+  ORDER+=("$name")
+  if [ "$name" != deps ] && [ "$name" != build ] && [ "${RESULT[build]:-}" = FAIL ]; then
+    printf '\n==== [%s] skipped: the build failed\n' "$name"
+    RESULT[$name]=SKIP
+    return
+  fi
+  printf '\n==== [%s]\n' "$name"
+  start=$(date +%s)
+  ( set -e; "section_$name" )
+  rc=$?
+  if [ "$rc" -eq 0 ]; then RESULT[$name]=PASS; else RESULT[$name]=FAIL; fi
+  printf '==== [%s] %s (%ss)\n' "$name" "${RESULT[$name]}" "$(( $(date +%s) - start ))"
+}
+
+case "${1:-}" in
+  --list) printf '%s\n' "${SECTIONS[@]}"; exit 0 ;;
+  -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+esac
+
+if [ "$#" -gt 0 ]; then selected=("$@"); else selected=("${SECTIONS[@]}"); fi
+for name in "${selected[@]}"; do
+  if ! declare -F "section_$name" >/dev/null; then
+    echo "test.sh: unknown section '$name' (try --list)" >&2
+    exit 2
+  fi
+done
+for name in "${selected[@]}"; do run_section "$name"; done
+
+printf '\n==== summary\n'
+bad=0
+for name in "${ORDER[@]}"; do
+  printf '  %-10s %s\n' "$name" "${RESULT[$name]}"
+  [ "${RESULT[$name]}" = PASS ] || bad=$((bad + 1))
+done
+if [ "$bad" -eq 0 ]; then
+  echo "test.sh: every section passed"
+  exit 0
+fi
+echo "test.sh: $bad of ${#ORDER[@]} sections did not pass"
+exit 1
