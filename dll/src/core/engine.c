@@ -225,8 +225,13 @@ static int conn_finalize(iocpsrv_t *srv, conn_t *c, int reason, int abort) {
 void engine_conn_released(iocpsrv_t *srv, conn_t *c) {
   iocpsrv_conn_id_t id = c->slot.id;
   int reason = c->close_reason;
-  if (srv->opt.pull_mode) deliver_event(srv, c, IOCPSRV_EVENT_DISCONNECT, reason, NULL, 0);
-  else if (srv->on_disconnect) srv->on_disconnect(srv, id, atomic_load(&c->user), reason);
+  if (c->refused) {
+    /* The host never accepted it: no disconnect. */
+  } else if (srv->opt.pull_mode) {
+    deliver_event(srv, c, IOCPSRV_EVENT_DISCONNECT, reason, NULL, 0);
+  } else if (srv->on_disconnect) {
+    srv->on_disconnect(srv, id, atomic_load(&c->user), reason);
+  }
 
   srv_mutex_lock(&c->slot.lock);
   c->slot.id = 0;
@@ -448,6 +453,9 @@ static conn_t *conn_open(iocpsrv_t *srv, worker_t *w, bk_socket_t sock,
   c->wr_shut = c->rd_eof = c->hup = 0;
   c->notes = 0;
   c->sock = sock;
+  c->refused = 0;
+  /* Before anyone can see the id: sends from other threads may start at once. */
+  if (bk_conn_register(srv, c)) c->notes |= NOTE_ERROR;
   c->bytes_out = c->packets_out = 0;
   atomic_store(&c->deliver_stop, 0);
   atomic_store(&c->user, NULL);
@@ -462,17 +470,11 @@ static conn_t *conn_open(iocpsrv_t *srv, worker_t *w, bk_socket_t sock,
 
 /* The connect callback refused: the client is closed and never heard of again. */
 static void conn_refuse(iocpsrv_t *srv, conn_t *c) {
-  bk_conn_close(srv, c, 0); /* not registered yet: no I/O can be outstanding */
   srv_mutex_lock(&c->slot.lock);
-  c->state = CONN_FREE;
-  c->slot.id = 0;
-  c->busy = 0;
-  c->notes = 0;
-  sendbuf_free(&c->out);
-  conntable_release(&srv->table, &c->slot);
+  c->refused = 1;
   srv_mutex_unlock(&c->slot.lock);
   engine_stat_add(&srv->stats.connections_rejected, 1);
-  open_count_release(srv);
+  conn_finalize(srv, c, IOCPSRV_REASON_LOCAL_CLOSE, 0);
 }
 
 /* Closes a client we will not serve. */
@@ -509,7 +511,6 @@ void engine_accept(worker_t *w, bk_socket_t sock, const struct sockaddr_storage 
   }
   engine_stat_add(&srv->stats.connections_total, 1);
   srv_mutex_lock(&c->slot.lock);
-  if (bk_conn_register(srv, c)) c->notes |= NOTE_ERROR;
   /* A stop that began while this client was being accepted may have missed it. */
   if (srv_state(srv) != SRV_RUNNING)
     request_close_locked(srv, c, srv->stop_abort, IOCPSRV_REASON_SERVER_STOPPED);

@@ -63,6 +63,7 @@ typedef struct conn_s {
   uint8_t flush_queued; /* on a worker flush list (likewise) */
   uint8_t paused, pull_blocked, want_drain;
   uint8_t wr_shut, rd_eof, hup; /* sent our FIN, got the peer's, socket hung up */
+  uint8_t refused;      /* the connect callback said no: no disconnect callback */
   uint32_t notes;
   bk_socket_t sock;
   sendbuf_t out;        /* queued, not yet handed to the backend */

@@ -259,7 +259,7 @@ static void on_accept(worker_t *w, bk_accept_t *a, int ok) {
 
 /* ------------------------------------------------------------------- workers ---- */
 
-static void on_recv_done(worker_t *w, conn_t *c);
+static void on_recv_done(worker_t *w, conn_t *c, int ok);
 static void on_send_done(worker_t *w, conn_t *c, DWORD bytes, int ok);
 
 static void dispatch(worker_t *w, const OVERLAPPED_ENTRY *e, int *quit) {
@@ -277,7 +277,7 @@ static void dispatch(worker_t *w, const OVERLAPPED_ENTRY *e, int *quit) {
     bk_io_t *io = container_of(e->lpOverlapped, bk_io_t, ov);
     int ok = e->lpOverlapped->Internal == 0;
     if (io->kind == BK_IO_RECV)
-      on_recv_done(w, container_of(io, conn_t, bk.recv_io));
+      on_recv_done(w, container_of(io, conn_t, bk.recv_io), ok);
     else
       on_send_done(w, container_of(io, conn_t, bk.send_io), e->dwNumberOfBytesTransferred, ok);
   }
@@ -349,11 +349,11 @@ void bk_conn_arm_locked(iocpsrv_t *srv, conn_t *c) {
   int rc = WSARecv(c->sock, &none, 1, &bytes, &flags, &c->bk.recv_io.ov, NULL);
   if (rc == 0 && !c->bk.skip_inline) return; /* a completion packet is on its way */
   if (rc != 0 && WSAGetLastError() == WSA_IO_PENDING) return;
-  /* Finished inline (data is there) or failed (recv() will report it): no packet
-   * comes, so the readiness goes to the token holder as a task. */
+  /* Finished inline (data is there) or failed (the connection is dead): no packet
+   * comes, so the news goes to the token holder as a task. */
   c->bk.recv_posted = 0;
   c->bk.io_pending--;
-  engine_schedule_locked(srv, c, NOTE_READ);
+  engine_schedule_locked(srv, c, rc == 0 ? NOTE_READ : NOTE_ERROR);
 }
 
 /* The last completion on a closed connection: give the slot back. Lock held; returns
@@ -365,7 +365,8 @@ static void release_if_done_locked(iocpsrv_t *srv, conn_t *c) {
   if (done) engine_conn_released(srv, c);
 }
 
-static void on_recv_done(worker_t *w, conn_t *c) {
+/* The zero-byte receive completed: data, FIN, or (failed) a reset. */
+static void on_recv_done(worker_t *w, conn_t *c, int ok) {
   srv_mutex_lock(&c->slot.lock);
   c->bk.recv_posted = 0;
   c->bk.io_pending--;
@@ -373,7 +374,7 @@ static void on_recv_done(worker_t *w, conn_t *c) {
     release_if_done_locked(w->srv, c);
     return;
   }
-  engine_conn_notify_locked(w, c, NOTE_READ);
+  engine_conn_notify_locked(w, c, ok ? NOTE_READ : NOTE_ERROR);
 }
 
 /* Hand the queued bytes to one WSASend, unless one is outstanding. Lock held. */
@@ -447,7 +448,10 @@ int bk_conn_close(iocpsrv_t *srv, conn_t *c, int abort) {
   (void)srv;
   srv_mutex_lock(&c->slot.lock);
   if (abort) {
-    struct linger lg = {1, 0}; /* RST instead of FIN */
+    /* RST instead of FIN. Wine sends a FIN when the socket is closed with a receive
+     * still pending, so cancel that first (the completion still arrives). */
+    CancelIoEx((HANDLE)c->sock, NULL);
+    struct linger lg = {1, 0};
     setsockopt(c->sock, SOL_SOCKET, SO_LINGER, (const char *)&lg, sizeof lg);
   }
   closesocket(c->sock); /* outstanding operations now complete with an error */
