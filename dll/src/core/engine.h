@@ -116,7 +116,7 @@ struct iocpsrv_s {
   atomic_int state;
   int need_join;         /* workers exist and must be joined */
   atomic_int_fast64_t stop_deadline;
-  int stop_abort;
+  atomic_int stop_abort;
   bk_socket_t listen_sock;
   int port;
   int sweep_period_ms;
