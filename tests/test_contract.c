@@ -855,45 +855,78 @@ static void contract_idle_timeout(void) {
 }
 
 /* ---- a blocking callback delays only its own thread ---- */
+typedef struct {
+  tt_counter_t entered, released;
+} gate_t;
+
 static int block_hook(echo_server_t *es, echo_conn_t *c, const uint8_t *d, size_t n) {
-  tt_counter_t *gate = (tt_counter_t *)es->cfg.ctx;
+  gate_t *g = (gate_t *)es->cfg.ctx;
   if (n == 5 && memcmp(d, "BLOCK", 5) == 0) {
-    tt_counter_add(gate, 1);                   /* 1: blocked */
-    tt_counter_wait(gate, 2, 20000);           /* until the test releases it */
+    int64_t me = tt_counter_add(&g->entered, 1);
+    /* Blocks this worker until the test releases it (longer than any client wait,
+     * so a starved connection fails the test instead of being rescued). */
+    tt_counter_wait(&g->released, me, 3 * TS_WAIT_MS);
   }
   return ECHO_DEFAULT;
 }
 
+static void expect_served(echo_server_t *es, ts_sock_t s, const char *text, const char *who,
+                          int round) {
+  size_t n = strlen(text), got = 0;
+  char buf[64];
+  int rc = ts_recv_packet(s, buf, sizeof buf, &got, TS_WAIT_MS);
+  if (rc != 0) {
+    echo_conn_t *c = echo_conn_for(es, s);
+    echo_conn_t snap = echo_snapshot(es, c);
+    CHECK_MSG(rc == 0, "round %d: %s was not served while another connection's callback "
+              "blocked a worker (contract line 7): %s; its packet callbacks so far: %llu%s",
+              round, who, ts_strerror(rc), (unsigned long long)snap.packets,
+              snap.busy ? " (one running)" : "");
+  }
+  CHECK_EQ(got, n);
+  CHECK_MEMEQ(buf, text, n);
+}
+
 static void contract_blocking_callback(void) {
-  tt_counter_t gate;
-  tt_counter_init(&gate);
+  enum { ROUNDS = 10 };
+  gate_t g;
+  tt_counter_init(&g.entered);
+  tt_counter_init(&g.released);
   echo_opt_t opts[] = {{IOCPSRV_OPT_WORKER_THREADS, 2}};
   echo_config_t cfg = {0};
   cfg.opts = opts;
   cfg.nopts = NOPTS(opts);
   cfg.on_packet = block_hook;
-  cfg.ctx = &gate;
+  cfg.ctx = &g;
   echo_server_t *es = echo_start(&cfg);
-  ts_sock_t a = connect_to(es);
-  CHECK_EQ(ts_send_packet(a, "BLOCK", 5), 0);
-  CHECK_EQ(tt_counter_wait(&gate, 1, TS_WAIT_MS), 0);
-  /* Other connections, old and new, are served meanwhile. */
-  int i;
-  for (i = 0; i < 5; i++) {
-    ts_sock_t b = connect_to(es);
-    expect_echo(b, "served while another callback blocks");
-    ts_close(b);
+  ts_sock_t a = connect_to(es), b = connect_to(es);
+  expect_echo(a, "a");
+  expect_echo(b, "b");
+  int r;
+  for (r = 1; r <= ROUNDS; r++) {
+    /* A's callback blocks one of the two workers while an existing and a new
+     * connection want service at the same moment. */
+    CHECK_EQ(ts_send_packet(a, "BLOCK", 5), 0);
+    CHECK_EQ(ts_send_packet(b, "ping", 4), 0);
+    ts_sock_t n = connect_to(es);
+    CHECK_EQ(ts_send_packet(n, "new", 3), 0);
+    CHECK_EQ(tt_counter_wait(&g.entered, r, TS_WAIT_MS), 0);
+    expect_served(es, b, "ping", "an existing connection", r);
+    expect_served(es, n, "new", "a new connection", r);
+    /* A's own later packets wait behind its blocked callback. */
+    CHECK_EQ(ts_send_packet(a, "queued", 6), 0);
+    CHECK_EQ(ts_readable(a, 0), 0);
+    tt_counter_add(&g.released, 1);
+    expect_packet(a, "BLOCK", 5);
+    expect_packet(a, "queued", 6);
+    ts_close(n);
   }
-  /* A's own later packets wait behind its blocked callback. */
-  CHECK_EQ(ts_send_packet(a, "queued", 6), 0);
-  CHECK_EQ(ts_readable(a, 0), 0);
-  tt_counter_add(&gate, 1);
-  expect_packet(a, "BLOCK", 5);
-  expect_packet(a, "queued", 6);
   ts_close(a);
-  CHECK_EQ(tt_counter_wait(&es->disconnects, 6, TS_WAIT_MS), 0);
+  ts_close(b);
+  CHECK_EQ(tt_counter_wait(&es->disconnects, ROUNDS + 2, TS_WAIT_MS), 0);
   echo_finish(es);
-  tt_counter_destroy(&gate);
+  tt_counter_destroy(&g.entered);
+  tt_counter_destroy(&g.released);
 }
 
 /* ---- pull mode: the same events as callback mode ---- */
