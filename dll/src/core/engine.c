@@ -83,6 +83,8 @@ static conn_t *conn_lock_id(iocpsrv_t *srv, iocpsrv_conn_id_t id) {
 
 /* ------------------------------------------------------- token and arming ---- */
 
+/* The run queue: connections with notes that no worker is running yet. Workers take
+ * them one at a time, so a callback that blocks holds up only its own connection. */
 static void task_push(iocpsrv_t *srv, conn_t *c) {
   srv_mutex_lock(&srv->task_lock);
   int was_empty = srv->task_head == NULL;
@@ -91,8 +93,35 @@ static void task_push(iocpsrv_t *srv, conn_t *c) {
   else srv->task_head = c;
   srv->task_tail = c;
   srv_mutex_unlock(&srv->task_lock);
-  if (was_empty) bk_wake_tasks(srv);
+  /* Busy workers look at the queue after their current work; wake an idle one only. */
+  if (was_empty && atomic_load(&srv->idle_workers) > 0) bk_wake_tasks(srv);
 }
+
+static conn_t *task_pop(iocpsrv_t *srv, int *more) {
+  srv_mutex_lock(&srv->task_lock);
+  conn_t *c = srv->task_head;
+  if (c) {
+    srv->task_head = c->next_task;
+    if (!srv->task_head) srv->task_tail = NULL;
+  }
+  *more = srv->task_head != NULL;
+  srv_mutex_unlock(&srv->task_lock);
+  return c;
+}
+
+int engine_worker_may_sleep(worker_t *w) {
+  iocpsrv_t *srv = w->srv;
+  atomic_fetch_add(&srv->idle_workers, 1);
+  /* Counted idle first, then looked: a push either sees us idle and wakes us, or we
+   * see its task here. */
+  srv_mutex_lock(&srv->task_lock);
+  int empty = srv->task_head == NULL;
+  srv_mutex_unlock(&srv->task_lock);
+  if (!empty) atomic_fetch_sub(&srv->idle_workers, 1);
+  return empty;
+}
+
+void engine_worker_woke(worker_t *w) { atomic_fetch_sub(&w->srv->idle_workers, 1); }
 
 /* Leave work for the token holder, or hand the connection to a worker. Lock held. */
 void engine_schedule_locked(iocpsrv_t *srv, conn_t *c, uint32_t note) {
@@ -414,25 +443,29 @@ void engine_conn_notify_locked(worker_t *w, conn_t *c, uint32_t notes) {
     srv_mutex_unlock(&c->slot.lock);
     return;
   }
+  if (w->defer_notify) {
+    engine_schedule_locked(w->srv, c, 0);
+    srv_mutex_unlock(&c->slot.lock);
+    return;
+  }
   c->busy = 1;
   conn_run(w->srv, w, c);
 }
 
 void engine_run_tasks(worker_t *w) {
   iocpsrv_t *srv = w->srv;
-  srv_mutex_lock(&srv->task_lock);
-  conn_t *c = srv->task_head;
-  srv->task_head = srv->task_tail = NULL;
-  srv_mutex_unlock(&srv->task_lock);
-  while (c) {
-    conn_t *next = c->next_task;
+  int more;
+  conn_t *c;
+  w->defer_notify = 0;
+  while ((c = task_pop(srv, &more)) != NULL) {
+    /* This one may block: let an idle worker take the rest. */
+    if (more && atomic_load(&srv->idle_workers) > 0) bk_wake_tasks(srv);
     srv_mutex_lock(&c->slot.lock);
     /* `queued` is cleared here, not at free: the slot may be on this list while it is
      * reused, and the notes found now are the new connection's own. */
     c->queued = 0;
     if (c->slot.id) engine_conn_notify_locked(w, c, 0);
     else srv_mutex_unlock(&c->slot.lock);
-    c = next;
   }
 }
 

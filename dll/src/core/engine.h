@@ -89,6 +89,7 @@ struct worker_s {
   size_t rbuf_size;
   int64_t now;
   conn_t *flush_head;
+  int defer_notify; /* queue connection work instead of running it (see bk_worker_loop) */
   uint64_t packets_in, bytes_in, packets_out, bytes_out; /* published once per batch */
   bk_worker_t bk;
 };
@@ -124,6 +125,7 @@ struct iocpsrv_s {
   worker_t *workers;
   int nworkers;
   atomic_int running_workers;
+  atomic_int idle_workers; /* waiting for events: the ones a task wake-up may reach */
 
   conntable_t table;
   atomic_size_t open_count;
@@ -143,8 +145,17 @@ conn_t *engine_conn_lock_id_event(iocpsrv_t *srv, uint64_t id);
 /* Add notes (NOTE_READ, NOTE_WRITE) and run them if no one holds the token. Called
  * with the lock held; returns with it released. */
 void engine_conn_notify_locked(worker_t *w, conn_t *c, uint32_t notes);
-/* The task wake-up fired: run what other threads scheduled. */
+/* Run queued connection work, one connection at a time, until none is left.
+ *
+ * A worker that took a batch of k events must not sit on k-1 of them while a callback
+ * for the first one blocks (contract point 7). So backends dispatch events 2..k with
+ * w->defer_notify set, which queues their work here, then the first inline, then call
+ * engine_run_tasks. Only the first event's connection is tied to this thread. */
 void engine_run_tasks(worker_t *w);
+/* Before waiting for events: returns 0 if work is queued (run it instead of waiting).
+ * Otherwise the worker counts as idle until engine_worker_woke. */
+int engine_worker_may_sleep(worker_t *w);
+void engine_worker_woke(worker_t *w);
 /* After each batch of events: deferred flushes, stats, the periodic sweep. Returns
  * how long the worker may wait for the next event, in ms. */
 int engine_after_batch(worker_t *w);

@@ -143,6 +143,11 @@ void bk_wake_tasks(iocpsrv_t *srv) { signal_fd(srv->bk.task_fd); }
 
 static void accept_batch(worker_t *w) {
   iocpsrv_t *srv = w->srv;
+  /* Re-arm first: another worker may accept while connect callbacks run here. */
+  if (atomic_load(&srv->state) == SRV_RUNNING) {
+    struct epoll_event e = {.events = EPOLLIN | EPOLLONESHOT, .data.u64 = TAG_LISTEN};
+    epoll_ctl(srv->bk.epfd, EPOLL_CTL_MOD, srv->listen_sock, &e);
+  }
   for (int i = 0; i < srv->opt.accepts_posted; i++) {
     struct sockaddr_storage sa;
     socklen_t len = sizeof sa;
@@ -156,10 +161,6 @@ static void accept_batch(worker_t *w) {
       break;
     }
     engine_accept(w, fd, &sa);
-  }
-  if (atomic_load(&srv->state) == SRV_RUNNING) {
-    struct epoll_event e = {.events = EPOLLIN | EPOLLONESHOT, .data.u64 = TAG_LISTEN};
-    epoll_ctl(srv->bk.epfd, EPOLL_CTL_MOD, srv->listen_sock, &e);
   }
 }
 
@@ -176,35 +177,51 @@ static void on_conn_event(worker_t *w, uint64_t id, uint32_t ev) {
   engine_conn_notify_locked(w, c, notes);
 }
 
+static void drain_fd(int fd) {
+  uint64_t v;
+  ssize_t r = read(fd, &v, sizeof v);
+  (void)r; /* EAGAIN: another worker read it */
+}
+
+typedef struct batch_flags_s {
+  int accept, quit;
+} batch_flags_t;
+
+static void dispatch(worker_t *w, const struct epoll_event *e, batch_flags_t *f) {
+  uint64_t tag = e->data.u64;
+  if (tag == TAG_LISTEN) f->accept = 1;
+  else if (tag == TAG_QUIT) f->quit = 1;
+  else if (tag == TAG_TASK) drain_fd(w->srv->bk.task_fd); /* engine_run_tasks follows */
+  else on_conn_event(w, tag, e->events);
+}
+
 void bk_worker_loop(worker_t *w) {
   iocpsrv_t *srv = w->srv;
   struct epoll_event evs[EVENTS_PER_WAIT];
   int wait_ms = engine_after_batch(w);
   for (;;) {
+    if (!engine_worker_may_sleep(w)) {
+      engine_run_tasks(w);
+      wait_ms = engine_after_batch(w);
+      continue;
+    }
     int n = epoll_wait(srv->bk.epfd, evs, EVENTS_PER_WAIT, wait_ms);
+    engine_worker_woke(w);
     if (n < 0 && errno != EINTR) {
       engine_log(srv, 0, "epoll_wait failed: %s", strerror(errno));
       return;
     }
     w->now = srv_now_ms();
-    int quit = 0;
-    for (int i = 0; i < n; i++) {
-      uint64_t tag = evs[i].data.u64;
-      if (tag == TAG_LISTEN) {
-        accept_batch(w);
-      } else if (tag == TAG_TASK) {
-        uint64_t v;
-        ssize_t r = read(srv->bk.task_fd, &v, sizeof v);
-        (void)r;
-        engine_run_tasks(w);
-      } else if (tag == TAG_QUIT) {
-        quit = 1;
-      } else {
-        on_conn_event(w, tag, evs[i].events);
-      }
-    }
+    batch_flags_t f = {0, 0};
+    /* Events 2..n go to the run queue, the first is run here (see engine_run_tasks). */
+    w->defer_notify = 1;
+    for (int i = 1; i < n; i++) dispatch(w, &evs[i], &f);
+    w->defer_notify = 0;
+    if (n > 0) dispatch(w, &evs[0], &f);
+    if (f.accept) accept_batch(w);
+    engine_run_tasks(w);
     wait_ms = engine_after_batch(w);
-    if (quit) return;
+    if (f.quit) return;
   }
 }
 

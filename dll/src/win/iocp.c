@@ -262,17 +262,20 @@ static void on_accept(worker_t *w, bk_accept_t *a, int ok) {
 static void on_recv_done(worker_t *w, conn_t *c, int ok);
 static void on_send_done(worker_t *w, conn_t *c, DWORD bytes, int ok);
 
-static void dispatch(worker_t *w, const OVERLAPPED_ENTRY *e, int *quit) {
+typedef struct batch_flags_s {
+  int quit;
+  int naccepts;
+  const OVERLAPPED_ENTRY *accepts[ENTRIES_PER_WAIT];
+} batch_flags_t;
+
+static void dispatch(worker_t *w, const OVERLAPPED_ENTRY *e, batch_flags_t *f) {
   ULONG_PTR key = e->lpCompletionKey;
   if (key == KEY_QUIT) {
     /* One quit packet per worker: a second one in the same batch belongs to another. */
-    if (*quit) PostQueuedCompletionStatus(w->srv->bk.port, 0, KEY_QUIT, NULL);
-    *quit = 1;
-  } else if (key == KEY_TASK) {
-    engine_run_tasks(w);
+    if (f->quit) PostQueuedCompletionStatus(w->srv->bk.port, 0, KEY_QUIT, NULL);
+    f->quit = 1;
   } else if (key == KEY_LISTEN) {
-    bk_accept_t *a = container_of(e->lpOverlapped, bk_accept_t, ov);
-    on_accept(w, a, e->lpOverlapped->Internal == 0);
+    f->accepts[f->naccepts++] = e; /* after the batch: connect callbacks may block */
   } else if (key == KEY_CONN && e->lpOverlapped) {
     bk_io_t *io = container_of(e->lpOverlapped, bk_io_t, ov);
     int ok = e->lpOverlapped->Internal == 0;
@@ -280,7 +283,7 @@ static void dispatch(worker_t *w, const OVERLAPPED_ENTRY *e, int *quit) {
       on_recv_done(w, container_of(io, conn_t, bk.recv_io), ok);
     else
       on_send_done(w, container_of(io, conn_t, bk.send_io), e->dwNumberOfBytesTransferred, ok);
-  }
+  } /* KEY_TASK: engine_run_tasks follows every batch */
 }
 
 void bk_worker_loop(worker_t *w) {
@@ -288,15 +291,31 @@ void bk_worker_loop(worker_t *w) {
   OVERLAPPED_ENTRY entries[ENTRIES_PER_WAIT];
   int wait_ms = engine_after_batch(w);
   for (;;) {
+    if (!engine_worker_may_sleep(w)) {
+      engine_run_tasks(w);
+      wait_ms = engine_after_batch(w);
+      continue;
+    }
     ULONG n = 0;
-    BOOL ok = GetQueuedCompletionStatusEx(srv->bk.port, entries, ENTRIES_PER_WAIT, &n,
-                                          (DWORD)wait_ms, FALSE);
-    if (!ok) n = 0; /* timeout: time for the sweep */
+    if (!GetQueuedCompletionStatusEx(srv->bk.port, entries, ENTRIES_PER_WAIT, &n,
+                                     (DWORD)wait_ms, FALSE))
+      n = 0; /* timeout: time for the sweep */
+    engine_worker_woke(w);
     w->now = srv_now_ms();
-    int quit = 0;
-    for (ULONG i = 0; i < n; i++) dispatch(w, &entries[i], &quit);
+    batch_flags_t f;
+    f.quit = f.naccepts = 0;
+    /* Completions 2..n go to the run queue, the first is run here (engine_run_tasks). */
+    w->defer_notify = 1;
+    for (ULONG i = 1; i < n; i++) dispatch(w, &entries[i], &f);
+    w->defer_notify = 0;
+    if (n > 0) dispatch(w, &entries[0], &f);
+    for (int i = 0; i < f.naccepts; i++) {
+      bk_accept_t *a = container_of(f.accepts[i]->lpOverlapped, bk_accept_t, ov);
+      on_accept(w, a, f.accepts[i]->lpOverlapped->Internal == 0);
+    }
+    engine_run_tasks(w);
     wait_ms = engine_after_batch(w);
-    if (quit) return;
+    if (f.quit) return;
   }
 }
 
