@@ -415,7 +415,7 @@ static int conn_handle(iocpsrv_t *srv, worker_t *w, conn_t *c, uint32_t n) {
 
 /* Run notes while holding the token; called with the lock held and busy set, returns
  * with the lock released. */
-static void conn_run(iocpsrv_t *srv, worker_t *w, conn_t *c) {
+static void conn_run_notes(iocpsrv_t *srv, worker_t *w, conn_t *c) {
   while (c->notes) {
     uint32_t n = c->notes;
     c->notes = 0;
@@ -426,6 +426,14 @@ static void conn_run(iocpsrv_t *srv, worker_t *w, conn_t *c) {
   c->busy = 0;
   bk_conn_arm_locked(srv, c);
   srv_mutex_unlock(&c->slot.lock);
+}
+
+static void conn_run(iocpsrv_t *srv, worker_t *w, conn_t *c) {
+  conn_run_notes(srv, w, c);
+  /* What this connection's callbacks sent goes out now: one write per connection for
+   * the whole batch of packets, and not held back if a later callback on this worker
+   * blocks. */
+  flush_deferred(w);
 }
 
 conn_t *engine_conn_lock_id_event(iocpsrv_t *srv, uint64_t id) {
