@@ -881,12 +881,16 @@ static void expect_served(echo_server_t *es, ts_sock_t s, const char *text, cons
   char buf[64];
   int rc = ts_recv_packet(s, buf, sizeof buf, &got, TS_WAIT_MS);
   if (rc != 0) {
-    echo_conn_t *c = echo_conn_for(es, s);
-    echo_conn_t snap = echo_snapshot(es, c);
+    char local[80];
+    ts_local_addr(s, local, sizeof local);
+    echo_conn_t *c = echo_wait_peer(es, local, 0);
+    echo_conn_t snap;
+    memset(&snap, 0, sizeof snap);
+    if (c) snap = echo_snapshot(es, c);
     CHECK_MSG(rc == 0, "round %d: %s was not served while another connection's callback "
-              "blocked a worker (contract line 7): %s; its packet callbacks so far: %llu%s",
-              round, who, ts_strerror(rc), (unsigned long long)snap.packets,
-              snap.busy ? " (one running)" : "");
+              "blocked a worker (contract line 7): %s; %s, %llu packet callbacks so far",
+              round, who, ts_strerror(rc), c ? "connect callback ran" : "no connect callback",
+              (unsigned long long)snap.packets);
   }
   CHECK_EQ(got, n);
   CHECK_MEMEQ(buf, text, n);
@@ -1041,6 +1045,10 @@ static void contract_pull_same_as_callbacks(void) {
 }
 
 /* ---- pull mode by hand: event contents, the wait handle, stop, EBUSY ---- */
+/* Event data is valid only until the next poll: poll_some keeps copies (in `keep`, up
+ * to 16 events of up to 128 bytes) and points the returned events at them. */
+static uint8_t keep[16][128];
+
 static int poll_some(echo_server_t *es, iocpsrv_event_t *ev, int max, int want_type,
                      int want_count, iocpsrv_event_t *out) {
   int got = 0;
@@ -1053,7 +1061,13 @@ static int poll_some(echo_server_t *es, iocpsrv_event_t *ev, int max, int want_t
       CHECK_MSG(ev[i].type == want_type, "event type %d, expected %d", (int)ev[i].type,
                 want_type);
       CHECK(ev[i].data != NULL);
-      out[got++] = ev[i];
+      CHECK_LT(got, 16);
+      CHECK_LT(ev[i].len, sizeof keep[0]);
+      memcpy(keep[got], ev[i].data, ev[i].len);
+      keep[got][ev[i].len] = 0;
+      out[got] = ev[i];
+      out[got].data = keep[got];
+      got++;
     }
   }
   return got;
@@ -1076,12 +1090,15 @@ typedef struct {
   tt_counter_t entering;
   int rc;
   iocpsrv_event_t ev[4];
+  char peer[128]; /* copied: event data dies at the next poll */
 } blocked_poller_t;
 
 static void blocked_poller_main(void *p) {
   blocked_poller_t *b = (blocked_poller_t *)p;
   tt_counter_add(&b->entering, 1);
   b->rc = iocpsrv_poll(b->es->srv, b->ev, 4, 20000);
+  if (b->rc >= 1 && b->ev[0].data)
+    snprintf(b->peer, sizeof b->peer, "%s", (const char *)b->ev[0].data);
 }
 
 static void contract_pull_by_hand(void) {
@@ -1130,6 +1147,7 @@ static void contract_pull_by_hand(void) {
   CHECK_EQ(handle_ready(h, TS_WAIT_MS), 1);
   CHECK_EQ(poll_some(es, ev, 16, IOCPSRV_EVENT_CONNECT, 2, got), 2);
   got[2] = bp.ev[0];
+  got[2].data = (const uint8_t *)bp.peer;
   iocpsrv_conn_id_t ids[3];
   int i, j;
   for (i = 0; i < 3; i++) {
