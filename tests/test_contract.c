@@ -875,8 +875,8 @@ static int block_hook(echo_server_t *es, echo_conn_t *c, const uint8_t *d, size_
   return ECHO_DEFAULT;
 }
 
-static void expect_served(echo_server_t *es, ts_sock_t s, const char *text, const char *who,
-                          int round) {
+static void expect_served(echo_server_t *es, gate_t *g, ts_sock_t s, const char *text,
+                          const char *who, int round) {
   size_t n = strlen(text), got = 0;
   char buf[64];
   int rc = ts_recv_packet(s, buf, sizeof buf, &got, TS_WAIT_MS);
@@ -887,10 +887,17 @@ static void expect_served(echo_server_t *es, ts_sock_t s, const char *text, cons
     echo_conn_t snap;
     memset(&snap, 0, sizeof snap);
     if (c) snap = echo_snapshot(es, c);
+    /* Diagnosis: release the blocked callback and see whether the starved connection
+     * is served right after, i.e. it was stuck behind the blocked worker. */
+    tt_counter_add(&g->released, 1000);
+    int64_t t0 = tt_now_ms();
+    int later = ts_recv_packet(s, buf, sizeof buf, &got, 5000);
     CHECK_MSG(rc == 0, "round %d: %s was not served while another connection's callback "
-              "blocked a worker (contract line 7): %s; %s, %llu packet callbacks so far",
+              "blocked a worker (contract line 7): %s; %s, %llu packet callbacks so far; "
+              "after releasing the blocked callback it was %s (%lld ms)",
               round, who, ts_strerror(rc), c ? "connect callback ran" : "no connect callback",
-              (unsigned long long)snap.packets);
+              (unsigned long long)snap.packets, later == 0 ? "served" : "still not served",
+              (long long)(tt_now_ms() - t0));
   }
   CHECK_EQ(got, n);
   CHECK_MEMEQ(buf, text, n);
@@ -920,8 +927,8 @@ static void contract_blocking_callback(void) {
     ts_sock_t n = connect_to(es);
     CHECK_EQ(ts_send_packet(n, "new", 3), 0);
     CHECK_EQ(tt_counter_wait(&g.entered, r, TS_WAIT_MS), 0);
-    expect_served(es, b, "ping", "an existing connection", r);
-    expect_served(es, n, "new", "a new connection", r);
+    expect_served(es, &g, b, "ping", "an existing connection", r);
+    expect_served(es, &g, n, "new", "a new connection", r);
     /* A's own later packets wait behind its blocked callback. */
     CHECK_EQ(ts_send_packet(a, "queued", 6), 0);
     CHECK_EQ(ts_readable(a, 0), 0);
