@@ -213,11 +213,14 @@ void bk_worker_loop(worker_t *w) {
     }
     w->now = srv_now_ms();
     batch_flags_t f = {0, 0};
-    /* Events 2..n go to the run queue, the first is run here (see engine_run_tasks). */
+    /* Events 2..n go to the run queue, the first is run here (see engine_run_tasks);
+     * when the listener is in the batch, its connect callbacks run here and every
+     * connection event is queued, so none waits behind a connect callback. */
     w->defer_notify = 1;
     for (int i = 1; i < n; i++) dispatch(w, &evs[i], &f);
-    w->defer_notify = 0;
+    w->defer_notify = f.accept;
     if (n > 0) dispatch(w, &evs[0], &f);
+    w->defer_notify = 0;
     if (f.accept) accept_batch(w);
     engine_run_tasks(w);
     wait_ms = engine_after_batch(w);

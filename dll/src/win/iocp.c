@@ -305,10 +305,14 @@ void bk_worker_loop(worker_t *w) {
     batch_flags_t f;
     f.quit = f.naccepts = 0;
     /* Completions 2..n go to the run queue, the first is run here (engine_run_tasks). */
+    /* When accepts completed in the batch, their connect callbacks run here and every
+     * connection completion is queued, so none waits behind a connect callback. */
     w->defer_notify = 1;
     for (ULONG i = 1; i < n; i++) dispatch(w, &entries[i], &f);
-    w->defer_notify = 0;
+    w->defer_notify = f.naccepts > 0 ||
+                      (n > 0 && entries[0].lpCompletionKey == KEY_LISTEN);
     if (n > 0) dispatch(w, &entries[0], &f);
+    w->defer_notify = 0;
     for (int i = 0; i < f.naccepts; i++) {
       bk_accept_t *a = container_of(f.accepts[i]->lpOverlapped, bk_accept_t, ov);
       on_accept(w, a, f.accepts[i]->lpOverlapped->Internal == 0);
