@@ -556,8 +556,10 @@ static void contract_disconnect_modes(void) {
   expect_echo(s, "about to be reset");
   CHECK_OK(iocpsrv_disconnect(es->srv, c->id, IOCPSRV_CLOSE_ABORT));
   int rc = ts_wait_close(s, TS_WAIT_MS, NULL);
-  CHECK_MSG(rc == TS_RESET, "abortive disconnect: client saw %s, expected a reset",
-            ts_strerror(rc));
+  /* Wine 8 ignores SO_LINGER {1, 0} at closesocket and sends a FIN (measured: a reset
+   * goes out only if unread data is left), so there the client may see EOF. */
+  CHECK_MSG(rc == TS_RESET || (test_under_wine() && rc == TS_EOF),
+            "abortive disconnect: client saw %s, expected a reset", ts_strerror(rc));
   ts_close(s);
   CHECK_REASON(es, c, IOCPSRV_REASON_LOCAL_ABORT);
 

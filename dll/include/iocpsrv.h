@@ -225,7 +225,8 @@ typedef int(IOCPSRV_CALL *iocpsrv_connect_cb)(iocpsrv_t *server, iocpsrv_conn_id
 
 /* One whole packet (payload only). `data` is valid until the callback returns and is
  * never NULL, even for a zero-length packet. Return 0 to go on, non-zero to close the
- * connection gracefully (reason LOCAL_CLOSE). */
+ * connection gracefully (reason LOCAL_CLOSE): what it sent is still written, no packet
+ * callback follows, then its disconnect. */
 typedef int(IOCPSRV_CALL *iocpsrv_packet_cb)(iocpsrv_t *server, iocpsrv_conn_id_t conn,
                                              void *conn_user, const uint8_t *data,
                                              size_t len);

@@ -11,6 +11,7 @@
 #include "thread.h"
 
 #ifdef _WIN32
+#  include <windows.h>
 #  include <process.h>
 #else
 #  include <signal.h>
@@ -180,4 +181,14 @@ uint32_t test_hash(const void *data, size_t len) {
     h *= 16777619u;
   }
   return h;
+}
+
+int test_under_wine(void) {
+#ifdef _WIN32
+  /* Wine's ntdll exports wine_get_version; Windows' does not. */
+  HMODULE ntdll = GetModuleHandleA("ntdll.dll");
+  return ntdll && GetProcAddress(ntdll, "wine_get_version") != NULL;
+#else
+  return 0;
+#endif
 }

@@ -64,6 +64,10 @@ size_t test_check_pattern(const void *buf, size_t len, uint64_t seed);
 void test_put_u32le(uint8_t *p, uint32_t v);
 uint32_t test_get_u32le(const uint8_t *p);
 
+/* Whether this Windows test runs under Wine (for the differences DESIGN.md and the
+ * README's Wine notes list); 0 on Linux. */
+int test_under_wine(void);
+
 /* Cheap 32-bit FNV-1a hash for digests of payloads. */
 uint32_t test_hash(const void *data, size_t len);
 
