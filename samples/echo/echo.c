@@ -183,8 +183,13 @@ static const char *signals_wait(void) {
 static sigset_t g_stop_signals;
 
 /* Block before the engine starts its workers: they inherit the mask, so the signals
- * stay pending until sigwait() takes them on the main thread. */
+ * stay pending until sigwait() takes them on the main thread. A shell without job
+ * control starts background programs with SIGINT ignored, and an ignored signal is
+ * discarded instead of pending: restore the default action (harmless while blocked) so
+ * SIGINT stops the server however it was started. */
 static int signals_block(void) {
+  signal(SIGINT, SIG_DFL);
+  signal(SIGTERM, SIG_DFL);
   sigemptyset(&g_stop_signals);
   sigaddset(&g_stop_signals, SIGINT);
   sigaddset(&g_stop_signals, SIGTERM);
@@ -252,6 +257,7 @@ int main(int argc, char **argv) {
     return 2;
   }
 
+  setvbuf(stdout, NULL, _IOLBF, BUFSIZ); /* each line out at once, even into a pipe */
   if (signals_block() != 0) {
     fprintf(stderr, "iocpsrv-echo: cannot set up signal handling\n");
     return 1;
