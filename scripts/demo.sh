@@ -75,7 +75,7 @@ done
 echo "$line (pid $server_pid)"
 
 flood() {
-  say "iocpsrv-flood $*"
+  say "iocpsrv-flood$(printf ' %q' "$@")"
   timeout 300 "$FLOOD_BIN" --port "$port" "$@" || fail "iocpsrv-flood $* (exit $?)"
 }
 

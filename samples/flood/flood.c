@@ -493,6 +493,7 @@ typedef struct worker_s {
 static int g_abort;           /* set by main on a stall */
 static uint64_t g_deadline;   /* --duration: stop queueing at this time */
 static uint64_t g_t0;
+static size_t g_max_packet;   /* header + the largest payload this run sends */
 static unsigned g_reported;   /* error lines printed so far */
 #define MAX_REPORTED 20u
 
@@ -661,17 +662,17 @@ static int conn_pump(worker_t *w, conn_t *c, uint64_t now) {
   if (c->state != C_RUNNING) return 0;
   if (c->target == UINT64_MAX && now >= g_deadline) c->target = c->next_send - 1;
   while (c->next_send <= c->target && c->next_send - c->next_recv < depth) {
-    size_t need = 4 + payload_len(c->next_send);
-    if (c->out_len + need > c->out_cap) {
+    size_t len;
+    if (c->out_len + g_max_packet > c->out_cap) { /* room for the largest packet */
       if (c->out_off == 0) break;
       memmove(c->out, c->out + c->out_off, c->out_len - c->out_off);
       c->out_len -= c->out_off;
       c->out_off = 0;
-      if (c->out_len + need > c->out_cap) break;
+      if (c->out_len + g_max_packet > c->out_cap) break;
     }
-    put_le32(c->out + c->out_len,
-             (uint32_t)payload_write(c->out + c->out_len + 4, c->index, c->next_send));
-    c->out_len += need;
+    len = payload_write(c->out + c->out_len + 4, c->index, c->next_send);
+    put_le32(c->out + c->out_len, (uint32_t)len);
+    c->out_len += 4 + len;
     c->sent_at[c->next_send % depth] = now;
     c->next_send++;
   }
@@ -941,7 +942,7 @@ int main(int argc, char **argv) {
   char port_text[16], n1[32], n2[32], n3[32];
   worker_t *workers;
   conn_t *conns;
-  size_t max_pkt, cap, base;
+  size_t cap, base;
   uint64_t *hist, packets = 0, bytes = 0, errors = 0, lat_max = 0, end = 0, now;
   uint64_t expected, last_seen = 0, last_change, last_print, last_packets = 0, last_bytes = 0;
   double elapsed, p50, p99, p999;
@@ -976,9 +977,9 @@ int main(int argc, char **argv) {
 
   /* Buffers: a whole packet always fits, plus room for batching; smaller per connection
    * when there are many connections. */
-  max_pkt = 4 + (g_cfg.size >= 0 ? (size_t)g_cfg.size : g_cfg.message_len + 20);
+  g_max_packet = 4 + (g_cfg.size >= 0 ? (size_t)g_cfg.size : g_cfg.message_len + 20);
   base = g_cfg.connections <= 256 ? 65536 : g_cfg.connections <= 4096 ? 16384 : 4096;
-  cap = max_pkt + base;
+  cap = g_max_packet + base;
 
   workers = (worker_t *)calloc((size_t)g_cfg.threads, sizeof *workers);
   conns = (conn_t *)calloc((size_t)g_cfg.connections, sizeof *conns);
