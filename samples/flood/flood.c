@@ -1140,6 +1140,22 @@ int main(int argc, char **argv) {
     printf("errors       %s\n", fmt_u64(n3, errors));
   }
   fflush(stdout);
+
+  for (i = 0; i < g_cfg.connections; i++) {
+    free(conns[i].out);
+    free(conns[i].in);
+    free(conns[i].sent_at);
+  }
+  for (i = 0; i < g_cfg.threads; i++) {
+    free(workers[i].conns);
+    free(workers[i].hist);
+  }
+  free(conns);
+  free(workers);
+#ifdef _WIN32
+  WSACleanup();
+#endif
+
   if (errors > 0) {
     fprintf(stderr, "iocpsrv-flood: FAILED: %llu connection%s had errors%s\n",
             (unsigned long long)errors, errors == 1 ? "" : "s",
