@@ -12,6 +12,9 @@
 #   demo     scripts/demo.sh --no-build: echo server + flood verification, clean stop
 #   install  cmake --install into a temporary prefix; build and run samples/consumer
 #            with find_package(iocpsrv) and with pkg-config
+#   windows  install MinGW-w64 and wine64 when missing, cross-build the windows preset
+#            (iocpsrv.dll, samples, the same C tests) and run ctest under wine64 in a
+#            private prefix (build/wineprefix)
 # Every section runs even when an earlier one failed (sections that need the build are
 # skipped when it failed). Exits non-zero if any section failed or was skipped.
 set -uo pipefail
@@ -20,7 +23,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$(pwd)
 BUILD_DIR="$ROOT/build/linux"
 JOBS=$(nproc 2>/dev/null || echo 2)
-SECTIONS=(deps build ctest demo install)
+SECTIONS=(deps build ctest demo install windows)
 
 export DEBIAN_FRONTEND=noninteractive
 
@@ -130,6 +133,26 @@ section_install() {
   # shellcheck disable=SC2086 # $flags is a list of words
   gcc -o "$work/consumer-pc" "$ROOT/samples/consumer/consumer.c" $flags || return 1
   LD_LIBRARY_PATH="$(dirname "$lib")" timeout 60 "$work/consumer-pc" || return 1
+}
+
+section_windows() {
+  MISSING=()
+  need_cmd x86_64-w64-mingw32-gcc gcc-mingw-w64-x86-64
+  if ! command -v wine64 >/dev/null 2>&1 && ! command -v wine >/dev/null 2>&1 &&
+     [ ! -x /usr/lib/wine/wine64 ]; then
+    MISSING+=(wine64 wine)
+  fi
+  if [ "${#MISSING[@]}" -gt 0 ]; then
+    echo "installing: ${MISSING[*]}"
+    apt_install "${MISSING[@]}" || return 1
+  fi
+  cmake --preset windows || return 1
+  cmake --build --preset windows -j"$JOBS" || return 1
+  local rc=0
+  ctest --preset windows --no-tests=error || rc=$?
+  # Nothing of Wine's may outlive the run.
+  WINEPREFIX="$ROOT/build/wineprefix" wineserver -k 2>/dev/null || true
+  return "$rc"
 }
 
 # ---- runner ---------------------------------------------------------------------------
