@@ -1,0 +1,890 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using System.Text;
+using System.Threading.Channels;
+
+namespace Iocpsrv;
+
+/// <summary>
+/// An iocpsrv TCP server: accepts clients, splits their byte streams into length-prefixed
+/// packets and raises <see cref="PacketReceived"/> once per packet on the engine's worker
+/// threads (or, with <see cref="IocpServerOptions.PullMode"/>, queues events for
+/// <see cref="ReadEventsAsync"/>).
+/// </summary>
+/// <remarks>
+/// Threading contract (the library's, see README.md): handlers run on worker threads; for
+/// one connection they are serialized and ordered (Connected, packets in arrival order,
+/// exactly one Disconnected, last); the payload span is valid only during the call; Send,
+/// Disconnect, Pause/Resume, GetInfo, Connections and Stats are thread-safe and may be
+/// called from any handler; Stop and Dispose may be called from a handler (they then start
+/// the stop and finish it on the thread pool). An exception thrown by a handler never
+/// reaches native code: it is reported through <see cref="UnhandledCallbackException"/>.
+/// </remarks>
+public sealed unsafe class IocpServer : IDisposable
+{
+    // ---- Static: library version and error text ----
+
+    /// <summary>The major version of the C ABI this binding was written for.</summary>
+    public const int AbiMajorVersion = 1;
+
+    private static int s_versionChecked;
+
+    /// <summary>The native library's version (iocpsrv_version).</summary>
+    public static Version LibraryVersion
+    {
+        get
+        {
+            uint v = Native.iocpsrv_version();
+            return new Version((int)(v >> 16), (int)((v >> 8) & 0xff), (int)(v & 0xff));
+        }
+    }
+
+    /// <summary>The native library's version text, e.g. "1.0.0 epoll".</summary>
+    public static string LibraryVersionString => Native.Str(Native.iocpsrv_version_string());
+
+    /// <summary>An error code's name, e.g. "IOCPSRV_ENOTCONN" (iocpsrv_err_name).</summary>
+    public static string ErrorName(int code) => Native.Str(Native.iocpsrv_err_name(code));
+
+    /// <summary>An error code's text (iocpsrv_strerror).</summary>
+    public static string ErrorText(int code) => Native.Str(Native.iocpsrv_strerror(code));
+
+    /// <summary>A reason's name, e.g. "peer-closed" (iocpsrv_reason_name).</summary>
+    public static string ReasonName(DisconnectReason reason) => Native.Str(Native.iocpsrv_reason_name((int)reason));
+
+    private static void EnsureLibrary()
+    {
+        if (Volatile.Read(ref s_versionChecked) != 0) return;
+        uint v = Native.iocpsrv_version();
+        if ((v >> 16) != AbiMajorVersion)
+        {
+            throw new NotSupportedException(
+                $"The native iocpsrv library is version {v >> 16}.{(v >> 8) & 0xff}.{v & 0xff}; this binding needs major version {AbiMajorVersion}.");
+        }
+        Volatile.Write(ref s_versionChecked, 1);
+    }
+
+    // ---- Which server's callback this thread is running (0 outside callbacks) ----
+
+    [ThreadStatic] private static nint t_server;
+
+    /// <summary>True while this thread runs a callback of the native server `server`.</summary>
+    internal static bool IsOwnCallbackThread(nint server) => server != 0 && t_server == server;
+
+    /// <summary>True while this thread runs one of this server's handlers.</summary>
+    public bool IsHandlerThread => t_server == _ptr;
+
+    // ---- Instance state ----
+
+    private readonly ServerHandle _handle;
+    private readonly nint _ptr;                 // == _handle's value; used only while it is alive
+    private readonly object _gate = new();      // lifecycle; never taken on a handler thread
+    private readonly bool _pullMode;
+    private readonly int _pullCapacity;
+    private int _disposed;
+    private volatile bool _running;
+    private int _runId;
+    private GCHandle _keepAlive;                // strong, while running
+    private TaskCompletionSource _stopped;
+
+    private Channel<ServerEvent> _channel;
+    private Thread? _pump;
+    private CancellationTokenSource? _pumpCts;
+
+    /// <summary>Creates a stopped server with the given options (null: the library's defaults).</summary>
+    /// <exception cref="IocpsrvException">An option was refused (unknown or out of range).</exception>
+    public IocpServer(IocpServerOptions? options = null)
+    {
+        EnsureLibrary();
+        options ??= new IocpServerOptions();
+        if (options.PullChannelCapacity < 1)
+            throw new ArgumentOutOfRangeException(nameof(options), "PullChannelCapacity must be at least 1.");
+        _pullMode = options.PullMode;
+        _pullCapacity = options.PullChannelCapacity;
+        _channel = NewChannel();
+        _stopped = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        _stopped.SetResult();
+
+        _handle = new ServerHandle();
+        GCHandle self = GCHandle.Alloc(this, GCHandleType.Weak);
+        nint server;
+        int rc = Native.iocpsrv_create(&server, GCHandle.ToIntPtr(self));
+        if (rc < 0)
+        {
+            self.Free();
+            throw new IocpsrvException(rc, "iocpsrv_create");
+        }
+        _handle.UserHandle = self;
+        _handle.Attach(server);
+        _ptr = server;
+        try
+        {
+            Check(Native.iocpsrv_set_connect_cb(server, &OnConnect), "iocpsrv_set_connect_cb");
+            Check(Native.iocpsrv_set_packet_cb(server, &OnPacket), "iocpsrv_set_packet_cb");
+            Check(Native.iocpsrv_set_disconnect_cb(server, &OnDisconnect), "iocpsrv_set_disconnect_cb");
+            Check(Native.iocpsrv_set_drain_cb(server, &OnDrain), "iocpsrv_set_drain_cb");
+            Check(Native.iocpsrv_set_worker_hooks(server, &OnWorkerStart, &OnWorkerStop), "iocpsrv_set_worker_hooks");
+            Check(Native.iocpsrv_set_log_cb(server, &OnLog), "iocpsrv_set_log_cb");
+            foreach (var (option, value) in options.Values())
+                Check(Native.iocpsrv_set_option(server, (int)option, value), $"iocpsrv_set_option({option}, {value})");
+        }
+        catch
+        {
+            _handle.Dispose();
+            throw;
+        }
+    }
+
+    // ---- Handlers (callback mode) ----
+
+    /// <summary>A client connected (worker thread). Set <see cref="ConnectedEventArgs.Refuse"/>
+    /// to refuse it. Not raised in pull mode.</summary>
+    public event ServerEventHandler<ConnectedEventArgs>? Connected;
+
+    /// <summary>One packet (worker thread); the span is valid only during the call. Not raised
+    /// in pull mode.</summary>
+    public event PacketHandler? PacketReceived;
+
+    /// <summary>A connection ended, exactly once per accepted connection, after its last
+    /// packet (worker thread). Not raised in pull mode.</summary>
+    public event ServerEventHandler<DisconnectedEventArgs>? Disconnected;
+
+    /// <summary>After a send was refused with QueueFull, the queue fell below half its limit.</summary>
+    public event ServerEventHandler<DrainedEventArgs>? Drained;
+
+    /// <summary>Engine diagnostics (any thread, possibly concurrently; keep it short).</summary>
+    public event ServerEventHandler<LogEventArgs>? Log;
+
+    /// <summary>A worker thread started, before any handler runs on it.</summary>
+    public event ServerEventHandler<WorkerEventArgs>? WorkerStarted;
+
+    /// <summary>A worker thread stops, after its last handler.</summary>
+    public event ServerEventHandler<WorkerEventArgs>? WorkerStopped;
+
+    /// <summary>A handler threw. Raised on the thread that ran it. Without a subscriber the
+    /// exception is written to standard error. Exceptions never reach native code.</summary>
+    public event ServerEventHandler<CallbackExceptionEventArgs>? UnhandledCallbackException;
+
+    // ---- Properties ----
+
+    /// <summary>True from a successful <see cref="Start"/> until its stop has finished.</summary>
+    public bool IsRunning => _running;
+
+    /// <summary>True once <see cref="Dispose"/> was called.</summary>
+    public bool IsDisposed => Volatile.Read(ref _disposed) != 0;
+
+    /// <summary>True if the server was created in pull mode.</summary>
+    public bool IsPullMode => _pullMode;
+
+    /// <summary>Completes when the current (or last) run has fully stopped: every handler has
+    /// returned and none will run. Also completes after a stop or dispose started from a
+    /// handler has been finished on the thread pool.</summary>
+    public Task WhenStopped => Volatile.Read(ref _stopped).Task;
+
+    /// <summary>The bound port while running (or of the last run).</summary>
+    public int Port
+    {
+        get
+        {
+            using var r = Use();
+            return Check(Native.iocpsrv_port(r.P), "iocpsrv_port");
+        }
+    }
+
+    /// <summary>Server statistics (iocpsrv_stats).</summary>
+    public ServerStats Stats
+    {
+        get
+        {
+            ServerStats s = default;
+            s.StructSize = (uint)sizeof(ServerStats);
+            using var r = Use();
+            Check(Native.iocpsrv_stats(r.P, &s), "iocpsrv_stats");
+            return s;
+        }
+    }
+
+    /// <summary>The number of open connections.</summary>
+    public int ConnectionCount
+    {
+        get
+        {
+            using var r = Use();
+            return Check(Native.iocpsrv_connections(r.P, null, 0), "iocpsrv_connections");
+        }
+    }
+
+    /// <summary>A snapshot of the open connections' ids.</summary>
+    public IReadOnlyList<ConnectionId> Connections
+    {
+        get
+        {
+            using var r = Use();
+            int n = Check(Native.iocpsrv_connections(r.P, null, 0), "iocpsrv_connections");
+            while (true)
+            {
+                var ids = new ulong[n + 16];
+                int m;
+                fixed (ulong* p = ids) m = Check(Native.iocpsrv_connections(r.P, p, ids.Length), "iocpsrv_connections");
+                if (m <= ids.Length)
+                {
+                    var list = new ConnectionId[m];
+                    for (int i = 0; i < m; i++) list[i] = new ConnectionId(ids[i]);
+                    return list;
+                }
+                n = m;
+            }
+        }
+    }
+
+    // ---- Options ----
+
+    /// <summary>Sets a library option; only while the server is stopped.</summary>
+    public void SetOption(ServerOption option, long value)
+    {
+        using var r = Use();
+        Check(Native.iocpsrv_set_option(r.P, (int)option, value), $"iocpsrv_set_option({option}, {value})");
+    }
+
+    /// <summary>Reads a library option.</summary>
+    public long GetOption(ServerOption option)
+    {
+        long v;
+        using var r = Use();
+        Check(Native.iocpsrv_get_option(r.P, (int)option, &v), $"iocpsrv_get_option({option})");
+        return v;
+    }
+
+    // ---- Lifecycle ----
+
+    /// <summary>Binds and starts serving. <paramref name="host"/>: "127.0.0.1", "::1", "::" (all
+    /// interfaces, dual stack) or null/"" (all interfaces); <paramref name="port"/> 0 picks a
+    /// free port (read it from <see cref="Port"/>). Clients are served when this returns.
+    /// Not from a handler.</summary>
+    public void Start(string? host = "127.0.0.1", int port = 0)
+    {
+        ThrowIfDisposed();
+        if (IsHandlerThread) throw new InvalidOperationException("Start cannot be called from a handler of the same server.");
+        lock (_gate)
+        {
+            ThrowIfDisposed();
+            if (_pullMode) ResetPump();
+            int hostLen = host is null ? 0 : Encoding.UTF8.GetByteCount(host);
+            byte[] hostBytes = new byte[hostLen + 1];
+            if (host is not null) Encoding.UTF8.GetBytes(host, hostBytes);
+            var keep = GCHandle.Alloc(this);
+            int rc;
+            using (var r = Use())
+            {
+                fixed (byte* h = hostBytes) rc = Native.iocpsrv_listen(r.P, host is null ? null : h, port);
+            }
+            if (rc < 0)
+            {
+                keep.Free();
+                throw new IocpsrvException(rc, $"iocpsrv_listen({host ?? "null"}, {port})");
+            }
+            _keepAlive = keep;
+            _runId++;
+            Volatile.Write(ref _stopped, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously));
+            _running = true;
+            if (_pullMode) StartPump();
+        }
+    }
+
+    /// <summary>Stops gracefully with a 5 second limit; see <see cref="Stop(TimeSpan)"/>.</summary>
+    public void Stop() => Stop(TimeSpan.FromSeconds(5));
+
+    /// <summary>
+    /// Stops: no new clients; every connection closes gracefully (queued sends written) for up
+    /// to <paramref name="timeout"/>, after which the rest are reset
+    /// (<see cref="TimeSpan.Zero"/>: reset at once; <see cref="Timeout.InfiniteTimeSpan"/>: no
+    /// limit). Each connection gets its Disconnected (reason ServerStopped). From a thread
+    /// that is not one of this server's handlers, returns when no handler runs or will run.
+    /// From a handler it starts the stop and returns at once; the thread pool finishes it
+    /// (await <see cref="WhenStopped"/>). Does nothing if the server is not running.
+    /// </summary>
+    public void Stop(TimeSpan timeout)
+    {
+        int ms = ToTimeoutMs(timeout);
+        if (IsDisposed) return;
+        if (IsHandlerThread)
+        {
+            if (!_running) return;
+            Native.iocpsrv_stop(_ptr, ms); // starts the stop and returns (we are on a worker)
+            int run = Volatile.Read(ref _runId);
+            ThreadPool.UnsafeQueueUserWorkItem(static s =>
+            {
+                var (self, run, ms) = ((IocpServer, int, int))s!;
+                self.FinishStop(run, ms);
+            }, (this, run, ms));
+            return;
+        }
+        lock (_gate)
+        {
+            if (IsDisposed || !_running) return;
+            Native.iocpsrv_stop(_ptr, ms);
+            OnStopped();
+        }
+    }
+
+    private void FinishStop(int run, int ms)
+    {
+        lock (_gate)
+        {
+            if (IsDisposed || !_running || _runId != run) return;
+            Native.iocpsrv_stop(_ptr, ms);
+            OnStopped();
+        }
+    }
+
+    // Called under _gate once the native stop has finished (no handler runs or will run).
+    private void OnStopped()
+    {
+        _running = false;
+        if (_keepAlive.IsAllocated) _keepAlive.Free();
+        _stopped.TrySetResult();
+    }
+
+    /// <summary>
+    /// Stops the server abortively (if running) and frees it. From one of this server's
+    /// handlers the stop starts at once and the destroy runs on the thread pool (await
+    /// <see cref="WhenStopped"/>). In pull mode, events not yet read may be lost: Stop first
+    /// and read to the end to get them all.
+    /// </summary>
+    public void Dispose()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
+        if (IsHandlerThread)
+        {
+            if (_running) Native.iocpsrv_stop(_ptr, 0);
+            ThreadPool.UnsafeQueueUserWorkItem(static s => ((IocpServer)s!).DisposeCore(), this);
+            return;
+        }
+        DisposeCore();
+    }
+
+    private void DisposeCore()
+    {
+        lock (_gate)
+        {
+            if (_running) Native.iocpsrv_stop(_ptr, 0);
+            _pumpCts?.Cancel();
+            _pump?.Join();
+            _pumpCts?.Dispose();
+            _pumpCts = null;
+            _pump = null;
+            _channel.Writer.TryComplete();
+            _handle.Dispose(); // iocpsrv_destroy, then the user GCHandle is freed
+            OnStopped();
+        }
+    }
+
+    // ---- Sending and connection control ----
+
+    /// <summary>Queues one packet (copied and framed). Never blocks on the network.</summary>
+    /// <exception cref="IocpsrvException">NotConnected (unknown, closed or stale id),
+    /// QueueFull, TooBig, Stopped.</exception>
+    public void Send(ConnectionId connection, ReadOnlySpan<byte> payload)
+    {
+        int rc = TrySend(connection, payload);
+        if (rc < 0) throw new IocpsrvException(rc, "iocpsrv_send");
+    }
+
+    /// <summary>Queues one packet whose payload is <paramref name="first"/> followed by
+    /// <paramref name="second"/> (a header and a body) without joining them first.</summary>
+    public void Send(ConnectionId connection, ReadOnlySpan<byte> first, ReadOnlySpan<byte> second)
+    {
+        int rc = TrySend(connection, first, second);
+        if (rc < 0) throw new IocpsrvException(rc, "iocpsrv_sendv");
+    }
+
+    /// <summary>Like <see cref="Send(ConnectionId, ReadOnlySpan{byte})"/> but returns the
+    /// library's code (0 or a negative <see cref="IocpsrvError"/>) instead of throwing; a
+    /// disposed server gives <see cref="IocpsrvError.Stopped"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public int TrySend(ConnectionId connection, ReadOnlySpan<byte> payload)
+    {
+        fixed (byte* p = payload)
+        {
+            // A zero-length span may have a null address; the library wants non-NULL data.
+            byte dummy = 0;
+            byte* data = p != null ? p : &dummy;
+            if (t_server == _ptr) return Native.iocpsrv_send(_ptr, connection.Value, data, (nuint)payload.Length);
+            return SendSlow(connection.Value, data, (nuint)payload.Length);
+        }
+    }
+
+    private int SendSlow(ulong id, byte* data, nuint len)
+    {
+        bool added = false;
+        try
+        {
+            _handle.DangerousAddRef(ref added);
+            return Native.iocpsrv_send(_ptr, id, data, len);
+        }
+        catch (ObjectDisposedException)
+        {
+            return (int)IocpsrvError.Stopped;
+        }
+        finally
+        {
+            if (added) _handle.DangerousRelease();
+        }
+    }
+
+    /// <summary>Gathered variant of <see cref="TrySend(ConnectionId, ReadOnlySpan{byte})"/>.</summary>
+    public int TrySend(ConnectionId connection, ReadOnlySpan<byte> first, ReadOnlySpan<byte> second)
+    {
+        byte dummy = 0;
+        fixed (byte* a = first)
+        fixed (byte* b = second)
+        {
+            NativeBuf* bufs = stackalloc NativeBuf[2];
+            bufs[0].Base = a != null ? a : &dummy;
+            bufs[0].Len = (nuint)first.Length;
+            bufs[1].Base = b != null ? b : &dummy;
+            bufs[1].Len = (nuint)second.Length;
+            bool added = false;
+            try
+            {
+                if (t_server != _ptr) _handle.DangerousAddRef(ref added);
+                return Native.iocpsrv_sendv(_ptr, connection.Value, bufs, 2);
+            }
+            catch (ObjectDisposedException)
+            {
+                return (int)IocpsrvError.Stopped;
+            }
+            finally
+            {
+                if (added) _handle.DangerousRelease();
+            }
+        }
+    }
+
+    /// <summary>Sends one packet to every open connection; returns how many took it
+    /// (connections whose queue was full are skipped).</summary>
+    public int Broadcast(ReadOnlySpan<byte> payload)
+    {
+        byte dummy = 0;
+        using var r = Use();
+        fixed (byte* p = payload)
+            return Check(Native.iocpsrv_broadcast(r.P, p != null ? p : &dummy, (nuint)payload.Length), "iocpsrv_broadcast");
+    }
+
+    /// <summary>Closes a connection: graceful (queued sends written first; reason
+    /// LocalClose) or abortive (reset; reason LocalAbort). Its Disconnected follows on a
+    /// worker. Returns false if the id is unknown, closed or stale.</summary>
+    public bool Disconnect(ConnectionId connection, bool graceful = true)
+    {
+        using var r = Use();
+        int rc = Native.iocpsrv_disconnect(r.P, connection.Value, graceful ? 0 : 1);
+        if (rc == (int)IocpsrvError.NotConnected) return false;
+        Check(rc, "iocpsrv_disconnect");
+        return true;
+    }
+
+    /// <summary>Stops reading from a connection (TCP then pushes back on the client).</summary>
+    public void Pause(ConnectionId connection)
+    {
+        using var r = Use();
+        Check(Native.iocpsrv_pause_receive(r.P, connection.Value), "iocpsrv_pause_receive");
+    }
+
+    /// <summary>Restarts reading from a paused connection.</summary>
+    public void Resume(ConnectionId connection)
+    {
+        using var r = Use();
+        Check(Native.iocpsrv_resume_receive(r.P, connection.Value), "iocpsrv_resume_receive");
+    }
+
+    /// <summary>Bytes queued for the connection and not yet handed to the kernel.</summary>
+    public long PendingBytes(ConnectionId connection)
+    {
+        using var r = Use();
+        long n = Native.iocpsrv_pending_bytes(r.P, connection.Value);
+        if (n < 0) throw new IocpsrvException((int)n, "iocpsrv_pending_bytes");
+        return n;
+    }
+
+    /// <summary>Information about one connection (iocpsrv_conn_info).</summary>
+    /// <exception cref="IocpsrvException">NotConnected for a dead id.</exception>
+    public ConnectionInfo GetInfo(ConnectionId connection)
+    {
+        int rc = TryGetInfoCore(connection, out var info);
+        if (rc < 0) throw new IocpsrvException(rc, "iocpsrv_conn_info");
+        return info;
+    }
+
+    /// <summary>Like <see cref="GetInfo"/>, false for a dead id.</summary>
+    public bool TryGetInfo(ConnectionId connection, out ConnectionInfo info)
+    {
+        int rc = TryGetInfoCore(connection, out info);
+        if (rc == (int)IocpsrvError.NotConnected || rc == (int)IocpsrvError.Stopped) return false;
+        Check(rc, "iocpsrv_conn_info");
+        return true;
+    }
+
+    private int TryGetInfoCore(ConnectionId connection, out ConnectionInfo info)
+    {
+        ConnectionInfo v = default;
+        v.StructSize = (uint)sizeof(ConnectionInfo);
+        using var r = Use();
+        int rc = Native.iocpsrv_conn_info(r.P, connection.Value, &v);
+        info = v;
+        return rc;
+    }
+
+    // ---- Pull API ----
+
+    /// <summary>Pull mode: the events of the current run (or the next, before Start), each with
+    /// its payload copied into an owned array. Completes after the server stops and every
+    /// event of the run has been read. One consumer at a time keeps the per-connection
+    /// order.</summary>
+    public ChannelReader<ServerEvent> Events
+    {
+        get
+        {
+            if (!_pullMode) throw new InvalidOperationException("Events need a server created with IocpServerOptions.PullMode = true.");
+            return Volatile.Read(ref _channel).Reader;
+        }
+    }
+
+    /// <summary>Pull mode: the events of the current run as an async stream (see
+    /// <see cref="Events"/>); ends when the server has stopped and every event was read.</summary>
+    public IAsyncEnumerable<ServerEvent> ReadEventsAsync(CancellationToken cancellationToken = default)
+        => Events.ReadAllAsync(cancellationToken);
+
+    private Channel<ServerEvent> NewChannel() => Channel.CreateBounded<ServerEvent>(
+        new BoundedChannelOptions(_pullCapacity)
+        {
+            SingleWriter = true,
+            FullMode = BoundedChannelFullMode.Wait,
+            AllowSynchronousContinuations = false,
+        });
+
+    // Under _gate, before listen: the previous run's pump must be gone and its channel
+    // completed; this run gets a fresh channel. A channel never pumped is kept (a reader may
+    // already wait on it).
+    private void ResetPump()
+    {
+        if (_pump is null) return;
+        if (_pump.IsAlive)
+        {
+            _pumpCts!.Cancel();
+            _pump.Join();
+        }
+        _pumpCts!.Dispose();
+        _pumpCts = null;
+        _pump = null;
+        _channel.Writer.TryComplete();
+        Volatile.Write(ref _channel, NewChannel());
+    }
+
+    private void StartPump()
+    {
+        var cts = new CancellationTokenSource();
+        var channel = _channel;
+        var thread = new Thread(() => Pump(channel.Writer, cts.Token))
+        {
+            IsBackground = true,
+            Name = "iocpsrv-pull",
+        };
+        _pumpCts = cts;
+        _pump = thread;
+        thread.Start();
+    }
+
+    private const int PollBatch = 256;
+
+    private void Pump(ChannelWriter<ServerEvent> writer, CancellationToken ct)
+    {
+        bool added = false;
+        NativeEvent* evs = null;
+        var batch = new ServerEvent[PollBatch];
+        try
+        {
+            _handle.DangerousAddRef(ref added);
+            evs = (NativeEvent*)NativeMemory.Alloc((nuint)(PollBatch * sizeof(NativeEvent)));
+            while (!ct.IsCancellationRequested)
+            {
+                int n = Native.iocpsrv_poll(_ptr, evs, PollBatch, 100);
+                if (n == (int)IocpsrvError.Stopped) break;
+                if (n < 0) throw new IocpsrvException(n, "iocpsrv_poll");
+                // Copy every event before the next poll: its memory is the engine's until then.
+                for (int i = 0; i < n; i++) batch[i] = Convert(in evs[i]);
+                for (int i = 0; i < n; i++)
+                {
+                    if (!writer.TryWrite(batch[i]))
+                        writer.WriteAsync(batch[i], ct).AsTask().GetAwaiter().GetResult();
+                    batch[i] = default;
+                }
+            }
+        }
+        catch (OperationCanceledException) when (ct.IsCancellationRequested)
+        {
+        }
+        catch (Exception ex)
+        {
+            Report(ex, CallbackKind.EventPump, 0);
+        }
+        finally
+        {
+            if (evs != null) NativeMemory.Free(evs);
+            if (added) _handle.DangerousRelease();
+            writer.TryComplete();
+        }
+    }
+
+    private static ServerEvent Convert(in NativeEvent e)
+    {
+        var id = new ConnectionId(e.Conn);
+        switch ((ServerEventType)e.Type)
+        {
+            case ServerEventType.Connected:
+                {
+                    var s = new ReadOnlySpan<byte>(e.Data, checked((int)e.Len));
+                    int z = s.IndexOf((byte)0);
+                    string peer = Encoding.UTF8.GetString(z < 0 ? s : s[..z]);
+                    return new ServerEvent(ServerEventType.Connected, id, 0, peer, Array.Empty<byte>());
+                }
+            case ServerEventType.Packet:
+                {
+                    byte[] payload = e.Len == 0 ? Array.Empty<byte>() : new ReadOnlySpan<byte>(e.Data, checked((int)e.Len)).ToArray();
+                    return new ServerEvent(ServerEventType.Packet, id, 0, null, payload);
+                }
+            case ServerEventType.Disconnected:
+                return new ServerEvent(ServerEventType.Disconnected, id, (DisconnectReason)e.Reason, null, Array.Empty<byte>());
+            default:
+                return new ServerEvent((ServerEventType)e.Type, id, 0, null, Array.Empty<byte>());
+        }
+    }
+
+    // ---- Native callbacks ----
+    // Static, [UnmanagedCallersOnly], never throwing: every exception is caught and reported.
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static IocpServer? From(nint server)
+    {
+        nint user = Native.iocpsrv_user_data(server);
+        return user == 0 ? null : GCHandle.FromIntPtr(user).Target as IocpServer;
+    }
+
+    [UnmanagedCallersOnly(CallConvs = new[] { typeof(CallConvCdecl) })]
+    private static int OnConnect(nint server, ulong conn, byte* peer, nint* connUser)
+    {
+        nint prev = t_server;
+        t_server = server;
+        IocpServer? self = null;
+        try
+        {
+            self = From(server);
+            var handler = self?.Connected;
+            if (handler is null) return 0;
+            var args = new ConnectedEventArgs(new ConnectionId(conn), Native.Str(peer));
+            handler(self!, args);
+            return args.Refuse ? 1 : 0;
+        }
+        catch (Exception ex)
+        {
+            return self?.Report(ex, CallbackKind.Connected, conn) ?? true ? 1 : 0;
+        }
+        finally
+        {
+            t_server = prev;
+        }
+    }
+
+    [UnmanagedCallersOnly(CallConvs = new[] { typeof(CallConvCdecl) })]
+    private static int OnPacket(nint server, ulong conn, nint connUser, byte* data, nuint len)
+    {
+        nint prev = t_server;
+        t_server = server;
+        IocpServer? self = null;
+        try
+        {
+            self = From(server);
+            var handler = self?.PacketReceived;
+            if (handler is null) return 0;
+            handler(self!, new ConnectionId(conn), new ReadOnlySpan<byte>(data, (int)len));
+            return 0;
+        }
+        catch (Exception ex)
+        {
+            return self?.Report(ex, CallbackKind.PacketReceived, conn) ?? true ? 1 : 0;
+        }
+        finally
+        {
+            t_server = prev;
+        }
+    }
+
+    [UnmanagedCallersOnly(CallConvs = new[] { typeof(CallConvCdecl) })]
+    private static void OnDisconnect(nint server, ulong conn, nint connUser, int reason)
+    {
+        nint prev = t_server;
+        t_server = server;
+        IocpServer? self = null;
+        try
+        {
+            self = From(server);
+            self?.Disconnected?.Invoke(self, new DisconnectedEventArgs(new ConnectionId(conn), (DisconnectReason)reason));
+        }
+        catch (Exception ex)
+        {
+            self?.Report(ex, CallbackKind.Disconnected, conn);
+        }
+        finally
+        {
+            t_server = prev;
+        }
+    }
+
+    [UnmanagedCallersOnly(CallConvs = new[] { typeof(CallConvCdecl) })]
+    private static void OnDrain(nint server, ulong conn, nint connUser)
+    {
+        nint prev = t_server;
+        t_server = server;
+        IocpServer? self = null;
+        try
+        {
+            self = From(server);
+            self?.Drained?.Invoke(self, new DrainedEventArgs(new ConnectionId(conn)));
+        }
+        catch (Exception ex)
+        {
+            self?.Report(ex, CallbackKind.Drained, conn);
+        }
+        finally
+        {
+            t_server = prev;
+        }
+    }
+
+    [UnmanagedCallersOnly(CallConvs = new[] { typeof(CallConvCdecl) })]
+    private static void OnWorkerStart(nint server, int worker) => WorkerHook(server, worker, start: true);
+
+    [UnmanagedCallersOnly(CallConvs = new[] { typeof(CallConvCdecl) })]
+    private static void OnWorkerStop(nint server, int worker) => WorkerHook(server, worker, start: false);
+
+    private static void WorkerHook(nint server, int worker, bool start)
+    {
+        nint prev = t_server;
+        t_server = server;
+        IocpServer? self = null;
+        try
+        {
+            self = From(server);
+            var handler = start ? self?.WorkerStarted : self?.WorkerStopped;
+            handler?.Invoke(self!, new WorkerEventArgs(worker));
+        }
+        catch (Exception ex)
+        {
+            self?.Report(ex, start ? CallbackKind.WorkerStarted : CallbackKind.WorkerStopped, 0);
+        }
+        finally
+        {
+            t_server = prev;
+        }
+    }
+
+    [UnmanagedCallersOnly(CallConvs = new[] { typeof(CallConvCdecl) })]
+    private static void OnLog(nint server, int level, byte* message)
+    {
+        // The log callback may run on a thread that is not a worker (an API call): do not mark
+        // the thread as a handler thread beyond what it already is.
+        IocpServer? self = null;
+        try
+        {
+            self = From(server);
+            var handler = self?.Log;
+            handler?.Invoke(self!, new LogEventArgs(level, Native.Str(message)));
+        }
+        catch (Exception ex)
+        {
+            self?.Report(ex, CallbackKind.Log, 0);
+        }
+    }
+
+    /// <summary>Reports a handler's exception; returns whether to close/refuse the connection.
+    /// Never throws.</summary>
+    private bool Report(Exception ex, CallbackKind kind, ulong conn)
+    {
+        try
+        {
+            var args = new CallbackExceptionEventArgs(ex, kind, new ConnectionId(conn));
+            var handler = UnhandledCallbackException;
+            if (handler is null)
+            {
+                WriteError($"iocpsrv: unhandled exception in the {kind} handler (connection {conn}): {ex}");
+            }
+            else
+            {
+                try
+                {
+                    handler(this, args);
+                }
+                catch (Exception inner)
+                {
+                    WriteError($"iocpsrv: the UnhandledCallbackException handler threw: {inner}\n  while reporting: {ex}");
+                }
+            }
+            return args.CloseConnection;
+        }
+        catch
+        {
+            return true;
+        }
+    }
+
+    private static void WriteError(string text)
+    {
+        try
+        {
+            Console.Error.WriteLine(text);
+        }
+        catch
+        {
+            // nowhere left to report it
+        }
+    }
+
+    // ---- Helpers ----
+
+    private void ThrowIfDisposed() => ObjectDisposedException.ThrowIf(IsDisposed, this);
+
+    private static int Check(int rc, string operation)
+    {
+        if (rc < 0) throw new IocpsrvException(rc, operation);
+        return rc;
+    }
+
+    private static int ToTimeoutMs(TimeSpan timeout)
+    {
+        if (timeout == Timeout.InfiniteTimeSpan) return -1;
+        if (timeout < TimeSpan.Zero) throw new ArgumentOutOfRangeException(nameof(timeout), "Use TimeSpan.Zero, a positive time or Timeout.InfiniteTimeSpan.");
+        double ms = Math.Ceiling(timeout.TotalMilliseconds);
+        return ms >= int.MaxValue ? int.MaxValue : (int)ms;
+    }
+
+    /// <summary>Holds the native handle alive for one call (SafeHandle reference count),
+    /// except on this server's own handler threads, where it cannot go away.</summary>
+    private readonly ref struct HandleUse
+    {
+        private readonly ServerHandle? _owner;
+        public readonly nint P;
+        public HandleUse(ServerHandle? owner, nint p)
+        {
+            _owner = owner;
+            P = p;
+        }
+        public void Dispose() => _owner?.DangerousRelease();
+    }
+
+    private HandleUse Use()
+    {
+        if (t_server == _ptr) return new HandleUse(null, _ptr);
+        if (IsDisposed && _handle.IsClosed) throw new ObjectDisposedException(nameof(IocpServer));
+        bool added = false;
+        _handle.DangerousAddRef(ref added);
+        return new HandleUse(_handle, _ptr);
+    }
+}

@@ -1,0 +1,403 @@
+using System.Runtime.InteropServices;
+using System.Text;
+
+namespace Iocpsrv;
+
+/// <summary>A connection id: 64 bits, never 0, never reused within the life of a server. A
+/// stale id gets <see cref="IocpsrvError.NotConnected"/>, never another client's data.</summary>
+public readonly record struct ConnectionId(ulong Value)
+{
+    /// <summary>The id as a decimal number.</summary>
+    public override string ToString() => Value.ToString(System.Globalization.CultureInfo.InvariantCulture);
+}
+
+/// <summary>The library's error codes (iocpsrv_errno_t): negative, the same on every OS.</summary>
+public enum IocpsrvError
+{
+    /// <summary>IOCPSRV_OK.</summary>
+    Ok = 0,
+    /// <summary>IOCPSRV_EINVAL: invalid argument.</summary>
+    InvalidArgument = -1,
+    /// <summary>IOCPSRV_ENOMEM: out of memory.</summary>
+    OutOfMemory = -2,
+    /// <summary>IOCPSRV_ENOTCONN: unknown, closed or stale connection id.</summary>
+    NotConnected = -3,
+    /// <summary>IOCPSRV_EQUEUEFULL: the connection's send queue is over its limit.</summary>
+    QueueFull = -4,
+    /// <summary>IOCPSRV_ETOOBIG: packet larger than the maximum packet size.</summary>
+    TooBig = -5,
+    /// <summary>IOCPSRV_ESTOPPED: the server is not running.</summary>
+    Stopped = -6,
+    /// <summary>IOCPSRV_ESTATE: not allowed in the server's current state.</summary>
+    State = -7,
+    /// <summary>IOCPSRV_EADDRINUSE: address already in use.</summary>
+    AddressInUse = -8,
+    /// <summary>IOCPSRV_EADDRNOTAVAIL: cannot resolve or bind that address.</summary>
+    AddressNotAvailable = -9,
+    /// <summary>IOCPSRV_ENOTSUP: not supported in this mode or on this platform.</summary>
+    NotSupported = -10,
+    /// <summary>IOCPSRV_EBUSY: another thread is already polling this server.</summary>
+    Busy = -11,
+    /// <summary>IOCPSRV_EUNKNOWNOPT: unknown option.</summary>
+    UnknownOption = -12,
+    /// <summary>IOCPSRV_ERANGE: option value out of range.</summary>
+    Range = -13,
+    /// <summary>IOCPSRV_EINCALLBACK: not allowed from inside a callback.</summary>
+    InCallback = -14,
+    /// <summary>IOCPSRV_ESYSTEM: operating system error.</summary>
+    System = -15,
+    /// <summary>IOCPSRV_EACCES: permission denied.</summary>
+    AccessDenied = -16,
+}
+
+/// <summary>Why a connection ended (iocpsrv_reason_t).</summary>
+public enum DisconnectReason
+{
+    /// <summary>The client closed its side cleanly.</summary>
+    PeerClosed = 1,
+    /// <summary>Reset or another socket error.</summary>
+    PeerReset = 2,
+    /// <summary>A graceful <see cref="IocpServer.Disconnect"/>, or a handler asked to close.</summary>
+    LocalClose = 3,
+    /// <summary>An abortive <see cref="IocpServer.Disconnect"/>.</summary>
+    LocalAbort = 4,
+    /// <summary>A packet header above the maximum packet size.</summary>
+    ProtocolError = 5,
+    /// <summary>No complete packet within the idle timeout.</summary>
+    IdleTimeout = 6,
+    /// <summary>The server stopped.</summary>
+    ServerStopped = 7,
+}
+
+/// <summary>Packet framing (iocpsrv_framing_t).</summary>
+public enum Framing
+{
+    /// <summary>4-byte little-endian length, then the payload (default).</summary>
+    Length32LittleEndian = 0,
+    /// <summary>4-byte big-endian length, then the payload.</summary>
+    Length32BigEndian = 1,
+    /// <summary>2-byte little-endian length (payloads up to 65535 bytes).</summary>
+    Length16LittleEndian = 2,
+    /// <summary>2-byte big-endian length (payloads up to 65535 bytes).</summary>
+    Length16BigEndian = 3,
+    /// <summary>No framing: bytes delivered as they arrive, sends written as given.</summary>
+    Raw = 4,
+}
+
+/// <summary>The library's options (iocpsrv_option_t), for <see cref="IocpServer.SetOption"/>.</summary>
+public enum ServerOption
+{
+    /// <summary>Worker threads; 0 = 2 x CPUs.</summary>
+    WorkerThreads = 1,
+    /// <summary>IOCP concurrency (Windows); 0 = CPUs.</summary>
+    Concurrency = 2,
+    /// <summary>Listen backlog; 0 = SOMAXCONN.</summary>
+    ListenBacklog = 3,
+    /// <summary>Pre-posted accepts (Windows) / accepts per readiness event (epoll).</summary>
+    AcceptsPosted = 4,
+    /// <summary>Maximum open connections.</summary>
+    MaxConnections = 5,
+    /// <summary>Maximum packet payload in bytes.</summary>
+    MaxPacketSize = 6,
+    /// <summary>A <see cref="Iocpsrv.Framing"/> value.</summary>
+    Framing = 7,
+    /// <summary>Bytes queued per connection before send reports QueueFull.</summary>
+    SendQueueLimit = 8,
+    /// <summary>Idle timeout in milliseconds; 0 = off.</summary>
+    IdleTimeoutMs = 9,
+    /// <summary>TCP keep-alive idle time in milliseconds; 0 = off.</summary>
+    KeepAliveMs = 10,
+    /// <summary>TCP_NODELAY, 0 or 1.</summary>
+    NoDelay = 11,
+    /// <summary>SO_RCVBUF; 0 = OS default.</summary>
+    ReceiveBufferSize = 12,
+    /// <summary>SO_SNDBUF; 0 = OS default.</summary>
+    SendBufferSize = 13,
+    /// <summary>Bytes read per receive.</summary>
+    ReadBufferSize = 14,
+    /// <summary>1 = pull mode (events for ReadEventsAsync instead of handlers).</summary>
+    PullMode = 15,
+    /// <summary>Packets queued in pull mode before the engine stops reading sockets.</summary>
+    PullQueueLimit = 16,
+    /// <summary>How long a graceful close may wait, in milliseconds.</summary>
+    CloseTimeoutMs = 17,
+    /// <summary>For a "::" listener: 1 = IPv6 only, 0 = dual stack.</summary>
+    IPv6Only = 18,
+}
+
+/// <summary>Connection flags in <see cref="ConnectionInfo.Flags"/>.</summary>
+[Flags]
+public enum ConnectionFlags : uint
+{
+    /// <summary>No flag.</summary>
+    None = 0,
+    /// <summary>Receive paused by the host.</summary>
+    Paused = 0x1,
+    /// <summary>A disconnect is under way.</summary>
+    Closing = 0x2,
+}
+
+/// <summary>iocpsrv_conn_info_t, field for field (192 bytes).</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct ConnectionInfo
+{
+    /// <summary>sizeof(iocpsrv_conn_info_t), set before the call.</summary>
+    public uint StructSize;
+    /// <summary>IOCPSRV_CONN_* flags.</summary>
+    public ConnectionFlags Flags;
+    /// <summary>The connection's id (raw value).</summary>
+    public ulong Id;
+    /// <summary>Unix time of the connect in milliseconds.</summary>
+    public long ConnectTimeMs;
+    /// <summary>Bytes received on the wire, headers included.</summary>
+    public ulong BytesIn;
+    /// <summary>Bytes handed to the kernel, headers included.</summary>
+    public ulong BytesOut;
+    /// <summary>Packets received.</summary>
+    public ulong PacketsIn;
+    /// <summary>Packets queued for sending.</summary>
+    public ulong PacketsOut;
+    /// <summary>Bytes queued and not yet handed to the kernel.</summary>
+    public ulong PendingSendBytes;
+    private Bytes64 _peer;
+    private Bytes64 _local;
+
+    /// <summary>The peer address, "127.0.0.1:5000" or "[::1]:5000".</summary>
+    public readonly string Peer => CString(_peer);
+    /// <summary>The local address of the connection.</summary>
+    public readonly string Local => CString(_local);
+    /// <summary>The connection id.</summary>
+    public readonly ConnectionId Connection => new(Id);
+    /// <summary>The connect time.</summary>
+    public readonly DateTimeOffset ConnectTime => DateTimeOffset.FromUnixTimeMilliseconds(ConnectTimeMs);
+
+    private static string CString(in Bytes64 b)
+    {
+        ReadOnlySpan<byte> s = b;
+        int n = s.IndexOf((byte)0);
+        return Encoding.UTF8.GetString(n < 0 ? s : s[..n]);
+    }
+}
+
+/// <summary>iocpsrv_stats_t, field for field (112 bytes). Totals cover the server's whole
+/// life across restarts.</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct ServerStats
+{
+    /// <summary>sizeof(iocpsrv_stats_t), set before the call.</summary>
+    public uint StructSize;
+    /// <summary>Worker threads running now.</summary>
+    public uint Workers;
+    /// <summary>Accepted and not yet disconnected.</summary>
+    public ulong ConnectionsNow;
+    /// <summary>Accepted (connect handler called).</summary>
+    public ulong ConnectionsTotal;
+    /// <summary>Closed at once: max connections reached.</summary>
+    public ulong ConnectionsRefused;
+    /// <summary>Refused by the connect handler.</summary>
+    public ulong ConnectionsRejected;
+    /// <summary>Packets received.</summary>
+    public ulong PacketsIn;
+    /// <summary>Packets queued by send/broadcast.</summary>
+    public ulong PacketsOut;
+    /// <summary>Bytes received on the wire, headers included.</summary>
+    public ulong BytesIn;
+    /// <summary>Bytes handed to the kernel, headers included.</summary>
+    public ulong BytesOut;
+    /// <summary>Accept failures.</summary>
+    public ulong AcceptErrors;
+    /// <summary>Connections closed for an oversize header.</summary>
+    public ulong ProtocolErrors;
+    /// <summary>Sends refused with QueueFull.</summary>
+    public ulong SendQueueRejections;
+    /// <summary>Connections closed by the idle timeout.</summary>
+    public ulong IdleTimeouts;
+    /// <summary>Events waiting to be polled now (pull mode).</summary>
+    public ulong PullQueueDepth;
+}
+
+/// <summary>An error reported by the library: its code, the code's name
+/// ("IOCPSRV_ENOTCONN") and its text.</summary>
+public sealed class IocpsrvException : Exception
+{
+    /// <summary>The error code as an enum.</summary>
+    public IocpsrvError Error { get; }
+    /// <summary>The raw negative code.</summary>
+    public int Code { get; }
+    /// <summary>The code's name from iocpsrv_err_name, e.g. "IOCPSRV_ENOTCONN".</summary>
+    public string ErrorName { get; }
+    /// <summary>The library's text from iocpsrv_strerror.</summary>
+    public string ErrorText { get; }
+
+    /// <summary>Wraps a negative code; <paramref name="operation"/> names the call.</summary>
+    public IocpsrvException(int code, string? operation = null)
+        : this(code, operation, IocpServer.ErrorName(code), IocpServer.ErrorText(code)) { }
+
+    private IocpsrvException(int code, string? operation, string name, string text)
+        : base(operation is null ? $"{name}: {text}" : $"{operation}: {name}: {text}")
+    {
+        Code = code;
+        Error = (IocpsrvError)code;
+        ErrorName = name;
+        ErrorText = text;
+    }
+}
+
+/// <summary>Handles one packet. <paramref name="payload"/> is valid only during the call:
+/// copy what you keep (<c>payload.ToArray()</c>).</summary>
+public delegate void PacketHandler(IocpServer server, ConnectionId connection, ReadOnlySpan<byte> payload);
+
+/// <summary>Handles a server event; <paramref name="server"/> is the server that raised it.</summary>
+public delegate void ServerEventHandler<in TEventArgs>(IocpServer server, TEventArgs e);
+
+/// <summary>A client connected. Set <see cref="Refuse"/> to close it at once (it then gets no
+/// Disconnected).</summary>
+public sealed class ConnectedEventArgs : EventArgs
+{
+    internal ConnectedEventArgs(ConnectionId connection, string peer)
+    {
+        Connection = connection;
+        Peer = peer;
+    }
+    /// <summary>The new connection.</summary>
+    public ConnectionId Connection { get; }
+    /// <summary>The client's address, "127.0.0.1:5000" or "[::1]:5000".</summary>
+    public string Peer { get; }
+    /// <summary>Set to true to refuse the client.</summary>
+    public bool Refuse { get; set; }
+}
+
+/// <summary>A connection ended; its id is dead from now on.</summary>
+public sealed class DisconnectedEventArgs : EventArgs
+{
+    internal DisconnectedEventArgs(ConnectionId connection, DisconnectReason reason)
+    {
+        Connection = connection;
+        Reason = reason;
+    }
+    /// <summary>The connection that ended.</summary>
+    public ConnectionId Connection { get; }
+    /// <summary>Why it ended.</summary>
+    public DisconnectReason Reason { get; }
+}
+
+/// <summary>A connection whose send was refused with QueueFull has room again.</summary>
+public sealed class DrainedEventArgs : EventArgs
+{
+    internal DrainedEventArgs(ConnectionId connection) => Connection = connection;
+    /// <summary>The connection.</summary>
+    public ConnectionId Connection { get; }
+}
+
+/// <summary>Engine diagnostics (accept failures, protocol errors).</summary>
+public sealed class LogEventArgs : EventArgs
+{
+    internal LogEventArgs(int level, string message)
+    {
+        Level = level;
+        Message = message;
+    }
+    /// <summary>0 error, 1 warning, 2 info, 3 debug.</summary>
+    public int Level { get; }
+    /// <summary>The text.</summary>
+    public string Message { get; }
+}
+
+/// <summary>A worker thread started or stopped.</summary>
+public sealed class WorkerEventArgs : EventArgs
+{
+    internal WorkerEventArgs(int worker) => Worker = worker;
+    /// <summary>0-based worker index.</summary>
+    public int Worker { get; }
+}
+
+/// <summary>Which handler threw.</summary>
+public enum CallbackKind
+{
+    /// <summary>The Connected handler (the client is refused).</summary>
+    Connected,
+    /// <summary>The PacketReceived handler.</summary>
+    PacketReceived,
+    /// <summary>The Disconnected handler.</summary>
+    Disconnected,
+    /// <summary>The Drained handler.</summary>
+    Drained,
+    /// <summary>The Log handler.</summary>
+    Log,
+    /// <summary>The WorkerStarted handler.</summary>
+    WorkerStarted,
+    /// <summary>The WorkerStopped handler.</summary>
+    WorkerStopped,
+    /// <summary>The pull-mode event pump.</summary>
+    EventPump,
+}
+
+/// <summary>A handler threw. The exception never reaches native code; this event reports it.
+/// For Connected and PacketReceived, <see cref="CloseConnection"/> (default true) decides
+/// whether the connection is refused / closed gracefully.</summary>
+public sealed class CallbackExceptionEventArgs : EventArgs
+{
+    internal CallbackExceptionEventArgs(Exception exception, CallbackKind callback, ConnectionId connection)
+    {
+        Exception = exception;
+        Callback = callback;
+        Connection = connection;
+    }
+    /// <summary>What the handler threw.</summary>
+    public Exception Exception { get; }
+    /// <summary>Which handler threw.</summary>
+    public CallbackKind Callback { get; }
+    /// <summary>The connection it ran for (default for worker and log handlers).</summary>
+    public ConnectionId Connection { get; }
+    /// <summary>Connected: refuse the client; PacketReceived: close the connection
+    /// gracefully (queued sends are flushed first). Ignored for the other handlers.
+    /// Default true.</summary>
+    public bool CloseConnection { get; set; } = true;
+}
+
+/// <summary>The kind of a pull-mode event.</summary>
+public enum ServerEventType
+{
+    /// <summary>A client connected; <see cref="ServerEvent.Peer"/> is its address.</summary>
+    Connected = 1,
+    /// <summary>A packet; <see cref="ServerEvent.Payload"/> holds a copy of it.</summary>
+    Packet = 2,
+    /// <summary>A connection ended; <see cref="ServerEvent.Reason"/> says why.</summary>
+    Disconnected = 3,
+    /// <summary>A connection whose send was refused with QueueFull has room again.</summary>
+    Drained = 4,
+}
+
+/// <summary>One pull-mode event. The payload is an array owned by the event (copied out of
+/// the engine's memory, which is only valid until the next poll).</summary>
+public readonly struct ServerEvent
+{
+    internal ServerEvent(ServerEventType type, ConnectionId connection, DisconnectReason reason,
+        string? peer, byte[] payload)
+    {
+        Type = type;
+        Connection = connection;
+        Reason = reason;
+        Peer = peer;
+        Payload = payload;
+    }
+    /// <summary>What happened.</summary>
+    public ServerEventType Type { get; }
+    /// <summary>The connection it happened to.</summary>
+    public ConnectionId Connection { get; }
+    /// <summary>Disconnected only: why (0 otherwise).</summary>
+    public DisconnectReason Reason { get; }
+    /// <summary>Connected only: the client's address.</summary>
+    public string? Peer { get; }
+    /// <summary>Packet only: the payload (an empty array otherwise, and for an empty packet).</summary>
+    public byte[] Payload { get; }
+
+    /// <inheritdoc />
+    public override string ToString() => Type switch
+    {
+        ServerEventType.Connected => $"Connected {Connection} from {Peer}",
+        ServerEventType.Packet => $"Packet {Connection} ({Payload.Length} bytes)",
+        ServerEventType.Disconnected => $"Disconnected {Connection} ({Reason})",
+        _ => $"{Type} {Connection}",
+    };
+}
