@@ -1,0 +1,206 @@
+using System.Runtime.CompilerServices;
+using System.Text;
+
+namespace Iocpsrv.Tests;
+
+public class LibraryTests
+{
+    [Fact]
+    public void VersionMajorMatchesTheBinding()
+    {
+        Assert.Equal(IocpServer.AbiMajorVersion, IocpServer.LibraryVersion.Major);
+        Assert.StartsWith($"{IocpServer.LibraryVersion.Major}.{IocpServer.LibraryVersion.Minor}.", IocpServer.LibraryVersionString);
+    }
+
+    [Fact]
+    public void ErrorNamesAndTextComeFromTheLibrary()
+    {
+        Assert.Equal("IOCPSRV_ENOTCONN", IocpServer.ErrorName((int)IocpsrvError.NotConnected));
+        Assert.Equal("IOCPSRV_EQUEUEFULL", IocpServer.ErrorName((int)IocpsrvError.QueueFull));
+        Assert.Equal("IOCPSRV_EACCES", IocpServer.ErrorName((int)IocpsrvError.AccessDenied));
+        Assert.Contains("stale", IocpServer.ErrorText((int)IocpsrvError.NotConnected));
+        Assert.Equal("peer-closed", IocpServer.ReasonName(DisconnectReason.PeerClosed));
+        var ex = new IocpsrvException(-3, "op");
+        Assert.Equal(IocpsrvError.NotConnected, ex.Error);
+        Assert.Equal(-3, ex.Code);
+        Assert.Equal("IOCPSRV_ENOTCONN", ex.ErrorName);
+        Assert.Equal("op: IOCPSRV_ENOTCONN: " + IocpServer.ErrorText(-3), ex.Message);
+    }
+
+    [Fact]
+    public void EveryErrorCodeHasAName()
+    {
+        foreach (IocpsrvError e in Enum.GetValues<IocpsrvError>())
+        {
+            if (e == IocpsrvError.Ok) continue;
+            Assert.StartsWith("IOCPSRV_E", IocpServer.ErrorName((int)e));
+        }
+    }
+
+    [Fact]
+    public unsafe void StructsMatchTheCLayout()
+    {
+        // sizeof / offsetof of the C structs on 64-bit (checked against iocpsrv.h with gcc).
+        Assert.Equal(192, sizeof(ConnectionInfo));
+        Assert.Equal(112, sizeof(ServerStats));
+        Assert.Equal(40, sizeof(NativeEvent));
+        Assert.Equal(16, sizeof(NativeBuf));
+        ConnectionInfo info = default;
+        byte* b = (byte*)&info;
+        Assert.Equal(8, (int)((byte*)&info.Id - b));
+        Assert.Equal(56, (int)((byte*)&info.PendingSendBytes - b));
+        ServerStats st = default;
+        Assert.Equal(104, (int)((byte*)&st.PullQueueDepth - (byte*)&st));
+    }
+}
+
+public class EchoTests
+{
+    [Fact]
+    public async Task EchoesPacketsIncludingEmptyOnes()
+    {
+        using var server = T.EchoServer();
+        server.Start();
+        Assert.True(server.IsRunning);
+        Assert.InRange(server.Port, 1, 65535);
+        using var c = await Client.ConnectAsync(server.Port);
+        var payloads = new[] { Encoding.ASCII.GetBytes("Test Item 1"), Array.Empty<byte>(), T.Pattern(100_000, 7) };
+        foreach (var p in payloads) await c.SendAsync(p);
+        foreach (var p in payloads) Assert.Equal(p, await c.ReadAsync());
+        await T.Eventually(() => server.Stats.PacketsOut >= 3, "packets_out");
+        var st = server.Stats;
+        Assert.Equal((uint)sizeof_stats(), st.StructSize);
+        Assert.Equal(3UL, st.PacketsIn);
+        Assert.Equal(1UL, st.ConnectionsNow);
+        Assert.Equal(2U, st.Workers);
+    }
+
+    private static unsafe int sizeof_stats() => sizeof(ServerStats);
+
+    [Fact]
+    public async Task SplitHeaderAndGluedPacketsAreReassembled()
+    {
+        using var server = T.EchoServer();
+        server.Start();
+        using var c = await Client.ConnectAsync(server.Port);
+        var a = c.Frame(Encoding.ASCII.GetBytes("alpha"));
+        var b = c.Frame(Encoding.ASCII.GetBytes("beta"));
+        var all = a.Concat(b).ToArray();
+        await c.SendRawAsync(all[..2]);
+        await c.SendRawAsync(all[2..]);
+        Assert.Equal("alpha", Encoding.ASCII.GetString(await c.ReadAsync()));
+        Assert.Equal("beta", Encoding.ASCII.GetString(await c.ReadAsync()));
+    }
+
+    [Fact]
+    public async Task SendFromAnotherThreadAndGatheredSend()
+    {
+        using var server = new IocpServer();
+        var connected = new TaskCompletionSource<ConnectionId>(TaskCreationOptions.RunContinuationsAsynchronously);
+        server.Connected += (s, e) => connected.TrySetResult(e.Connection);
+        server.Start();
+        using var c = await Client.ConnectAsync(server.Port);
+        var id = await connected.Task.Within();
+        Assert.False(server.IsHandlerThread);
+        server.Send(id, Encoding.ASCII.GetBytes("from the test thread"));
+        server.Send(id, Encoding.ASCII.GetBytes("head:"), Encoding.ASCII.GetBytes("body"));
+        Assert.Equal(0, server.TrySend(id, ReadOnlySpan<byte>.Empty));
+        Assert.Equal("from the test thread", Encoding.ASCII.GetString(await c.ReadAsync()));
+        Assert.Equal("head:body", Encoding.ASCII.GetString(await c.ReadAsync()));
+        Assert.Empty(await c.ReadAsync());
+    }
+
+    [Fact]
+    public async Task InfoConnectionsAndBroadcast()
+    {
+        using var server = new IocpServer();
+        var ids = new System.Collections.Concurrent.ConcurrentDictionary<string, ConnectionId>();
+        var three = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        server.Connected += (s, e) =>
+        {
+            ids[e.Peer] = e.Connection;
+            if (ids.Count == 3) three.TrySetResult();
+        };
+        server.Start();
+        var clients = new List<Client>();
+        try
+        {
+            for (int i = 0; i < 3; i++) clients.Add(await Client.ConnectAsync(server.Port));
+            await three.Task.Within();
+            Assert.Equal(3, server.ConnectionCount);
+            var listed = server.Connections;
+            Assert.Equal(3, listed.Count);
+            foreach (var c in clients)
+            {
+                var id = ids[c.LocalEndPoint];
+                Assert.Contains(id, listed);
+                var info = server.GetInfo(id);
+                Assert.Equal(id, info.Connection);
+                Assert.Equal(c.LocalEndPoint, info.Peer);
+                Assert.Equal($"127.0.0.1:{server.Port}", info.Local);
+                Assert.Equal(ConnectionFlags.None, info.Flags);
+                Assert.InRange(info.ConnectTime, DateTimeOffset.UtcNow.AddMinutes(-5), DateTimeOffset.UtcNow.AddMinutes(1));
+                Assert.True(server.TryGetInfo(id, out var again));
+                Assert.Equal(info.Id, again.Id);
+                Assert.Equal(0, server.PendingBytes(id));
+            }
+            Assert.Equal(3, server.Broadcast(Encoding.ASCII.GetBytes("to all")));
+            foreach (var c in clients) Assert.Equal("to all", Encoding.ASCII.GetString(await c.ReadAsync()));
+            var some = ids[clients[0].LocalEndPoint];
+            await T.Eventually(() => server.GetInfo(some).PacketsOut == 1 && server.GetInfo(some).BytesOut == 10, "packets_out");
+        }
+        finally
+        {
+            foreach (var c in clients) c.Dispose();
+        }
+    }
+
+    [Fact]
+    public async Task RestartAfterStop()
+    {
+        using var server = T.EchoServer();
+        for (int round = 0; round < 3; round++)
+        {
+            server.Start();
+            using (var c = await Client.ConnectAsync(server.Port))
+            {
+                await c.SendAsync(new byte[] { (byte)round });
+                Assert.Equal(new byte[] { (byte)round }, await c.ReadAsync());
+            }
+            server.Stop(TimeSpan.FromSeconds(5));
+            Assert.False(server.IsRunning);
+            Assert.True(server.WhenStopped.IsCompleted);
+        }
+        Assert.Equal(3UL, server.Stats.ConnectionsTotal);
+    }
+
+    [Fact]
+    public void DisposeWithoutStartAndTwice()
+    {
+        var server = new IocpServer();
+        server.Dispose();
+        server.Dispose();
+        Assert.True(server.IsDisposed);
+        Assert.Throws<ObjectDisposedException>(() => server.Start());
+        Assert.Throws<ObjectDisposedException>(() => server.Stats);
+        Assert.Equal((int)IocpsrvError.Stopped, server.TrySend(new ConnectionId(1), new byte[1]));
+        server.Stop(); // no-op
+    }
+
+    [Fact]
+    public void UnreferencedServersAreFinalized()
+    {
+        // A server never started and never disposed is freed by the SafeHandle's finalizer
+        // (the user GCHandle is weak while the server is stopped).
+        var weak = CreateAndDrop();
+        for (int i = 0; i < 10 && weak.IsAlive; i++)
+        {
+            GC.Collect();
+            GC.WaitForPendingFinalizers();
+        }
+        Assert.False(weak.IsAlive);
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static WeakReference CreateAndDrop() => new(new IocpServer());
+}

@@ -1,0 +1,172 @@
+using System.Net.Sockets;
+using System.Text;
+
+namespace Iocpsrv.Tests;
+
+public class OptionsTests
+{
+    [Fact]
+    public void EveryOptionIsAppliedAndReadBack()
+    {
+        var o = new IocpServerOptions
+        {
+            WorkerThreads = 3,
+            Concurrency = 2,
+            ListenBacklog = 64,
+            AcceptsPosted = 8,
+            MaxConnections = 500,
+            MaxPacketSize = 2 << 20,
+            Framing = Framing.Length16BigEndian,
+            SendQueueLimit = 1 << 20,
+            IdleTimeout = TimeSpan.FromSeconds(30),
+            KeepAlive = TimeSpan.FromSeconds(60),
+            NoDelay = false,
+            ReceiveBufferSize = 65536,
+            SendBufferSize = 32768,
+            ReadBufferSize = 4096,
+            PullMode = true,
+            PullQueueLimit = 100,
+            CloseTimeout = TimeSpan.FromMilliseconds(1500),
+            IPv6Only = true,
+        };
+        using var server = new IocpServer(o);
+        Assert.Equal(3, server.GetOption(ServerOption.WorkerThreads));
+        Assert.Equal(2, server.GetOption(ServerOption.Concurrency));
+        Assert.Equal(64, server.GetOption(ServerOption.ListenBacklog));
+        Assert.Equal(8, server.GetOption(ServerOption.AcceptsPosted));
+        Assert.Equal(500, server.GetOption(ServerOption.MaxConnections));
+        Assert.Equal(2 << 20, server.GetOption(ServerOption.MaxPacketSize));
+        Assert.Equal((long)Framing.Length16BigEndian, server.GetOption(ServerOption.Framing));
+        Assert.Equal(1 << 20, server.GetOption(ServerOption.SendQueueLimit));
+        Assert.Equal(30000, server.GetOption(ServerOption.IdleTimeoutMs));
+        Assert.Equal(60000, server.GetOption(ServerOption.KeepAliveMs));
+        Assert.Equal(0, server.GetOption(ServerOption.NoDelay));
+        Assert.Equal(65536, server.GetOption(ServerOption.ReceiveBufferSize));
+        Assert.Equal(32768, server.GetOption(ServerOption.SendBufferSize));
+        Assert.Equal(4096, server.GetOption(ServerOption.ReadBufferSize));
+        Assert.Equal(1, server.GetOption(ServerOption.PullMode));
+        Assert.Equal(100, server.GetOption(ServerOption.PullQueueLimit));
+        Assert.Equal(1500, server.GetOption(ServerOption.CloseTimeoutMs));
+        Assert.Equal(1, server.GetOption(ServerOption.IPv6Only));
+        // Every library option has a property.
+        Assert.Equal(18, Enum.GetValues<ServerOption>().Length);
+    }
+
+    [Fact]
+    public void DefaultsAreTheLibrarys()
+    {
+        using var server = new IocpServer();
+        Assert.Equal(1 << 20, server.GetOption(ServerOption.MaxPacketSize));
+        Assert.Equal(10000, server.GetOption(ServerOption.MaxConnections));
+        Assert.Equal(1, server.GetOption(ServerOption.NoDelay));
+        Assert.Equal(0, server.GetOption(ServerOption.PullMode));
+    }
+
+    [Fact]
+    public void BadOptionsThrowTheLibrarysErrors()
+    {
+        var ex = Assert.Throws<IocpsrvException>(() => new IocpServer(new IocpServerOptions { WorkerThreads = 5000 }));
+        Assert.Equal(IocpsrvError.Range, ex.Error);
+        Assert.Contains("WorkerThreads", ex.Message);
+        using var server = new IocpServer();
+        Assert.Equal(IocpsrvError.UnknownOption, Assert.Throws<IocpsrvException>(() => server.SetOption((ServerOption)999, 1)).Error);
+        Assert.Equal(IocpsrvError.Range, Assert.Throws<IocpsrvException>(() => server.SetOption(ServerOption.Framing, 99)).Error);
+        server.SetOption(ServerOption.MaxConnections, 7);
+        Assert.Equal(7, server.GetOption(ServerOption.MaxConnections));
+        server.Start();
+        Assert.Equal(IocpsrvError.State, Assert.Throws<IocpsrvException>(() => server.SetOption(ServerOption.MaxConnections, 8)).Error);
+        server.Stop();
+        server.SetOption(ServerOption.MaxConnections, 8);
+    }
+
+    [Fact]
+    public void LifecycleErrors()
+    {
+        using var server = T.EchoServer();
+        Assert.Equal(IocpsrvError.Stopped, Assert.Throws<IocpsrvException>(() => server.Port).Error);
+        server.Start();
+        var ex = Assert.Throws<IocpsrvException>(() => server.Start());
+        Assert.Equal(IocpsrvError.State, ex.Error);
+        using var second = T.EchoServer();
+        var inUse = Assert.Throws<IocpsrvException>(() => second.Start("127.0.0.1", server.Port));
+        Assert.Equal(IocpsrvError.AddressInUse, inUse.Error);
+        Assert.Equal("IOCPSRV_EADDRINUSE", inUse.ErrorName);
+        Assert.Equal(IocpsrvError.AddressNotAvailable,
+            Assert.Throws<IocpsrvException>(() => second.Start("not an address", 0)).Error);
+        Assert.Throws<ArgumentOutOfRangeException>(() => server.Stop(TimeSpan.FromSeconds(-2)));
+        server.Stop();
+        Assert.Throws<ArgumentOutOfRangeException>(() => new IocpServer(new IocpServerOptions { PullChannelCapacity = 0 }));
+    }
+
+    [Fact]
+    public async Task BigEndian16BitFraming()
+    {
+        using var server = T.EchoServer(new IocpServerOptions { Framing = Framing.Length16BigEndian });
+        server.Start();
+        using var c = await Client.ConnectAsync(server.Port, headerSize: 2, bigEndian: true);
+        var p = T.Pattern(60000, 3);
+        await c.SendAsync(p);
+        Assert.Equal(p, await c.ReadAsync());
+    }
+
+    [Fact]
+    public async Task RawFraming()
+    {
+        using var server = T.EchoServer(new IocpServerOptions { Framing = Framing.Raw });
+        server.Start();
+        using var c = await Client.ConnectAsync(server.Port);
+        var bytes = Encoding.ASCII.GetBytes("no header at all");
+        await c.SendRawAsync(bytes);
+        Assert.Equal(bytes, await c.ReadRawAsync(bytes.Length));
+    }
+
+    [Fact]
+    public async Task IdleTimeoutCloses()
+    {
+        using var server = new IocpServer(new IocpServerOptions { IdleTimeout = TimeSpan.FromMilliseconds(200) });
+        var reason = new TaskCompletionSource<DisconnectReason>(TaskCreationOptions.RunContinuationsAsynchronously);
+        server.Disconnected += (s, e) => reason.TrySetResult(e.Reason);
+        server.Start();
+        using var c = await Client.ConnectAsync(server.Port);
+        Assert.Equal(DisconnectReason.IdleTimeout, await reason.Task.Within());
+        Assert.True(await c.ClosedByServerAsync());
+        Assert.Equal(1UL, server.Stats.IdleTimeouts);
+    }
+
+    [Fact]
+    public async Task MaxConnectionsRefusesTheNextClient()
+    {
+        using var server = T.EchoServer(new IocpServerOptions { MaxConnections = 1 });
+        server.Start();
+        using var first = await Client.ConnectAsync(server.Port);
+        await first.SendAsync(new byte[] { 1 });
+        await first.ReadAsync();
+        using var second = await Client.ConnectAsync(server.Port);
+        Assert.True(await second.ClosedByServerAsync());
+        await T.Eventually(() => server.Stats.ConnectionsRefused == 1, "connections_refused");
+        await first.SendAsync(new byte[] { 2 });
+        Assert.Equal(new byte[] { 2 }, await first.ReadAsync());
+    }
+
+    [Fact]
+    public async Task Ipv6Loopback()
+    {
+        if (!Socket.OSSupportsIPv6) return;
+        using var server = T.EchoServer();
+        try
+        {
+            server.Start("::1", 0);
+        }
+        catch (IocpsrvException e) when (e.Error == IocpsrvError.AddressNotAvailable)
+        {
+            return; // no IPv6 loopback in this sandbox
+        }
+        using var s = new Socket(AddressFamily.InterNetworkV6, SocketType.Stream, ProtocolType.Tcp);
+        await s.ConnectAsync("::1", server.Port).Within();
+        await s.SendAsync(new byte[] { 1, 0, 0, 0, 42 });
+        var buf = new byte[5];
+        int got = 0;
+        while (got < 5) got += await s.ReceiveAsync(buf.AsMemory(got)).AsTask().Within();
+        Assert.Equal(new byte[] { 1, 0, 0, 0, 42 }, buf);
+    }
+}
