@@ -15,6 +15,10 @@
 #   windows  install MinGW-w64 and wine64 when missing, cross-build the windows preset
 #            (iocpsrv.dll, samples, the same C tests) and run ctest under wine64 in a
 #            private prefix (build/wineprefix)
+#   asan     the C tests built with AddressSanitizer + UBSan (preset linux-asan)
+#   tsan     the C tests built with ThreadSanitizer (preset linux-tsan)
+#   valgrind the lifecycle and framing tests under valgrind memcheck: no error, no leak
+#   fuzz     libFuzzer on the framing parser (clang) for FUZZ_SECONDS (default 60)
 # Every section runs even when an earlier one failed (sections that need the build are
 # skipped when it failed). Exits non-zero if any section failed or was skipped.
 set -uo pipefail
@@ -23,7 +27,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$(pwd)
 BUILD_DIR="$ROOT/build/linux"
 JOBS=$(nproc 2>/dev/null || echo 2)
-SECTIONS=(deps build ctest demo install windows)
+SECTIONS=(deps build ctest demo install windows asan tsan valgrind fuzz)
 
 export DEBIAN_FRONTEND=noninteractive
 
@@ -153,6 +157,46 @@ section_windows() {
   # Nothing of Wine's may outlive the run.
   WINEPREFIX="$ROOT/build/wineprefix" wineserver -k 2>/dev/null || true
   return "$rc"
+}
+
+section_asan() {
+  cmake --preset linux-asan || return 1
+  cmake --build --preset linux-asan -j"$JOBS" || return 1
+  ctest --preset linux-asan --no-tests=error
+}
+
+section_tsan() {
+  cmake --preset linux-tsan || return 1
+  cmake --build --preset linux-tsan -j"$JOBS" || return 1
+  ctest --preset linux-tsan --no-tests=error
+}
+
+section_valgrind() {
+  command -v valgrind >/dev/null 2>&1 || apt_install valgrind || return 1
+  local t
+  for t in test_lifecycle test_framing; do
+    echo "--- valgrind $t"
+    valgrind --error-exitcode=1 --leak-check=full --show-leak-kinds=definite,indirect \
+      --errors-for-leak-kinds=definite,indirect -q "$BUILD_DIR/tests/$t" || return 1
+  done
+}
+
+section_fuzz() {
+  local out="$ROOT/build/fuzz" seconds="${FUZZ_SECONDS:-60}"
+  if ! command -v clang >/dev/null 2>&1 ||
+     ! clang -print-file-name=libclang_rt.fuzzer-x86_64.a | grep -q /; then
+    apt_install clang libclang-rt-14-dev || return 1
+  fi
+  mkdir -p "$out/corpus"
+  cp "$ROOT"/fuzz/corpus/* "$out/corpus/"
+  clang -g -O1 -fsanitize=fuzzer,address,undefined -I"$ROOT/dll/src" -I"$ROOT/dll/include" \
+    "$ROOT/fuzz/fuzz_framing.c" "$ROOT/dll/src/core/framing.c" -o "$out/fuzz_framing" || return 1
+  # A working copy of the corpus grows here; the repository's seeds stay as they are.
+  "$out/fuzz_framing" -max_total_time="$seconds" -max_len=200000 -print_final_stats=1 \
+    -artifact_prefix="$out/" "$out/corpus" || {
+    echo "fuzz_framing failed: the input is in $out/crash-*; copy it to fuzz/crashers/" >&2
+    return 1
+  }
 }
 
 # ---- runner ---------------------------------------------------------------------------
