@@ -560,7 +560,20 @@ void engine_accept(worker_t *w, bk_socket_t sock, const struct sockaddr_storage 
 
 /* ------------------------------------------------------------------ timers ---- */
 
-/* Idle timeouts and overdue graceful closes, a few times a second. */
+/* A connection quiet for this long gives back its empty buffers. */
+#define TRIM_AFTER_MS 1000
+
+/* Free the empty send buffer and packet stash of a quiet connection, so an idle
+ * connection costs its slot and nothing else. The hot path keeps them between packets
+ * (no allocation per packet); this runs only from the sweep. Lock held, token free:
+ * nobody else is touching the framer. */
+static void trim_locked(conn_t *c) {
+  if (sendbuf_pending(&c->out) == 0 && c->out.buf) sendbuf_free(&c->out);
+  if (framer_buffered(&c->in) == 0 && c->in.buf) framer_free(&c->in);
+  bk_conn_trim_locked(c);
+}
+
+/* Idle timeouts, overdue graceful closes and buffer trimming, a few times a second. */
 static void sweep(iocpsrv_t *srv, worker_t *w) {
   int64_t now = w->now;
   int64_t idle = srv->opt.idle_timeout_ms;
@@ -578,6 +591,10 @@ static void sweep(iocpsrv_t *srv, worker_t *w) {
       int64_t deadline = c->close_deadline;
       if (stopping && stop_deadline < deadline) deadline = stop_deadline;
       if (now >= deadline) request_close_locked(srv, c, 1, c->close_reason);
+    } else if (c->state == CONN_OPEN && !c->busy &&
+               now - atomic_load_explicit(&c->last_packet_ms, memory_order_relaxed) >
+                   TRIM_AFTER_MS) {
+      trim_locked(c);
     }
     srv_mutex_unlock(&c->slot.lock);
   }

@@ -196,6 +196,9 @@ void bk_conn_arm_locked(iocpsrv_t *srv, conn_t *c);
 void bk_conn_flush_locked(iocpsrv_t *srv, conn_t *c);
 /* NOTE_WRITE reached the token holder; lock held. */
 void bk_conn_on_writable_locked(iocpsrv_t *srv, conn_t *c);
+/* Release the backend's per-connection memory that is not in use (a quiet
+ * connection); lock held. */
+void bk_conn_trim_locked(conn_t *c);
 /* Bytes queued or handed to the backend and not yet taken by the kernel. */
 size_t bk_conn_pending_locked(const conn_t *c);
 /* Receive into buf: a count, BK_EOF, BK_AGAIN or BK_ERROR. Token held. */

@@ -306,6 +306,8 @@ void bk_conn_on_writable_locked(iocpsrv_t *srv, conn_t *c) {
 
 size_t bk_conn_pending_locked(const conn_t *c) { return sendbuf_pending(&c->out); }
 
+void bk_conn_trim_locked(conn_t *c) { (void)c; /* nothing per connection beyond the core's */ }
+
 long bk_conn_recv(conn_t *c, void *buf, size_t len) {
   for (;;) {
     ssize_t n = recv(c->sock, buf, len, 0);

@@ -455,6 +455,10 @@ static void on_send_done(worker_t *w, conn_t *c, DWORD bytes, int ok) {
 
 void bk_conn_on_writable_locked(iocpsrv_t *srv, conn_t *c) { bk_conn_flush_locked(srv, c); }
 
+void bk_conn_trim_locked(conn_t *c) {
+  if (!c->bk.send_posted && c->bk.inflight.buf) sendbuf_free(&c->bk.inflight);
+}
+
 size_t bk_conn_pending_locked(const conn_t *c) {
   return sendbuf_pending(&c->out) + sendbuf_pending(&c->bk.inflight);
 }
