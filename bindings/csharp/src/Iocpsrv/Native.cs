@@ -27,7 +27,7 @@ internal static unsafe partial class Native
     /// default probing (application folder, a package's runtimes/RID/native folder through
     /// deps.json, the system's search path), else runtimes/RID/native next to this
     /// assembly (a project reference copies the native file there).</summary>
-    private static nint Resolve(string libraryName, Assembly assembly, DllImportSearchPath? searchPath)
+    internal static nint Resolve(string libraryName, Assembly assembly, DllImportSearchPath? searchPath)
     {
         if (libraryName != Lib) return 0;
         string? env = Environment.GetEnvironmentVariable(LibraryEnvVar);

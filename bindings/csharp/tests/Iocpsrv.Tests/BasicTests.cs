@@ -204,3 +204,30 @@ public class EchoTests
     [MethodImpl(MethodImplOptions.NoInlining)]
     private static WeakReference CreateAndDrop() => new(new IocpServer());
 }
+
+public class ResolverTests
+{
+    [Fact]
+    public void EnvironmentVariableOverridesAndMustLoad()
+    {
+        var asm = typeof(IocpServer).Assembly;
+        string? saved = Environment.GetEnvironmentVariable(Native.LibraryEnvVar);
+        try
+        {
+            // The file the tests use (copied next to the binding by the project reference).
+            string file = Path.Combine(Path.GetDirectoryName(asm.Location)!, "runtimes", "linux-x64", "native", "libiocpsrv.so");
+            if (!OperatingSystem.IsLinux() || !File.Exists(file)) return;
+            Environment.SetEnvironmentVariable(Native.LibraryEnvVar, file);
+            Assert.NotEqual(0, Native.Resolve("iocpsrv", asm, null));
+            Environment.SetEnvironmentVariable(Native.LibraryEnvVar, "/nonexistent/libiocpsrv.so");
+            Assert.Throws<DllNotFoundException>(() => Native.Resolve("iocpsrv", asm, null));
+            Environment.SetEnvironmentVariable(Native.LibraryEnvVar, null);
+            Assert.NotEqual(0, Native.Resolve("iocpsrv", asm, null)); // runtimes/linux-x64/native
+            Assert.Equal(0, Native.Resolve("something-else", asm, null));
+        }
+        finally
+        {
+            Environment.SetEnvironmentVariable(Native.LibraryEnvVar, saved);
+        }
+    }
+}

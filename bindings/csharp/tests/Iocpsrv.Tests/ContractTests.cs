@@ -212,4 +212,62 @@ public class ContractTests
         Assert.Equal(new[] { 0, 1, 2 }, stopped.Order().ToArray());
         server.Dispose();
     }
+
+    [Fact]
+    public async Task ABlockedHandlerDelaysOnlyItsOwnConnection()
+    {
+        using var server = new IocpServer(new IocpServerOptions { WorkerThreads = 2 });
+        using var release = new ManualResetEventSlim();
+        var blocked = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        server.PacketReceived += (s, id, data) =>
+        {
+            if (data.Length == 1 && data[0] == 0xB)
+            {
+                blocked.TrySetResult();
+                release.Wait(T.Wait); // bounded
+            }
+            s.Send(id, data);
+        };
+        server.Start();
+        using var a = await Client.ConnectAsync(server.Port);
+        using var b = await Client.ConnectAsync(server.Port);
+        await a.SendAsync(new byte[] { 0xB });
+        await blocked.Task.Within();
+        for (int i = 0; i < 10; i++)
+        {
+            using var fresh = await Client.ConnectAsync(server.Port);
+            await b.SendAsync(new byte[] { (byte)i, 1 });
+            await fresh.SendAsync(new byte[] { (byte)i, 2 });
+            Assert.Equal(new byte[] { (byte)i, 1 }, await b.ReadAsync());
+            Assert.Equal(new byte[] { (byte)i, 2 }, await fresh.ReadAsync());
+        }
+        release.Set();
+        Assert.Equal(new byte[] { 0xB }, await a.ReadAsync());
+    }
+
+    [Fact]
+    public async Task HandlersSendToOtherConnections()
+    {
+        using var server = new IocpServer();
+        var ids = new ConcurrentDictionary<string, ConnectionId>();
+        var both = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        server.Connected += (s, e) =>
+        {
+            ids[e.Peer] = e.Connection;
+            if (ids.Count == 2) both.TrySetResult();
+        };
+        server.PacketReceived += (s, id, data) =>
+        {
+            foreach (var other in ids.Values)
+                if (other != id) s.Send(other, data); // a chat relay
+        };
+        server.Start();
+        using var a = await Client.ConnectAsync(server.Port);
+        using var b = await Client.ConnectAsync(server.Port);
+        await both.Task.Within();
+        await a.SendAsync(Encoding.ASCII.GetBytes("hello b"));
+        Assert.Equal("hello b", Encoding.ASCII.GetString(await b.ReadAsync()));
+        await b.SendAsync(Encoding.ASCII.GetBytes("hello a"));
+        Assert.Equal("hello a", Encoding.ASCII.GetString(await a.ReadAsync()));
+    }
 }
