@@ -1,0 +1,92 @@
+"""iocpsrv: Python binding of the iocpsrv TCP server engine (cffi, ABI mode, pull mode).
+
+    import iocpsrv
+
+    def on_packet(conn, data):
+        srv.send(conn, data)          # echo
+
+    with iocpsrv.Server("127.0.0.1", 5150, on_packet=on_packet) as srv:
+        srv.wait()
+
+See README.md for the threading contract, the exception policy and iocpsrv.aio.
+"""
+
+from ._errors import (
+    AddressInUse,
+    AddressNotAvailable,
+    Busy,
+    ConnectionNotFound,
+    InCallback,
+    InvalidArgument,
+    InvalidState,
+    IocpsrvError,
+    NotSupported,
+    OptionOutOfRange,
+    OutOfMemory,
+    PacketTooLarge,
+    PermissionDenied,
+    SendQueueFull,
+    ServerStopped,
+    SystemFailure,
+    UnknownOption,
+    error_from_code,
+)
+from ._native import (
+    LibraryError,
+    LibraryNotFoundError,
+    LibraryVersionError,
+    library_path,
+)
+from ._server import Server
+from ._types import OPTIONS, ConnInfo, EventType, Framing, Reason, Stats
+
+__version__ = "1.0.0"
+
+__all__ = [
+    "Server",
+    "Reason",
+    "Framing",
+    "EventType",
+    "ConnInfo",
+    "Stats",
+    "OPTIONS",
+    "version",
+    "version_string",
+    "library_path",
+    "IocpsrvError",
+    "InvalidArgument",
+    "OutOfMemory",
+    "ConnectionNotFound",
+    "SendQueueFull",
+    "PacketTooLarge",
+    "ServerStopped",
+    "InvalidState",
+    "AddressInUse",
+    "AddressNotAvailable",
+    "NotSupported",
+    "Busy",
+    "UnknownOption",
+    "OptionOutOfRange",
+    "InCallback",
+    "SystemFailure",
+    "PermissionDenied",
+    "error_from_code",
+    "LibraryError",
+    "LibraryNotFoundError",
+    "LibraryVersionError",
+]
+
+
+def version() -> tuple:
+    """The native library's (major, minor, patch)."""
+    from ._native import library
+
+    v = int(library().iocpsrv_version())
+    return (v >> 16, (v >> 8) & 0xFF, v & 0xFF)
+
+
+def version_string() -> str:
+    """The native library's version text, e.g. "1.0.0 epoll"."""
+    from ._native import ffi, library
+
+    return ffi.string(library().iocpsrv_version_string()).decode()

@@ -1,0 +1,359 @@
+"""What the threaded and the asyncio servers share: the native handle, the calls that
+are thread-safe in C (send, disconnect, info, ...), and the per-connection bookkeeping
+that gives pull mode the callback-mode guarantees:
+
+* after disconnect(conn) returns, or after a callback for conn raised, no packet
+  callback starts for conn (packets the engine had already queued are dropped);
+* after pause(conn), packets already queued for conn are held back in Python and
+  delivered, in order, after resume(conn);
+* a connection refused by on_connect gets no further callback, not even on_disconnect.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import logging
+import threading
+import weakref
+
+from . import _native as n
+from ._errors import ServerStopped, error_from_code
+from ._native import ffi, library
+from ._types import (
+    ConnInfo,
+    Stats,
+    OPTIONS,
+    conn_info_from_c,
+    normalize_options,
+    set_options,
+    stats_from_c,
+)
+
+log = logging.getLogger("iocpsrv")
+
+# Servers that are running; stopped at interpreter exit if the user forgot.
+_live: "weakref.WeakSet[ServerBase]" = weakref.WeakSet()
+_EXIT_STOP_TIMEOUT = 1.0
+
+
+@atexit.register
+def _stop_all_at_exit() -> None:
+    for srv in list(_live):
+        try:
+            srv._stop_at_exit(_EXIT_STOP_TIMEOUT)
+        except BaseException:  # noqa: BLE001 - never fail the interpreter's exit
+            log.exception("stopping %r at exit failed", srv)
+
+
+def _destroy(lib, handle) -> None:
+    lib.iocpsrv_destroy(handle)
+
+
+def timeout_ms(timeout) -> int:
+    """stop()'s timeout in seconds (None = no limit) as the C call's milliseconds."""
+    if timeout is None:
+        return -1
+    if timeout < 0:
+        raise ValueError("timeout must be >= 0 seconds, or None for no limit")
+    return min(int(timeout * 1000 + 0.5), 2**31 - 1)
+
+
+class _Held:
+    """A paused connection's packets that were already queued when it was paused."""
+
+    __slots__ = ("paused", "backlog")
+
+    def __init__(self) -> None:
+        self.paused = True
+        self.backlog: collections.deque = collections.deque()
+
+
+class ServerBase:
+    """Native handle + thread-safe calls. Not used directly: see Server and aio.Server."""
+
+    _h = None
+
+    def __init__(self, host: str, port: int, batch_size: int, options: dict):
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
+            raise ValueError(f"port must be an int in 0..65535, not {port!r}")
+        if host is None:
+            host = ""
+        if not isinstance(host, str):
+            raise TypeError(f"host must be a str, not {type(host).__name__}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError("batch_size must be a positive int")
+        opts = normalize_options(options)  # TypeError/ValueError before any native call
+        self._host = host
+        self._port_req = port
+        self._lib = lib = library()
+        hp = ffi.new("iocpsrv_t **")
+        rc = lib.iocpsrv_create(hp, ffi.NULL)
+        if rc < 0:
+            raise error_from_code(rc, "iocpsrv_create")
+        self._h = hp[0]
+        self._finalizer = weakref.finalize(self, _destroy, lib, self._h)
+        # At exit, _stop_all_at_exit stops running servers; the handle itself is left for
+        # the OS (destroying it from weakref's exit hook could race a dispatcher).
+        self._finalizer.atexit = False
+        try:
+            set_options(lib, self._h, opts)
+            rc = lib.iocpsrv_set_option(self._h, n.IOCPSRV_OPT_PULL_MODE, 1)
+            if rc < 0:
+                raise error_from_code(rc, "pull_mode=1")
+        except BaseException:
+            self._finalizer()
+            self._h = None
+            raise
+        self._batch_size = batch_size
+        self._events = ffi.new("iocpsrv_event_t[]", batch_size)
+        self._send = lib.iocpsrv_send
+        self._reset_bookkeeping()
+
+    # ---- bookkeeping -----------------------------------------------------------------
+
+    def _reset_bookkeeping(self) -> None:
+        # conn -> deliver on_disconnect? (True: closing at the host's request or after a
+        # raising callback; False: refused in on_connect, no further callback at all)
+        self._closing: dict[int, bool] = {}
+        self._held: dict[int, _Held] = {}
+        self._resumed: set[int] = set()
+        self._flow = threading.Lock()
+
+    def _hold(self, conn: int, data: bytes) -> bool:
+        """Queue a packet behind a paused connection's backlog. False if not held."""
+        with self._flow:
+            e = self._held.get(conn)
+            if e is None:
+                return False
+            e.backlog.append(data)
+            return True
+
+    def _next_backlog(self, conn: int):
+        """The next held packet of a resumed connection, or None (entry then cleared)."""
+        with self._flow:
+            e = self._held.get(conn)
+            if e is None or e.paused:
+                return None
+            if not e.backlog or conn in self._closing:
+                del self._held[conn]
+                return None
+            return e.backlog.popleft()
+
+    def _take_resumed(self) -> list:
+        with self._flow:
+            conns = list(self._resumed)
+            self._resumed.clear()
+        return conns
+
+    def _forget(self, conn: int):
+        """A connection's disconnect event: drop its state. Returns (deliver, backlog):
+        whether to call on_disconnect, and held packets to deliver before it (those of a
+        resumed connection; a still-paused connection's are dropped)."""
+        deliver = self._closing.pop(conn, True)
+        backlog = ()
+        if self._held:
+            with self._flow:
+                e = self._held.pop(conn, None)
+                self._resumed.discard(conn)
+            if e is not None and e.backlog:
+                if deliver and not e.paused:
+                    backlog = list(e.backlog)
+                else:
+                    log.debug("connection %d closed while paused: %d held packet(s) "
+                              "dropped", conn, len(e.backlog))
+        return deliver, backlog
+
+    def _callback_failed(self, what: str, conn: int, deliver_disconnect: bool) -> None:
+        """Exception policy: log it, abort the connection, keep serving the others."""
+        try:
+            log.exception(
+                "%s callback raised for connection %d; the connection is aborted "
+                "and the server goes on", what, conn)
+        except BaseException:  # noqa: BLE001 - a broken log handler must not kill us
+            pass
+        if deliver_disconnect:
+            self._closing.setdefault(conn, True)
+        else:
+            self._closing[conn] = False
+        self._lib.iocpsrv_disconnect(self._h, conn, n.IOCPSRV_CLOSE_ABORT)
+
+    def _refuse(self, conn: int) -> None:
+        self._closing[conn] = False
+        self._lib.iocpsrv_disconnect(self._h, conn, n.IOCPSRV_CLOSE_GRACEFUL)
+
+    def _close_requested(self, conn: int) -> None:
+        """A packet callback returned False: close gracefully, as in the C contract."""
+        self._closing.setdefault(conn, True)
+        self._lib.iocpsrv_disconnect(self._h, conn, n.IOCPSRV_CLOSE_GRACEFUL)
+
+    # ---- errors ----------------------------------------------------------------------
+
+    def _error(self, rc: int, detail: str | None = None):
+        if self._h is None:
+            return ServerStopped(n.IOCPSRV_ESTOPPED, "the server is closed")
+        return error_from_code(rc, detail)
+
+    def _handle(self):
+        h = self._h
+        if h is None:
+            raise ServerStopped(n.IOCPSRV_ESTOPPED, "the server is closed")
+        return h
+
+    # ---- thread-safe calls ------------------------------------------------------------
+
+    def send(self, conn: int, data) -> None:
+        """Queue one packet (bytes-like: bytes, bytearray, memoryview, ...) for conn.
+
+        Never blocks on the network; thread-safe. Raises ConnectionNotFound (unknown,
+        closing or stale id), SendQueueFull (over send_queue_limit: drop, retry after
+        on_drain, or disconnect), PacketTooLarge, ServerStopped."""
+        if type(data) is not bytes:
+            data = ffi.from_buffer(data)
+        rc = self._send(self._h, conn, data, len(data))
+        if rc:
+            raise self._error(rc, f"send to connection {conn}")
+
+    def sendv(self, conn: int, parts) -> None:
+        """Queue one packet whose payload is the concatenation of `parts` (bytes-likes),
+        without joining them in Python (iocpsrv_sendv)."""
+        keep = [ffi.from_buffer(p) for p in parts]
+        bufs = ffi.new("iocpsrv_buf_t[]", max(len(keep), 1))
+        for i, b in enumerate(keep):
+            bufs[i].base = b
+            bufs[i].len = len(b)
+        rc = self._lib.iocpsrv_sendv(self._h, conn, bufs, len(keep))
+        if rc:
+            raise self._error(rc, f"send to connection {conn}")
+
+    def broadcast(self, data) -> int:
+        """Send one packet to every open connection; returns how many took it
+        (connections whose send queue is full are skipped)."""
+        if type(data) is not bytes:
+            data = ffi.from_buffer(data)
+        rc = self._lib.iocpsrv_broadcast(self._h, data, len(data))
+        if rc < 0:
+            raise self._error(rc, "broadcast")
+        return rc
+
+    def disconnect(self, conn: int, graceful: bool = True) -> None:
+        """Close a connection: graceful (queued sends are written first, then FIN) or
+        abortive (queue dropped, RST). No packet callback starts for it after this
+        returns; its on_disconnect follows."""
+        added = conn not in self._closing
+        if added:
+            self._closing[conn] = True
+        mode = n.IOCPSRV_CLOSE_GRACEFUL if graceful else n.IOCPSRV_CLOSE_ABORT
+        rc = self._lib.iocpsrv_disconnect(self._h, conn, mode)
+        if rc:
+            if added:
+                self._closing.pop(conn, None)
+            raise self._error(rc, f"disconnect connection {conn}")
+
+    def pause(self, conn: int) -> None:
+        """Stop reading from conn (TCP then pushes back on the client). Packets already
+        received are held and delivered after resume(conn)."""
+        rc = self._lib.iocpsrv_pause_receive(self._h, conn)
+        if rc:
+            raise self._error(rc, f"pause connection {conn}")
+        with self._flow:
+            e = self._held.get(conn)
+            if e is None:
+                self._held[conn] = _Held()
+            else:
+                e.paused = True
+
+    def resume(self, conn: int) -> None:
+        """Read from conn again; held packets are delivered first, in order."""
+        rc = self._lib.iocpsrv_resume_receive(self._h, conn)
+        if rc:
+            raise self._error(rc, f"resume connection {conn}")
+        with self._flow:
+            e = self._held.get(conn)
+            if e is not None:
+                e.paused = False
+                if e.backlog:
+                    self._resumed.add(conn)
+                else:
+                    del self._held[conn]
+        if self._resumed:
+            self._wake()
+
+    def _wake(self) -> None:
+        """Held packets are ready to deliver (the asyncio server schedules them)."""
+
+    def pending(self, conn: int) -> int:
+        """Bytes queued for conn and not yet handed to the kernel."""
+        rc = self._lib.iocpsrv_pending_bytes(self._h, conn)
+        if rc < 0:
+            raise self._error(int(rc), f"pending bytes of connection {conn}")
+        return int(rc)
+
+    def connections(self) -> list[int]:
+        """Ids of the open connections (closing ones included)."""
+        lib, h = self._lib, self._handle()
+        size = max(int(lib.iocpsrv_connections(h, ffi.NULL, 0)), 0) + 16
+        while True:
+            ids = ffi.new("iocpsrv_conn_id_t[]", size)
+            count = lib.iocpsrv_connections(h, ids, size)
+            if count < 0:
+                raise self._error(count, "connections")
+            if count <= size:
+                return [int(ids[i]) for i in range(count)]
+            size = count + 16
+
+    def info(self, conn: int) -> ConnInfo:
+        """A ConnInfo for conn; ConnectionNotFound for a dead or stale id."""
+        ci = ffi.new("iocpsrv_conn_info_t *")
+        ci.struct_size = ffi.sizeof("iocpsrv_conn_info_t")
+        rc = self._lib.iocpsrv_conn_info(self._handle(), conn, ci)
+        if rc < 0:
+            raise self._error(rc, f"info of connection {conn}")
+        return conn_info_from_c(ci)
+
+    def stats(self) -> Stats:
+        """Server counters (Stats)."""
+        st = ffi.new("iocpsrv_stats_t *")
+        st.struct_size = ffi.sizeof("iocpsrv_stats_t")
+        rc = self._lib.iocpsrv_stats(self._handle(), st)
+        if rc < 0:
+            raise self._error(rc, "stats")
+        return stats_from_c(st)
+
+    def get_option(self, name: str) -> int:
+        """The current value of an option, by its keyword name."""
+        opt = OPTIONS.get(name)
+        if opt is None:
+            raise KeyError(name)
+        v = ffi.new("int64_t *")
+        rc = self._lib.iocpsrv_get_option(self._handle(), opt, v)
+        if rc < 0:
+            raise self._error(rc, f"option {name}")
+        return int(v[0])
+
+    def set_options(self, **options) -> None:
+        """Change options while the server is not running (InvalidState otherwise)."""
+        set_options(self._lib, self._handle(), normalize_options(options))
+
+    @property
+    def port(self) -> int | None:
+        """The bound port while running (or after the last run), else None."""
+        if self._h is None:
+            return None
+        p = self._lib.iocpsrv_port(self._h)
+        return p if p > 0 else None
+
+    @property
+    def host(self) -> str:
+        return self._host
+
+    @property
+    def closed(self) -> bool:
+        return self._h is None
+
+    def _stop_at_exit(self, timeout: float) -> None:  # overridden
+        pass
+
+    def __repr__(self) -> str:
+        state = "closed" if self._h is None else f"port={self.port}"
+        return f"<{type(self).__module__}.{type(self).__qualname__} {self._host!r} {state}>"

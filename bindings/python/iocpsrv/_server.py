@@ -1,0 +1,300 @@
+"""The threaded server: callbacks on one Python dispatcher thread, fed by pull mode."""
+
+from __future__ import annotations
+
+import threading
+
+from . import _core
+from . import _native as n
+from ._core import ServerBase, log, timeout_ms
+from ._errors import InCallback, InvalidState, error_from_code
+from ._native import ffi
+from ._types import REASONS
+
+__all__ = ["Server"]
+
+_PACKET = n.IOCPSRV_EVENT_PACKET
+_CONNECT = n.IOCPSRV_EVENT_CONNECT
+_DISCONNECT = n.IOCPSRV_EVENT_DISCONNECT
+_DRAIN = n.IOCPSRV_EVENT_DRAIN
+_ESTOPPED = n.IOCPSRV_ESTOPPED
+
+
+class Server(ServerBase):
+    """A TCP server whose callbacks run on one Python thread (the dispatcher).
+
+    ``on_connect(conn, peer)``, ``on_packet(conn, data)``, ``on_disconnect(conn, reason)``
+    and ``on_drain(conn)`` are plain functions (or methods of a subclass). ``conn`` is the
+    connection's int id, ``peer`` "127.0.0.1:5000", ``data`` the packet payload as bytes,
+    ``reason`` a Reason. on_connect returning False closes the client (it then gets no
+    further callback); on_packet returning False closes the connection gracefully.
+
+    Keyword options are the C library's IOCPSRV_OPT_* in lower case (worker_threads=,
+    max_packet_size=, framing="len16_be", send_queue_limit=, idle_timeout_ms=, ...).
+    ``batch_size`` is how many events one iocpsrv_poll takes, ``poll_interval`` (seconds)
+    how long it waits.
+
+    Exception policy: a callback that raises is logged (logger "iocpsrv", with the
+    traceback); if it was on_connect, on_packet or on_drain, that connection is aborted
+    (on_disconnect still follows, except after on_connect); the server keeps serving.
+    """
+
+    on_connect = None
+    on_packet = None
+    on_disconnect = None
+    on_drain = None
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        on_connect=None,
+        on_packet=None,
+        on_disconnect=None,
+        on_drain=None,
+        batch_size: int = 256,
+        poll_interval: float = 0.1,
+        **options,
+    ):
+        super().__init__(host, port, batch_size, options)
+        if on_connect is not None:
+            self.on_connect = on_connect
+        if on_packet is not None:
+            self.on_packet = on_packet
+        if on_disconnect is not None:
+            self.on_disconnect = on_disconnect
+        if on_drain is not None:
+            self.on_drain = on_drain
+        if not poll_interval > 0:
+            raise ValueError("poll_interval must be > 0")
+        self._poll_ms = max(1, int(poll_interval * 1000))
+        self._life = threading.Lock()  # start / stop / close from outside the dispatcher
+        self._state = threading.Lock()  # the few fields below
+        self._dispatcher: threading.Thread | None = None
+        self._stopper: threading.Thread | None = None
+        self._done = threading.Event()
+        self._done.set()
+
+    # ---- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> "Server":
+        """Bind and start serving; the port is then in ``.port``. Not from a callback."""
+        if threading.current_thread() is self._dispatcher:
+            raise InCallback(n.IOCPSRV_EINCALLBACK, "start() from a callback")
+        with self._life:
+            h = self._handle()
+            if self._dispatcher is not None and not self._done.is_set():
+                raise InvalidState(n.IOCPSRV_ESTATE, "the server is already running")
+            self._join_threads()  # a stop begun from a callback finishes first
+            self._reset_bookkeeping()
+            rc = self._lib.iocpsrv_listen(h, self._host.encode("utf-8"), self._port_req)
+            if rc < 0:
+                raise error_from_code(rc, f"listen on {self._host!r} port {self._port_req}")
+            self._done.clear()
+            t = threading.Thread(
+                target=self._run, name=f"iocpsrv-dispatch-{self.port}", daemon=True)
+            with self._state:
+                self._dispatcher = t
+            _core._live.add(self)
+            t.start()
+        return self
+
+    def stop(self, timeout: float | None = 5.0) -> None:
+        """Stop: no new clients; each connection's queued sends are flushed and it is
+        closed gracefully for up to ``timeout`` seconds (0 = reset at once, None = no
+        limit), then reset. Every connection still gets its one on_disconnect (reason
+        SERVER_STOPPED).
+
+        From any thread but the dispatcher it returns when all of that is done and no
+        callback is running or will run. From inside a callback it starts the stop and
+        returns at once; the remaining events (the disconnects) are delivered after the
+        callback returns, and ``wait()`` from another thread sees the end. Idempotent."""
+        ms = timeout_ms(timeout)
+        if threading.current_thread() is self._dispatcher:
+            self._stop_from_callback(ms)
+            return
+        with self._life:
+            if self._h is None:
+                return
+            with self._state:
+                running = self._dispatcher is not None
+            if not running:
+                return
+            # Blocks (GIL released) while the dispatcher drains the closing connections.
+            self._lib.iocpsrv_stop(self._h, ms)
+            self._join_threads()
+            _core._live.discard(self)
+
+    def _stop_from_callback(self, ms: int) -> None:
+        # The dispatcher must keep polling while the engine stops (a full pull queue
+        # holds connections that wait for room), so a helper thread runs the blocking
+        # C stop and the dispatcher exits when iocpsrv_poll reports ESTOPPED.
+        with self._state:
+            if self._stopper is not None or self._done.is_set():
+                return
+            t = threading.Thread(
+                target=self._lib.iocpsrv_stop, args=(self._h, ms),
+                name="iocpsrv-stop", daemon=True)
+            self._stopper = t
+        t.start()
+
+    def _join_threads(self) -> None:
+        with self._state:
+            d, s = self._dispatcher, self._stopper
+        if d is not None:
+            d.join()
+        if s is not None:
+            s.join()
+        with self._state:
+            self._dispatcher = self._stopper = None
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the server has stopped (e.g. stop() called from a callback).
+        True if it has stopped, False on timeout."""
+        return self._done.wait(timeout)
+
+    def serve_forever(self) -> None:
+        """start() if needed, then wait until stopped; Ctrl-C (KeyboardInterrupt)
+        stops the server and is re-raised."""
+        if self._dispatcher is None:
+            self.start()
+        try:
+            while not self._done.wait(0.5):
+                pass
+        finally:
+            self.stop()
+
+    def close(self, timeout: float | None = 5.0) -> None:
+        """stop(timeout), then free the native server. Not from a callback."""
+        if threading.current_thread() is self._dispatcher:
+            raise InCallback(n.IOCPSRV_EINCALLBACK, "close() from a callback; use stop()")
+        self.stop(timeout)
+        with self._life:
+            self._join_threads()
+            if self._h is not None:
+                self._finalizer()
+                self._h = None
+
+    @property
+    def running(self) -> bool:
+        """True from start() until the dispatcher has delivered the last event."""
+        return not self._done.is_set()
+
+    def __enter__(self) -> "Server":
+        if not self.running:
+            self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _stop_at_exit(self, timeout: float) -> None:
+        if self._h is not None and threading.current_thread() is not self._dispatcher:
+            self.stop(timeout)
+
+    # ---- the dispatcher --------------------------------------------------------------
+
+    def _run(self) -> None:
+        poll = self._lib.iocpsrv_poll
+        h = self._h
+        evs = self._events
+        nmax = self._batch_size
+        wait_ms = self._poll_ms
+        buf = ffi.buffer
+        closing = self._closing
+        held = self._held
+        reasons = REASONS
+        try:
+            while True:
+                if self._resumed:
+                    self._deliver_backlogs()
+                k = poll(h, evs, nmax, wait_ms)
+                if k <= 0:
+                    if k == 0:
+                        continue
+                    if k != _ESTOPPED:
+                        log.error("iocpsrv_poll failed: %s", error_from_code(k))
+                    break
+                on_packet = self.on_packet
+                for ev in evs[0:k]:
+                    t = ev.type
+                    conn = ev.conn
+                    if t == _PACKET:
+                        if closing and conn in closing:
+                            continue
+                        data = buf(ev.data, ev.len)[:]
+                        if held and self._hold(conn, data):
+                            continue
+                        if on_packet is None:
+                            continue
+                        try:
+                            r = on_packet(conn, data)
+                        except BaseException:
+                            self._callback_failed("on_packet", conn, True)
+                            continue
+                        if r is False:
+                            self._close_requested(conn)
+                    elif t == _CONNECT:
+                        cb = self.on_connect
+                        if cb is None:
+                            continue
+                        peer = buf(ev.data, ev.len)[:].rstrip(b"\0").decode("utf-8", "replace")
+                        try:
+                            r = cb(conn, peer)
+                        except BaseException:
+                            self._callback_failed("on_connect", conn, False)
+                            continue
+                        if r is False:
+                            self._refuse(conn)
+                    elif t == _DISCONNECT:
+                        deliver, backlog = self._forget(conn)
+                        if not deliver:
+                            continue
+                        for data in backlog:
+                            if not self._deliver_packet(conn, data):
+                                break
+                        cb = self.on_disconnect
+                        if cb is None:
+                            continue
+                        try:
+                            cb(conn, reasons.get(ev.reason, ev.reason))
+                        except BaseException:
+                            try:
+                                log.exception("on_disconnect callback raised for "
+                                              "connection %d", conn)
+                            except BaseException:  # noqa: BLE001
+                                pass
+                    elif t == _DRAIN:
+                        cb = self.on_drain
+                        if cb is None or conn in closing:
+                            continue
+                        try:
+                            cb(conn)
+                        except BaseException:
+                            self._callback_failed("on_drain", conn, True)
+        finally:
+            self._done.set()
+
+    def _deliver_packet(self, conn: int, data: bytes) -> bool:
+        """One held packet through on_packet; False if the connection is now closing."""
+        cb = self.on_packet
+        if cb is None:
+            return True
+        try:
+            r = cb(conn, data)
+        except BaseException:
+            self._callback_failed("on_packet", conn, True)
+            return False
+        if r is False:
+            self._close_requested(conn)
+            return False
+        return True
+
+    def _deliver_backlogs(self) -> None:
+        for conn in self._take_resumed():
+            while True:
+                data = self._next_backlog(conn)
+                if data is None:
+                    break
+                self._deliver_packet(conn, data)

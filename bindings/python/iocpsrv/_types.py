@@ -1,0 +1,221 @@
+"""Enums, result dataclasses and option handling shared by the sync and asyncio servers."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from . import _native as n
+from ._errors import OptionOutOfRange, error_from_code
+
+__all__ = [
+    "Reason",
+    "Framing",
+    "EventType",
+    "ConnInfo",
+    "Stats",
+    "OPTIONS",
+    "normalize_options",
+]
+
+
+class Reason(enum.IntEnum):
+    """Why a connection ended (iocpsrv_reason_t)."""
+
+    PEER_CLOSED = n.IOCPSRV_REASON_PEER_CLOSED
+    PEER_RESET = n.IOCPSRV_REASON_PEER_RESET
+    LOCAL_CLOSE = n.IOCPSRV_REASON_LOCAL_CLOSE
+    LOCAL_ABORT = n.IOCPSRV_REASON_LOCAL_ABORT
+    PROTOCOL_ERROR = n.IOCPSRV_REASON_PROTOCOL_ERROR
+    IDLE_TIMEOUT = n.IOCPSRV_REASON_IDLE_TIMEOUT
+    SERVER_STOPPED = n.IOCPSRV_REASON_SERVER_STOPPED
+
+    @property
+    def text(self) -> str:
+        """The library's name for it, e.g. "peer-closed"."""
+        return n.ffi.string(n.library().iocpsrv_reason_name(int(self))).decode()
+
+
+# Reason values as the dispatcher hands them out; unknown (newer) values stay ints.
+REASONS = {int(r): r for r in Reason}
+
+
+class Framing(enum.IntEnum):
+    """Values of the ``framing`` option (iocpsrv_framing_t)."""
+
+    LEN32_LE = n.IOCPSRV_FRAMING_LEN32_LE
+    LEN32_BE = n.IOCPSRV_FRAMING_LEN32_BE
+    LEN16_LE = n.IOCPSRV_FRAMING_LEN16_LE
+    LEN16_BE = n.IOCPSRV_FRAMING_LEN16_BE
+    RAW = n.IOCPSRV_FRAMING_RAW
+
+
+class EventType(enum.IntEnum):
+    """Pull-mode event types (iocpsrv_event_type_t)."""
+
+    CONNECT = n.IOCPSRV_EVENT_CONNECT
+    PACKET = n.IOCPSRV_EVENT_PACKET
+    DISCONNECT = n.IOCPSRV_EVENT_DISCONNECT
+    DRAIN = n.IOCPSRV_EVENT_DRAIN
+
+
+@dataclass(frozen=True)
+class ConnInfo:
+    """What iocpsrv_conn_info reports about one connection."""
+
+    id: int
+    peer: str
+    local: str
+    connect_time_ms: int  # Unix time in milliseconds
+    bytes_in: int  # on the wire, headers included
+    bytes_out: int  # handed to the kernel, headers included
+    packets_in: int
+    packets_out: int  # packets queued
+    pending_send_bytes: int
+    flags: int
+
+    @property
+    def paused(self) -> bool:
+        return bool(self.flags & n.IOCPSRV_CONN_PAUSED)
+
+    @property
+    def closing(self) -> bool:
+        return bool(self.flags & n.IOCPSRV_CONN_CLOSING)
+
+    @property
+    def connect_time(self) -> float:
+        """Unix time in seconds."""
+        return self.connect_time_ms / 1000.0
+
+
+@dataclass(frozen=True)
+class Stats:
+    """What iocpsrv_stats reports (totals cover the server's whole life)."""
+
+    workers: int
+    connections_now: int
+    connections_total: int
+    connections_refused: int
+    connections_rejected: int
+    packets_in: int
+    packets_out: int
+    bytes_in: int
+    bytes_out: int
+    accept_errors: int
+    protocol_errors: int
+    send_queue_rejections: int
+    idle_timeouts: int
+    pull_queue_depth: int
+
+
+STATS_FIELDS = [f for f in Stats.__dataclass_fields__]
+
+
+def conn_info_from_c(ci) -> ConnInfo:
+    return ConnInfo(
+        id=int(ci.id),
+        peer=n.ffi.string(ci.peer).decode("utf-8", "replace"),
+        local=n.ffi.string(ci.local).decode("utf-8", "replace"),
+        connect_time_ms=int(ci.connect_time_ms),
+        bytes_in=int(ci.bytes_in),
+        bytes_out=int(ci.bytes_out),
+        packets_in=int(ci.packets_in),
+        packets_out=int(ci.packets_out),
+        pending_send_bytes=int(ci.pending_send_bytes),
+        flags=int(ci.flags),
+    )
+
+
+def stats_from_c(st) -> Stats:
+    return Stats(**{f: int(getattr(st, f)) for f in STATS_FIELDS})
+
+
+# Every IOCPSRV_OPT_* as a lowercase keyword.
+OPTIONS = {
+    "worker_threads": n.IOCPSRV_OPT_WORKER_THREADS,
+    "concurrency": n.IOCPSRV_OPT_CONCURRENCY,
+    "listen_backlog": n.IOCPSRV_OPT_LISTEN_BACKLOG,
+    "accepts_posted": n.IOCPSRV_OPT_ACCEPTS_POSTED,
+    "max_connections": n.IOCPSRV_OPT_MAX_CONNECTIONS,
+    "max_packet_size": n.IOCPSRV_OPT_MAX_PACKET_SIZE,
+    "framing": n.IOCPSRV_OPT_FRAMING,
+    "send_queue_limit": n.IOCPSRV_OPT_SEND_QUEUE_LIMIT,
+    "idle_timeout_ms": n.IOCPSRV_OPT_IDLE_TIMEOUT_MS,
+    "keepalive_ms": n.IOCPSRV_OPT_KEEPALIVE_MS,
+    "nodelay": n.IOCPSRV_OPT_NODELAY,
+    "rcvbuf": n.IOCPSRV_OPT_RCVBUF,
+    "sndbuf": n.IOCPSRV_OPT_SNDBUF,
+    "read_buffer": n.IOCPSRV_OPT_READ_BUFFER,
+    "pull_mode": n.IOCPSRV_OPT_PULL_MODE,
+    "pull_queue_limit": n.IOCPSRV_OPT_PULL_QUEUE_LIMIT,
+    "close_timeout_ms": n.IOCPSRV_OPT_CLOSE_TIMEOUT_MS,
+    "ipv6_only": n.IOCPSRV_OPT_IPV6_ONLY,
+}
+
+_FRAMING_NAMES = {
+    "len32_le": Framing.LEN32_LE,
+    "len32": Framing.LEN32_LE,
+    "len32_be": Framing.LEN32_BE,
+    "len16_le": Framing.LEN16_LE,
+    "len16": Framing.LEN16_LE,
+    "len16_be": Framing.LEN16_BE,
+    "raw": Framing.RAW,
+}
+
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+
+def _option_value(name: str, value) -> int:
+    if name == "framing" and isinstance(value, str):
+        try:
+            return int(_FRAMING_NAMES[value.lower().replace("-", "_")])
+        except KeyError:
+            raise ValueError(
+                f"framing={value!r}: expected one of {sorted(set(_FRAMING_NAMES))}, "
+                "a Framing value or an int"
+            ) from None
+    if isinstance(value, bool):
+        return int(value)
+    if not isinstance(value, int):
+        # index() accepts numpy integers and IntEnums, refuses floats and strings.
+        try:
+            value = value.__index__()
+        except AttributeError:
+            raise TypeError(
+                f"option {name}= takes an int, not {type(value).__name__}"
+            ) from None
+    if not _INT64_MIN <= value <= _INT64_MAX:
+        raise OptionOutOfRange(n.IOCPSRV_ERANGE, f"option {name}={value}")
+    return int(value)
+
+
+def normalize_options(options: dict) -> list[tuple[str, int, int]]:
+    """Check keyword options; return [(name, option id, int value)].
+
+    Unknown keyword -> TypeError; wrong type -> TypeError; bad framing name -> ValueError;
+    pull_mode other than 1 -> ValueError (the binding always runs in pull mode). Range
+    checks are the library's (OptionOutOfRange, a ValueError) when the value is set."""
+    out = []
+    for name, value in options.items():
+        opt = OPTIONS.get(name)
+        if opt is None:
+            raise TypeError(
+                f"unexpected keyword argument {name!r}; options are: {', '.join(OPTIONS)}"
+            )
+        v = _option_value(name, value)
+        if name == "pull_mode":
+            if v != 1:
+                raise ValueError(
+                    "pull_mode: the Python binding always runs the engine in pull mode "
+                    "(native code never calls into Python)"
+                )
+            continue
+        out.append((name, opt, v))
+    return out
+
+
+def set_options(lib, handle, opts: list[tuple[str, int, int]]) -> None:
+    for name, opt, v in opts:
+        rc = lib.iocpsrv_set_option(handle, opt, v)
+        if rc < 0:
+            raise error_from_code(rc, f"option {name}={v}")

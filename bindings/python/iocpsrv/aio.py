@@ -1,0 +1,518 @@
+"""asyncio integration: the engine's pull queue drained on the event loop.
+
+The library's waitable handle (an eventfd on Linux) is registered with
+``loop.add_reader``; when it fires, the server drains whole batches with
+``iocpsrv_poll(timeout 0)``: one wake-up of the loop per batch of events, not per packet.
+Nothing blocks the loop: sends are plain, non-blocking method calls.
+
+Two ways to write a server.
+
+Events, with ``async for``::
+
+    async with iocpsrv.aio.Server("127.0.0.1", 0) as srv:
+        async for ev in srv:
+            if ev.type is EventType.PACKET:
+                srv.send(ev.conn, ev.data)
+
+A protocol class, one instance per connection (like asyncio.Protocol)::
+
+    class Echo(iocpsrv.aio.Protocol):
+        def packet_received(self, data):
+            self.connection.send(data)
+
+    async with iocpsrv.aio.Server(protocol_factory=Echo) as srv:
+        await srv.wait_closed()
+
+Protocol callbacks run on the event loop thread. The exception policy is the threaded
+Server's: a raising connection_made / packet_received / drained is logged (logger
+"iocpsrv") and its connection aborted (connection_lost still follows, except after
+connection_made); connection_lost raising is logged; the server goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import threading
+
+from . import _core
+from . import _native as n
+from ._core import ServerBase, log, timeout_ms
+from ._errors import InvalidState, error_from_code
+from ._native import ffi
+from ._types import REASONS, EventType, Reason
+
+__all__ = ["Server", "Protocol", "Connection", "Event", "serve"]
+
+_PACKET = n.IOCPSRV_EVENT_PACKET
+_CONNECT = n.IOCPSRV_EVENT_CONNECT
+_DISCONNECT = n.IOCPSRV_EVENT_DISCONNECT
+_DRAIN = n.IOCPSRV_EVENT_DRAIN
+_ESTOPPED = n.IOCPSRV_ESTOPPED
+
+_TYPES = {int(t): t for t in EventType}
+
+
+class Event:
+    """One engine event, as ``async for ev in server`` yields it.
+
+    ``type`` is an EventType; ``conn`` the connection id; ``data`` the payload (PACKET)
+    or b""; ``peer`` the client's address (CONNECT) or None; ``reason`` a Reason
+    (DISCONNECT) or None."""
+
+    __slots__ = ("type", "conn", "data", "peer", "reason")
+
+    def __init__(self, type, conn, data=b"", peer=None, reason=None):
+        self.type = type
+        self.conn = conn
+        self.data = data
+        self.peer = peer
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        extra = ""
+        if self.type == EventType.PACKET:
+            extra = f" {len(self.data)} bytes"
+        elif self.peer is not None:
+            extra = f" {self.peer}"
+        elif self.reason is not None:
+            extra = f" {getattr(self.reason, 'name', self.reason)}"
+        return f"<Event {self.type.name} conn={self.conn}{extra}>"
+
+
+class Connection:
+    """A connection as a Protocol sees it (transport-like). Its methods are the
+    server's, bound to this id; all are non-blocking and thread-safe."""
+
+    __slots__ = ("id", "peer", "server", "protocol", "_send")
+
+    def __init__(self, server: "Server", conn: int, peer: str):
+        self.server = server
+        self.id = conn
+        self.peer = peer
+        self.protocol = None
+        self._send = server.send
+
+    def send(self, data) -> None:
+        self._send(self.id, data)
+
+    def sendv(self, parts) -> None:
+        self.server.sendv(self.id, parts)
+
+    def close(self) -> None:
+        """Graceful close: queued sends are written first."""
+        self.server.disconnect(self.id, graceful=True)
+
+    def abort(self) -> None:
+        self.server.disconnect(self.id, graceful=False)
+
+    def pause_reading(self) -> None:
+        self.server.pause(self.id)
+
+    def resume_reading(self) -> None:
+        self.server.resume(self.id)
+
+    @property
+    def pending(self) -> int:
+        """Bytes queued for sending and not yet handed to the kernel."""
+        return self.server.pending(self.id)
+
+    def info(self):
+        return self.server.info(self.id)
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.id} {self.peer}>"
+
+
+class Protocol:
+    """Base class for per-connection protocols (override what you need).
+
+    connection_made returning False closes the client, which then gets no further
+    call. packet_received returning False closes the connection gracefully."""
+
+    connection: Connection
+
+    def connection_made(self, connection: Connection):
+        self.connection = connection
+
+    def packet_received(self, data: bytes):
+        pass
+
+    def drained(self):
+        """A send refused with SendQueueFull may now be retried (the queue fell below
+        half its limit)."""
+
+    def connection_lost(self, reason: Reason):
+        pass
+
+
+class Server(ServerBase):
+    """An iocpsrv server driven by the running asyncio event loop.
+
+    Give ``protocol_factory`` (a Protocol subclass or any callable returning one) for
+    per-connection protocol objects, or iterate the server (``async for ev in srv``) to
+    receive Events. Keyword options are the C library's, as for iocpsrv.Server.
+    ``max_buffered`` bounds the events waiting for the ``async for`` consumer: past it the
+    server stops draining the engine, whose queue then fills and stops reading sockets
+    (TCP pushes back on the clients)."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        protocol_factory=None,
+        batch_size: int = 256,
+        max_batches: int = 8,
+        max_buffered: int = 8192,
+        **options,
+    ):
+        super().__init__(host, port, batch_size, options)
+        self._factory = protocol_factory
+        self._max_batches = max(1, int(max_batches))
+        self._max_buffered = max(1, int(max_buffered))
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._fd = -1
+        self._reading = False
+        self._running = False
+        self._queue: collections.deque = collections.deque()
+        self._waiter: asyncio.Future | None = None
+        self._closed_fut: asyncio.Future | None = None
+        self._stop_fut: asyncio.Future | None = None
+        self._conns: dict[int, Connection] = {}
+
+    # ---- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> "Server":
+        """Bind and start serving on the running loop; the port is then in ``.port``."""
+        loop = asyncio.get_running_loop()
+        h = self._handle()
+        if self._running:
+            raise InvalidState(n.IOCPSRV_ESTATE, "the server is already running")
+        if self._stop_fut is not None:
+            await self._stop_fut
+        self._reset_bookkeeping()
+        self._queue.clear()
+        self._conns.clear()
+        rc = self._lib.iocpsrv_listen(h, self._host.encode("utf-8"), self._port_req)
+        if rc < 0:
+            raise error_from_code(rc, f"listen on {self._host!r} port {self._port_req}")
+        fd = self._lib.iocpsrv_wait_handle(h)
+        if fd < 0:
+            self._lib.iocpsrv_stop(h, 0)
+            raise error_from_code(int(fd), "iocpsrv_wait_handle")
+        self._loop = loop
+        self._fd = int(fd)
+        self._running = True
+        self._stop_fut = None
+        self._closed_fut = loop.create_future()
+        self._add_reader()
+        _core._live.add(self)
+        return self
+
+    def stop(self, timeout: float | None = 5.0):
+        """Begin stopping (see iocpsrv.Server.stop for what a stop does) and return a
+        future that is done once every event, the disconnects included, has been
+        delivered. Call it from the loop's thread, from a coroutine (``await
+        srv.stop()``) or from a protocol callback (no need to await it there)."""
+        ms = timeout_ms(timeout)
+        loop = self._loop
+        if loop is None:  # never started
+            return _DONE
+        if self._stop_fut is None:
+            self._stop_fut = asyncio.ensure_future(self._stop(ms), loop=loop)
+        return self._stop_fut
+
+    async def _stop(self, ms: int) -> None:
+        if self._running:
+            # The blocking C stop runs on a helper thread while the loop keeps
+            # draining events (the closing connections' disconnects).
+            self._add_reader()  # even if the iterator's consumer had paused draining
+            done = self._loop.create_future()
+
+            def run():
+                self._lib.iocpsrv_stop(self._h, ms)
+                try:
+                    self._loop.call_soon_threadsafe(_set_done, done)
+                except RuntimeError:  # the loop is closed
+                    pass
+
+            threading.Thread(target=run, name="iocpsrv-stop", daemon=True).start()
+            await done
+            await asyncio.shield(self._closed_fut)
+        _core._live.discard(self)
+
+    async def wait_closed(self) -> None:
+        """Wait until the server has stopped and delivered its last event."""
+        if self._closed_fut is not None:
+            await asyncio.shield(self._closed_fut)
+
+    async def close(self, timeout: float | None = 5.0) -> None:
+        """await stop(timeout), then free the native server."""
+        await self.stop(timeout)
+        if self._h is not None:
+            self._remove_reader()
+            self._finalizer()
+            self._h = None
+
+    aclose = close
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    async def __aenter__(self) -> "Server":
+        if not self._running:
+            await self.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    def _stop_at_exit(self, timeout: float) -> None:
+        # The loop is most likely gone: stop in C directly (nobody polls any more).
+        if self._h is not None and self._running:
+            self._lib.iocpsrv_stop(self._h, timeout_ms(timeout))
+
+    # ---- draining --------------------------------------------------------------------
+
+    def _add_reader(self) -> None:
+        if not self._reading and self._fd >= 0 and self._loop is not None:
+            self._loop.add_reader(self._fd, self._on_readable)
+            self._reading = True
+
+    def _remove_reader(self) -> None:
+        if self._reading:
+            self._reading = False
+            try:
+                self._loop.remove_reader(self._fd)
+            except (RuntimeError, ValueError, OSError):  # loop closed
+                pass
+
+    def _on_readable(self) -> None:
+        poll = self._lib.iocpsrv_poll
+        h = self._h
+        evs = self._events
+        nmax = self._batch_size
+        protocol_mode = self._factory is not None
+        if self._resumed:
+            self._deliver_backlogs()
+        for _ in range(self._max_batches):
+            k = poll(h, evs, nmax, 0)
+            if k <= 0:
+                if k < 0:
+                    if k != _ESTOPPED:
+                        log.error("iocpsrv_poll failed: %s", error_from_code(k))
+                    self._finished()
+                break
+            if protocol_mode:
+                self._dispatch_protocols(evs, k)
+            else:
+                self._dispatch_events(evs, k)
+            if k < nmax:
+                break  # the queue is empty (and the eventfd reset)
+        if not protocol_mode:
+            if self._queue:
+                self._wake_consumer()
+                if (len(self._queue) >= self._max_buffered and self._stop_fut is None):
+                    self._remove_reader()  # back-pressure until the consumer catches up
+
+    def _finished(self) -> None:
+        self._remove_reader()
+        self._running = False
+        self._fd = -1
+        self._wake_consumer()
+        if self._closed_fut is not None and not self._closed_fut.done():
+            self._closed_fut.set_result(None)
+
+    def _wake(self) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        try:
+            if _in_loop_thread(loop):
+                loop.call_soon(self._deliver_backlogs)
+            else:
+                loop.call_soon_threadsafe(self._deliver_backlogs)
+        except RuntimeError:  # loop closed
+            pass
+
+    # -- event iteration
+
+    def _dispatch_events(self, evs, k: int) -> None:
+        buf = ffi.buffer
+        append = self._queue.append
+        closing = self._closing
+        held = self._held
+        for ev in evs[0:k]:
+            t = ev.type
+            conn = ev.conn
+            if t == _PACKET:
+                if closing and conn in closing:
+                    continue
+                data = buf(ev.data, ev.len)[:]
+                if held and self._hold(conn, data):
+                    continue
+                append(Event(EventType.PACKET, conn, data))
+            elif t == _CONNECT:
+                peer = buf(ev.data, ev.len)[:].rstrip(b"\0").decode("utf-8", "replace")
+                append(Event(EventType.CONNECT, conn, b"", peer))
+            elif t == _DISCONNECT:
+                deliver, backlog = self._forget(conn)
+                for data in backlog:
+                    append(Event(EventType.PACKET, conn, data))
+                if deliver:
+                    append(Event(EventType.DISCONNECT, conn, b"", None,
+                                 REASONS.get(ev.reason, ev.reason)))
+            elif t == _DRAIN:
+                if conn not in closing:
+                    append(Event(EventType.DRAIN, conn))
+
+    def _wake_consumer(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def __aiter__(self):
+        if self._factory is not None:
+            raise TypeError("a server with a protocol_factory cannot be iterated")
+        return self
+
+    async def __anext__(self) -> Event:
+        q = self._queue
+        while True:
+            while q:
+                ev = q.popleft()
+                if not self._reading and self._running and len(q) <= self._max_buffered // 2:
+                    self._add_reader()
+                if ev.type is EventType.PACKET and self._closing and ev.conn in self._closing:
+                    continue  # disconnect() was called after it was queued
+                return ev
+            if not self._running:
+                raise StopAsyncIteration
+            self._waiter = self._loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+    # -- protocols
+
+    def _dispatch_protocols(self, evs, k: int) -> None:
+        buf = ffi.buffer
+        conns = self._conns
+        closing = self._closing
+        held = self._held
+        for ev in evs[0:k]:
+            t = ev.type
+            conn = ev.conn
+            if t == _PACKET:
+                if closing and conn in closing:
+                    continue
+                data = buf(ev.data, ev.len)[:]
+                if held and self._hold(conn, data):
+                    continue
+                c = conns.get(conn)
+                if c is None:
+                    continue
+                try:
+                    r = c.protocol.packet_received(data)
+                except BaseException:
+                    self._callback_failed("packet_received", conn, True)
+                    continue
+                if r is False:
+                    self._close_requested(conn)
+            elif t == _CONNECT:
+                peer = buf(ev.data, ev.len)[:].rstrip(b"\0").decode("utf-8", "replace")
+                c = Connection(self, conn, peer)
+                try:
+                    c.protocol = p = self._factory()
+                    r = p.connection_made(c)
+                except BaseException:
+                    self._callback_failed("connection_made", conn, False)
+                    continue
+                if r is False:
+                    self._refuse(conn)
+                    continue
+                conns[conn] = c
+            elif t == _DISCONNECT:
+                deliver, backlog = self._forget(conn)
+                c = conns.pop(conn, None)
+                if c is None or not deliver:
+                    continue
+                for data in backlog:
+                    if not self._deliver_packet(c, data):
+                        break
+                try:
+                    c.protocol.connection_lost(REASONS.get(ev.reason, ev.reason))
+                except BaseException:
+                    try:
+                        log.exception("connection_lost raised for connection %d", conn)
+                    except BaseException:  # noqa: BLE001
+                        pass
+            elif t == _DRAIN:
+                c = conns.get(conn)
+                if c is None or conn in closing:
+                    continue
+                try:
+                    c.protocol.drained()
+                except BaseException:
+                    self._callback_failed("drained", conn, True)
+
+    def _deliver_packet(self, c: Connection, data: bytes) -> bool:
+        try:
+            r = c.protocol.packet_received(data)
+        except BaseException:
+            self._callback_failed("packet_received", c.id, True)
+            return False
+        if r is False:
+            self._close_requested(c.id)
+            return False
+        return True
+
+    def _deliver_backlogs(self) -> None:
+        for conn in self._take_resumed():
+            while True:
+                data = self._next_backlog(conn)
+                if data is None:
+                    break
+                if self._factory is None:
+                    self._queue.append(Event(EventType.PACKET, conn, data))
+                    continue
+                c = self._conns.get(conn)
+                if c is not None:
+                    self._deliver_packet(c, data)
+        if self._factory is None and self._queue:
+            self._wake_consumer()
+
+
+class _Done:
+    """An awaitable that is already done (stop() on a server that never started)."""
+
+    def __await__(self):
+        return iter(())
+
+    def done(self) -> bool:
+        return True
+
+
+_DONE = _Done()
+
+
+def _set_done(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def _in_loop_thread(loop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
+
+
+async def serve(protocol_factory, host: str = "127.0.0.1", port: int = 0, **options) -> Server:
+    """Create and start a protocol server (like loop.create_server)."""
+    srv = Server(host, port, protocol_factory=protocol_factory, **options)
+    await srv.start()
+    return srv
