@@ -18,7 +18,7 @@ set -uo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
 LINUX_LIB="$ROOT/build/linux/dll/libiocpsrv.so"
-WIN_DLL="$ROOT/build/windows/dll/iocpsrv.dll"
+WIN_DLL="${IOCPSRV_WINDOWS_DLL:-$ROOT/build/windows/dll/iocpsrv.dll}"   # override for another build
 FLOOD="$ROOT/build/linux/samples/iocpsrv-flood"
 CONFIG="$HERE/nuget.config"
 
@@ -85,7 +85,7 @@ fi
 
 # ---- 2. pack -----------------------------------------------------------------------------
 step "dotnet pack"
-PACK_ARGS=()
+PACK_ARGS=("-p:IocpsrvWindowsNative=$WIN_DLL")
 if [ ! -e "$WIN_DLL" ]; then
   echo "csharp: NOTE: $WIN_DLL does not exist (no Windows build): packing and checking WITHOUT runtimes/win-x64/native/iocpsrv.dll"
   PACK_ARGS+=(-p:IocpsrvLinuxOnlyPack=true)
