@@ -84,6 +84,12 @@ public sealed unsafe class IocpServer : IDisposable
     private volatile bool _running;
     private int _runId;
     private GCHandle _keepAlive;                // strong, while running
+    private volatile StrongBox<int>? _handlerStopBox; // a stop started from a handler, not finished
+    private int? _handlerStopMs
+    {
+        get => _handlerStopBox?.Value;
+        set => _handlerStopBox = value is int v ? new StrongBox<int>(v) : null;
+    }
     private TaskCompletionSource _stopped;
 
     private Channel<ServerEvent> _channel;
@@ -267,11 +273,24 @@ public sealed unsafe class IocpServer : IDisposable
         lock (_gate)
         {
             ThrowIfDisposed();
+            if (_running && _handlerStopMs is int pendingMs)
+            {
+                // Stopped from a handler and not finished yet: finish it now (a started run's
+                // bookkeeping must end before the next run's begins).
+                Native.iocpsrv_stop(_ptr, pendingMs);
+                OnStopped();
+            }
             if (_pullMode) ResetPump();
             int hostLen = host is null ? 0 : Encoding.UTF8.GetByteCount(host);
             byte[] hostBytes = new byte[hostLen + 1];
             if (host is not null) Encoding.UTF8.GetBytes(host, hostBytes);
-            var keep = GCHandle.Alloc(this);
+            // Mark the run as started before listen: a handler may call Stop as soon as the
+            // first client connects, before iocpsrv_listen has even returned here.
+            var previous = _stopped;
+            _keepAlive = GCHandle.Alloc(this);
+            _runId++;
+            Volatile.Write(ref _stopped, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously));
+            _running = true;
             int rc;
             using (var r = Use())
             {
@@ -279,13 +298,11 @@ public sealed unsafe class IocpServer : IDisposable
             }
             if (rc < 0)
             {
-                keep.Free();
+                _running = false;
+                _keepAlive.Free();
+                Volatile.Write(ref _stopped, previous);
                 throw new IocpsrvException(rc, $"iocpsrv_listen({host ?? "null"}, {port})");
             }
-            _keepAlive = keep;
-            _runId++;
-            Volatile.Write(ref _stopped, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously));
-            _running = true;
             if (_pullMode) StartPump();
         }
     }
@@ -309,6 +326,7 @@ public sealed unsafe class IocpServer : IDisposable
         if (IsHandlerThread)
         {
             if (!_running) return;
+            _handlerStopMs ??= ms;
             Native.iocpsrv_stop(_ptr, ms); // starts the stop and returns (we are on a worker)
             int run = Volatile.Read(ref _runId);
             ThreadPool.UnsafeQueueUserWorkItem(static s =>
@@ -340,6 +358,7 @@ public sealed unsafe class IocpServer : IDisposable
     private void OnStopped()
     {
         _running = false;
+        _handlerStopMs = null;
         if (_keepAlive.IsAllocated) _keepAlive.Free();
         _stopped.TrySetResult();
     }

@@ -226,4 +226,45 @@ public class HandlerTests
         Assert.False(b.IsRunning);
         Assert.True(a.IsRunning);
     }
+
+    [Fact]
+    public async Task StartRightAfterAStopFromAHandler()
+    {
+        using var server = T.EchoServer();
+        for (int round = 0; round < 5; round++)
+        {
+            var stopCalled = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            ServerEventHandler<ConnectedEventArgs> onConnect = (s, e) =>
+            {
+                s.Stop(TimeSpan.Zero);
+                stopCalled.TrySetResult();
+            };
+            server.Connected += onConnect;
+            server.Start();
+            var firstRun = server.WhenStopped;
+            using (var c = new System.Net.Sockets.Socket(System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Tcp))
+            {
+                try
+                {
+                    await c.ConnectAsync("127.0.0.1", server.Port).Within();
+                }
+                catch (System.Net.Sockets.SocketException)
+                {
+                    // the abortive stop may reset the client before its connect completes
+                }
+                await stopCalled.Task.Within();
+                server.Connected -= onConnect;
+                // The stop may or may not have been finished by the thread pool yet.
+                server.Start();
+                await firstRun.Within();
+                Assert.True(server.IsRunning);
+                Assert.False(server.WhenStopped.IsCompleted);
+                using var c2 = await Client.ConnectAsync(server.Port);
+                await c2.SendAsync(new byte[] { (byte)round });
+                Assert.Equal(new byte[] { (byte)round }, await c2.ReadAsync());
+            }
+            server.Stop(TimeSpan.Zero);
+            Assert.True(server.WhenStopped.IsCompleted);
+        }
+    }
 }
