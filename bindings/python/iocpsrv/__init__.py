@@ -90,3 +90,12 @@ def version_string() -> str:
     from ._native import ffi, library
 
     return ffi.string(library().iocpsrv_version_string()).decode()
+
+
+def __getattr__(name):
+    # iocpsrv.aio without importing asyncio for users of the threaded server.
+    if name == "aio":
+        import importlib
+
+        return importlib.import_module(".aio", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import atexit
 import collections
 import logging
+import sys
 import threading
 import weakref
 
@@ -72,7 +73,8 @@ class _Held:
 class ServerBase:
     """Native handle + thread-safe calls. Not used directly: see Server and aio.Server."""
 
-    _h = None
+    _h = ffi.NULL
+    _closed = True
 
     def __init__(self, host: str, port: int, batch_size: int, options: dict):
         if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
@@ -92,6 +94,7 @@ class ServerBase:
         if rc < 0:
             raise error_from_code(rc, "iocpsrv_create")
         self._h = hp[0]
+        self._closed = False
         self._finalizer = weakref.finalize(self, _destroy, lib, self._h)
         # At exit, _stop_all_at_exit stops running servers; the handle itself is left for
         # the OS (destroying it from weakref's exit hook could race a dispatcher).
@@ -103,7 +106,8 @@ class ServerBase:
                 raise error_from_code(rc, "pull_mode=1")
         except BaseException:
             self._finalizer()
-            self._h = None
+            self._h = ffi.NULL
+            self._closed = True
             raise
         self._batch_size = batch_size
         self._events = ffi.new("iocpsrv_event_t[]", batch_size)
@@ -165,8 +169,19 @@ class ServerBase:
         return deliver, backlog
 
     def _callback_failed(self, what: str, conn: int, deliver_disconnect: bool) -> None:
-        """Exception policy: log it, abort the connection, keep serving the others."""
+        """Exception policy: log it, abort the connection, keep serving the others.
+
+        Called from an ``except`` block. One exception is expected rather than a bug:
+        ServerStopped from a send made while the server is stopping (the dispatcher only
+        runs until the stop completes). It is logged at debug level and the connection is
+        left to the stop, which closes it gracefully."""
+        exc = sys.exc_info()[1]
         try:
+            if isinstance(exc, ServerStopped):
+                log.debug("%s for connection %d: %s (the server is stopping)", what, conn, exc)
+                if not deliver_disconnect:
+                    self._closing[conn] = False  # never accepted: no further callback
+                return
             log.exception(
                 "%s callback raised for connection %d; the connection is aborted "
                 "and the server goes on", what, conn)
@@ -190,15 +205,14 @@ class ServerBase:
     # ---- errors ----------------------------------------------------------------------
 
     def _error(self, rc: int, detail: str | None = None):
-        if self._h is None:
+        if self._closed:
             return ServerStopped(n.IOCPSRV_ESTOPPED, "the server is closed")
         return error_from_code(rc, detail)
 
     def _handle(self):
-        h = self._h
-        if h is None:
+        if self._closed:
             raise ServerStopped(n.IOCPSRV_ESTOPPED, "the server is closed")
-        return h
+        return self._h
 
     # ---- thread-safe calls ------------------------------------------------------------
 
@@ -338,7 +352,7 @@ class ServerBase:
     @property
     def port(self) -> int | None:
         """The bound port while running (or after the last run), else None."""
-        if self._h is None:
+        if self._closed:
             return None
         p = self._lib.iocpsrv_port(self._h)
         return p if p > 0 else None
@@ -349,11 +363,11 @@ class ServerBase:
 
     @property
     def closed(self) -> bool:
-        return self._h is None
+        return self._closed
 
     def _stop_at_exit(self, timeout: float) -> None:  # overridden
         pass
 
     def __repr__(self) -> str:
-        state = "closed" if self._h is None else f"port={self.port}"
+        state = "closed" if self._closed else f"port={self.port}"
         return f"<{type(self).__module__}.{type(self).__qualname__} {self._host!r} {state}>"

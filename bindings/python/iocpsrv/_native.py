@@ -68,6 +68,10 @@ typedef struct iocpsrv_stats_s {
   uint64_t send_queue_rejections;
   uint64_t idle_timeouts;
   uint64_t pull_queue_depth;
+  uint32_t workers_peak;
+  uint32_t workers_busy;
+  uint64_t pool_grows;
+  uint64_t pool_shrinks;
 } iocpsrv_stats_t;
 
 typedef struct iocpsrv_event_s {
@@ -193,6 +197,12 @@ IOCPSRV_OPT_PULL_MODE = 15
 IOCPSRV_OPT_PULL_QUEUE_LIMIT = 16
 IOCPSRV_OPT_CLOSE_TIMEOUT_MS = 17
 IOCPSRV_OPT_IPV6_ONLY = 18
+IOCPSRV_OPT_POOL_MIN = 19
+IOCPSRV_OPT_POOL_MAX = 20
+IOCPSRV_OPT_POOL_BUSY_MS = 21
+IOCPSRV_OPT_POOL_IDLE_MS = 22
+IOCPSRV_OPT_POOL_CPU_HIGH = 23
+IOCPSRV_OPT_POOL_CPU_LOW = 24
 
 IOCPSRV_CONN_PAUSED = 0x1
 IOCPSRV_CONN_CLOSING = 0x2

@@ -115,7 +115,7 @@ class Server(ServerBase):
             self._stop_from_callback(ms)
             return
         with self._life:
-            if self._h is None:
+            if self._closed:
                 return
             with self._state:
                 running = self._dispatcher is not None
@@ -172,9 +172,10 @@ class Server(ServerBase):
         self.stop(timeout)
         with self._life:
             self._join_threads()
-            if self._h is not None:
+            if not self._closed:
+                self._closed = True
                 self._finalizer()
-                self._h = None
+                self._h = ffi.NULL
 
     @property
     def running(self) -> bool:
@@ -190,7 +191,7 @@ class Server(ServerBase):
         self.close()
 
     def _stop_at_exit(self, timeout: float) -> None:
-        if self._h is not None and threading.current_thread() is not self._dispatcher:
+        if not self._closed and threading.current_thread() is not self._dispatcher:
             self.stop(timeout)
 
     # ---- the dispatcher --------------------------------------------------------------

@@ -106,6 +106,11 @@ class Stats:
     send_queue_rejections: int
     idle_timeouts: int
     pull_queue_depth: int
+    # Appended to iocpsrv_stats_t later: None when the loaded library predates them.
+    workers_peak: int | None = None
+    workers_busy: int | None = None
+    pool_grows: int | None = None
+    pool_shrinks: int | None = None
 
 
 STATS_FIELDS = [f for f in Stats.__dataclass_fields__]
@@ -126,8 +131,15 @@ def conn_info_from_c(ci) -> ConnInfo:
     )
 
 
+# (field, end offset) of iocpsrv_stats_t, to skip fields a older library does not fill.
+_STATS_ENDS = [(name, f.offset + n.ffi.sizeof(f.type))
+               for name, f in n.ffi.typeof("iocpsrv_stats_t").fields]
+
+
 def stats_from_c(st) -> Stats:
-    return Stats(**{f: int(getattr(st, f)) for f in STATS_FIELDS})
+    filled = int(st.struct_size)  # the library fills at most its own sizeof, and says so
+    return Stats(**{f: int(getattr(st, f)) for f, end in _STATS_ENDS
+                    if f in STATS_FIELDS and end <= filled})
 
 
 # Every IOCPSRV_OPT_* as a lowercase keyword.
@@ -150,6 +162,12 @@ OPTIONS = {
     "pull_queue_limit": n.IOCPSRV_OPT_PULL_QUEUE_LIMIT,
     "close_timeout_ms": n.IOCPSRV_OPT_CLOSE_TIMEOUT_MS,
     "ipv6_only": n.IOCPSRV_OPT_IPV6_ONLY,
+    "pool_min": n.IOCPSRV_OPT_POOL_MIN,
+    "pool_max": n.IOCPSRV_OPT_POOL_MAX,
+    "pool_busy_ms": n.IOCPSRV_OPT_POOL_BUSY_MS,
+    "pool_idle_ms": n.IOCPSRV_OPT_POOL_IDLE_MS,
+    "pool_cpu_high": n.IOCPSRV_OPT_POOL_CPU_HIGH,
+    "pool_cpu_low": n.IOCPSRV_OPT_POOL_CPU_LOW,
 }
 
 _FRAMING_NAMES = {

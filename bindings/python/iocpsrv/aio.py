@@ -250,10 +250,11 @@ class Server(ServerBase):
     async def close(self, timeout: float | None = 5.0) -> None:
         """await stop(timeout), then free the native server."""
         await self.stop(timeout)
-        if self._h is not None:
+        if not self._closed:
             self._remove_reader()
+            self._closed = True
             self._finalizer()
-            self._h = None
+            self._h = ffi.NULL
 
     aclose = close
 
@@ -271,7 +272,7 @@ class Server(ServerBase):
 
     def _stop_at_exit(self, timeout: float) -> None:
         # The loop is most likely gone: stop in C directly (nobody polls any more).
-        if self._h is not None and self._running:
+        if not self._closed and self._running:
             self._lib.iocpsrv_stop(self._h, timeout_ms(timeout))
 
     # ---- draining --------------------------------------------------------------------

@@ -1,0 +1,349 @@
+"""The threading contract as the Python binding gives it (README "Threading contract")."""
+
+import struct
+import threading
+import time
+
+import pytest
+
+import iocpsrv
+from iocpsrv import Reason
+
+from conftest import TIMEOUT, Client, Recorder, wait_until
+
+
+def test_echo_round_trip(echo_server):
+    srv, rec = echo_server
+    with Client(srv.port) as c:
+        for payload in (b"hello", b"", b"x" * 70000, bytes(range(256))):
+            c.send(payload)
+            assert c.recv() == payload
+    assert rec.wait(lambda r: r.count("disconnect") == 1)
+    (conn,) = rec.conns()
+    kinds = [e[0] for e in rec.of(conn)]
+    assert kinds == ["connect"] + ["packet"] * 4 + ["disconnect"]
+    assert rec.of(conn)[-1][2] is Reason.PEER_CLOSED
+    # connect carries the peer address, packets arrive as bytes
+    assert rec.of(conn)[0][2].startswith("127.0.0.1:")
+    assert all(type(e[2]) is bytes for e in rec.of(conn) if e[0] == "packet")
+
+
+def test_callbacks_run_on_the_dispatcher_thread(echo_server):
+    srv, rec = echo_server
+    with Client(srv.port) as c:
+        c.send(b"a")
+        c.recv()
+    assert rec.wait(lambda r: r.count("disconnect") == 1)
+    threads = {e[3] for e in rec.events}
+    assert len(threads) == 1 and threads.pop().startswith("iocpsrv-dispatch")
+
+
+def test_per_connection_order_with_concurrent_clients(echo_server):
+    srv, rec = echo_server
+    nclients, npackets = 12, 200
+
+    def client(i):
+        with Client(srv.port) as c:
+            for k in range(npackets):
+                c.send(struct.pack("<II", i, k) + b"." * (k % 50))
+            for k in range(npackets):
+                assert struct.unpack_from("<II", c.recv()) == (i, k)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(nclients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(TIMEOUT)
+        assert not t.is_alive()
+    assert rec.wait(lambda r: r.count("disconnect") == nclients)
+    by = rec.check_order()
+    assert len(by) == nclients
+    for conn in by:
+        packets = [e[2] for e in rec.of(conn) if e[0] == "packet"]
+        assert [struct.unpack_from("<II", p)[1] for p in packets] == list(range(npackets))
+        assert len({struct.unpack_from("<II", p)[0] for p in packets}) == 1
+
+
+def test_ids_are_unique_and_stale_ids_fail(echo_server):
+    srv, rec = echo_server
+    for _ in range(3):
+        with Client(srv.port) as c:
+            c.send(b"x")
+            c.recv()
+    assert rec.wait(lambda r: r.count("disconnect") == 3)
+    ids = rec.conns()
+    assert len(set(ids)) == 3 and all(i > 0 for i in ids)
+    stale = ids[0]
+    with pytest.raises(iocpsrv.ConnectionNotFound) as e:
+        srv.send(stale, b"data")
+    assert e.value.code == -3 and e.value.name == "IOCPSRV_ENOTCONN"
+    for call in (lambda: srv.disconnect(stale), lambda: srv.info(stale),
+                 lambda: srv.pause(stale), lambda: srv.resume(stale),
+                 lambda: srv.pending(stale), lambda: srv.sendv(stale, [b"a"]),
+                 lambda: srv.send(123456789, b"never existed")):
+        with pytest.raises(iocpsrv.ConnectionNotFound):
+            call()
+    # a new client is unaffected by the failed calls on stale ids
+    with Client(srv.port) as c:
+        c.send(b"still fine")
+        assert c.recv() == b"still fine"
+
+
+def test_sends_from_any_thread_and_bytes_likes(echo_server):
+    srv, rec = echo_server
+    with Client(srv.port) as c:
+        assert rec.wait(lambda r: r.count("connect") == 1)
+        conn = rec.conns()[0]
+        errors = []
+
+        def sender(k):
+            try:
+                srv.send(conn, b"thread %d" % k)
+            except Exception as e:  # noqa: BLE001
+                errors.append(e)
+
+        threads = [threading.Thread(target=sender, args=(k,)) for k in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors
+        got = sorted(c.recv() for _ in range(8))
+        assert got == sorted(b"thread %d" % k for k in range(8))
+        srv.send(conn, bytearray(b"bytearray"))
+        srv.send(conn, memoryview(b"__memoryview__")[2:-2])
+        import array
+        srv.send(conn, array.array("I", [1, 2]))
+        srv.sendv(conn, [b"head:", memoryview(b"body"), bytearray(b"!")])
+        srv.sendv(conn, [])
+        assert c.recv() == b"bytearray"
+        assert c.recv() == b"memoryview"
+        assert c.recv() == struct.pack("=II", 1, 2)
+        assert c.recv() == b"head:body!"
+        assert c.recv() == b""
+        with pytest.raises(TypeError):
+            srv.send(conn, "text is not bytes")
+
+
+def test_broadcast(echo_server):
+    srv, rec = echo_server
+    clients = [Client(srv.port) for _ in range(5)]
+    try:
+        assert rec.wait(lambda r: r.count("connect") == 5)
+        assert srv.broadcast(b"to all") == 5
+        for c in clients:
+            assert c.recv() == b"to all"
+    finally:
+        for c in clients:
+            c.close()
+
+
+def test_connect_callback_returning_false_refuses():
+    rec = Recorder()
+    seen = []
+
+    def on_connect(conn, peer):
+        seen.append(conn)
+        return len(seen) != 1  # refuse the first client only
+
+    with iocpsrv.Server(worker_threads=2, on_connect=on_connect, on_packet=rec.on_packet,
+                        on_disconnect=rec.on_disconnect) as srv:
+        rec.server = srv
+        with Client(srv.port) as refused:
+            refused.try_send(b"ignored")
+            assert refused.closed_by_server()
+        with Client(srv.port) as ok:
+            ok.send(b"served")
+            assert ok.recv() == b"served"
+        assert rec.wait(lambda r: r.count("disconnect") == 1)
+        # the refused client got no packet and no disconnect callback
+        assert [e[1] for e in rec.events] == [seen[1]] * 2
+        assert wait_until(lambda: srv.stats().connections_now == 0)
+
+
+def test_packet_callback_returning_false_closes_after_flushing():
+    def on_packet(conn, data):
+        srv.send(conn, b"last words")
+        return False
+
+    rec = Recorder()
+    with iocpsrv.Server(worker_threads=2, on_packet=on_packet,
+                        on_disconnect=rec.on_disconnect) as srv:
+        with Client(srv.port) as c:
+            c.send(b"bye")
+            c.send(b"dropped: the connection is closing")
+            assert c.recv() == b"last words"
+            assert c.closed_by_server()
+        assert rec.wait(lambda r: r.count("disconnect") == 1)
+        assert list(rec.reasons().values()) == [Reason.LOCAL_CLOSE]
+
+
+@pytest.mark.parametrize("graceful, reason", [(True, Reason.LOCAL_CLOSE),
+                                              (False, Reason.LOCAL_ABORT)])
+def test_disconnect_modes(echo_server, graceful, reason):
+    srv, rec = echo_server
+    with Client(srv.port) as c:
+        assert rec.wait(lambda r: r.count("connect") == 1)
+        conn = rec.conns()[0]
+        srv.send(conn, b"queued before the close")
+        srv.disconnect(conn, graceful=graceful)
+        if graceful:
+            assert c.recv() == b"queued before the close"
+        assert c.closed_by_server()
+    assert rec.wait(lambda r: r.count("disconnect") == 1)
+    assert rec.reasons()[conn] is reason
+    with pytest.raises(iocpsrv.ConnectionNotFound):
+        srv.disconnect(conn)
+
+
+def test_no_packet_after_disconnect_returns():
+    """Packets the engine had queued before disconnect() are not delivered."""
+    rec = Recorder()
+    gate = threading.Event()
+
+    def on_packet(conn, data):
+        rec.on_packet(conn, data)
+        if data == b"first":
+            srv.disconnect(conn)  # from the connection's own callback
+        gate.set()
+
+    with iocpsrv.Server(worker_threads=2, on_connect=rec.on_connect, on_packet=on_packet,
+                        on_disconnect=rec.on_disconnect) as srv:
+        with Client(srv.port) as c:
+            c.send_raw(b"".join(c.frame(p) for p in [b"first", b"second", b"third"]))
+            assert c.closed_by_server()
+        assert rec.wait(lambda r: r.count("disconnect") == 1)
+        assert [e[2] for e in rec.events if e[0] == "packet"] == [b"first"]
+
+
+def test_info_stats_connections(echo_server):
+    srv, rec = echo_server
+    with Client(srv.port) as c:
+        c.send(b"12345")
+        assert c.recv() == b"12345"
+        conn = rec.conns()[0]
+        assert srv.connections() == [conn]
+        info = srv.info(conn)
+        assert isinstance(info, iocpsrv.ConnInfo)
+        assert info.id == conn
+        assert info.peer == "%s:%d" % c.sock.getsockname()
+        assert info.local == "127.0.0.1:%d" % srv.port
+        assert info.packets_in == 1 and info.bytes_in == 9
+        assert wait_until(lambda: srv.info(conn).bytes_out == 9)
+        assert info.packets_out == 1
+        assert abs(info.connect_time - time.time()) < 600
+        assert not info.paused and not info.closing
+        srv.pause(conn)
+        assert srv.info(conn).paused
+        srv.resume(conn)
+        assert srv.pending(conn) == 0
+        st = srv.stats()
+        assert isinstance(st, iocpsrv.Stats)
+        assert st.connections_now == 1 and st.connections_total == 1
+        assert st.packets_in == 1 and st.bytes_in == 9
+        assert st.workers == 2
+    assert rec.wait(lambda r: r.count("disconnect") == 1)
+    assert wait_until(lambda: srv.connections() == [])
+
+
+def test_many_connections_listing(echo_server):
+    srv, rec = echo_server
+    clients = [Client(srv.port) for _ in range(40)]
+    try:
+        assert rec.wait(lambda r: r.count("connect") == 40)
+        assert sorted(srv.connections()) == sorted(rec.conns())
+    finally:
+        for c in clients:
+            c.close()
+
+
+def test_pause_holds_queued_packets_until_resume():
+    rec = Recorder()
+    paused = threading.Event()
+
+    def on_packet(conn, data):
+        rec.on_packet(conn, data)
+        if data == b"0":
+            srv.pause(conn)  # from its own callback: no packet callback until resume
+            paused.set()
+
+    with iocpsrv.Server(worker_threads=2, on_connect=rec.on_connect, on_packet=on_packet,
+                        on_disconnect=rec.on_disconnect) as srv:
+        with Client(srv.port) as c:
+            c.send_raw(b"".join(c.frame(b"%d" % i) for i in range(20)))
+            assert paused.wait(TIMEOUT)
+            conn = rec.conns()[0]
+            assert wait_until(lambda: srv.stats().packets_in == 20)
+            c.send(b"20")
+            # A negative check needs a little time: nothing may arrive while paused.
+            time.sleep(0.3)
+            assert rec.count("packet") == 1
+            assert srv.info(conn).paused
+            srv.resume(conn)  # from another thread
+            assert rec.wait(lambda r: r.count("packet") == 21)
+        assert rec.wait(lambda r: r.count("disconnect") == 1)
+    assert [e[2] for e in rec.events if e[0] == "packet"] == [b"%d" % i for i in range(21)]
+
+
+def test_send_queue_full_and_drain():
+    rec = Recorder()
+    limit = 64 * 1024
+    with iocpsrv.Server(worker_threads=2, send_queue_limit=limit, sndbuf=8192,
+                        **dict(rec.callbacks(), on_packet=None)) as srv:
+        with Client(srv.port) as c:
+            c.sock.setsockopt(__import__("socket").SOL_SOCKET,
+                              __import__("socket").SO_RCVBUF, 8192)
+            assert rec.wait(lambda r: r.count("connect") == 1)
+            conn = rec.conns()[0]
+            chunk = b"z" * 16384
+            sent = 0
+            with pytest.raises(iocpsrv.SendQueueFull) as e:
+                for _ in range(10000):
+                    srv.send(conn, chunk)
+                    sent += 1
+            assert e.value.code == -4
+            assert srv.pending(conn) > 0
+            assert srv.stats().send_queue_rejections >= 1
+            for _ in range(sent):
+                assert c.recv() == chunk
+            assert rec.wait(lambda r: r.count("drain", conn) == 1)
+            srv.send(conn, b"after drain")
+            assert c.recv() == b"after drain"
+
+
+def test_packet_too_large():
+    rec = Recorder()
+    with iocpsrv.Server(worker_threads=2, max_packet_size=1000, **rec.callbacks()) as srv:
+        with Client(srv.port) as c:
+            assert rec.wait(lambda r: r.count("connect") == 1)
+            conn = rec.conns()[0]
+            with pytest.raises(iocpsrv.PacketTooLarge):
+                srv.send(conn, b"x" * 1001)
+            srv.send(conn, b"x" * 1000)
+            assert c.recv() == b"x" * 1000
+            c.send_raw(struct.pack("<I", 1001))  # header over the limit
+            assert c.closed_by_server()
+        assert rec.wait(lambda r: r.count("disconnect") == 1)
+        assert rec.reasons()[conn] is Reason.PROTOCOL_ERROR
+        assert srv.stats().protocol_errors == 1
+
+
+def test_idle_timeout():
+    rec = Recorder()
+    with iocpsrv.Server(worker_threads=2, idle_timeout_ms=200, **rec.callbacks()) as srv:
+        with Client(srv.port) as c:
+            assert c.closed_by_server()
+        assert rec.wait(lambda r: r.count("disconnect") == 1)
+        assert list(rec.reasons().values()) == [Reason.IDLE_TIMEOUT]
+        assert Reason.IDLE_TIMEOUT.text == "idle-timeout"
+
+
+def test_callbacks_may_be_methods_of_a_subclass():
+    class Echo(iocpsrv.Server):
+        def on_packet(self, conn, data):
+            self.send(conn, data[::-1])
+
+    with Echo(worker_threads=1) as srv:
+        with Client(srv.port) as c:
+            c.send(b"abc")
+            assert c.recv() == b"cba"

@@ -1,0 +1,129 @@
+"""Keyword options: names, types, ranges, framing names, and when they may change."""
+
+import pytest
+
+import iocpsrv
+from iocpsrv import Framing
+
+
+def test_unknown_keyword_is_a_type_error():
+    with pytest.raises(TypeError, match="no_such_option"):
+        iocpsrv.Server(no_such_option=1)
+    with pytest.raises(TypeError):
+        iocpsrv.aio.Server(workers=2)  # the option is worker_threads
+
+
+def test_every_option_round_trips():
+    values = dict(worker_threads=3, concurrency=2, listen_backlog=64, accepts_posted=8,
+                  max_connections=500, max_packet_size=12345, framing=Framing.LEN16_BE,
+                  send_queue_limit=1 << 16, idle_timeout_ms=1500, keepalive_ms=30000,
+                  nodelay=0, rcvbuf=1 << 16, sndbuf=1 << 17, read_buffer=4096,
+                  pull_queue_limit=100, close_timeout_ms=250, ipv6_only=1,
+                  pool_min=2, pool_max=6, pool_busy_ms=300, pool_idle_ms=4000,
+                  pool_cpu_high=90, pool_cpu_low=70)
+    assert set(values) | {"pull_mode"} == set(iocpsrv.OPTIONS)
+    srv = iocpsrv.Server(**values)
+    try:
+        for name, v in values.items():
+            assert srv.get_option(name) == int(v), name
+        assert srv.get_option("pull_mode") == 1
+    finally:
+        srv.close()
+
+
+@pytest.mark.parametrize("name, value", [
+    ("len32_le", Framing.LEN32_LE), ("len32_be", Framing.LEN32_BE),
+    ("len16_le", Framing.LEN16_LE), ("LEN16-BE", Framing.LEN16_BE), ("raw", Framing.RAW),
+    (Framing.RAW, Framing.RAW), (2, Framing.LEN16_LE),
+])
+def test_framing_names(name, value):
+    srv = iocpsrv.Server(framing=name)
+    try:
+        assert srv.get_option("framing") == value
+    finally:
+        srv.close()
+
+
+def test_bad_framing_name():
+    with pytest.raises(ValueError, match="framing"):
+        iocpsrv.Server(framing="len24")
+
+
+@pytest.mark.parametrize("kw", [
+    dict(worker_threads=1.5), dict(max_packet_size="1M"), dict(nodelay=None),
+    dict(framing=1.0),
+])
+def test_wrong_types(kw):
+    with pytest.raises(TypeError):
+        iocpsrv.Server(**kw)
+
+
+@pytest.mark.parametrize("kw", [
+    dict(worker_threads=-1), dict(worker_threads=100000), dict(max_packet_size=0),
+    dict(max_packet_size=(1 << 30) + 1), dict(framing=5), dict(read_buffer=10),
+    dict(nodelay=2), dict(max_connections=0), dict(send_queue_limit=1 << 70),
+])
+def test_out_of_range(kw):
+    with pytest.raises(iocpsrv.OptionOutOfRange) as e:
+        iocpsrv.Server(**kw)
+    assert isinstance(e.value, ValueError)
+    assert e.value.code == -13 and e.value.name == "IOCPSRV_ERANGE"
+    assert next(iter(kw)) in str(e.value)
+
+
+def test_pull_mode_is_always_on():
+    iocpsrv.Server(pull_mode=1).close()
+    iocpsrv.Server(pull_mode=True).close()
+    with pytest.raises(ValueError, match="pull mode"):
+        iocpsrv.Server(pull_mode=0)
+
+
+def test_bools_are_ints():
+    srv = iocpsrv.Server(nodelay=False, ipv6_only=True)
+    try:
+        assert srv.get_option("nodelay") == 0
+        assert srv.get_option("ipv6_only") == 1
+    finally:
+        srv.close()
+
+
+def test_options_change_only_while_stopped():
+    srv = iocpsrv.Server(worker_threads=1)
+    try:
+        srv.set_options(max_packet_size=777)
+        assert srv.get_option("max_packet_size") == 777
+        srv.start()
+        with pytest.raises(iocpsrv.InvalidState):
+            srv.set_options(max_packet_size=778)
+        srv.stop()
+        srv.set_options(max_packet_size=778)
+        assert srv.get_option("max_packet_size") == 778
+        with pytest.raises(TypeError):
+            srv.set_options(bogus=1)
+        with pytest.raises(KeyError):
+            srv.get_option("bogus")
+    finally:
+        srv.close()
+
+
+@pytest.mark.parametrize("kw", [dict(port=-1), dict(port=70000), dict(port="80"),
+                                dict(batch_size=0), dict(poll_interval=0)])
+def test_bad_constructor_arguments(kw):
+    with pytest.raises((ValueError, TypeError)):
+        iocpsrv.Server(**kw)
+
+
+def test_listen_errors():
+    with iocpsrv.Server(worker_threads=1) as a:
+        b = iocpsrv.Server(port=a.port, worker_threads=1)
+        try:
+            with pytest.raises(iocpsrv.AddressInUse):
+                b.start()
+        finally:
+            b.close()
+    c = iocpsrv.Server("256.1.2.3", worker_threads=1)
+    try:
+        with pytest.raises(iocpsrv.AddressNotAvailable):
+            c.start()
+    finally:
+        c.close()
