@@ -50,6 +50,22 @@ public sealed class IocpServerOptions
     /// <summary>IOCPSRV_OPT_IPV6_ONLY: for a "::" listener, IPv6 only; default dual stack.</summary>
     public bool? IPv6Only { get; set; }
 
+    /// <summary>IOCPSRV_OPT_POOL_MIN: dynamic pool, workers kept; 0 = WorkerThreads.</summary>
+    public int? PoolMin { get; set; }
+    /// <summary>IOCPSRV_OPT_POOL_MAX: dynamic pool, most workers; 0 = off (default). Turn it on
+    /// when handlers block.</summary>
+    public int? PoolMax { get; set; }
+    /// <summary>IOCPSRV_OPT_POOL_BUSY_MS: every worker busy this long adds one; default 200 ms.</summary>
+    public TimeSpan? PoolBusyTime { get; set; }
+    /// <summary>IOCPSRV_OPT_POOL_IDLE_MS: spare workers idle this long retires one; default 5 s.</summary>
+    public TimeSpan? PoolIdleTime { get; set; }
+    /// <summary>IOCPSRV_OPT_POOL_CPU_HIGH: system CPU percent at or above which the pool does
+    /// not grow; 0 = no check (default).</summary>
+    public int? PoolCpuHigh { get; set; }
+    /// <summary>IOCPSRV_OPT_POOL_CPU_LOW: once vetoed, growth resumes at or below this CPU
+    /// percent; 0 = PoolCpuHigh.</summary>
+    public int? PoolCpuLow { get; set; }
+
     /// <summary>Pull mode: how many events the binding's pump may hold copied (beyond the
     /// engine's own queue) before it waits for the reader. Default 1024. Not a library
     /// option.</summary>
@@ -75,6 +91,12 @@ public sealed class IocpServerOptions
         if (PullQueueLimit is { } pq) yield return (ServerOption.PullQueueLimit, pq);
         if (CloseTimeout is { } ct) yield return (ServerOption.CloseTimeoutMs, Ms(ct));
         if (IPv6Only is { } v6) yield return (ServerOption.IPv6Only, v6 ? 1 : 0);
+        if (PoolMin is { } pmin) yield return (ServerOption.PoolMin, pmin);
+        if (PoolMax is { } pmax) yield return (ServerOption.PoolMax, pmax);
+        if (PoolBusyTime is { } pb) yield return (ServerOption.PoolBusyMs, Ms(pb));
+        if (PoolIdleTime is { } pi) yield return (ServerOption.PoolIdleMs, Ms(pi));
+        if (PoolCpuHigh is { } ch) yield return (ServerOption.PoolCpuHigh, ch);
+        if (PoolCpuLow is { } cl) yield return (ServerOption.PoolCpuLow, cl);
     }
 
     private static long Ms(TimeSpan t) => (long)Math.Ceiling(t.TotalMilliseconds);

@@ -123,6 +123,19 @@ public enum ServerOption
     CloseTimeoutMs = 17,
     /// <summary>For a "::" listener: 1 = IPv6 only, 0 = dual stack.</summary>
     IPv6Only = 18,
+    /// <summary>Dynamic pool: workers kept; 0 = WorkerThreads. (Library 1.x with the dynamic
+    /// pool; older builds report UnknownOption.)</summary>
+    PoolMin = 19,
+    /// <summary>Dynamic pool: most workers; 0 = no dynamic pool (default).</summary>
+    PoolMax = 20,
+    /// <summary>Dynamic pool: all workers busy this long (ms) adds one; default 200.</summary>
+    PoolBusyMs = 21,
+    /// <summary>Dynamic pool: spare workers idle this long (ms) retires one; default 5000.</summary>
+    PoolIdleMs = 22,
+    /// <summary>Dynamic pool: system CPU percent at or above which the pool does not grow; 0 = no check.</summary>
+    PoolCpuHigh = 23,
+    /// <summary>Dynamic pool: growth resumes at or below this CPU percent; 0 = PoolCpuHigh.</summary>
+    PoolCpuLow = 24,
 }
 
 /// <summary>Connection flags in <see cref="ConnectionInfo.Flags"/>.</summary>
@@ -179,8 +192,9 @@ public struct ConnectionInfo
     }
 }
 
-/// <summary>iocpsrv_stats_t, field for field (112 bytes). Totals cover the server's whole
-/// life across restarts.</summary>
+/// <summary>iocpsrv_stats_t, field for field (136 bytes). Totals cover the server's whole
+/// life across restarts. A library older than a field leaves it 0 (and reports the size it
+/// filled in <see cref="StructSize"/>).</summary>
 [StructLayout(LayoutKind.Sequential)]
 public struct ServerStats
 {
@@ -214,6 +228,14 @@ public struct ServerStats
     public ulong IdleTimeouts;
     /// <summary>Events waiting to be polled now (pull mode).</summary>
     public ulong PullQueueDepth;
+    /// <summary>Most workers at once (dynamic pool). 0 from a library without the pool.</summary>
+    public uint WorkersPeak;
+    /// <summary>Workers not waiting for events now.</summary>
+    public uint WorkersBusy;
+    /// <summary>Workers added by the dynamic pool.</summary>
+    public ulong PoolGrows;
+    /// <summary>Workers retired by the dynamic pool.</summary>
+    public ulong PoolShrinks;
 }
 
 /// <summary>An error reported by the library: its code, the code's name

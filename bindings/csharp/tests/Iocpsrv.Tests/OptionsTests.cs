@@ -49,7 +49,40 @@ public class OptionsTests
         Assert.Equal(1500, server.GetOption(ServerOption.CloseTimeoutMs));
         Assert.Equal(1, server.GetOption(ServerOption.IPv6Only));
         // Every library option has a property.
-        Assert.Equal(18, Enum.GetValues<ServerOption>().Length);
+        Assert.Equal(24, Enum.GetValues<ServerOption>().Length);
+    }
+
+    [Fact]
+    public void DynamicPoolOptions()
+    {
+        using (var probe = new IocpServer())
+        {
+            try
+            {
+                probe.GetOption(ServerOption.PoolMax);
+            }
+            catch (IocpsrvException e) when (e.Error == IocpsrvError.UnknownOption)
+            {
+                return; // a library built before the dynamic pool
+            }
+        }
+        using var server = new IocpServer(new IocpServerOptions
+        {
+            WorkerThreads = 2,
+            PoolMin = 1,
+            PoolMax = 6,
+            PoolBusyTime = TimeSpan.FromMilliseconds(50),
+            PoolIdleTime = TimeSpan.FromSeconds(2),
+            PoolCpuHigh = 95,
+            PoolCpuLow = 80,
+        });
+        Assert.Equal(1, server.GetOption(ServerOption.PoolMin));
+        Assert.Equal(6, server.GetOption(ServerOption.PoolMax));
+        Assert.Equal(50, server.GetOption(ServerOption.PoolBusyMs));
+        Assert.Equal(2000, server.GetOption(ServerOption.PoolIdleMs));
+        Assert.Equal(95, server.GetOption(ServerOption.PoolCpuHigh));
+        Assert.Equal(80, server.GetOption(ServerOption.PoolCpuLow));
+        Assert.Equal(IocpsrvError.Range, Assert.Throws<IocpsrvException>(() => server.SetOption(ServerOption.PoolCpuHigh, 101)).Error);
     }
 
     [Fact]
