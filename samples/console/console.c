@@ -1,18 +1,20 @@
 /*
  * iocpsrv-console -- the 2001 article's server window as a terminal program.
  *
- *   iocpsrv-console [--port N] [--host H] [--threads N]
+ *   iocpsrv-console [--port N] [--host H] [--threads N] [--echo]
  *
  * It prints "listening on HOST:PORT", then a line for every client that connects or
  * leaves (its id, address and, on leaving, the reason) and for every packet it sends
- * (text as text, binary as a hex preview, both cut short). Commands are read from stdin,
- * one per line:
+ * (text as text, binary as a hex preview, both cut short). With --echo (or the echo
+ * command) it also sends every packet back, so iocpsrv-flood can be its client.
+ * Commands are read from stdin, one per line:
  *
  *   list                 the clients: id, address, age, packets and bytes in/out
  *   send ID TEXT         send TEXT to client ID as one packet
  *   broadcast TEXT       send TEXT to every client
  *   kick ID [abort]      close client ID gracefully (or reset it)
  *   stats                the server's counters
+ *   echo on|off          send every packet back to its sender, or stop doing so
  *   sleep SECONDS        pause the command reader (for scripts)
  *   help                 the commands
  *   quit                 stop the server and exit 0 (so does end of input)
@@ -265,6 +267,17 @@ static void preview_hex(char *out, size_t cap, const uint8_t *p, size_t len) {
 /* ------------------------------------------------------------------------------------ */
 /* Callbacks (worker threads).                                                           */
 
+/* Echo mode: set by the main thread, read by the workers. */
+#if defined(_MSC_VER)
+static volatile long g_echo;
+#  define ECHO_GET() InterlockedCompareExchange(&g_echo, 0, 0)
+#  define ECHO_SET(v) InterlockedExchange(&g_echo, (v))
+#else
+static int g_echo;
+#  define ECHO_GET() __atomic_load_n(&g_echo, __ATOMIC_RELAXED)
+#  define ECHO_SET(v) __atomic_store_n(&g_echo, (v), __ATOMIC_RELAXED)
+#endif
+
 typedef struct client_s {
   char peer[64];
   int64_t connected_ms; /* wall clock */
@@ -290,6 +303,7 @@ static int IOCPSRV_CALL on_packet(iocpsrv_t *server, iocpsrv_conn_id_t conn,
                                   void *conn_user, const uint8_t *data, size_t len) {
   client_t *c = (client_t *)conn_user;
   char shown[OUT_LINE - 96];
+  int echo = (int)ECHO_GET(); /* decided before the line shows: scripts can rely on it */
   c->packets_in++;
   c->bytes_in += len;
   if (len == 0) {
@@ -302,6 +316,11 @@ static int IOCPSRV_CALL on_packet(iocpsrv_t *server, iocpsrv_conn_id_t conn,
     preview_hex(shown, sizeof shown, data, len);
     say("client %llu packet, %llu bytes, binary: %s", (unsigned long long)conn,
         (unsigned long long)len, shown);
+  }
+  if (echo) {
+    int rc = iocpsrv_send(server, conn, data, len); /* copies: data may die after return */
+    if (rc < 0 && rc != IOCPSRV_ENOTCONN && rc != IOCPSRV_ESTOPPED)
+      say("error: echo to client %llu: %s", (unsigned long long)conn, iocpsrv_strerror(rc));
   }
   return 0;
 }
@@ -363,6 +382,7 @@ static void cmd_help(void) {
             "  broadcast TEXT     send TEXT to every client\n"
             "  kick ID [abort]    close client ID gracefully (abort: reset it at once)\n"
             "  stats              the server's counters\n"
+            "  echo on|off        send every packet back to its sender, or stop\n"
             "  sleep SECONDS      wait before reading the next command (for scripts)\n"
             "  help               this text\n"
             "  quit               stop the server and exit (so does end of input)\n");
@@ -490,6 +510,24 @@ static void cmd_stats(void) {
   out_block(buf);
 }
 
+static void cmd_echo(const char *args) {
+  char word[8];
+  if (next_word(&args, word, sizeof word) == 0 && *skip_space(args) == '\0') {
+    if (strcmp(word, "on") == 0) {
+      ECHO_SET(1);
+    } else if (strcmp(word, "off") == 0) {
+      ECHO_SET(0);
+    } else {
+      say("usage: echo on|off");
+      return;
+    }
+  } else if (*skip_space(args) != '\0') {
+    say("usage: echo on|off");
+    return;
+  }
+  say("echo is %s", ECHO_GET() ? "on" : "off");
+}
+
 static void cmd_sleep(const char *args) {
   char *end;
   const char *a = skip_space(args);
@@ -552,6 +590,8 @@ static int run_command(const char *line) {
     cmd_kick(args);
   } else if (strcmp(cmd, "stats") == 0) {
     cmd_stats();
+  } else if (strcmp(cmd, "echo") == 0) {
+    cmd_echo(args);
   } else if (strcmp(cmd, "help") == 0 || strcmp(cmd, "?") == 0) {
     cmd_help();
   } else if (strcmp(cmd, "quit") == 0 || strcmp(cmd, "exit") == 0) {
@@ -627,7 +667,7 @@ static int signals_start(void) {
 
 static void usage(FILE *out) {
   fprintf(out,
-          "usage: iocpsrv-console [--port N] [--host H] [--threads N]\n"
+          "usage: iocpsrv-console [--port N] [--host H] [--threads N] [--echo]\n"
           "\n"
           "A server you can watch and drive: shows clients connecting and leaving and the\n"
           "packets they send (4-byte little-endian length + payload), and takes commands\n"
@@ -636,6 +676,7 @@ static void usage(FILE *out) {
           "  --port N      TCP port (default %d); 0 picks a free one\n"
           "  --host H      address to bind (default 127.0.0.1; \"::\" for every interface)\n"
           "  --threads N   worker threads (default 0 = the engine's default, 2 x CPUs)\n"
+          "  --echo        start with echo on: every packet goes back to its sender\n"
           "  --help        this text\n"
           "\n",
           DEFAULT_PORT);
@@ -673,6 +714,8 @@ int main(int argc, char **argv) {
     if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
       usage(stdout);
       return 0;
+    } else if (strcmp(a, "--echo") == 0) {
+      ECHO_SET(1);
     } else if (strcmp(a, "--port") == 0 || strcmp(a, "-p") == 0) {
       if (parse_long(v, 0, 65535, &port) != 0) {
         fprintf(stderr, "iocpsrv-console: --port needs a number 0..65535\n");
