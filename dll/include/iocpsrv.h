@@ -209,7 +209,26 @@ typedef enum iocpsrv_option_e {
                                        reading sockets, default 8192 */
   IOCPSRV_OPT_CLOSE_TIMEOUT_MS = 17,/* how long a graceful close may wait for the queue to
                                        drain and the peer's FIN, default 5000 */
-  IOCPSRV_OPT_IPV6_ONLY = 18        /* for a "::" listener: 1 = IPv6 only, default 0 = dual */
+  IOCPSRV_OPT_IPV6_ONLY = 18,       /* for a "::" listener: 1 = IPv6 only, default 0 = dual */
+
+  /* Dynamic worker pool (the article's m_nThreadPoolMin/Max, built). Off by default: a
+   * fixed pool of IOCPSRV_OPT_WORKER_THREADS. Turn it on (POOL_MAX > 0) when callbacks
+   * block: database calls, file I/O, a managed runtime's GC pauses. The engine then
+   * adds a worker when every worker has been inside a callback for POOL_BUSY_MS, up to
+   * POOL_MAX, and retires one when spare workers sat idle for POOL_IDLE_MS, down to
+   * POOL_MIN. The threading contract is the same either way. On IOCP the port's
+   * concurrency value (IOCPSRV_OPT_CONCURRENCY, default CPUs) still caps how many
+   * workers run at once while the others may be blocked, as the article advises; Wine
+   * ignores that value. */
+  IOCPSRV_OPT_POOL_MIN = 19,        /* workers kept, default 0 = WORKER_THREADS (>= 1) */
+  IOCPSRV_OPT_POOL_MAX = 20,        /* default 0 = no dynamic pool; else >= POOL_MIN */
+  IOCPSRV_OPT_POOL_BUSY_MS = 21,    /* all workers busy this long -> one more, default 200 */
+  IOCPSRV_OPT_POOL_IDLE_MS = 22,    /* spare workers idle this long -> one fewer, default 5000 */
+  IOCPSRV_OPT_POOL_CPU_HIGH = 23,   /* system CPU percent at or above which the pool does not
+                                       grow (adding threads cannot help a saturated CPU);
+                                       default 0 = no CPU check */
+  IOCPSRV_OPT_POOL_CPU_LOW = 24     /* once vetoed, growth resumes only at or below this CPU
+                                       percent (hysteresis), default 0 = same as CPU_HIGH */
 } iocpsrv_option_t;
 
 /* ---- Callbacks ----
@@ -402,6 +421,10 @@ typedef struct iocpsrv_stats_s {
   uint64_t send_queue_rejections;/* sends refused with IOCPSRV_EQUEUEFULL */
   uint64_t idle_timeouts;
   uint64_t pull_queue_depth;     /* events waiting for iocpsrv_poll now */
+  uint32_t workers_peak;         /* most workers at once (dynamic pool) */
+  uint32_t workers_busy;         /* workers not waiting for events now */
+  uint64_t pool_grows;           /* workers added by the dynamic pool */
+  uint64_t pool_shrinks;         /* workers retired by the dynamic pool */
 } iocpsrv_stats_t;
 
 IOCPSRV_API int IOCPSRV_CALL iocpsrv_stats(iocpsrv_t *server, iocpsrv_stats_t *stats);

@@ -386,6 +386,13 @@ echo_server_t *echo_create(const echo_config_t *cfg) {
                 iocpsrv_err_name(rc));
   }
   if (es->cfg.pull) CHECK_OK(iocpsrv_set_option(es->srv, IOCPSRV_OPT_PULL_MODE, 1));
+  if (getenv("IOCPSRV_TEST_POOL")) {
+    /* The same tests with a dynamic pool that grows and shrinks eagerly: the contract
+     * must hold whatever the pool does. */
+    CHECK_OK(iocpsrv_set_option(es->srv, IOCPSRV_OPT_POOL_MAX, 64));
+    CHECK_OK(iocpsrv_set_option(es->srv, IOCPSRV_OPT_POOL_BUSY_MS, 20));
+    CHECK_OK(iocpsrv_set_option(es->srv, IOCPSRV_OPT_POOL_IDLE_MS, 100));
+  }
   CHECK_OK(iocpsrv_set_connect_cb(es->srv, cb_connect));
   CHECK_OK(iocpsrv_set_packet_cb(es->srv, cb_packet));
   CHECK_OK(iocpsrv_set_disconnect_cb(es->srv, cb_disconnect));

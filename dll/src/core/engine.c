@@ -627,54 +627,26 @@ int engine_after_batch(worker_t *w) {
   return srv->sweep_period_ms;
 }
 
-static void worker_main(void *arg) {
+int engine_worker_should_retire(worker_t *w) { return pool_worker_should_retire(w); }
+
+void engine_worker_main(void *arg) {
   worker_t *w = arg;
   iocpsrv_t *srv = w->srv;
   tls_worker = w;
   w->now = srv_now_ms();
   if (srv->on_worker_start) srv->on_worker_start(srv, w->index);
-  bk_worker_loop(w);
+  do {
+    bk_worker_loop(w);
+  } while (w->retired && BK_PARK_RETIRED && pool_park(w));
   if (srv->on_worker_stop) srv->on_worker_stop(srv, w->index);
   flush_deferred(w);
   publish_stats(srv, w);
-  atomic_fetch_sub(&srv->running_workers, 1);
+  if (!w->retired) atomic_fetch_sub(&srv->running_workers, 1);
   tls_worker = NULL;
+  atomic_store(&w->state, WORKER_EXITED); /* last touch: the slot may be joined now */
 }
 
 /* ----------------------------------------------------------------- lifecycle ---- */
-
-static void join_workers(iocpsrv_t *srv, int count) {
-  for (int i = 0; i < count; i++) {
-    srv_thread_join(srv->workers[i].thread);
-    free(srv->workers[i].rbuf);
-  }
-  free(srv->workers);
-  srv->workers = NULL;
-  srv->nworkers = 0;
-}
-
-static int start_workers(iocpsrv_t *srv) {
-  int n = srv->opt.worker_threads ? (int)srv->opt.worker_threads : 2 * srv_cpu_count();
-  srv->workers = calloc((size_t)n, sizeof *srv->workers);
-  if (!srv->workers) return IOCPSRV_ENOMEM;
-  atomic_store(&srv->running_workers, n);
-  for (int i = 0; i < n; i++) {
-    worker_t *w = &srv->workers[i];
-    w->srv = srv;
-    w->index = i;
-    w->rbuf_size = (size_t)srv->opt.read_buffer;
-    w->rbuf = malloc(w->rbuf_size);
-    if (!w->rbuf || srv_thread_create(&w->thread, worker_main, w) != 0) {
-      free(w->rbuf);
-      atomic_fetch_sub(&srv->running_workers, n - i);
-      bk_quit_workers(srv);
-      join_workers(srv, i);
-      return IOCPSRV_ENOMEM;
-    }
-  }
-  srv->nworkers = n;
-  return 0;
-}
 
 /* Tell every open connection to close (graceful or abort). */
 static void close_all(iocpsrv_t *srv, int abort) {
@@ -715,8 +687,7 @@ static void finish_stop(iocpsrv_t *srv) {
     srv_cond_wait_ms(&srv->count_cond, &srv->count_lock, aborted ? 100 : left);
   }
   srv_mutex_unlock(&srv->count_lock);
-  bk_quit_workers(srv);
-  join_workers(srv, srv->nworkers);
+  pool_stop(srv);
   bk_release(srv);
   if (srv->opt.pull_mode) pullq_set_stopped(&srv->pull);
   srv->need_join = 0;
@@ -829,7 +800,7 @@ int IOCPSRV_CALL iocpsrv_listen(iocpsrv_t *srv, const char *host, int port) {
     srv->pull.room_ctx = srv;
     pullq_reset(&srv->pull, (size_t)srv->opt.pull_queue_limit);
     atomic_store(&srv->state, SRV_RUNNING);
-    rc = start_workers(srv);
+    rc = pool_start(srv);
     if (rc) atomic_store(&srv->state, SRV_STOPPED);
   }
   if (rc) bk_release(srv);
@@ -1034,6 +1005,11 @@ int IOCPSRV_CALL iocpsrv_stats(iocpsrv_t *srv, iocpsrv_stats_t *stats) {
   v.send_queue_rejections = stat_get(&s->send_queue_rejections);
   v.idle_timeouts = stat_get(&s->idle_timeouts);
   v.pull_queue_depth = srv->opt.pull_mode ? pullq_depth(&srv->pull) : 0;
+  int busy = atomic_load(&srv->running_workers) - atomic_load(&srv->idle_workers);
+  v.workers_busy = (uint32_t)(busy > 0 ? busy : 0);
+  v.workers_peak = atomic_load(&srv->pool.peak);
+  v.pool_grows = atomic_load(&srv->pool.grows);
+  v.pool_shrinks = atomic_load(&srv->pool.shrinks);
   memcpy(stats, &v, v.struct_size);
   return 0;
 }

@@ -29,6 +29,7 @@
 #include "core/framing.h"
 #include "core/options.h"
 #include "core/platform.h"
+#include "core/pool.h"
 #include "core/pullq.h"
 #include "core/sendbuf.h"
 #include "iocpsrv.h"
@@ -85,6 +86,8 @@ struct worker_s {
   iocpsrv_t *srv;
   int index;
   srv_thread_t thread;
+  atomic_int state;  /* WORKER_FREE, WORKER_RUNNING, WORKER_EXITED (not joined yet) */
+  int retired;       /* left through the dynamic pool (already counted out) */
   uint8_t *rbuf;
   size_t rbuf_size;
   int64_t now;
@@ -122,10 +125,11 @@ struct iocpsrv_s {
   int port;
   int sweep_period_ms;
   atomic_int_fast64_t next_sweep_ms;
-  worker_t *workers;
-  int nworkers;
+  worker_t *workers;       /* nslots of them; see core/pool.c */
+  int nslots;
   atomic_int running_workers;
   atomic_int idle_workers; /* waiting for events: the ones a task wake-up may reach */
+  pool_t pool;
 
   conntable_t table;
   atomic_size_t open_count;
@@ -152,6 +156,9 @@ void engine_conn_notify_locked(worker_t *w, conn_t *c, uint32_t notes);
  * w->defer_notify set, which queues their work here, then the first inline, then call
  * engine_run_tasks. Only the first event's connection is tied to this thread. */
 void engine_run_tasks(worker_t *w);
+/* After a wait: non-zero when the dynamic pool asked this worker to retire (return
+ * from bk_worker_loop). */
+int engine_worker_should_retire(worker_t *w);
 /* Before waiting for events: returns 0 if work is queued (run it instead of waiting).
  * Otherwise the worker counts as idle until engine_worker_woke. */
 int engine_worker_may_sleep(worker_t *w);
@@ -183,7 +190,7 @@ int bk_start(iocpsrv_t *srv, const char *host, int port);
 void bk_stop_accepting(iocpsrv_t *srv);     /* not closing: a worker may be accepting */
 void bk_release(iocpsrv_t *srv);            /* after the workers are joined */
 void bk_worker_loop(worker_t *w);           /* until bk_quit_workers */
-void bk_quit_workers(iocpsrv_t *srv);
+void bk_quit_workers(iocpsrv_t *srv);       /* every worker of srv->nslots returns */
 void bk_wake_tasks(iocpsrv_t *srv);
 void bk_tune_socket(iocpsrv_t *srv, bk_socket_t sock);
 void bk_close_socket(bk_socket_t sock);    /* a client socket we never served */

@@ -23,6 +23,12 @@ void srv_options_init(srv_options_t *o) {
   o->pull_queue_limit = 8192;
   o->close_timeout_ms = 5000;
   o->ipv6_only = 0;
+  o->pool_min = 0;
+  o->pool_max = 0;
+  o->pool_busy_ms = 200;
+  o->pool_idle_ms = 5000;
+  o->pool_cpu_high = 0;
+  o->pool_cpu_low = 0;
 }
 
 typedef struct option_desc_s {
@@ -51,6 +57,12 @@ static const option_desc_t option_table[] = {
     OPT_(IOCPSRV_OPT_PULL_QUEUE_LIMIT, pull_queue_limit, 1, 1 << 24),
     OPT_(IOCPSRV_OPT_CLOSE_TIMEOUT_MS, close_timeout_ms, 0, INT64_C(1) << 31),
     OPT_(IOCPSRV_OPT_IPV6_ONLY, ipv6_only, 0, 1),
+    OPT_(IOCPSRV_OPT_POOL_MIN, pool_min, 0, 1024),
+    OPT_(IOCPSRV_OPT_POOL_MAX, pool_max, 0, 1024),
+    OPT_(IOCPSRV_OPT_POOL_BUSY_MS, pool_busy_ms, 1, 3600000),
+    OPT_(IOCPSRV_OPT_POOL_IDLE_MS, pool_idle_ms, 1, 86400000),
+    OPT_(IOCPSRV_OPT_POOL_CPU_HIGH, pool_cpu_high, 0, 100),
+    OPT_(IOCPSRV_OPT_POOL_CPU_LOW, pool_cpu_low, 0, 100),
 };
 #undef OPT_
 

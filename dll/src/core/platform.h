@@ -59,6 +59,18 @@ static inline int srv_cpu_count(void) {
   return si.dwNumberOfProcessors > 0 ? (int)si.dwNumberOfProcessors : 1;
 }
 
+/* System-wide CPU time (all cores) so far, in arbitrary ticks: busy and total. */
+static inline int srv_cpu_times(uint64_t *busy, uint64_t *total) {
+  FILETIME idle, kernel, user;
+  if (!GetSystemTimes(&idle, &kernel, &user)) return -1;
+  uint64_t i = ((uint64_t)idle.dwHighDateTime << 32) | idle.dwLowDateTime;
+  uint64_t k = ((uint64_t)kernel.dwHighDateTime << 32) | kernel.dwLowDateTime;
+  uint64_t u = ((uint64_t)user.dwHighDateTime << 32) | user.dwLowDateTime;
+  *total = k + u; /* kernel time includes idle time */
+  *busy = *total - i;
+  return 0;
+}
+
 static inline int64_t srv_now_ms(void) { return (int64_t)GetTickCount64(); }
 static inline int64_t srv_unix_ms(void) {
   FILETIME ft;
@@ -84,6 +96,7 @@ static inline void srv_waitable_destroy(srv_waitable_t *w) {
 #else
 #  include <errno.h>
 #  include <pthread.h>
+#  include <stdio.h>
 #  include <stdlib.h>
 #  include <sys/eventfd.h>
 #  include <time.h>
@@ -126,6 +139,23 @@ static inline int srv_thread_create(srv_thread_t *t, void (*fn)(void *), void *a
   return 0;
 }
 static inline void srv_thread_join(srv_thread_t t) { pthread_join(t, NULL); }
+
+/* System-wide CPU time (all cores) so far, in clock ticks: busy and total (the first
+ * line of /proc/stat). */
+static inline int srv_cpu_times(uint64_t *busy, uint64_t *total) {
+  FILE *f = fopen("/proc/stat", "r");
+  if (!f) return -1;
+  unsigned long long v[8] = {0};
+  int n = fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2],
+                 &v[3], &v[4], &v[5], &v[6], &v[7]);
+  fclose(f);
+  if (n < 4) return -1;
+  uint64_t all = 0;
+  for (int i = 0; i < 8; i++) all += v[i];
+  *total = all;
+  *busy = all - v[3] - v[4]; /* minus idle and iowait */
+  return 0;
+}
 static inline int srv_cpu_count(void) {
   long n = sysconf(_SC_NPROCESSORS_ONLN);
   return n > 0 ? (int)n : 1;

@@ -19,6 +19,9 @@ typedef struct bk_server_s {
   int epfd, task_fd, quit_fd;
 } bk_server_t;
 
+/* What the dynamic pool does with a retired worker: a worker thread owns no I/O: retired workers exit. */
+#define BK_PARK_RETIRED 0
+
 typedef struct bk_worker_s {
   int unused;
 } bk_worker_t;

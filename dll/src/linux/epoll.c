@@ -224,7 +224,7 @@ void bk_worker_loop(worker_t *w) {
     if (f.accept) accept_batch(w);
     engine_run_tasks(w);
     wait_ms = engine_after_batch(w);
-    if (f.quit) return;
+    if (f.quit || engine_worker_should_retire(w)) return;
   }
 }
 

@@ -42,6 +42,9 @@ typedef struct bk_server_s {
   LPFN_GETACCEPTEXSOCKADDRS get_sockaddrs;
 } bk_server_t;
 
+/* What the dynamic pool does with a retired worker: overlapped I/O may die with its thread (Wine): retired workers park. */
+#define BK_PARK_RETIRED 1
+
 typedef struct bk_worker_s {
   int unused;
 } bk_worker_t;

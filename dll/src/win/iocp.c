@@ -217,7 +217,7 @@ void bk_release(iocpsrv_t *srv) {
 
 void bk_quit_workers(iocpsrv_t *srv) {
   /* One packet per worker: closing the port does not wake waiters under Wine. */
-  for (int i = 0; i < srv->nworkers; i++)
+  for (int i = 0; i < srv->nslots; i++)
     PostQueuedCompletionStatus(srv->bk.port, 0, KEY_QUIT, NULL);
 }
 
@@ -259,8 +259,8 @@ static void on_accept(worker_t *w, bk_accept_t *a, int ok) {
 
 /* ------------------------------------------------------------------- workers ---- */
 
-static void on_recv_done(worker_t *w, conn_t *c, int ok);
-static void on_send_done(worker_t *w, conn_t *c, DWORD bytes, int ok);
+static void on_recv_done(worker_t *w, conn_t *c, ULONG_PTR status);
+static void on_send_done(worker_t *w, conn_t *c, DWORD bytes, ULONG_PTR status);
 
 typedef struct batch_flags_s {
   int quit;
@@ -278,11 +278,12 @@ static void dispatch(worker_t *w, const OVERLAPPED_ENTRY *e, batch_flags_t *f) {
     f->accepts[f->naccepts++] = e; /* after the batch: connect callbacks may block */
   } else if (key == KEY_CONN && e->lpOverlapped) {
     bk_io_t *io = container_of(e->lpOverlapped, bk_io_t, ov);
-    int ok = e->lpOverlapped->Internal == 0;
+    ULONG_PTR status = e->lpOverlapped->Internal;
     if (io->kind == BK_IO_RECV)
-      on_recv_done(w, container_of(io, conn_t, bk.recv_io), ok);
+      on_recv_done(w, container_of(io, conn_t, bk.recv_io), status);
     else
-      on_send_done(w, container_of(io, conn_t, bk.send_io), e->dwNumberOfBytesTransferred, ok);
+      on_send_done(w, container_of(io, conn_t, bk.send_io), e->dwNumberOfBytesTransferred,
+                   status);
   } /* KEY_TASK: engine_run_tasks follows every batch */
 }
 
@@ -319,7 +320,7 @@ void bk_worker_loop(worker_t *w) {
     }
     engine_run_tasks(w);
     wait_ms = engine_after_batch(w);
-    if (f.quit) return;
+    if (f.quit || engine_worker_should_retire(w)) return;
   }
 }
 
@@ -388,8 +389,15 @@ static void release_if_done_locked(iocpsrv_t *srv, conn_t *c) {
   if (done) engine_conn_released(srv, c);
 }
 
+/* An operation cancelled although we did not close the socket: the thread that issued
+ * it exited (a worker the dynamic pool retired). Windows keeps I/O of sockets bound to
+ * a completion port alive across thread exit; Wine cancels it. Either way the
+ * connection is fine: post the operation again. */
+#define CANCELLED_BY_THREAD_EXIT(status) ((status) == (ULONG_PTR)0xC0000120L /* STATUS_CANCELLED */)
+
 /* The zero-byte receive completed: data, FIN, or (failed) a reset. */
-static void on_recv_done(worker_t *w, conn_t *c, int ok) {
+static void on_recv_done(worker_t *w, conn_t *c, ULONG_PTR status) {
+  int ok = status == 0 || CANCELLED_BY_THREAD_EXIT(status);
   srv_mutex_lock(&c->slot.lock);
   c->bk.recv_posted = 0;
   c->bk.io_pending--;
@@ -433,8 +441,9 @@ void bk_conn_flush_locked(iocpsrv_t *srv, conn_t *c) {
   }
 }
 
-static void on_send_done(worker_t *w, conn_t *c, DWORD bytes, int ok) {
+static void on_send_done(worker_t *w, conn_t *c, DWORD bytes, ULONG_PTR status) {
   iocpsrv_t *srv = w->srv;
+  int ok = status == 0 || CANCELLED_BY_THREAD_EXIT(status); /* re-posts the rest */
   srv_mutex_lock(&c->slot.lock);
   c->bk.send_posted = 0;
   c->bk.io_pending--;
