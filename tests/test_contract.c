@@ -1259,6 +1259,50 @@ static void contract_pull_by_hand(void) {
   echo_destroy(es);
 }
 
+/* ---- IOCPSRV_OPT_PULL_BATCH_SENDS: the consumer's sends go out at its next poll ---- */
+static void contract_pull_batch_sends(void) {
+  echo_opt_t opts[] = {{IOCPSRV_OPT_PULL_BATCH_SENDS, 1}};
+  echo_config_t cfg = {0};
+  cfg.opts = opts;
+  cfg.nopts = NOPTS(opts);
+  cfg.pull = 1;
+  cfg.pull_manual = 1;
+  echo_server_t *es = echo_start(&cfg);
+  ts_sock_t s = connect_to(es);
+  iocpsrv_event_t ev[16], got[16];
+  CHECK_EQ(poll_some(es, ev, 16, IOCPSRV_EVENT_CONNECT, 1, got), 1);
+  iocpsrv_conn_id_t id = got[0].conn;
+  /* Handling that batch, three sends: held (nothing written yet) until the next poll. */
+  CHECK_OK(iocpsrv_send(es->srv, id, "one", 3));
+  CHECK_OK(iocpsrv_send(es->srv, id, "two", 3));
+  CHECK_OK(iocpsrv_send(es->srv, id, "three", 5));
+  CHECK_EQ(iocpsrv_pending_bytes(es->srv, id), 3 * 4 + 11);
+  CHECK_GE(iocpsrv_poll(es->srv, ev, 16, 0), 0);
+  expect_packet(s, "one", 3);
+  expect_packet(s, "two", 3);
+  expect_packet(s, "three", 5);
+  /* A send from another thread is not part of the batch: written at once. */
+  CHECK_EQ(ts_send_packet(s, "x", 1), 0);
+  CHECK_EQ(poll_some(es, ev, 16, IOCPSRV_EVENT_PACKET, 1, got), 1);
+  /* The consumer's last batch before stop: iocpsrv_stop writes it, then the FIN. */
+  CHECK_OK(iocpsrv_send(es->srv, id, "bye", 3));
+  CHECK_EQ(iocpsrv_pending_bytes(es->srv, id), 7);
+  CHECK_OK(iocpsrv_stop(es->srv, 300)); /* the client closes only after it returns */
+  expect_packet(s, "bye", 3);
+  expect_closed(s);
+  ts_close(s);
+  int rc, disc = 0;
+  int64_t deadline = tt_now_ms() + TS_WAIT_MS;
+  while ((rc = iocpsrv_poll(es->srv, ev, 16, 100)) != IOCPSRV_ESTOPPED) {
+    CHECK_GE(rc, 0);
+    int i;
+    for (i = 0; i < rc; i++) disc += ev[i].type == IOCPSRV_EVENT_DISCONNECT;
+    CHECK_LT(tt_now_ms(), deadline);
+  }
+  CHECK_EQ(disc, 1);
+  echo_destroy(es);
+}
+
 /* ---- pull queue limit: a slow consumer loses nothing ---- */
 enum { PQ_CLIENTS = 4, PQ_PACKETS = 400 };
 
@@ -1339,6 +1383,7 @@ int main(int argc, char **argv) {
   TEST_RUN(contract_blocking_callback);
   TEST_RUN(contract_pull_same_as_callbacks);
   TEST_RUN(contract_pull_by_hand);
+  TEST_RUN(contract_pull_batch_sends);
   TEST_RUN(contract_pull_send_queue_full);
   TEST_RUN(contract_pull_queue_limit);
   return test_done();

@@ -227,8 +227,14 @@ typedef enum iocpsrv_option_e {
   IOCPSRV_OPT_POOL_CPU_HIGH = 23,   /* system CPU percent at or above which the pool does not
                                        grow (adding threads cannot help a saturated CPU);
                                        default 0 = no CPU check */
-  IOCPSRV_OPT_POOL_CPU_LOW = 24     /* once vetoed, growth resumes only at or below this CPU
+  IOCPSRV_OPT_POOL_CPU_LOW = 24,    /* once vetoed, growth resumes only at or below this CPU
                                        percent (hysteresis), default 0 = same as CPU_HIGH */
+  IOCPSRV_OPT_PULL_BATCH_SENDS = 25 /* pull mode: 1 = sends the consumer makes while handling
+                                       the events of its last iocpsrv_poll are written at
+                                       its next iocpsrv_poll (or iocpsrv_stop), one write per
+                                       connection per batch instead of one per send. For
+                                       consumers that poll in a loop (the bindings' pumps);
+                                       default 0 = written at once */
 } iocpsrv_option_t;
 
 /* ---- Callbacks ----
@@ -326,8 +332,8 @@ IOCPSRV_API int IOCPSRV_CALL iocpsrv_destroy(iocpsrv_t *server);
 /* ---- Sending and connection control (thread-safe, never block on the network) ---- */
 
 /* Copy `len` bytes, frame them and queue them for `conn`. Sends made inside a callback
- * are written once after the callback's batch; sends from other threads are written
- * at once. Returns 0, or IOCPSRV_ENOTCONN (unknown, closing or stale id),
+ * are written once after that connection's batch of callbacks. Sends from other threads
+ * are written at once, except with IOCPSRV_OPT_PULL_BATCH_SENDS. Returns 0, or IOCPSRV_ENOTCONN (unknown, closing or stale id),
  * IOCPSRV_EQUEUEFULL (queue over IOCPSRV_OPT_SEND_QUEUE_LIMIT: drop, retry after the
  * drain callback, or disconnect), IOCPSRV_ETOOBIG, IOCPSRV_ESTOPPED, IOCPSRV_EINVAL. */
 IOCPSRV_API int IOCPSRV_CALL iocpsrv_send(iocpsrv_t *server, iocpsrv_conn_id_t conn,

@@ -7,6 +7,10 @@
 #include <string.h>
 
 static _Thread_local worker_t *tls_worker;
+/* Pull mode: the server whose iocpsrv_poll returned this thread's current batch, and
+ * which batch (see flush_soon_locked). */
+static _Thread_local iocpsrv_t *tls_batch_srv;
+static _Thread_local uint64_t tls_batch_seq;
 
 /* ---------------------------------------------------------------- helpers ---- */
 
@@ -162,16 +166,48 @@ void engine_write_failed_locked(iocpsrv_t *srv, conn_t *c) {
 }
 
 /* Write now, or after the current batch when on a worker. Lock held. */
+/* Whether this thread is handling the batch its last iocpsrv_poll returned. */
+static int in_poll_batch(iocpsrv_t *srv) {
+  return srv->opt.pull_batch_sends && tls_batch_srv == srv &&
+         tls_batch_seq == atomic_load(&srv->poll_seq);
+}
+
+/* Write now, or once for a whole batch: after the worker's callbacks for this
+ * connection, or, in pull mode, at the consumer's next iocpsrv_poll. Lock held. */
 static void flush_soon_locked(iocpsrv_t *srv, conn_t *c) {
   worker_t *w = tls_worker;
-  if (!engine_in_worker_of(srv)) {
+  if (engine_in_worker_of(srv)) {
+    if (c->flush_queued) return;
+    c->flush_queued = 1;
+    c->next_flush = w->flush_head;
+    w->flush_head = c;
+  } else if (in_poll_batch(srv)) {
+    if (c->flush_queued) return;
+    c->flush_queued = 1;
+    srv_mutex_lock(&srv->poll_flush_lock);
+    c->next_flush = srv->poll_flush_head;
+    srv->poll_flush_head = c;
+    srv_mutex_unlock(&srv->poll_flush_lock);
+  } else {
     bk_conn_flush_locked(srv, c);
-    return;
   }
-  if (c->flush_queued) return;
-  c->flush_queued = 1;
-  c->next_flush = w->flush_head;
-  w->flush_head = c;
+}
+
+/* Write what the pull consumer sent while handling its last batch. */
+static void flush_poll_batch(iocpsrv_t *srv) {
+  srv_mutex_lock(&srv->poll_flush_lock);
+  conn_t *c = srv->poll_flush_head;
+  srv->poll_flush_head = NULL;
+  srv_mutex_unlock(&srv->poll_flush_lock);
+  while (c) {
+    conn_t *next;
+    srv_mutex_lock(&c->slot.lock);
+    next = c->next_flush;
+    c->flush_queued = 0;
+    if (c->state == CONN_OPEN || c->state == CONN_CLOSING) bk_conn_flush_locked(c->srv, c);
+    srv_mutex_unlock(&c->slot.lock);
+    c = next;
+  }
 }
 
 static void flush_deferred(worker_t *w) {
@@ -382,6 +418,7 @@ static int conn_resume(iocpsrv_t *srv, worker_t *w, conn_t *c, uint32_t notes) {
 static int conn_close_step(iocpsrv_t *srv, conn_t *c) {
   srv_mutex_lock(&c->slot.lock);
   int abort = c->close_mode == CLOSE_ABORT;
+  if (!abort) bk_conn_flush_locked(srv, c); /* it may sit on a deferred list */
   if (!abort && !c->wr_shut && bk_conn_pending_locked(c) == 0) {
     bk_conn_shutdown_write(c);
     c->wr_shut = 1;
@@ -708,6 +745,7 @@ int IOCPSRV_CALL iocpsrv_create(iocpsrv_t **out, void *user) {
   srv_mutex_init(&srv->count_lock);
   srv_cond_init(&srv->count_cond);
   srv_mutex_init(&srv->task_lock);
+  srv_mutex_init(&srv->poll_flush_lock);
   conntable_init(&srv->table, sizeof(conn_t));
   if (bk_global_init()) {
     free(srv);
@@ -816,6 +854,7 @@ int IOCPSRV_CALL iocpsrv_port(iocpsrv_t *srv) {
 
 int IOCPSRV_CALL iocpsrv_stop(iocpsrv_t *srv, int timeout_ms) {
   if (!srv) return IOCPSRV_EINVAL;
+  if (srv->opt.pull_mode) flush_poll_batch(srv); /* the consumer may never poll again */
   if (engine_in_worker_of(srv)) {
     if (srv_state(srv) != SRV_RUNNING) return IOCPSRV_ESTOPPED;
     begin_stop(srv, timeout_ms);
@@ -841,6 +880,7 @@ int IOCPSRV_CALL iocpsrv_destroy(iocpsrv_t *srv) {
   pullq_destroy(&srv->pull);
   conntable_destroy(&srv->table);
   srv_mutex_destroy(&srv->task_lock);
+  srv_mutex_destroy(&srv->poll_flush_lock);
   srv_cond_destroy(&srv->count_cond);
   srv_mutex_destroy(&srv->count_lock);
   srv_mutex_destroy(&srv->life_lock);
@@ -1019,7 +1059,12 @@ int IOCPSRV_CALL iocpsrv_poll(iocpsrv_t *srv, iocpsrv_event_t *events, int max,
   if (!srv || !events || max <= 0) return IOCPSRV_EINVAL;
   if (!srv->opt.pull_mode) return IOCPSRV_ENOTSUP;
   if (engine_in_worker_of(srv)) return IOCPSRV_EINCALLBACK;
-  return pullq_poll(&srv->pull, events, max, timeout_ms);
+  flush_poll_batch(srv);
+  uint64_t seq = atomic_fetch_add(&srv->poll_seq, 1) + 1; /* the last batch is over */
+  int n = pullq_poll(&srv->pull, events, max, timeout_ms);
+  tls_batch_srv = srv;
+  tls_batch_seq = seq;
+  return n;
 }
 
 int64_t IOCPSRV_CALL iocpsrv_wait_handle(iocpsrv_t *srv) {

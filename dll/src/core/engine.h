@@ -136,6 +136,9 @@ struct iocpsrv_s {
   srv_mutex_t task_lock;
   conn_t *task_head, *task_tail;
   pullq_t pull;
+  atomic_uint_fast64_t poll_seq; /* iocpsrv_poll calls so far: names the current batch */
+  srv_mutex_t poll_flush_lock;
+  conn_t *poll_flush_head;       /* sent to by the pull consumer in its current batch */
   srv_stats_t stats;
   bk_server_t bk;
 };

@@ -29,6 +29,7 @@ void srv_options_init(srv_options_t *o) {
   o->pool_idle_ms = 5000;
   o->pool_cpu_high = 0;
   o->pool_cpu_low = 0;
+  o->pull_batch_sends = 0;
 }
 
 typedef struct option_desc_s {
@@ -63,6 +64,7 @@ static const option_desc_t option_table[] = {
     OPT_(IOCPSRV_OPT_POOL_IDLE_MS, pool_idle_ms, 1, 86400000),
     OPT_(IOCPSRV_OPT_POOL_CPU_HIGH, pool_cpu_high, 0, 100),
     OPT_(IOCPSRV_OPT_POOL_CPU_LOW, pool_cpu_low, 0, 100),
+    OPT_(IOCPSRV_OPT_PULL_BATCH_SENDS, pull_batch_sends, 0, 1),
 };
 #undef OPT_
 
