@@ -12,6 +12,10 @@
 #   demo     scripts/demo.sh --no-build: echo server + flood verification, clean stop
 #   install  cmake --install into a temporary prefix; build and run samples/consumer
 #            with find_package(iocpsrv) and with pkg-config
+#   python   the Python binding's pytest suite (bindings/python/run_tests.sh), with
+#            Debian's python3-cffi and python3-pytest installed when missing
+#   csharp   the C# binding: dotnet test, dotnet pack with both natives, the Echo example
+#            (bindings/csharp/run_tests.sh; restores from /opt/nuget/packages)
 #   windows  install MinGW-w64 and wine64 when missing, cross-build the windows preset
 #            (iocpsrv.dll, samples, the same C tests) and run ctest under wine64 in a
 #            private prefix (build/wineprefix)
@@ -27,7 +31,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$(pwd)
 BUILD_DIR="$ROOT/build/linux"
 JOBS=$(nproc 2>/dev/null || echo 2)
-SECTIONS=(deps build ctest demo install windows asan tsan valgrind fuzz)
+SECTIONS=(deps build ctest demo install python csharp windows asan tsan valgrind fuzz)
 
 export DEBIAN_FRONTEND=noninteractive
 
@@ -137,6 +141,21 @@ section_install() {
   # shellcheck disable=SC2086 # $flags is a list of words
   gcc -o "$work/consumer-pc" "$ROOT/samples/consumer/consumer.c" $flags || return 1
   LD_LIBRARY_PATH="$(dirname "$lib")" timeout 60 "$work/consumer-pc" || return 1
+}
+
+section_python() {
+  if ! /usr/bin/python3 -c "import cffi, pytest" >/dev/null 2>&1; then
+    apt_install python3 python3-cffi python3-pytest || return 1
+  fi
+  bash "$ROOT/bindings/python/run_tests.sh"
+}
+
+section_csharp() {
+  if ! command -v dotnet >/dev/null 2>&1; then
+    echo "the .NET SDK (dotnet) is not installed; this machine image is expected to have it" >&2
+    return 1
+  fi
+  bash "$ROOT/bindings/csharp/run_tests.sh"
 }
 
 section_windows() {
