@@ -38,6 +38,7 @@ typedef struct {
   uint32_t *seq;
   int *open;
   tt_counter_t *connected, *roundtrips;
+  atomic_llong *stopped_at; /* tt_now_ms() when the server's stop returned, 0 before */
   int errors, eof, reset;
   char what[200];
 } pump_t;
@@ -76,6 +77,14 @@ static void pump_main(void *arg) {
   }
   tt_counter_add(p->connected, 1);
   while (open > 0) {
+    /* Bounded: a server still echoing long after its stop returned is a failure. */
+    long long stopped = atomic_load(p->stopped_at);
+    if (stopped && tt_now_ms() > stopped + 20000) {
+      pump_error(p, "%d socket(s) still served 20 s after stop returned (%s)", open, TS_ERR);
+      for (i = 0; i < p->nsock; i++)
+        if (p->open[i]) pump_closed(p, i, TS_EOF);
+      break;
+    }
     /* One packet to every open socket, then every echo. */
     for (i = 0; i < p->nsock; i++) {
       sent[i] = 0;
@@ -126,12 +135,14 @@ typedef struct {
   pump_t p[PUMP_THREADS];
   tt_thread_t *th[PUMP_THREADS];
   tt_counter_t connected, roundtrips;
+  atomic_llong stopped_at;
   int clients;
 } load_t;
 
 static void load_start(load_t *l, int port, int clients) {
   int i;
   memset(l, 0, sizeof *l);
+  atomic_init(&l->stopped_at, 0);
   tt_counter_init(&l->connected);
   tt_counter_init(&l->roundtrips);
   l->clients = clients;
@@ -145,6 +156,7 @@ static void load_start(load_t *l, int port, int clients) {
     p->open = (int *)calloc((size_t)p->nsock + 1, sizeof *p->open);
     p->connected = &l->connected;
     p->roundtrips = &l->roundtrips;
+    p->stopped_at = &l->stopped_at;
     l->th[i] = tt_thread_start(pump_main, p);
     CHECK(l->th[i] != NULL);
   }
@@ -209,6 +221,7 @@ static void run_stop_under_load(int timeout_ms, int stubborn) {
 
   int64_t t0 = tt_now_ms();
   CHECK_OK(su_server_stop(s, timeout_ms));
+  atomic_store(&l->stopped_at, tt_now_ms());
   int64_t stop_ms = tt_now_ms() - t0;
   /* When stop returns, every connection has had its one disconnect. */
   int64_t connects = tt_counter_get(&s->connects), disconnects = tt_counter_get(&s->disconnects);
@@ -265,6 +278,7 @@ static void stop_under_load_pull(void) {
   CHECK_EQ(tt_counter_wait(&es->connects, clients, 30000), 0);
   CHECK_EQ(tt_counter_wait(&l->roundtrips, (int64_t)clients * 20, 60000), 0);
   CHECK_OK(echo_stop(es, 500)); /* joins the pump, which drains what is left */
+  atomic_store(&l->stopped_at, tt_now_ms());
   int64_t connects = tt_counter_get(&es->connects);
   CHECK_EQ(connects, clients);
   CHECK_EQ(tt_counter_get(&es->disconnects), connects);
