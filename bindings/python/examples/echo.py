@@ -20,23 +20,35 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import iocpsrv  # noqa: E402
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=5150)
+    ap.add_argument("--port", type=int, default=5150, help="0 picks a free port")
     ap.add_argument("--workers", type=int, default=0, help="engine worker threads (0 = default)")
     ap.add_argument("--framing", default="len32_le",
                     help="len32_le, len32_be, len16_le, len16_be or raw")
     ap.add_argument("--max-packet-size", type=int, default=1 << 20)
+    ap.add_argument("--send-queue-limit", type=int, default=4 << 20,
+                    help="bytes queued per client before it is paused")
+    ap.add_argument("--pull-batch-sends", type=int, choices=(0, 1), default=None,
+                    help="1: one write per client per batch of events (the default when "
+                         "the library has it), 0: one write per send")
     ap.add_argument("--verbose", action="store_true", help="print connects and disconnects")
     args = ap.parse_args()
 
     stalled = {}  # conn -> the packet that did not fit, while the connection is paused
+    pauses = 0
 
     def on_packet(conn, data):
         try:
             send(conn, data)
         except iocpsrv.SendQueueFull:
+            nonlocal pauses
+            pauses += 1
             stalled[conn] = data
             srv.pause(conn)  # no packet callback for conn until resume
 
@@ -55,26 +67,30 @@ def main() -> int:
         if args.verbose:
             print(f"- {conn} {reason.name.lower()}", flush=True)
 
+    extra = {}
+    if args.pull_batch_sends is not None:
+        extra["pull_batch_sends"] = args.pull_batch_sends
     srv = iocpsrv.Server(
-        args.host, args.port,
+        args.host, args.port, **extra,
         on_packet=on_packet, on_drain=on_drain, on_disconnect=on_disconnect,
         on_connect=on_connect if args.verbose else None,
         worker_threads=args.workers, framing=args.framing,
-        max_packet_size=args.max_packet_size)
+        max_packet_size=args.max_packet_size, send_queue_limit=args.send_queue_limit)
     send = srv.send
 
-    signal.signal(signal.SIGTERM, lambda *_: srv.stop(0))
-    srv.start()
-    print(f"listening on {args.host}:{srv.port}", flush=True)
+    signal.signal(signal.SIGTERM, _interrupt)  # stop like Ctrl-C
     try:
+        srv.start()
+        print(f"listening on {args.host}:{srv.port}", flush=True)
         srv.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
+        srv.stop()
         st = srv.stats()
         srv.close()
     print(f"stopped: {st.connections_total} connections, {st.packets_in} packets in, "
-          f"{st.packets_out} out", flush=True)
+          f"{st.packets_out} out, {pauses} pauses", flush=True)
     return 0
 
 

@@ -104,6 +104,12 @@ class ServerBase:
             rc = lib.iocpsrv_set_option(self._h, n.IOCPSRV_OPT_PULL_MODE, 1)
             if rc < 0:
                 raise error_from_code(rc, "pull_mode=1")
+            if "pull_batch_sends" not in options:
+                # Sends made while handling a batch go out in one write per connection
+                # at the next poll. A library without the option just writes each send.
+                rc = lib.iocpsrv_set_option(self._h, n.IOCPSRV_OPT_PULL_BATCH_SENDS, 1)
+                if rc < 0 and rc != n.IOCPSRV_EUNKNOWNOPT:
+                    raise error_from_code(rc, "pull_batch_sends=1")
         except BaseException:
             self._finalizer()
             self._h = ffi.NULL
@@ -333,6 +339,10 @@ class ServerBase:
         if rc < 0:
             raise self._error(rc, "stats")
         return stats_from_c(st)
+
+    def _option_or(self, opt: int, default: int) -> int:
+        v = ffi.new("int64_t *")
+        return int(v[0]) if self._lib.iocpsrv_get_option(self._h, opt, v) == 0 else default
 
     def get_option(self, name: str) -> int:
         """The current value of an option, by its keyword name."""

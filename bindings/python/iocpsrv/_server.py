@@ -202,6 +202,7 @@ class Server(ServerBase):
         evs = self._events
         nmax = self._batch_size
         wait_ms = self._poll_ms
+        short_ms = min(wait_ms, 10)
         buf = ffi.buffer
         closing = self._closing
         held = self._held
@@ -210,7 +211,9 @@ class Server(ServerBase):
             while True:
                 if self._resumed:
                     self._deliver_backlogs()
-                k = poll(h, evs, nmax, wait_ms)
+                # While a connection is paused with held packets, resume() from another
+                # thread cannot interrupt the poll: wait less so they follow promptly.
+                k = poll(h, evs, nmax, short_ms if held else wait_ms)
                 if k <= 0:
                     if k == 0:
                         continue

@@ -168,6 +168,7 @@ OPTIONS = {
     "pool_idle_ms": n.IOCPSRV_OPT_POOL_IDLE_MS,
     "pool_cpu_high": n.IOCPSRV_OPT_POOL_CPU_HIGH,
     "pool_cpu_low": n.IOCPSRV_OPT_POOL_CPU_LOW,
+    "pull_batch_sends": n.IOCPSRV_OPT_PULL_BATCH_SENDS,
 }
 
 _FRAMING_NAMES = {

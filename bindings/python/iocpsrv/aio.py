@@ -180,6 +180,10 @@ class Server(ServerBase):
         self._closed_fut: asyncio.Future | None = None
         self._stop_fut: asyncio.Future | None = None
         self._conns: dict[int, Connection] = {}
+        self._loop_tid = 0
+        self._defer = False  # pull_batch_sends: loop-thread sends wait for the next poll
+        self._dispatching = False
+        self._flush_scheduled = False
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -202,6 +206,10 @@ class Server(ServerBase):
             self._lib.iocpsrv_stop(h, 0)
             raise error_from_code(int(fd), "iocpsrv_wait_handle")
         self._loop = loop
+        self._loop_tid = threading.get_ident()
+        self._defer = bool(self._option_or(n.IOCPSRV_OPT_PULL_BATCH_SENDS, 0))
+        self._dispatching = False
+        self._flush_scheduled = False
         self._fd = int(fd)
         self._running = True
         self._stop_fut = None
@@ -290,33 +298,86 @@ class Server(ServerBase):
             except (RuntimeError, ValueError, OSError):  # loop closed
                 pass
 
-    def _on_readable(self) -> None:
+    def _on_readable(self, flush_only: bool = False) -> None:
         poll = self._lib.iocpsrv_poll
         h = self._h
         evs = self._events
-        nmax = self._batch_size
+        nmax = 1 if flush_only and not self._reading else self._batch_size
         protocol_mode = self._factory is not None
+        queue = self._queue
         if self._resumed:
             self._deliver_backlogs()
-        for _ in range(self._max_batches):
-            k = poll(h, evs, nmax, 0)
-            if k <= 0:
-                if k < 0:
-                    if k != _ESTOPPED:
-                        log.error("iocpsrv_poll failed: %s", error_from_code(k))
-                    self._finished()
-                break
-            if protocol_mode:
-                self._dispatch_protocols(evs, k)
+        self._dispatching = True
+        try:
+            for _ in range(self._max_batches):
+                # Each poll also writes what was sent while handling the previous batch
+                # (pull_batch_sends), so the loop ends with a poll that found nothing.
+                k = poll(h, evs, nmax, 0)
+                if k <= 0:
+                    if k < 0:
+                        if k != _ESTOPPED:
+                            log.error("iocpsrv_poll failed: %s", error_from_code(k))
+                        self._finished()
+                    break
+                if protocol_mode:
+                    self._dispatch_protocols(evs, k)
+                else:
+                    self._dispatch_events(evs, k)
+                    if len(queue) >= self._max_buffered and self._stop_fut is None:
+                        # Back-pressure: stop draining until the consumer catches up;
+                        # the engine's queue fills and it stops reading the sockets.
+                        self._remove_reader()
+                        break
+                if flush_only and nmax == 1:
+                    break  # back-pressure: this poll was only to write the sends
             else:
-                self._dispatch_events(evs, k)
-            if k < nmax:
-                break  # the queue is empty (and the eventfd reset)
-        if not protocol_mode:
-            if self._queue:
-                self._wake_consumer()
-                if (len(self._queue) >= self._max_buffered and self._stop_fut is None):
-                    self._remove_reader()  # back-pressure until the consumer catches up
+                self._schedule_flush()  # more may wait; and the last batch's sends
+        finally:
+            self._dispatching = False
+        if queue:
+            self._wake_consumer()
+
+    def _schedule_flush(self) -> None:
+        if self._defer and not self._flush_scheduled and self._running:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._running and not self._closed:
+            self._on_readable(flush_only=True)
+
+    # Sends from the loop thread outside the dispatch (a coroutine, a timer, an ``async
+    # for`` body) are written at the next poll: make sure one comes soon.
+
+    def send(self, conn: int, data) -> None:
+        if type(data) is not bytes:
+            data = ffi.from_buffer(data)
+        rc = self._send(self._h, conn, data, len(data))
+        if rc:
+            raise self._error(rc, f"send to connection {conn}")
+        if self._defer and not self._dispatching and not self._flush_scheduled:
+            if threading.get_ident() == self._loop_tid:
+                self._schedule_flush()
+
+    send.__doc__ = ServerBase.send.__doc__
+
+    def sendv(self, conn: int, parts) -> None:
+        super().sendv(conn, parts)
+        self._sent()
+
+    sendv.__doc__ = ServerBase.sendv.__doc__
+
+    def broadcast(self, data) -> int:
+        n = super().broadcast(data)
+        self._sent()
+        return n
+
+    broadcast.__doc__ = ServerBase.broadcast.__doc__
+
+    def _sent(self) -> None:
+        if self._defer and not self._dispatching and threading.get_ident() == self._loop_tid:
+            self._schedule_flush()
 
     def _finished(self) -> None:
         self._remove_reader()
@@ -386,8 +447,12 @@ class Server(ServerBase):
                 ev = q.popleft()
                 if not self._reading and self._running and len(q) <= self._max_buffered // 2:
                     self._add_reader()
-                if ev.type is EventType.PACKET and self._closing and ev.conn in self._closing:
-                    continue  # disconnect() was called after it was queued
+                if ev.type is EventType.PACKET:
+                    conn = ev.conn
+                    if self._closing and conn in self._closing:
+                        continue  # disconnect() was called after it was queued
+                    if self._held and self._hold(conn, ev.data):
+                        continue  # paused after it was queued: delivered after resume
                 return ev
             if not self._running:
                 raise StopAsyncIteration

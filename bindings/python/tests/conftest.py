@@ -17,6 +17,21 @@ if PKG_ROOT not in sys.path:
 
 import iocpsrv  # noqa: E402
 
+def _has_option(name):
+    srv = iocpsrv.Server()
+    try:
+        srv.get_option(name)
+        return True
+    except iocpsrv.UnknownOption:
+        return False
+    finally:
+        srv.close()
+
+
+# IOCPSRV_OPT_PULL_BATCH_SENDS is newer than the first 1.0 libraries.
+needs_batch_sends = pytest.mark.skipif(not _has_option("pull_batch_sends"),
+                                       reason="the library has no pull_batch_sends option")
+
 # Generous: the machine has 2 cores and other suites may run at the same time.
 TIMEOUT = 30.0
 
@@ -44,7 +59,10 @@ class Client:
 
     def __init__(self, port, framing="len32_le", host="127.0.0.1", timeout=TIMEOUT):
         self.sock = socket.create_connection((host, port), timeout=timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:  # the server may already have reset it
+            pass
         self.hdr = HEADERS.get(framing)
 
     def frame(self, payload: bytes) -> bytes:

@@ -257,32 +257,85 @@ def test_many_connections_listing(echo_server):
             c.close()
 
 
-def test_pause_holds_queued_packets_until_resume():
+@pytest.mark.parametrize("queued", [True, False])
+def test_pause_holds_packets_until_resume(queued):
+    """pause() from the connection's own callback: no packet callback until resume(),
+    whether the packets were already in the pull queue (held by the binding) or still in
+    the engine; then all of them, in order."""
     rec = Recorder()
     paused = threading.Event()
+
+    def on_connect(conn, peer):
+        rec.on_connect(conn, peer)
+        if queued:  # let the client's packets pile up behind this event
+            assert wait_until(lambda: srv.stats().packets_in >= 20)
 
     def on_packet(conn, data):
         rec.on_packet(conn, data)
         if data == b"0":
-            srv.pause(conn)  # from its own callback: no packet callback until resume
+            srv.pause(conn)
             paused.set()
 
-    with iocpsrv.Server(worker_threads=2, on_connect=rec.on_connect, on_packet=on_packet,
+    with iocpsrv.Server(worker_threads=2, on_connect=on_connect, on_packet=on_packet,
                         on_disconnect=rec.on_disconnect) as srv:
         with Client(srv.port) as c:
             c.send_raw(b"".join(c.frame(b"%d" % i) for i in range(20)))
             assert paused.wait(TIMEOUT)
             conn = rec.conns()[0]
-            assert wait_until(lambda: srv.stats().packets_in == 20)
             c.send(b"20")
             # A negative check needs a little time: nothing may arrive while paused.
             time.sleep(0.3)
             assert rec.count("packet") == 1
             assert srv.info(conn).paused
+            if queued:
+                assert len(srv._held[conn].backlog) >= 19
             srv.resume(conn)  # from another thread
             assert rec.wait(lambda r: r.count("packet") == 21)
         assert rec.wait(lambda r: r.count("disconnect") == 1)
     assert [e[2] for e in rec.events if e[0] == "packet"] == [b"%d" % i for i in range(21)]
+
+
+def test_pause_and_resume_inside_callbacks_keep_order():
+    """Pause on every 5th packet and resume from the next drain-free callback path: a
+    helper thread resumes; order must hold across many pause/resume rounds."""
+    rec = Recorder()
+    to_resume = []
+    cond = threading.Condition()
+
+    def on_packet(conn, data):
+        rec.on_packet(conn, data)
+        if int(data) % 5 == 0:
+            srv.pause(conn)
+            with cond:
+                to_resume.append(conn)
+                cond.notify()
+
+    def resumer():
+        while True:
+            with cond:
+                cond.wait_for(lambda: to_resume, TIMEOUT)
+                if not to_resume:
+                    return
+                conn = to_resume.pop(0)
+            if conn is None:
+                return
+            try:
+                srv.resume(conn)
+            except iocpsrv.ConnectionNotFound:
+                pass
+
+    with iocpsrv.Server(worker_threads=2, on_packet=on_packet,
+                        on_disconnect=rec.on_disconnect) as srv:
+        t = threading.Thread(target=resumer)
+        t.start()
+        with Client(srv.port) as c:
+            c.send_raw(b"".join(c.frame(b"%d" % i) for i in range(200)))
+            assert rec.wait(lambda r: r.count("packet") == 200)
+        with cond:
+            to_resume.append(None)
+            cond.notify()
+        t.join(TIMEOUT)
+    assert [e[2] for e in rec.events if e[0] == "packet"] == [b"%d" % i for i in range(200)]
 
 
 def test_send_queue_full_and_drain():

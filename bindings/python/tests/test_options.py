@@ -5,6 +5,8 @@ import pytest
 import iocpsrv
 from iocpsrv import Framing
 
+from conftest import needs_batch_sends
+
 
 def test_unknown_keyword_is_a_type_error():
     with pytest.raises(TypeError, match="no_such_option"):
@@ -20,7 +22,7 @@ def test_every_option_round_trips():
                   nodelay=0, rcvbuf=1 << 16, sndbuf=1 << 17, read_buffer=4096,
                   pull_queue_limit=100, close_timeout_ms=250, ipv6_only=1,
                   pool_min=2, pool_max=6, pool_busy_ms=300, pool_idle_ms=4000,
-                  pool_cpu_high=90, pool_cpu_low=70)
+                  pool_cpu_high=90, pool_cpu_low=70, pull_batch_sends=0)
     assert set(values) | {"pull_mode"} == set(iocpsrv.OPTIONS)
     srv = iocpsrv.Server(**values)
     try:
@@ -29,6 +31,16 @@ def test_every_option_round_trips():
         assert srv.get_option("pull_mode") == 1
     finally:
         srv.close()
+
+
+@needs_batch_sends
+def test_pull_batch_sends_is_on_by_default():
+    for cls in (iocpsrv.Server, iocpsrv.aio.Server):
+        srv = cls()
+        try:
+            assert srv.get_option("pull_batch_sends") == 1
+        finally:
+            srv.close() if cls is iocpsrv.Server else __import__("asyncio").run(srv.close())
 
 
 @pytest.mark.parametrize("name, value", [

@@ -1,0 +1,133 @@
+"""examples/echo.py and examples/chat.py as a user runs them."""
+
+import os
+import re
+import selectors
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from conftest import PKG_ROOT, REPO_ROOT, TIMEOUT, Client
+
+FLOOD = os.path.join(REPO_ROOT, "build", "linux", "samples", "iocpsrv-flood")
+
+
+class Example:
+    def __init__(self, name, *args):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-u", os.path.join(PKG_ROOT, "examples", name), "--port", "0",
+             *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        sel = selectors.DefaultSelector()
+        sel.register(self.proc.stdout, selectors.EVENT_READ)
+        if not sel.select(TIMEOUT):
+            self.proc.kill()
+            raise AssertionError(f"{name} printed nothing")
+        line = self.proc.stdout.readline()
+        m = re.fullmatch(r"listening on (\S+):(\d+)\n", line)
+        assert m, line + self.proc.stderr.read() if not line else line
+        self.port = int(m.group(2))
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        out, err = self.proc.communicate(timeout=TIMEOUT)
+        assert self.proc.returncode == 0, err
+        assert "Traceback" not in err, err
+        return out
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate()
+
+
+@pytest.fixture
+def echo_example(request):
+    ex = Example("echo.py", *getattr(request, "param", ()))
+    yield ex
+    ex.kill()
+
+
+def test_echo_example_round_trip(echo_example):
+    with Client(echo_example.port) as c:
+        for payload in (b"Test Item 1", b"", b"x" * 100000):
+            c.send(payload)
+            assert c.recv() == payload
+    out = echo_example.stop()
+    assert "stopped: 1 connections, 3 packets in, 3 out" in out
+
+
+@pytest.mark.skipif(not os.access(FLOOD, os.X_OK), reason="iocpsrv-flood is not built")
+def test_echo_example_serves_100_pipelining_flood_clients(echo_example):
+    r = subprocess.run([FLOOD, "--port", str(echo_example.port), "--connections", "100",
+                        "--depth", "8", "--count", "300", "--size", "64", "--threads", "2",
+                        "--no-progress", "--timeout", "20"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "30,000 echoed and verified" in r.stdout, r.stdout
+    assert re.search(r"errors\s+0", r.stdout), r.stdout
+    out = echo_example.stop()
+    assert "stopped: 100 connections, 30000 packets in, 30000 out" in out
+
+
+@pytest.mark.parametrize("echo_example", [("--send-queue-limit", "65536")], indirect=True)
+def test_echo_example_flow_control_with_a_client_that_reads_slowly(echo_example):
+    """Echoes that do not fit the send queue pause the client; nothing is lost."""
+    with Client(echo_example.port) as c:
+        c.sock.setsockopt(__import__("socket").SOL_SOCKET, __import__("socket").SO_RCVBUF,
+                          65536)
+        payload = b"q" * 65536
+        n = 200  # 13 MB of echoes through a 64 KiB send queue
+        import threading
+        t = threading.Thread(target=lambda: [c.send(payload) for _ in range(n)])
+        t.start()
+        for _ in range(n):
+            assert c.recv() == payload
+        t.join(TIMEOUT)
+    out = echo_example.stop()
+    assert "200 packets in, 200 out" in out
+
+
+def _recv_until(c, want):
+    while True:
+        msg = c.recv()
+        if msg == want:
+            return
+        assert msg.startswith(b"* "), msg  # join/leave notices only
+
+
+def test_chat_example_broadcasts():
+    ex = Example("chat.py")
+    try:
+        with Client(ex.port) as a, Client(ex.port) as b, Client(ex.port) as c:
+            peer_a = ("%s:%d" % a.sock.getsockname()).encode()
+            _recv_until(c, b"* " + ("%s:%d" % c.sock.getsockname()).encode() + b" joined")
+            a.send(b"hello all")
+            for x in (a, b, c):
+                _recv_until(x, peer_a + b": hello all")
+            b.close()
+            msg = a.recv()
+            assert msg.startswith(b"* ") and msg.endswith(b" left (peer_closed)"), msg
+        ex.stop()
+    finally:
+        ex.kill()
+
+
+def test_chat_example_line_mode():
+    ex = Example("chat.py", "--lines")
+    try:
+        with Client(ex.port, framing="raw") as a, Client(ex.port, framing="raw") as b:
+            a.send_raw(b"first line\nsecond ")
+            a.send_raw(b"line\n")
+            me = ("%s:%d" % a.sock.getsockname()).encode()
+            buf = b""
+            while b"second line\n" not in buf:
+                chunk = b.sock.recv(4096)
+                assert chunk
+                buf += chunk
+            lines = [ln for ln in buf.split(b"\n") if ln and not ln.startswith(b"* ")]
+            assert lines == [me + b": first line", me + b": second line"]
+        ex.stop()
+    finally:
+        ex.kill()
