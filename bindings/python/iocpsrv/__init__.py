@@ -38,7 +38,7 @@ from ._native import (
     library_path,
 )
 from ._server import Server
-from ._types import OPTIONS, ConnInfo, EventType, Framing, Reason, Stats
+from ._types import OPTIONS, ConnInfo, EventType, Framing, ProxyMode, Reason, Stats
 
 __version__ = "1.0.0"
 
@@ -46,6 +46,7 @@ __all__ = [
     "Server",
     "Reason",
     "Framing",
+    "ProxyMode",
     "EventType",
     "ConnInfo",
     "Stats",

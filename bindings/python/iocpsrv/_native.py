@@ -50,6 +50,7 @@ typedef struct iocpsrv_conn_info_s {
   uint64_t pending_send_bytes;
   char peer[64];
   char local[64];
+  char proxy[64];
 } iocpsrv_conn_info_t;
 
 typedef struct iocpsrv_stats_s {
@@ -204,6 +205,12 @@ IOCPSRV_OPT_POOL_IDLE_MS = 22
 IOCPSRV_OPT_POOL_CPU_HIGH = 23
 IOCPSRV_OPT_POOL_CPU_LOW = 24
 IOCPSRV_OPT_PULL_BATCH_SENDS = 25
+IOCPSRV_OPT_PROXY_PROTOCOL = 26
+IOCPSRV_OPT_REUSEPORT = 27
+
+IOCPSRV_PROXY_OFF = 0
+IOCPSRV_PROXY_REQUIRED = 1
+IOCPSRV_PROXY_OPTIONAL = 2
 
 IOCPSRV_CONN_PAUSED = 0x1
 IOCPSRV_CONN_CLOSING = 0x2

@@ -57,6 +57,8 @@ class Server(ServerBase):
         poll_interval: float = 0.1,
         **options,
     ):
+        if not (isinstance(poll_interval, (int, float)) and poll_interval > 0):
+            raise ValueError("poll_interval must be a number of seconds > 0")
         super().__init__(host, port, batch_size, options)
         if on_connect is not None:
             self.on_connect = on_connect
@@ -66,8 +68,6 @@ class Server(ServerBase):
             self.on_disconnect = on_disconnect
         if on_drain is not None:
             self.on_drain = on_drain
-        if not poll_interval > 0:
-            raise ValueError("poll_interval must be > 0")
         self._poll_ms = max(1, int(poll_interval * 1000))
         self._life = threading.Lock()  # start / stop / close from outside the dispatcher
         self._state = threading.Lock()  # the few fields below

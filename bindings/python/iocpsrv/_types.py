@@ -11,6 +11,7 @@ from ._errors import OptionOutOfRange, error_from_code
 __all__ = [
     "Reason",
     "Framing",
+    "ProxyMode",
     "EventType",
     "ConnInfo",
     "Stats",
@@ -50,6 +51,14 @@ class Framing(enum.IntEnum):
     RAW = n.IOCPSRV_FRAMING_RAW
 
 
+class ProxyMode(enum.IntEnum):
+    """Values of the ``proxy_protocol`` option (iocpsrv_proxy_mode_t)."""
+
+    OFF = n.IOCPSRV_PROXY_OFF
+    REQUIRED = n.IOCPSRV_PROXY_REQUIRED
+    OPTIONAL = n.IOCPSRV_PROXY_OPTIONAL
+
+
 class EventType(enum.IntEnum):
     """Pull-mode event types (iocpsrv_event_type_t)."""
 
@@ -73,6 +82,9 @@ class ConnInfo:
     packets_out: int  # packets queued
     pending_send_bytes: int
     flags: int
+    # The balancer that sent a PROXY protocol header, else "" (None: the loaded library
+    # predates the field).
+    proxy: str | None = None
 
     @property
     def paused(self) -> bool:
@@ -116,11 +128,25 @@ class Stats:
 STATS_FIELDS = [f for f in Stats.__dataclass_fields__]
 
 
+def _ends(ctype: str) -> dict:
+    """{field: end offset} of a struct, to skip fields an older library does not fill
+    (it fills at most its own sizeof and says how much in struct_size)."""
+    return {name: f.offset + n.ffi.sizeof(f.type) for name, f in n.ffi.typeof(ctype).fields}
+
+
+_CONN_INFO_ENDS = _ends("iocpsrv_conn_info_t")
+
+
+def _text(chars) -> str:
+    return n.ffi.string(chars).decode("utf-8", "replace")
+
+
 def conn_info_from_c(ci) -> ConnInfo:
+    filled = int(ci.struct_size)
     return ConnInfo(
         id=int(ci.id),
-        peer=n.ffi.string(ci.peer).decode("utf-8", "replace"),
-        local=n.ffi.string(ci.local).decode("utf-8", "replace"),
+        peer=_text(ci.peer),
+        local=_text(ci.local),
         connect_time_ms=int(ci.connect_time_ms),
         bytes_in=int(ci.bytes_in),
         bytes_out=int(ci.bytes_out),
@@ -128,17 +154,16 @@ def conn_info_from_c(ci) -> ConnInfo:
         packets_out=int(ci.packets_out),
         pending_send_bytes=int(ci.pending_send_bytes),
         flags=int(ci.flags),
+        proxy=_text(ci.proxy) if _CONN_INFO_ENDS["proxy"] <= filled else None,
     )
 
 
-# (field, end offset) of iocpsrv_stats_t, to skip fields a older library does not fill.
-_STATS_ENDS = [(name, f.offset + n.ffi.sizeof(f.type))
-               for name, f in n.ffi.typeof("iocpsrv_stats_t").fields]
+_STATS_ENDS = _ends("iocpsrv_stats_t")
 
 
 def stats_from_c(st) -> Stats:
     filled = int(st.struct_size)  # the library fills at most its own sizeof, and says so
-    return Stats(**{f: int(getattr(st, f)) for f, end in _STATS_ENDS
+    return Stats(**{f: int(getattr(st, f)) for f, end in _STATS_ENDS.items()
                     if f in STATS_FIELDS and end <= filled})
 
 
@@ -169,6 +194,8 @@ OPTIONS = {
     "pool_cpu_high": n.IOCPSRV_OPT_POOL_CPU_HIGH,
     "pool_cpu_low": n.IOCPSRV_OPT_POOL_CPU_LOW,
     "pull_batch_sends": n.IOCPSRV_OPT_PULL_BATCH_SENDS,
+    "proxy_protocol": n.IOCPSRV_OPT_PROXY_PROTOCOL,
+    "reuseport": n.IOCPSRV_OPT_REUSEPORT,
 }
 
 _FRAMING_NAMES = {
@@ -184,14 +211,22 @@ _FRAMING_NAMES = {
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 
 
+_PROXY_NAMES = {"off": ProxyMode.OFF, "required": ProxyMode.REQUIRED,
+                "optional": ProxyMode.OPTIONAL}
+
+# Options that also take a name.
+_NAMED = {"framing": (_FRAMING_NAMES, "Framing"), "proxy_protocol": (_PROXY_NAMES, "ProxyMode")}
+
+
 def _option_value(name: str, value) -> int:
-    if name == "framing" and isinstance(value, str):
+    if name in _NAMED and isinstance(value, str):
+        names, enum_name = _NAMED[name]
         try:
-            return int(_FRAMING_NAMES[value.lower().replace("-", "_")])
+            return int(names[value.lower().replace("-", "_")])
         except KeyError:
             raise ValueError(
-                f"framing={value!r}: expected one of {sorted(set(_FRAMING_NAMES))}, "
-                "a Framing value or an int"
+                f"{name}={value!r}: expected one of {sorted(set(names))}, "
+                f"a {enum_name} value or an int"
             ) from None
     if isinstance(value, bool):
         return int(value)

@@ -28,9 +28,13 @@ def _has_option(name):
         srv.close()
 
 
-# IOCPSRV_OPT_PULL_BATCH_SENDS is newer than the first 1.0 libraries.
-needs_batch_sends = pytest.mark.skipif(not _has_option("pull_batch_sends"),
-                                       reason="the library has no pull_batch_sends option")
+def needs_option(name):
+    """Skip unless the loaded library knows the option (options are appended over time)."""
+    return pytest.mark.skipif(not _has_option(name),
+                              reason=f"the loaded library has no {name} option")
+
+
+needs_batch_sends = needs_option("pull_batch_sends")
 
 # Generous: the machine has 2 cores and other suites may run at the same time.
 TIMEOUT = 30.0

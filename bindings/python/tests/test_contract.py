@@ -240,8 +240,10 @@ def test_info_stats_connections(echo_server):
         st = srv.stats()
         assert isinstance(st, iocpsrv.Stats)
         assert st.connections_now == 1 and st.connections_total == 1
-        assert st.packets_in == 1 and st.bytes_in == 9
         assert st.workers == 2
+        # workers publish their counters after their batch: wait for them
+        assert wait_until(lambda: srv.stats().packets_in == 1)
+        assert srv.stats().bytes_in == 9
     assert rec.wait(lambda r: r.count("disconnect") == 1)
     assert wait_until(lambda: srv.connections() == [])
 
@@ -378,7 +380,7 @@ def test_packet_too_large():
             assert c.closed_by_server()
         assert rec.wait(lambda r: r.count("disconnect") == 1)
         assert rec.reasons()[conn] is Reason.PROTOCOL_ERROR
-        assert srv.stats().protocol_errors == 1
+        assert wait_until(lambda: srv.stats().protocol_errors == 1)
 
 
 def test_idle_timeout():

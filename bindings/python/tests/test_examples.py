@@ -44,7 +44,11 @@ class Example:
 
 @pytest.fixture
 def echo_example(request):
-    ex = Example("echo.py", *getattr(request, "param", ()))
+    """examples/echo.py, or the script and flags given as the parameter."""
+    param = getattr(request, "param", ("echo.py",))
+    if not param[0].endswith(".py"):
+        param = ("echo.py",) + tuple(param)
+    ex = Example(*param)
     yield ex
     ex.kill()
 
@@ -59,16 +63,19 @@ def test_echo_example_round_trip(echo_example):
 
 
 @pytest.mark.skipif(not os.access(FLOOD, os.X_OK), reason="iocpsrv-flood is not built")
+@pytest.mark.parametrize("echo_example", [("echo.py",), ("aio_echo.py",),
+                                          ("aio_echo.py", "--events")], indirect=True,
+                         ids=["threaded", "aio-protocol", "aio-events"])
 def test_echo_example_serves_100_pipelining_flood_clients(echo_example):
     r = subprocess.run([FLOOD, "--port", str(echo_example.port), "--connections", "100",
-                        "--depth", "8", "--count", "300", "--size", "64", "--threads", "2",
+                        "--depth", "8", "--count", "1000", "--size", "64", "--threads", "2",
                         "--no-progress", "--timeout", "20"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "30,000 echoed and verified" in r.stdout, r.stdout
+    assert "100,000 echoed and verified" in r.stdout, r.stdout
     assert re.search(r"errors\s+0", r.stdout), r.stdout
     out = echo_example.stop()
-    assert "stopped: 100 connections, 30000 packets in, 30000 out" in out
+    assert "stopped: 100 connections, 100000 packets in, 100000 out" in out, out
 
 
 @pytest.mark.parametrize("echo_example", [("--send-queue-limit", "65536")], indirect=True)
@@ -102,7 +109,8 @@ def test_chat_example_broadcasts():
     try:
         with Client(ex.port) as a, Client(ex.port) as b, Client(ex.port) as c:
             peer_a = ("%s:%d" % a.sock.getsockname()).encode()
-            _recv_until(c, b"* " + ("%s:%d" % c.sock.getsockname()).encode() + b" joined")
+            for x in (a, b, c):  # each is connected once it sees its own join notice
+                _recv_until(x, b"* " + ("%s:%d" % x.sock.getsockname()).encode() + b" joined")
             a.send(b"hello all")
             for x in (a, b, c):
                 _recv_until(x, peer_a + b": hello all")

@@ -21,12 +21,13 @@ CC = shutil.which("cc") or shutil.which("gcc")
 STRUCTS = {
     "iocpsrv_conn_info_t": ["struct_size", "flags", "id", "connect_time_ms", "bytes_in",
                             "bytes_out", "packets_in", "packets_out", "pending_send_bytes",
-                            "peer", "local"],
+                            "peer", "local", "proxy"],
     "iocpsrv_stats_t": ["struct_size", "workers", "connections_now", "connections_total",
                         "connections_refused", "connections_rejected", "packets_in",
                         "packets_out", "bytes_in", "bytes_out", "accept_errors",
                         "protocol_errors", "send_queue_rejections", "idle_timeouts",
-                        "pull_queue_depth"],
+                        "pull_queue_depth", "workers_peak", "workers_busy", "pool_grows",
+                        "pool_shrinks"],
     "iocpsrv_event_t": ["type", "reason", "conn", "conn_user", "data", "len"],
     "iocpsrv_buf_t": ["base", "len"],
 }
@@ -53,13 +54,18 @@ def test_struct_layouts_match_the_header(tmp_path):
         lines.append(f'printf("{st}.size=%zu\\n", sizeof({st}));')
         for f in fields:
             lines.append(f'printf("{st}.{f}=%zu\\n", offsetof({st}, {f}));')
+            lines.append(f'printf("{st}.{f}.size=%zu\\n", sizeof((({st} *)0)->{f}));')
     src = "#include <stdio.h>\n#include <stddef.h>\n#include \"iocpsrv.h\"\nint main(void){\n"
     src += "\n".join(lines) + "\nreturn 0;}\n"
     c = _compile_and_run(tmp_path, src)
     for st, fields in STRUCTS.items():
-        assert ffi.sizeof(st) == int(c[f"{st}.size"]), st
+        # every field cffi knows, and no other
+        assert [name for name, _ in ffi.typeof(st).fields] == fields, st
         for f in fields:
             assert ffi.offsetof(st, f) == int(c[f"{st}.{f}"]), (st, f)
+            assert ffi.sizeof(ffi.typeof(st).fields[fields.index(f)][1].type) == \
+                int(c[f"{st}.{f}.size"]), (st, f)
+        assert ffi.sizeof(st) == int(c[f"{st}.size"]), st
 
 
 def test_constants_match_the_header(tmp_path):
@@ -78,7 +84,7 @@ def _header_names():
         pytest.skip("dll/include/iocpsrv.h not found")
     with open(path) as f:
         text = f.read()
-    names = set(re.findall(r"\b(IOCPSRV_(?:OPT|REASON|EVENT|FRAMING|CLOSE)_[A-Z0-9_]+)\s*=", text))
+    names = set(re.findall(r"\b(IOCPSRV_(?:OPT|REASON|EVENT|FRAMING|CLOSE|PROXY)_[A-Z0-9_]+)\s*=", text))
     names |= {"IOCPSRV_E" + m for m in re.findall(r"^\s*X\((\w+),", text, re.M)}
     names |= set(re.findall(r"#define (IOCPSRV_CONN_\w+)", text))
     names |= set(re.findall(r"#define (IOCPSRV_VERSION_(?:MAJOR|MINOR|PATCH|HEX))\b", text))

@@ -5,7 +5,7 @@ import pytest
 import iocpsrv
 from iocpsrv import Framing
 
-from conftest import needs_batch_sends
+from conftest import needs_batch_sends, needs_option
 
 
 def test_unknown_keyword_is_a_type_error():
@@ -22,13 +22,22 @@ def test_every_option_round_trips():
                   nodelay=0, rcvbuf=1 << 16, sndbuf=1 << 17, read_buffer=4096,
                   pull_queue_limit=100, close_timeout_ms=250, ipv6_only=1,
                   pool_min=2, pool_max=6, pool_busy_ms=300, pool_idle_ms=4000,
-                  pool_cpu_high=90, pool_cpu_low=70, pull_batch_sends=0)
+                  pool_cpu_high=90, pool_cpu_low=70, pull_batch_sends=0,
+                  proxy_protocol=iocpsrv.ProxyMode.OPTIONAL, reuseport=1)
     assert set(values) | {"pull_mode"} == set(iocpsrv.OPTIONS)
-    srv = iocpsrv.Server(**values)
+    srv = iocpsrv.Server()
     try:
+        unknown = []
         for name, v in values.items():
+            try:
+                srv.set_options(**{name: v})
+            except iocpsrv.UnknownOption:
+                unknown.append(name)  # newer than the loaded library
+                continue
             assert srv.get_option(name) == int(v), name
         assert srv.get_option("pull_mode") == 1
+        # what the first 1.0 library had must all be there
+        assert not set(unknown) & set(list(iocpsrv.OPTIONS)[:18]), unknown
     finally:
         srv.close()
 
@@ -59,6 +68,19 @@ def test_framing_names(name, value):
 def test_bad_framing_name():
     with pytest.raises(ValueError, match="framing"):
         iocpsrv.Server(framing="len24")
+    with pytest.raises(ValueError, match="proxy_protocol"):
+        iocpsrv.Server(proxy_protocol="sometimes")
+
+
+@needs_option("proxy_protocol")
+@pytest.mark.parametrize("name, value", [("off", 0), ("required", 1), ("Optional", 2),
+                                         (iocpsrv.ProxyMode.REQUIRED, 1), (2, 2)])
+def test_proxy_protocol_names(name, value):
+    srv = iocpsrv.Server(proxy_protocol=name)
+    try:
+        assert srv.get_option("proxy_protocol") == value
+    finally:
+        srv.close()
 
 
 @pytest.mark.parametrize("kw", [

@@ -10,7 +10,7 @@ import iocpsrv
 import iocpsrv.aio as aio
 from iocpsrv import EventType
 
-from conftest import TIMEOUT, Client, Recorder
+from conftest import TIMEOUT, Client, Recorder, wait_until
 
 MIB = 1 << 20
 
@@ -72,8 +72,8 @@ def test_200_concurrent_clients_threaded_server():
         rec.server = srv
         asyncio.run(_many_clients(srv.port, 200, 50))
         assert rec.wait(lambda r: r.count("disconnect") == 200)
-        st = srv.stats()
-        assert st.connections_total == 200 and st.packets_in == 200 * 50
+        assert wait_until(lambda: srv.stats().packets_in == 200 * 50)
+        assert srv.stats().connections_total == 200
     by = rec.check_order()
     assert len(by) == 200
 
@@ -87,7 +87,9 @@ def test_200_concurrent_clients_asyncio_server():
         async with aio.Server(protocol_factory=Echo, worker_threads=2,
                               listen_backlog=512) as srv:
             await _many_clients(srv.port, 200, 50)
-            while srv.stats().connections_now:
+            deadline = asyncio.get_running_loop().time() + TIMEOUT
+            while srv.stats().connections_now or srv.stats().packets_in < 200 * 50:
+                assert asyncio.get_running_loop().time() < deadline
                 await asyncio.sleep(0.01)
             return srv.stats()
 
