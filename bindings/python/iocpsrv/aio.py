@@ -221,8 +221,9 @@ class Server(ServerBase):
     def stop(self, timeout: float | None = 5.0):
         """Begin stopping (see iocpsrv.Server.stop for what a stop does) and return a
         future that is done once every event, the disconnects included, has been
-        delivered. Call it from the loop's thread, from a coroutine (``await
-        srv.stop()``) or from a protocol callback (no need to await it there)."""
+        delivered. Call it on the loop's thread: from a coroutine (``await srv.stop()``)
+        or from a protocol callback (no need to await it there). From another thread:
+        ``loop.call_soon_threadsafe(srv.stop)``."""
         ms = timeout_ms(timeout)
         loop = self._loop
         if loop is None:  # never started

@@ -9,7 +9,7 @@ import pytest
 import iocpsrv
 from iocpsrv import Reason
 
-from conftest import TIMEOUT, Client, Recorder, wait_until
+from conftest import TIMEOUT, Client, Recorder, needs_option, wait_until
 
 
 def test_echo_round_trip(echo_server):
@@ -402,3 +402,19 @@ def test_callbacks_may_be_methods_of_a_subclass():
         with Client(srv.port) as c:
             c.send(b"abc")
             assert c.recv() == b"cba"
+
+
+@needs_option("proxy_protocol")
+def test_proxy_protocol_header_gives_the_real_client():
+    rec = Recorder()
+    with iocpsrv.Server(worker_threads=2, proxy_protocol="required", **rec.callbacks()) as srv:
+        rec.server = srv
+        with Client(srv.port) as c:
+            c.send_raw(b"PROXY TCP4 192.0.2.7 127.0.0.1 40000 80\r\n")
+            c.send(b"through the balancer")
+            assert c.recv() == b"through the balancer"
+            conn = rec.conns()[0]
+            assert rec.of(conn)[0][2] == "192.0.2.7:40000"
+            info = srv.info(conn)
+            assert info.peer == "192.0.2.7:40000"
+            assert info.proxy == "%s:%d" % c.sock.getsockname()
