@@ -229,13 +229,35 @@ typedef enum iocpsrv_option_e {
                                        default 0 = no CPU check */
   IOCPSRV_OPT_POOL_CPU_LOW = 24,    /* once vetoed, growth resumes only at or below this CPU
                                        percent (hysteresis), default 0 = same as CPU_HIGH */
-  IOCPSRV_OPT_PULL_BATCH_SENDS = 25 /* pull mode: 1 = sends the consumer makes while handling
+  IOCPSRV_OPT_PULL_BATCH_SENDS = 25,/* pull mode: 1 = sends the consumer makes while handling
                                        the events of its last iocpsrv_poll are written at
                                        its next iocpsrv_poll (or iocpsrv_stop), one write per
                                        connection per batch instead of one per send. For
                                        consumers that poll in a loop (the bindings' pumps);
                                        default 0 = written at once */
+  IOCPSRV_OPT_PROXY_PROTOCOL = 26,  /* an iocpsrv_proxy_mode_t: the listener expects HAProxy's
+                                       PROXY protocol header (v1 text or v2 binary, TLVs
+                                       skipped) before the first packet. Default OFF */
+  IOCPSRV_OPT_REUSEPORT = 27        /* 1 = SO_REUSEPORT on the listener (Linux): several
+                                       processes listen on one port and the kernel spreads
+                                       new connections over them. Windows has no
+                                       equivalent (its SO_REUSEADDR lets a second socket
+                                       steal the port, it does not balance): listen returns
+                                       IOCPSRV_ENOTSUP there. Default 0 */
 } iocpsrv_option_t;
+
+/* Values for IOCPSRV_OPT_PROXY_PROTOCOL. With a PROXY header the connect callback,
+ * iocpsrv_conn_info's peer and pull CONNECT events report the real client address,
+ * and iocpsrv_conn_info's proxy field the balancer's. The connect callback runs once
+ * the header has arrived. A connection whose header is malformed (or missing when
+ * REQUIRED) is closed before the host hears of it (no connect, no disconnect) and
+ * counted in stats.protocol_errors; the log callback says why. */
+typedef enum iocpsrv_proxy_mode_e {
+  IOCPSRV_PROXY_OFF = 0,
+  IOCPSRV_PROXY_REQUIRED = 1, /* every connection must start with a PROXY header */
+  IOCPSRV_PROXY_OPTIONAL = 2  /* a header if it starts with one, else a plain client
+                                 (e.g. a balancer's health check) */
+} iocpsrv_proxy_mode_t;
 
 /* ---- Callbacks ----
  * All run on worker threads under the threading contract above. `server` is the
@@ -397,6 +419,7 @@ typedef struct iocpsrv_conn_info_s {
   uint64_t pending_send_bytes;
   char peer[64];              /* "127.0.0.1:5000" or "[::1]:5000" */
   char local[64];
+  char proxy[64];             /* the balancer that sent a PROXY header, else "" */
 } iocpsrv_conn_info_t;
 
 /* Fill *info for `conn` (at most info->struct_size bytes). IOCPSRV_ENOTCONN for a dead

@@ -1,6 +1,8 @@
 /* The engine shared by every backend; see engine.h for the model. */
 #include "core/engine.h"
 
+#include "core/proxy.h"
+
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -80,7 +82,9 @@ static conn_t *conn_lock_id(iocpsrv_t *srv, iocpsrv_conn_id_t id) {
   conn_t *c = (conn_t *)conntable_lookup(&srv->table, id);
   if (!c) return NULL;
   srv_mutex_lock(&c->slot.lock);
-  if (c->slot.id == id && (c->state == CONN_OPEN || c->state == CONN_CLOSING)) return c;
+  if (c->slot.id == id && (c->state == CONN_OPEN || c->state == CONN_CLOSING) &&
+      !c->proxy_awaiting)
+    return c;
   srv_mutex_unlock(&c->slot.lock);
   return NULL;
 }
@@ -283,6 +287,9 @@ static int conn_finalize(iocpsrv_t *srv, conn_t *c, int reason, int abort) {
   sendbuf_free(&c->out);
   srv_mutex_unlock(&c->slot.lock);
   framer_free(&c->in);
+  free(c->proxy_buf);
+  c->proxy_buf = NULL;
+  c->proxy_len = 0;
   if (!bk_conn_close(srv, c, abort)) engine_conn_released(srv, c);
   return 1;
 }
@@ -290,8 +297,8 @@ static int conn_finalize(iocpsrv_t *srv, conn_t *c, int reason, int abort) {
 void engine_conn_released(iocpsrv_t *srv, conn_t *c) {
   iocpsrv_conn_id_t id = c->slot.id;
   int reason = c->close_reason;
-  if (c->refused) {
-    /* The host never accepted it: no disconnect. */
+  if (c->refused || c->proxy_awaiting) {
+    /* The host never accepted it, or never heard of it: no disconnect. */
   } else if (srv->opt.pull_mode) {
     deliver_event(srv, c, IOCPSRV_EVENT_DISCONNECT, reason, NULL, 0);
   } else if (srv->on_disconnect) {
@@ -372,6 +379,69 @@ static int conn_peer_eof(iocpsrv_t *srv, conn_t *c) {
   return 0;
 }
 
+static int conn_introduce(iocpsrv_t *srv, conn_t *c);
+
+/* A connection that must not reach the host: protocol error, closed silently. */
+static int conn_drop(iocpsrv_t *srv, conn_t *c, const char *why) {
+  engine_stat_add(&srv->stats.protocol_errors, 1);
+  engine_log(srv, 1, "connection %s: %s", c->peer, why);
+  srv_mutex_lock(&c->slot.lock);
+  c->refused = 1;
+  srv_mutex_unlock(&c->slot.lock);
+  return conn_finalize(srv, c, IOCPSRV_REASON_PROTOCOL_ERROR, 1);
+}
+
+/* Bytes before the PROXY header is complete: gather, parse, then meet the host with
+ * the real client's address and hand what follows the header to the framer. Returns
+ * 1 if the connection is gone. */
+static int conn_read_proxy(iocpsrv_t *srv, worker_t *w, conn_t *c, const uint8_t *p,
+                           size_t n) {
+  if (c->proxy_len + n > PROXY_MAX_HEADER + n || !(c->proxy_len || n)) return 0;
+  const uint8_t *data = p;
+  size_t len = n;
+  if (c->proxy_len) { /* the header was split over receives */
+    uint8_t *grown = realloc(c->proxy_buf, c->proxy_len + n);
+    if (!grown) return conn_drop(srv, c, "out of memory for a PROXY header");
+    memcpy(grown + c->proxy_len, p, n);
+    c->proxy_buf = grown;
+    c->proxy_len += n;
+    data = grown;
+    len = c->proxy_len;
+  }
+  proxy_header_t h;
+  int r = proxy_parse(data, len, &h);
+  if (r == PROXY_NEED_MORE) {
+    if (len > PROXY_MAX_HEADER) return conn_drop(srv, c, "PROXY header too long");
+    if (!c->proxy_len) {
+      c->proxy_buf = malloc(n);
+      if (!c->proxy_buf) return conn_drop(srv, c, "out of memory for a PROXY header");
+      memcpy(c->proxy_buf, p, n);
+      c->proxy_len = n;
+    }
+    return 0;
+  }
+  if (r == PROXY_MALFORMED) return conn_drop(srv, c, "malformed PROXY protocol header");
+  if (r == PROXY_NOT_PROXY && srv->opt.proxy_protocol == IOCPSRV_PROXY_REQUIRED)
+    return conn_drop(srv, c, "no PROXY protocol header");
+  size_t used = r > 0 ? (size_t)r : 0;
+  srv_mutex_lock(&c->slot.lock);
+  if (r > 0) {
+    memcpy(c->proxy, c->peer, sizeof c->proxy); /* the balancer */
+    if (h.has_addr) format_addr(&h.src, c->peer, sizeof c->peer);
+  }
+  c->proxy_awaiting = 0;
+  srv_mutex_unlock(&c->slot.lock);
+  int gone = conn_introduce(srv, c);
+  int rc = FRAMER_OK;
+  deliver_ctx_t d = {srv, w, c, 0};
+  if (!gone && len > used)
+    rc = framer_feed(&c->in, &srv->framing, data + used, len - used, deliver_packet, &d);
+  free(c->proxy_buf); /* the framer copied what it keeps */
+  c->proxy_buf = NULL;
+  c->proxy_len = 0;
+  return gone ? 1 : after_delivery(&d, rc);
+}
+
 static int conn_read(iocpsrv_t *srv, worker_t *w, conn_t *c) {
   srv_mutex_lock(&c->slot.lock);
   int closing = c->state == CONN_CLOSING;
@@ -380,7 +450,7 @@ static int conn_read(iocpsrv_t *srv, worker_t *w, conn_t *c) {
   if (!closing && blocked) return 0;
 
   uint8_t *p = NULL;
-  size_t room = closing ? 0 : framer_direct_space(&c->in, &srv->framing, &p);
+  size_t room = closing || c->proxy_awaiting ? 0 : framer_direct_space(&c->in, &srv->framing, &p);
   if (!room) {
     p = w->rbuf;
     room = w->rbuf_size;
@@ -392,6 +462,7 @@ static int conn_read(iocpsrv_t *srv, worker_t *w, conn_t *c) {
   counter_add(&c->bytes_in, (uint64_t)n);
   w->bytes_in += (uint64_t)n;
   if (closing) return 0; /* draining towards the peer's FIN */
+  if (c->proxy_awaiting) return conn_read_proxy(srv, w, c, p, (size_t)n);
 
   deliver_ctx_t d = {srv, w, c, 0};
   int rc = p == w->rbuf ? framer_feed(&c->in, &srv->framing, p, (size_t)n, deliver_packet, &d)
@@ -532,6 +603,8 @@ static conn_t *conn_open(iocpsrv_t *srv, worker_t *w, bk_socket_t sock,
   c->notes = 0;
   c->sock = sock;
   c->refused = 0;
+  c->proxy_awaiting = 0;
+  c->proxy[0] = 0;
   /* Before anyone can see the id: sends from other threads may start at once. */
   if (bk_conn_register(srv, c)) c->notes |= NOTE_ERROR;
   c->bytes_out = c->packets_out = 0;
@@ -555,6 +628,24 @@ static void conn_refuse(iocpsrv_t *srv, conn_t *c) {
   conn_finalize(srv, c, IOCPSRV_REASON_LOCAL_CLOSE, 0);
 }
 
+/* The connect callback (or pull CONNECT event). Returns 1 if the host refused it (the
+ * connection is gone then). Token held. */
+static int conn_introduce(iocpsrv_t *srv, conn_t *c) {
+  if (srv->opt.pull_mode) {
+    deliver_event(srv, c, IOCPSRV_EVENT_CONNECT, 0, c->peer, strlen(c->peer));
+  } else if (srv->on_connect) {
+    void *user = NULL;
+    int refuse = srv->on_connect(srv, c->slot.id, c->peer, &user);
+    atomic_store(&c->user, user);
+    if (refuse) {
+      conn_refuse(srv, c);
+      return 1;
+    }
+  }
+  engine_stat_add(&srv->stats.connections_total, 1);
+  return 0;
+}
+
 /* Closes a client we will not serve. */
 static void refuse_socket(iocpsrv_t *srv, bk_socket_t sock) {
   bk_close_socket(sock);
@@ -575,19 +666,14 @@ void engine_accept(worker_t *w, bk_socket_t sock, const struct sockaddr_storage 
     return;
   }
   bk_tune_socket(srv, sock);
-  iocpsrv_conn_id_t id = c->slot.id;
-  if (srv->opt.pull_mode) {
-    deliver_event(srv, c, IOCPSRV_EVENT_CONNECT, 0, c->peer, strlen(c->peer));
-  } else if (srv->on_connect) {
-    void *user = NULL;
-    int refuse = srv->on_connect(srv, id, c->peer, &user);
-    atomic_store(&c->user, user);
-    if (refuse) {
-      conn_refuse(srv, c);
-      return;
-    }
+  if (srv->opt.proxy_protocol) {
+    /* The host meets this client once its PROXY header names it (conn_read_proxy). */
+    srv_mutex_lock(&c->slot.lock);
+    c->proxy_awaiting = 1;
+    srv_mutex_unlock(&c->slot.lock);
+  } else if (conn_introduce(srv, c)) {
+    return;
   }
-  engine_stat_add(&srv->stats.connections_total, 1);
   srv_mutex_lock(&c->slot.lock);
   /* A stop that began while this client was being accepted may have missed it. */
   if (srv_state(srv) != SRV_RUNNING)
@@ -917,7 +1003,7 @@ int IOCPSRV_CALL iocpsrv_broadcast(iocpsrv_t *srv, const void *data, size_t len)
   for (size_t i = 0; i < used; i++) {
     conn_t *c = (conn_t *)conntable_at(&srv->table, i);
     srv_mutex_lock(&c->slot.lock);
-    iocpsrv_conn_id_t id = c->state == CONN_OPEN ? c->slot.id : 0;
+    iocpsrv_conn_id_t id = c->state == CONN_OPEN && !c->proxy_awaiting ? c->slot.id : 0;
     srv_mutex_unlock(&c->slot.lock);
     if (!id) continue;
     int rc = send_packet(srv, id, &buf, 1, len);
@@ -1001,6 +1087,7 @@ int IOCPSRV_CALL iocpsrv_conn_info(iocpsrv_t *srv, iocpsrv_conn_id_t conn,
   v.packets_out = c->packets_out;
   v.pending_send_bytes = bk_conn_pending_locked(c);
   snprintf(v.peer, sizeof v.peer, "%s", c->peer);
+  snprintf(v.proxy, sizeof v.proxy, "%s", c->proxy);
   struct sockaddr_storage sa;
   if (bk_local_addr(c, &sa) == 0) format_addr(&sa, v.local, sizeof v.local);
   srv_mutex_unlock(&c->slot.lock);
@@ -1015,7 +1102,7 @@ int IOCPSRV_CALL iocpsrv_connections(iocpsrv_t *srv, iocpsrv_conn_id_t *ids, int
   for (size_t i = 0; i < used; i++) {
     conn_t *c = (conn_t *)conntable_at(&srv->table, i);
     srv_mutex_lock(&c->slot.lock);
-    if (c->state == CONN_OPEN || c->state == CONN_CLOSING) {
+    if ((c->state == CONN_OPEN || c->state == CONN_CLOSING) && !c->proxy_awaiting) {
       if (count < max) ids[count] = c->slot.id;
       count++;
     }

@@ -65,6 +65,7 @@ typedef struct conn_s {
   uint8_t paused, pull_blocked, want_drain;
   uint8_t wr_shut, rd_eof, hup; /* sent our FIN, got the peer's, socket hung up */
   uint8_t refused;      /* the connect callback said no: no disconnect callback */
+  uint8_t proxy_awaiting; /* its PROXY header has not arrived: the host does not know it */
   uint32_t notes;
   bk_socket_t sock;
   sendbuf_t out;        /* queued, not yet handed to the backend */
@@ -78,7 +79,10 @@ typedef struct conn_s {
   atomic_uint_fast64_t bytes_in, packets_in;
   atomic_int_fast64_t last_packet_ms;
   int64_t connect_time_ms;
-  char peer[64];
+  char peer[64];        /* the client (as a PROXY header names it) */
+  char proxy[64];       /* the balancer that sent the PROXY header, else "" */
+  uint8_t *proxy_buf;   /* a PROXY header split over receives (token holder's) */
+  size_t proxy_len;
   bk_conn_t bk;
 } conn_t;
 

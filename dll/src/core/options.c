@@ -30,6 +30,8 @@ void srv_options_init(srv_options_t *o) {
   o->pool_cpu_high = 0;
   o->pool_cpu_low = 0;
   o->pull_batch_sends = 0;
+  o->proxy_protocol = IOCPSRV_PROXY_OFF;
+  o->reuseport = 0;
 }
 
 typedef struct option_desc_s {
@@ -65,6 +67,8 @@ static const option_desc_t option_table[] = {
     OPT_(IOCPSRV_OPT_POOL_CPU_HIGH, pool_cpu_high, 0, 100),
     OPT_(IOCPSRV_OPT_POOL_CPU_LOW, pool_cpu_low, 0, 100),
     OPT_(IOCPSRV_OPT_PULL_BATCH_SENDS, pull_batch_sends, 0, 1),
+    OPT_(IOCPSRV_OPT_PROXY_PROTOCOL, proxy_protocol, IOCPSRV_PROXY_OFF, IOCPSRV_PROXY_OPTIONAL),
+    OPT_(IOCPSRV_OPT_REUSEPORT, reuseport, 0, 1),
 };
 #undef OPT_
 

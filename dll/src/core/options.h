@@ -25,6 +25,7 @@ typedef struct srv_options_s {
   int64_t ipv6_only;
   int64_t pool_min, pool_max, pool_busy_ms, pool_idle_ms, pool_cpu_high, pool_cpu_low;
   int64_t pull_batch_sends;
+  int64_t proxy_protocol, reuseport;
 } srv_options_t;
 
 void srv_options_init(srv_options_t *o);

@@ -94,8 +94,11 @@ static inline void srv_waitable_destroy(srv_waitable_t *w) {
 }
 
 #else
+#  include <arpa/inet.h>
 #  include <errno.h>
+#  include <netinet/in.h>
 #  include <pthread.h>
+#  include <sys/socket.h>
 #  include <stdio.h>
 #  include <stdlib.h>
 #  include <sys/eventfd.h>

@@ -51,6 +51,11 @@ static int listen_on(iocpsrv_t *srv, const struct addrinfo *ai) {
   if (fd < 0) return os_error(errno);
   int one = 1, v6only = (int)srv->opt.ipv6_only;
   setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  if (srv->opt.reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) {
+    int err = os_error(errno);
+    close(fd);
+    return err;
+  }
   if (ai->ai_family == AF_INET6)
     setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, sizeof v6only);
   int backlog = srv->opt.listen_backlog ? (int)srv->opt.listen_backlog : SOMAXCONN;

@@ -159,6 +159,7 @@ static void post_accept(iocpsrv_t *srv, bk_accept_t *a) {
 
 int bk_start(iocpsrv_t *srv, const char *host, int port) {
   bk_server_t *b = &srv->bk;
+  if (srv->opt.reuseport) return IOCPSRV_ENOTSUP; /* no balancing SO_REUSEPORT on Windows */
   int rc = bind_listener(srv, host, port);
   if (rc) return rc;
   rc = load_extensions(srv);
