@@ -190,7 +190,8 @@ typedef enum iocpsrv_option_e {
   IOCPSRV_OPT_MAX_CONNECTIONS = 5,  /* default 10000; 1..16777215. Clients past it are
                                        closed at once and counted in connections_refused */
   IOCPSRV_OPT_MAX_PACKET_SIZE = 6,  /* payload bytes, default 1 MiB; at most 1 GiB. Applies
-                                       to received and sent packets */
+                                       to received and sent packets (raw mode: to each
+                                       send) */
   IOCPSRV_OPT_FRAMING = 7,          /* an iocpsrv_framing_t, default LEN32_LE */
   IOCPSRV_OPT_SEND_QUEUE_LIMIT = 8, /* bytes queued per connection before send returns
                                        IOCPSRV_EQUEUEFULL, default 4 MiB. An empty queue

@@ -163,9 +163,16 @@ void engine_sent_locked(iocpsrv_t *srv, conn_t *c, size_t n) {
   }
 }
 
+static void request_close_locked(iocpsrv_t *srv, conn_t *c, int abort, int reason);
+
 void engine_write_failed_locked(iocpsrv_t *srv, conn_t *c) {
-  /* The peer is gone: drop what is queued and let the token holder close. */
+  /* The peer is gone: drop what is queued and let the token holder close. The failed
+   * write took the socket's error, so a read may now see a plain end of stream: the
+   * reset is recorded here. */
   sendbuf_free(&c->out);
+  if (c->state == CONN_OPEN) request_close_locked(srv, c, 1, IOCPSRV_REASON_PEER_RESET);
+  else if (c->close_reason == IOCPSRV_REASON_PEER_CLOSED)
+    c->close_reason = IOCPSRV_REASON_PEER_RESET;
   engine_schedule_locked(srv, c, NOTE_ERROR);
 }
 
@@ -228,7 +235,7 @@ static void flush_deferred(worker_t *w) {
 static int send_packet(iocpsrv_t *srv, iocpsrv_conn_id_t id, const iocpsrv_buf_t *bufs,
                        int count, size_t total) {
   if (srv_state(srv) != SRV_RUNNING) return IOCPSRV_ESTOPPED;
-  if (total > srv->framing.max_packet && srv->framing.header_bytes) return IOCPSRV_ETOOBIG;
+  if (total > srv->framing.max_packet) return IOCPSRV_ETOOBIG; /* raw mode: per send */
   conn_t *c = conn_lock_id(srv, id);
   if (!c) return IOCPSRV_ENOTCONN;
   int rc = 0;
@@ -373,8 +380,18 @@ static int after_delivery(deliver_ctx_t *d, int rc) {
 static int conn_peer_eof(iocpsrv_t *srv, conn_t *c) {
   srv_mutex_lock(&c->slot.lock);
   c->rd_eof = 1;
-  if (c->state == CONN_OPEN) request_close_locked(srv, c, 0, IOCPSRV_REASON_PEER_CLOSED);
-  else c->notes |= NOTE_CLOSE;
+  if (c->state != CONN_OPEN) {
+    c->notes |= NOTE_CLOSE;
+  } else if (srv->opt.pull_mode) {
+    /* The host has not seen the packets before the FIN yet: it may still reply. The
+     * close starts at its poll after the one that hands over this mark. */
+    srv_mutex_unlock(&c->slot.lock);
+    if (pullq_push(&srv->pull, PULLQ_EOF_MARK, c->slot.id, NULL, 0, NULL, 0) < 0)
+      return conn_finalize(srv, c, IOCPSRV_REASON_PEER_CLOSED, 0);
+    return 0;
+  } else {
+    request_close_locked(srv, c, 0, IOCPSRV_REASON_PEER_CLOSED);
+  }
   srv_mutex_unlock(&c->slot.lock);
   return 0;
 }
@@ -890,6 +907,17 @@ int IOCPSRV_CALL iocpsrv_set_log_cb(iocpsrv_t *srv, iocpsrv_log_cb cb) {
   WITH_STOPPED_SERVER(srv, srv->on_log = cb);
 }
 
+/* Pull mode: the host has handled what came before these connections' FIN. */
+static void on_pull_eof(void *ctx, const iocpsrv_conn_id_t *ids, size_t n) {
+  iocpsrv_t *srv = ctx;
+  for (size_t i = 0; i < n; i++) {
+    conn_t *c = conn_lock_id(srv, ids[i]);
+    if (!c) continue;
+    request_close_locked(srv, c, 0, IOCPSRV_REASON_PEER_CLOSED);
+    srv_mutex_unlock(&c->slot.lock);
+  }
+}
+
 /* The pull queue has room: the connections that waited for it resume. */
 static void on_pull_room(void *ctx, const iocpsrv_conn_id_t *ids, size_t n) {
   iocpsrv_t *srv = ctx;
@@ -921,6 +949,7 @@ int IOCPSRV_CALL iocpsrv_listen(iocpsrv_t *srv, const char *host, int port) {
   if (!rc) rc = bk_start(srv, host, port);
   if (!rc) {
     srv->pull.on_room = on_pull_room;
+    srv->pull.on_eof = on_pull_eof;
     srv->pull.room_ctx = srv;
     pullq_reset(&srv->pull, (size_t)srv->opt.pull_queue_limit);
     atomic_store(&srv->state, SRV_RUNNING);

@@ -32,6 +32,7 @@ void pullq_destroy(pullq_t *q) {
   free_list(q->head);
   free_list(q->batch);
   free(q->waiters);
+  free(q->eof_ids);
   srv_waitable_destroy(&q->waitable);
   srv_cond_destroy(&q->nonempty);
   srv_mutex_destroy(&q->lock);
@@ -44,6 +45,7 @@ void pullq_reset(pullq_t *q, size_t limit) {
   q->head = q->tail = q->batch = NULL;
   q->events = q->packets = 0;
   q->nwaiters = 0;
+  q->neof = 0;
   q->stopped = 0;
   q->limit = limit;
   srv_waitable_reset(&q->waitable);
@@ -58,16 +60,20 @@ void pullq_set_stopped(pullq_t *q) {
   srv_mutex_unlock(&q->lock);
 }
 
-static int add_waiter(pullq_t *q, iocpsrv_conn_id_t conn) {
-  if (q->nwaiters == q->capwaiters) {
-    size_t cap = q->capwaiters ? q->capwaiters * 2 : 64;
-    iocpsrv_conn_id_t *p = realloc(q->waiters, cap * sizeof *p);
+static int add_id(iocpsrv_conn_id_t **ids, size_t *n, size_t *cap, iocpsrv_conn_id_t id) {
+  if (*n == *cap) {
+    size_t c = *cap ? *cap * 2 : 64;
+    iocpsrv_conn_id_t *p = realloc(*ids, c * sizeof *p);
     if (!p) return -1;
-    q->waiters = p;
-    q->capwaiters = cap;
+    *ids = p;
+    *cap = c;
   }
-  q->waiters[q->nwaiters++] = conn;
+  (*ids)[(*n)++] = id;
   return 0;
+}
+
+static int add_waiter(pullq_t *q, iocpsrv_conn_id_t conn) {
+  return add_id(&q->waiters, &q->nwaiters, &q->capwaiters, conn);
 }
 
 int pullq_push(pullq_t *q, int type, iocpsrv_conn_id_t conn, void *conn_user, int reason,
@@ -111,11 +117,17 @@ static int take_batch(pullq_t *q, iocpsrv_event_t *events, int max) {
     node->next = NULL;
     *tail = node;
     tail = &node->next;
+    q->events--;
+    if (node->ev.type == PULLQ_EOF_MARK) {
+      /* If it cannot be recorded the connection closes when its idle timeout or the
+       * stop comes; nothing is lost, the host just cannot reply early. */
+      add_id(&q->eof_ids, &q->neof, &q->capeof, node->ev.conn);
+      continue;
+    }
     events[n++] = node->ev;
     if (node->ev.type == IOCPSRV_EVENT_PACKET) q->packets--;
   }
   if (!q->head) q->tail = NULL;
-  q->events -= (size_t)n;
   if (q->events == 0 && !q->stopped) srv_waitable_reset(&q->waitable);
   return n;
 }
@@ -129,6 +141,16 @@ int pullq_poll(pullq_t *q, iocpsrv_event_t *events, int max, int timeout_ms) {
   q->polling = 1;
   free_list(q->batch);
   q->batch = NULL;
+  if (q->neof) { /* the host has handled the batch that held these marks */
+    iocpsrv_conn_id_t *ids = q->eof_ids;
+    size_t n = q->neof;
+    q->eof_ids = NULL;
+    q->neof = q->capeof = 0;
+    srv_mutex_unlock(&q->lock);
+    q->on_eof(q->room_ctx, ids, n);
+    free(ids);
+    srv_mutex_lock(&q->lock);
+  }
   int64_t deadline = timeout_ms < 0 ? -1 : srv_now_ms() + timeout_ms;
   while (!q->head && !q->stopped) {
     int64_t left = deadline < 0 ? -1 : deadline - srv_now_ms();

@@ -13,9 +13,14 @@
 
 typedef struct pullq_node_s pullq_node_t;
 
-/* Called on the consumer's thread, outside the queue lock, with the connections that
- * waited for room. */
+/* Called on the consumer's thread, outside the queue lock, with connection ids: those
+ * that waited for room, or those whose end-of-stream mark the host has now passed. */
 typedef void (*pullq_room_fn)(void *ctx, const iocpsrv_conn_id_t *ids, size_t n);
+
+/* An internal event (never handed to the host): the peer's FIN came after the packets
+ * queued before it. pullq_poll reports it through on_eof at the consumer's next poll,
+ * once the host has had the whole batch with those packets to reply to. */
+#define PULLQ_EOF_MARK 0x100
 
 typedef struct pullq_s {
   srv_mutex_t lock;
@@ -29,7 +34,10 @@ typedef struct pullq_s {
   iocpsrv_conn_id_t *waiters;
   size_t nwaiters, capwaiters;
   pullq_room_fn on_room;
+  pullq_room_fn on_eof;
   void *room_ctx;
+  iocpsrv_conn_id_t *eof_ids; /* marks taken by the last poll */
+  size_t neof, capeof;
 } pullq_t;
 
 int pullq_init(pullq_t *q, pullq_room_fn on_room, void *ctx);

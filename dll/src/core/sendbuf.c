@@ -1,5 +1,6 @@
 #include "core/sendbuf.h"
 
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -10,8 +11,9 @@
 int sendbuf_append(sendbuf_t *b, const framing_cfg_t *cfg, const iocpsrv_buf_t *bufs,
                    int count, size_t total) {
   size_t need = cfg->header_bytes + total;
+  size_t pending = b->len - b->off;
+  if (total > SIZE_MAX / 4 || pending > SIZE_MAX / 4) return -1; /* the doubling must not wrap */
   if (b->cap - b->len < need) {
-    size_t pending = b->len - b->off;
     if (b->off && b->cap - pending >= need) {
       memmove(b->buf, b->buf + b->off, pending);
     } else {
