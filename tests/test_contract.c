@@ -372,6 +372,10 @@ static void run_queue_full(int pull) {
   CHECK_OK(iocpsrv_send(es->srv, c->id, big, 256 * 1024));
   expect_packet(s, big, 256 * 1024);
   free(big);
+  /* The client has it all; the engine learns so when the write completes (on IOCP a
+   * completion some worker processes a moment later). */
+  ECHO_WAIT_FOR(iocpsrv_pending_bytes(es->srv, c->id) == 0);
+  CHECK_EQ(iocpsrv_pending_bytes(es->srv, c->id), 0);
 
   /* Fill: the client does not read. */
   uint8_t pkt[PKT];
