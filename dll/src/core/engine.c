@@ -918,6 +918,30 @@ static void on_pull_eof(void *ctx, const iocpsrv_conn_id_t *ids, size_t n) {
   }
 }
 
+int engine_bind_listener(iocpsrv_t *srv, const char *host, int port) {
+  /* No host: all interfaces, dual stack, falling back to IPv4 where IPv6 is off. */
+  int any = host == NULL || host[0] == 0;
+  const char *candidates[2] = {any ? "::" : host, any ? "0.0.0.0" : NULL};
+  int err = IOCPSRV_EADDRNOTAVAIL;
+  char service[16];
+  snprintf(service, sizeof service, "%d", port);
+  for (int k = 0; k < 2 && candidates[k]; k++) {
+    struct addrinfo hints, *res = NULL;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+    if (getaddrinfo(candidates[k], service, &hints, &res) != 0) continue;
+    for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
+      err = bk_listen_on(srv, ai);
+      if (err == 0) break;
+    }
+    freeaddrinfo(res);
+    if (err == 0) return 0;
+  }
+  return err;
+}
+
 /* The pull queue has room: the connections that waited for it resume. */
 static void on_pull_room(void *ctx, const iocpsrv_conn_id_t *ids, size_t n) {
   iocpsrv_t *srv = ctx;

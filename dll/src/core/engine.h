@@ -185,6 +185,9 @@ void engine_conn_released(iocpsrv_t *srv, conn_t *c);
 /* Whether the connection wants to receive now (lock held). */
 int engine_reading_wanted(const conn_t *c);
 int engine_in_worker_of(iocpsrv_t *srv);
+/* Resolve `host` (NULL or "": every interface) and listen on the first address that
+ * works, through bk_listen_on. 0 or a negative IOCPSRV_E code. */
+int engine_bind_listener(iocpsrv_t *srv, const char *host, int port);
 void engine_log(iocpsrv_t *srv, int level, const char *fmt, ...);
 void engine_stat_add(atomic_uint_fast64_t *s, uint64_t n);
 
@@ -194,6 +197,8 @@ int bk_global_init(void);                   /* once per server create (WSAStartu
 void bk_global_cleanup(void);
 /* Bind and listen (srv->listen_sock, srv->port), create the wait objects. */
 int bk_start(iocpsrv_t *srv, const char *host, int port);
+/* One listening socket for one resolved address: srv->listen_sock and srv->port. */
+int bk_listen_on(iocpsrv_t *srv, const struct addrinfo *ai);
 void bk_stop_accepting(iocpsrv_t *srv);     /* not closing: a worker may be accepting */
 void bk_release(iocpsrv_t *srv);            /* after the workers are joined */
 void bk_worker_loop(worker_t *w);           /* until bk_quit_workers */

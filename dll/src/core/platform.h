@@ -96,6 +96,7 @@ static inline void srv_waitable_destroy(srv_waitable_t *w) {
 #else
 #  include <arpa/inet.h>
 #  include <errno.h>
+#  include <netdb.h>
 #  include <netinet/in.h>
 #  include <pthread.h>
 #  include <sys/socket.h>

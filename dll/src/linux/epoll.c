@@ -46,7 +46,7 @@ static int os_error(int e) {
 
 /* ------------------------------------------------------------------ listener ---- */
 
-static int listen_on(iocpsrv_t *srv, const struct addrinfo *ai) {
+int bk_listen_on(iocpsrv_t *srv, const struct addrinfo *ai) {
   int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) return os_error(errno);
   int one = 1, v6only = (int)srv->opt.ipv6_only;
@@ -73,28 +73,6 @@ static int listen_on(iocpsrv_t *srv, const struct addrinfo *ai) {
   return 0;
 }
 
-/* No host: all interfaces, dual stack, falling back to IPv4 where IPv6 is off. */
-static int bind_listener(iocpsrv_t *srv, const char *host, int port) {
-  int any = host == NULL || host[0] == 0;
-  const char *candidates[2] = {any ? "::" : host, any ? "0.0.0.0" : NULL};
-  int err = IOCPSRV_EADDRNOTAVAIL;
-  char service[16];
-  snprintf(service, sizeof service, "%d", port);
-  for (int k = 0; k < 2 && candidates[k]; k++) {
-    struct addrinfo hints = {0}, *res = NULL;
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-    if (getaddrinfo(candidates[k], service, &hints, &res) != 0) continue;
-    for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
-      err = listen_on(srv, ai);
-      if (err == 0) break;
-    }
-    freeaddrinfo(res);
-    if (err == 0) return 0;
-  }
-  return err;
-}
 
 static int add_watch(iocpsrv_t *srv, int fd, uint32_t events, uint64_t tag) {
   struct epoll_event e = {.events = events, .data.u64 = tag};
@@ -104,7 +82,7 @@ static int add_watch(iocpsrv_t *srv, int fd, uint32_t events, uint64_t tag) {
 int bk_start(iocpsrv_t *srv, const char *host, int port) {
   bk_server_t *b = &srv->bk;
   b->epfd = b->task_fd = b->quit_fd = -1;
-  int rc = bind_listener(srv, host, port);
+  int rc = engine_bind_listener(srv, host, port);
   if (rc) return rc;
   b->epfd = epoll_create1(EPOLL_CLOEXEC);
   b->task_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);

@@ -85,7 +85,7 @@ static int load_extensions(iocpsrv_t *srv) {
   return 0;
 }
 
-static int listen_on(iocpsrv_t *srv, const struct addrinfo *ai) {
+int bk_listen_on(iocpsrv_t *srv, const struct addrinfo *ai) {
   SOCKET s = new_socket(ai->ai_family);
   if (s == INVALID_SOCKET) return os_error(WSAGetLastError());
   /* Exclusive: no other process can bind the same port and steal connections. */
@@ -111,29 +111,6 @@ static int listen_on(iocpsrv_t *srv, const struct addrinfo *ai) {
   return 0;
 }
 
-/* No host: all interfaces, dual stack, falling back to IPv4 where IPv6 is off. */
-static int bind_listener(iocpsrv_t *srv, const char *host, int port) {
-  int any = host == NULL || host[0] == 0;
-  const char *candidates[2] = {any ? "::" : host, any ? "0.0.0.0" : NULL};
-  int err = IOCPSRV_EADDRNOTAVAIL;
-  char service[16];
-  snprintf(service, sizeof service, "%d", port);
-  for (int k = 0; k < 2 && candidates[k]; k++) {
-    struct addrinfo hints, *res = NULL;
-    memset(&hints, 0, sizeof hints);
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-    if (getaddrinfo(candidates[k], service, &hints, &res) != 0) continue;
-    for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
-      err = listen_on(srv, ai);
-      if (err == 0) break;
-    }
-    freeaddrinfo(res);
-    if (err == 0) return 0;
-  }
-  return err;
-}
 
 /* Post one AcceptEx. */
 static void post_accept(iocpsrv_t *srv, bk_accept_t *a) {
@@ -160,7 +137,7 @@ static void post_accept(iocpsrv_t *srv, bk_accept_t *a) {
 int bk_start(iocpsrv_t *srv, const char *host, int port) {
   bk_server_t *b = &srv->bk;
   if (srv->opt.reuseport) return IOCPSRV_ENOTSUP; /* no balancing SO_REUSEPORT on Windows */
-  int rc = bind_listener(srv, host, port);
+  int rc = engine_bind_listener(srv, host, port);
   if (rc) return rc;
   rc = load_extensions(srv);
   if (rc) return rc;
