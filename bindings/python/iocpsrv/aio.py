@@ -51,6 +51,7 @@ _DRAIN = n.IOCPSRV_EVENT_DRAIN
 _ESTOPPED = n.IOCPSRV_ESTOPPED
 
 _TYPES = {int(t): t for t in EventType}
+_TICK_S = 0.25
 
 
 class Event:
@@ -184,6 +185,7 @@ class Server(ServerBase):
         self._defer = False  # pull_batch_sends: loop-thread sends wait for the next poll
         self._dispatching = False
         self._flush_scheduled = False
+        self._tick_handle: asyncio.TimerHandle | None = None
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -215,6 +217,7 @@ class Server(ServerBase):
         self._stop_fut = None
         self._closed_fut = loop.create_future()
         self._add_reader()
+        self._tick_handle = loop.call_later(_TICK_S, self._tick)
         _core._live.add(self)
         return self
 
@@ -310,16 +313,25 @@ class Server(ServerBase):
             self._deliver_backlogs()
         self._dispatching = True
         try:
-            for _ in range(self._max_batches):
+            batches = 0
+            empty = False
+            while True:
                 # Each poll also writes what was sent while handling the previous batch
-                # (pull_batch_sends), so the loop ends with a poll that found nothing.
+                # (pull_batch_sends) and starts the close of connections whose FIN came
+                # with it, so the loop ends with two polls that found nothing: the
+                # second acts on what the first handed over (a FIN alone is no event).
                 k = poll(h, evs, nmax, 0)
                 if k <= 0:
                     if k < 0:
                         if k != _ESTOPPED:
                             log.error("iocpsrv_poll failed: %s", error_from_code(k))
                         self._finished()
-                    break
+                        break
+                    if empty:
+                        break
+                    empty = True
+                    continue
+                empty = False
                 if protocol_mode:
                     self._dispatch_protocols(evs, k)
                 else:
@@ -331,12 +343,23 @@ class Server(ServerBase):
                         break
                 if flush_only and nmax == 1:
                     break  # back-pressure: this poll was only to write the sends
-            else:
-                self._schedule_flush()  # more may wait; and the last batch's sends
+                batches += 1
+                if batches >= self._max_batches:
+                    self._schedule_flush()  # more may wait; and the last batch's sends
+                    break
         finally:
             self._dispatching = False
         if queue:
             self._wake_consumer()
+
+    def _tick(self) -> None:
+        """A poll now and then, even when the waitable handle stays quiet (a FIN that
+        arrives alone needs a poll after the one that hands it over)."""
+        self._tick_handle = None
+        if self._running and not self._closed:
+            self._on_readable(flush_only=True)
+            if self._running:
+                self._tick_handle = self._loop.call_later(_TICK_S, self._tick)
 
     def _schedule_flush(self) -> None:
         if self._defer and not self._flush_scheduled and self._running:
@@ -382,6 +405,9 @@ class Server(ServerBase):
 
     def _finished(self) -> None:
         self._remove_reader()
+        if self._tick_handle is not None:
+            self._tick_handle.cancel()
+            self._tick_handle = None
         self._running = False
         self._fd = -1
         self._wake_consumer()

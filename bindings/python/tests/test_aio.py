@@ -396,3 +396,47 @@ def test_async_for_echo_with_and_without_batched_sends(batch):
         return [ev.data for ev in log if ev.type is EventType.PACKET]
 
     assert run(main()) == [b"%d" % i for i in range(300)]
+
+
+@pytest.mark.parametrize("mode", ["protocol", "events"])
+def test_client_fin_after_its_echoes_closes_promptly(mode):
+    """A FIN that arrives alone (after the server handled everything before it) must end
+    the connection without any further event to wake the loop."""
+    lost = []
+
+    class Echo(aio.Protocol):
+        def packet_received(self, data):
+            self.connection.send(data)
+
+        def connection_lost(self, reason):
+            lost.append(reason)
+
+    async def main():
+        factory = Echo if mode == "protocol" else None
+        async with aio.Server(protocol_factory=factory, worker_threads=2) as srv:
+            if factory is None:
+                async def consume():
+                    async for ev in srv:
+                        if ev.type is EventType.PACKET:
+                            srv.send(ev.conn, ev.data)
+                        elif ev.type is EventType.DISCONNECT:
+                            lost.append(ev.reason)
+                task = asyncio.create_task(consume())
+            loop = asyncio.get_running_loop()
+            for i in range(10):
+                c = await AClient.connect(srv.port)
+                c.send(b"ping %d" % i)
+                assert await c.recv() == b"ping %d" % i
+                await asyncio.sleep(0.01)  # the server is idle again
+                t0 = loop.time()
+                c.w.write_eof()  # FIN: the server closes once it has replied
+                assert await c.r.read() == b""
+                assert loop.time() - t0 < 2.0
+                await c.close()
+                while len(lost) < i + 1:
+                    await asyncio.sleep(0.005)
+        if factory is None:
+            await task
+
+    run(main())
+    assert lost == [Reason.PEER_CLOSED] * 10

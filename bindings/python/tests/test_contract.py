@@ -418,3 +418,17 @@ def test_proxy_protocol_header_gives_the_real_client():
             info = srv.info(conn)
             assert info.peer == "192.0.2.7:40000"
             assert info.proxy == "%s:%d" % c.sock.getsockname()
+
+
+def test_client_half_close_gets_its_replies_then_the_close(echo_server):
+    srv, rec = echo_server
+    for i in range(5):
+        with Client(srv.port) as c:
+            c.send(b"question %d" % i)
+            assert c.recv() == b"question %d" % i
+            c.sock.shutdown(__import__("socket").SHUT_WR)
+            t0 = time.monotonic()
+            assert c.closed_by_server()
+            assert time.monotonic() - t0 < 2.0
+    assert rec.wait(lambda r: r.count("disconnect") == 5)
+    assert set(rec.reasons().values()) == {Reason.PEER_CLOSED}
