@@ -65,6 +65,12 @@ public sealed class IocpServerOptions
     /// <summary>IOCPSRV_OPT_POOL_CPU_LOW: once vetoed, growth resumes at or below this CPU
     /// percent; 0 = PoolCpuHigh.</summary>
     public int? PoolCpuLow { get; set; }
+    /// <summary>IOCPSRV_OPT_PROXY_PROTOCOL: expect HAProxy's PROXY header (v1 or v2); the
+    /// Connected handler then sees the real client's address.</summary>
+    public ProxyMode? ProxyProtocol { get; set; }
+    /// <summary>IOCPSRV_OPT_REUSEPORT: several processes on one port, kernel-balanced (Linux
+    /// only; Start fails on Windows).</summary>
+    public bool? ReusePort { get; set; }
 
     /// <summary>Pull mode: how many events the binding's pump may hold copied (beyond the
     /// engine's own queue) before it waits for the reader. Default 1024. Not a library
@@ -97,6 +103,8 @@ public sealed class IocpServerOptions
         if (PoolIdleTime is { } pi) yield return (ServerOption.PoolIdleMs, Ms(pi));
         if (PoolCpuHigh is { } ch) yield return (ServerOption.PoolCpuHigh, ch);
         if (PoolCpuLow is { } cl) yield return (ServerOption.PoolCpuLow, cl);
+        if (ProxyProtocol is { } pp) yield return (ServerOption.ProxyProtocol, (long)pp);
+        if (ReusePort is { } rp) yield return (ServerOption.ReusePort, rp ? 1 : 0);
     }
 
     private static long Ms(TimeSpan t) => (long)Math.Ceiling(t.TotalMilliseconds);

@@ -136,6 +136,23 @@ public enum ServerOption
     PoolCpuHigh = 23,
     /// <summary>Dynamic pool: growth resumes at or below this CPU percent; 0 = PoolCpuHigh.</summary>
     PoolCpuLow = 24,
+    /// <summary>Pull mode: the polling thread's sends are written once per batch, at its next poll.</summary>
+    PullBatchSends = 25,
+    /// <summary>HAProxy PROXY protocol on the listener: a <see cref="ProxyMode"/>.</summary>
+    ProxyProtocol = 26,
+    /// <summary>1 = SO_REUSEPORT on the listener (Linux); not supported on Windows.</summary>
+    ReusePort = 27,
+}
+
+/// <summary>Values of <see cref="ServerOption.ProxyProtocol"/> (iocpsrv_proxy_mode_t).</summary>
+public enum ProxyMode
+{
+    /// <summary>No PROXY header expected (default).</summary>
+    Off = 0,
+    /// <summary>Every connection starts with a PROXY v1 or v2 header.</summary>
+    Required = 1,
+    /// <summary>A header if the connection starts with one, else a plain client.</summary>
+    Optional = 2,
 }
 
 /// <summary>Connection flags in <see cref="ConnectionInfo.Flags"/>.</summary>

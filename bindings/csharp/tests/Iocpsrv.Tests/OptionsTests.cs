@@ -49,7 +49,14 @@ public class OptionsTests
         Assert.Equal(1500, server.GetOption(ServerOption.CloseTimeoutMs));
         Assert.Equal(1, server.GetOption(ServerOption.IPv6Only));
         // Every library option has a property.
-        Assert.Equal(24, Enum.GetValues<ServerOption>().Length);
+        Assert.Equal(27, Enum.GetValues<ServerOption>().Length);
+    }
+
+    [Fact]
+    public void ProxyProtocolOptionIsApplied()
+    {
+        using var server = new IocpServer(new IocpServerOptions { ProxyProtocol = ProxyMode.Required });
+        Assert.Equal((long)ProxyMode.Required, server.GetOption(ServerOption.ProxyProtocol));
     }
 
     [Fact]
