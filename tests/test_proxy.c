@@ -82,7 +82,7 @@ static size_t build_v2(uint8_t *out, int cmd, int fam, const uint8_t *addrs, siz
   size_t body = alen + tlv_bytes;
   out[14] = (uint8_t)(body >> 8);
   out[15] = (uint8_t)body;
-  memcpy(out + 16, addrs, alen);
+  if (alen) memcpy(out + 16, addrs, alen);
   size_t i;
   for (i = 0; i < tlv_bytes; i++) out[16 + alen + i] = (uint8_t)(i == 0 ? 0x04 : 0xAB);
   return 16 + body;

@@ -1014,6 +1014,7 @@ int main(int argc, char **argv) {
               sock_strerror(err));
       if (i > 0) fprintf(stderr, " (after %ld connections)", i);
       fputc('\n', stderr);
+      freeaddrinfo(ai);
       return 1;
     }
     w->conns[w->nconns++] = c;
