@@ -128,7 +128,9 @@ static int take_batch(pullq_t *q, iocpsrv_event_t *events, int max) {
     if (node->ev.type == IOCPSRV_EVENT_PACKET) q->packets--;
   }
   if (!q->head) q->tail = NULL;
-  if (q->events == 0 && !q->stopped) srv_waitable_reset(&q->waitable);
+  /* End-of-stream marks taken now are acted on at the next poll: keep the handle
+   * signalled so an event loop that polls only when it fires does poll again. */
+  if (q->events == 0 && !q->stopped && q->neof == 0) srv_waitable_reset(&q->waitable);
   return n;
 }
 
