@@ -431,7 +431,7 @@ def test_client_fin_after_its_echoes_closes_promptly(mode):
                 t0 = loop.time()
                 c.w.write_eof()  # FIN: the server closes once it has replied
                 assert await c.r.read() == b""
-                assert loop.time() - t0 < 2.0
+                assert loop.time() - t0 < 5.0
                 await c.close()
                 while len(lost) < i + 1:
                     await asyncio.sleep(0.005)

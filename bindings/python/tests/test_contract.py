@@ -429,6 +429,6 @@ def test_client_half_close_gets_its_replies_then_the_close(echo_server):
             c.sock.shutdown(__import__("socket").SHUT_WR)
             t0 = time.monotonic()
             assert c.closed_by_server()
-            assert time.monotonic() - t0 < 2.0
+            assert time.monotonic() - t0 < 5.0
     assert rec.wait(lambda r: r.count("disconnect") == 5)
     assert set(rec.reasons().values()) == {Reason.PEER_CLOSED}

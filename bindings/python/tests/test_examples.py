@@ -126,14 +126,20 @@ def test_chat_example_line_mode():
     ex = Example("chat.py", "--lines")
     try:
         with Client(ex.port, framing="raw") as a, Client(ex.port, framing="raw") as b:
+            def read_until(c, want, buf=b""):
+                while want not in buf:
+                    chunk = c.sock.recv(4096)
+                    assert chunk
+                    buf += chunk
+                return buf
+
+            for x in (a, b):  # each is connected once it sees its own join notice
+                read_until(x, b"* %s:%d joined\n" % (x.sock.getsockname()[0].encode(),
+                                                      x.sock.getsockname()[1]))
             a.send_raw(b"first line\nsecond ")
             a.send_raw(b"line\n")
             me = ("%s:%d" % a.sock.getsockname()).encode()
-            buf = b""
-            while b"second line\n" not in buf:
-                chunk = b.sock.recv(4096)
-                assert chunk
-                buf += chunk
+            buf = read_until(b, b"second line\n")
             lines = [ln for ln in buf.split(b"\n") if ln and not ln.startswith(b"* ")]
             assert lines == [me + b": first line", me + b": second line"]
         ex.stop()
