@@ -2,6 +2,7 @@
  * iocpsrv-console -- the 2001 article's server window as a terminal program.
  *
  *   iocpsrv-console [--port N] [--host H] [--threads N] [--echo]
+ *                   [--proxy-protocol off|required|optional] [--reuseport]
  *
  * It prints "listening on HOST:PORT", then a line for every client that connects or
  * leaves (its id, address and, on leaving, the reason) and for every packet it sends
@@ -32,7 +33,11 @@
  *     the pointer dies with the callback (contract 3);
  *   - commands call send/broadcast/disconnect/info/stats from the main thread while the
  *     workers run callbacks (contract 5); ids come from the engine and are printed in
- *     decimal, the form the commands take back.
+ *     decimal, the form the commands take back;
+ *   - behind a load balancer that speaks the PROXY protocol (--proxy-protocol), the
+ *     connect callback's peer is the real client; iocpsrv_conn_info's proxy field, read
+ *     from inside the connect callback, is the balancer: "connected from CLIENT via
+ *     BALANCER" (see samples/haproxy/).
  */
 #if !defined(_WIN32) && !defined(_GNU_SOURCE)
 #  define _GNU_SOURCE
@@ -280,6 +285,7 @@ static int g_echo;
 
 typedef struct client_s {
   char peer[64];
+  char via[64];         /* the balancer that sent a PROXY header, else "" */
   int64_t connected_ms; /* wall clock */
   uint64_t packets_in;  /* only its own callbacks touch these: serialized (contract 2) */
   uint64_t bytes_in;
@@ -295,7 +301,17 @@ static int IOCPSRV_CALL on_connect(iocpsrv_t *server, iocpsrv_conn_id_t conn,
   snprintf(c->peer, sizeof c->peer, "%s", peer);
   c->connected_ms = wall_ms();
   *conn_user = c;
-  say("client %llu connected from %s", (unsigned long long)conn, peer);
+  {
+    iocpsrv_conn_info_t info; /* info works from any callback (contract 5) */
+    memset(&info, 0, sizeof info);
+    info.struct_size = (uint32_t)sizeof info;
+    if (iocpsrv_conn_info(server, conn, &info) == 0 && info.proxy[0] != '\0')
+      snprintf(c->via, sizeof c->via, "%s", info.proxy);
+  }
+  if (c->via[0] != '\0')
+    say("client %llu connected from %s via %s", (unsigned long long)conn, peer, c->via);
+  else
+    say("client %llu connected from %s", (unsigned long long)conn, peer);
   return 0;
 }
 
@@ -329,8 +345,9 @@ static void IOCPSRV_CALL on_disconnect(iocpsrv_t *server, iocpsrv_conn_id_t conn
                                        void *conn_user, int reason) {
   client_t *c = (client_t *)conn_user;
   if (c == NULL) return;
-  say("client %llu disconnected: %s (%s, %llu packets in, %.1f s)", (unsigned long long)conn,
-      iocpsrv_reason_name(reason), c->peer, (unsigned long long)c->packets_in,
+  say("client %llu disconnected: %s (%s%s%s, %llu packets in, %.1f s)",
+      (unsigned long long)conn, iocpsrv_reason_name(reason), c->peer,
+      c->via[0] ? " via " : "", c->via, (unsigned long long)c->packets_in,
       (double)(wall_ms() - c->connected_ms) / 1000.0);
   free(c);
 }
@@ -390,8 +407,9 @@ static void cmd_help(void) {
 
 static void cmd_list(void) {
   iocpsrv_conn_id_t *ids = NULL;
+  iocpsrv_conn_info_t *infos = NULL;
   text_t t = {NULL, 0, 0};
-  int n, cap, i, shown = 0;
+  int n, cap, i, shown = 0, proxied = 0;
   int64_t now = wall_ms();
 
   n = iocpsrv_connections(g_srv, NULL, 0);
@@ -401,33 +419,54 @@ static void cmd_list(void) {
   }
   cap = n + 16; /* room for a few that connect meanwhile */
   ids = (iocpsrv_conn_id_t *)malloc((size_t)cap * sizeof *ids);
-  if (ids == NULL) {
+  infos = (iocpsrv_conn_info_t *)malloc((size_t)cap * sizeof *infos);
+  if (ids == NULL || infos == NULL) {
     say("error: list: out of memory");
+    free(ids);
+    free(infos);
     return;
   }
   n = iocpsrv_connections(g_srv, ids, cap);
   if (n > cap) n = cap;
   if (n < 0) n = 0;
-  text_add(&t, "%-10s %-24s %8s %10s %11s %12s %12s %s\n", "id", "address", "age",
-           "packets in", "packets out", "bytes in", "bytes out", "state");
+  /* Read every row first: the "via" column appears only when a client came through a
+   * balancer (PROXY protocol), so a plain server's table stays as it was. */
   for (i = 0; i < n; i++) {
-    iocpsrv_conn_info_t info;
-    memset(&info, 0, sizeof info);
-    info.struct_size = (uint32_t)sizeof info;
-    if (iocpsrv_conn_info(g_srv, ids[i], &info) < 0) continue; /* gone meanwhile */
-    text_add(&t, "%-10llu %-24s %7.0fs %10llu %11llu %12llu %12llu %s\n",
-             (unsigned long long)info.id, info.peer,
-             (double)(now - info.connect_time_ms) / 1000.0,
-             (unsigned long long)info.packets_in, (unsigned long long)info.packets_out,
-             (unsigned long long)info.bytes_in, (unsigned long long)info.bytes_out,
-             (info.flags & IOCPSRV_CONN_CLOSING) ? "closing"
-             : (info.flags & IOCPSRV_CONN_PAUSED) ? "paused"
-                                                  : "open");
+    iocpsrv_conn_info_t *info = &infos[shown];
+    memset(info, 0, sizeof *info);
+    info->struct_size = (uint32_t)sizeof *info;
+    if (iocpsrv_conn_info(g_srv, ids[i], info) < 0) continue; /* gone meanwhile */
+    if (info->proxy[0] != '\0') proxied = 1;
     shown++;
+  }
+  text_add(&t, proxied ? "%-10s %-24s %8s %10s %11s %12s %12s %-7s via\n"
+                       : "%-10s %-24s %8s %10s %11s %12s %12s %s\n",
+           "id", "address", "age", "packets in", "packets out", "bytes in", "bytes out",
+           "state");
+  for (i = 0; i < shown; i++) {
+    const iocpsrv_conn_info_t *info = &infos[i];
+    const char *state = (info->flags & IOCPSRV_CONN_CLOSING) ? "closing"
+                        : (info->flags & IOCPSRV_CONN_PAUSED) ? "paused"
+                                                              : "open";
+    if (proxied)
+      text_add(&t, "%-10llu %-24s %7.0fs %10llu %11llu %12llu %12llu %-7s %s\n",
+               (unsigned long long)info->id, info->peer,
+               (double)(now - info->connect_time_ms) / 1000.0,
+               (unsigned long long)info->packets_in, (unsigned long long)info->packets_out,
+               (unsigned long long)info->bytes_in, (unsigned long long)info->bytes_out, state,
+               info->proxy[0] ? info->proxy : "-");
+    else
+      text_add(&t, "%-10llu %-24s %7.0fs %10llu %11llu %12llu %12llu %s\n",
+               (unsigned long long)info->id, info->peer,
+               (double)(now - info->connect_time_ms) / 1000.0,
+               (unsigned long long)info->packets_in, (unsigned long long)info->packets_out,
+               (unsigned long long)info->bytes_in, (unsigned long long)info->bytes_out,
+               state);
   }
   text_add(&t, "%d client%s\n", shown, shown == 1 ? "" : "s");
   if (t.p != NULL) out_block(t.p);
   free(t.p);
+  free(infos);
   free(ids);
 }
 
@@ -668,6 +707,7 @@ static int signals_start(void) {
 static void usage(FILE *out) {
   fprintf(out,
           "usage: iocpsrv-console [--port N] [--host H] [--threads N] [--echo]\n"
+          "                       [--proxy-protocol off|required|optional] [--reuseport]\n"
           "\n"
           "A server you can watch and drive: shows clients connecting and leaving and the\n"
           "packets they send (4-byte little-endian length + payload), and takes commands\n"
@@ -677,6 +717,14 @@ static void usage(FILE *out) {
           "  --host H      address to bind (default 127.0.0.1; \"::\" for every interface)\n"
           "  --threads N   worker threads (default 0 = the engine's default, 2 x CPUs)\n"
           "  --echo        start with echo on: every packet goes back to its sender\n"
+          "  --proxy-protocol off|required|optional\n"
+          "                expect a PROXY protocol v1/v2 header (HAProxy's send-proxy,\n"
+          "                send-proxy-v2) before the first packet: required = on every\n"
+          "                connection, optional = when a client starts with one (default\n"
+          "                off); clients then show as \"ADDRESS via BALANCER\"\n"
+          "  --reuseport   SO_REUSEPORT: several processes may listen on the same port and\n"
+          "                the kernel spreads new connections over them (Linux; not on\n"
+          "                Windows)\n"
           "  --help        this text\n"
           "\n",
           DEFAULT_PORT);
@@ -699,14 +747,24 @@ static int fail(const char *what, int rc) {
   fprintf(stderr, "iocpsrv-console: %s: %s (%s)\n", what, iocpsrv_strerror(rc),
           iocpsrv_err_name(rc));
   if (g_srv != NULL) iocpsrv_destroy(g_srv);
+  g_srv = NULL;
   return 1;
+}
+
+/* "off" | "required" | "optional" -> an iocpsrv_proxy_mode_t, or -1. */
+static int parse_proxy_mode(const char *text) {
+  if (text == NULL) return -1;
+  if (strcmp(text, "off") == 0) return IOCPSRV_PROXY_OFF;
+  if (strcmp(text, "required") == 0) return IOCPSRV_PROXY_REQUIRED;
+  if (strcmp(text, "optional") == 0) return IOCPSRV_PROXY_OPTIONAL;
+  return -1;
 }
 
 int main(int argc, char **argv) {
   const char *host = "127.0.0.1";
   long port = DEFAULT_PORT, threads = 0;
   char *line;
-  int i, rc, quit = 0;
+  int i, rc, quit = 0, proxy_mode = IOCPSRV_PROXY_OFF, reuseport = 0;
 
   for (i = 1; i < argc; i++) {
     const char *a = argv[i];
@@ -735,6 +793,15 @@ int main(int argc, char **argv) {
         return 2;
       }
       i++;
+    } else if (strcmp(a, "--proxy-protocol") == 0) {
+      proxy_mode = parse_proxy_mode(v);
+      if (proxy_mode < 0) {
+        fprintf(stderr, "iocpsrv-console: --proxy-protocol needs off, required or optional\n");
+        return 2;
+      }
+      i++;
+    } else if (strcmp(a, "--reuseport") == 0) {
+      reuseport = 1;
     } else {
       fprintf(stderr, "iocpsrv-console: unknown argument '%s'\n\n", a);
       usage(stderr);
@@ -753,13 +820,25 @@ int main(int argc, char **argv) {
   if (rc < 0) return fail("create", rc);
   if (threads > 0 && (rc = iocpsrv_set_option(g_srv, IOCPSRV_OPT_WORKER_THREADS, threads)) < 0)
     return fail("--threads", rc);
+  /* Set only when asked, so the defaults work with a library that predates them. */
+  if (proxy_mode != IOCPSRV_PROXY_OFF &&
+      (rc = iocpsrv_set_option(g_srv, IOCPSRV_OPT_PROXY_PROTOCOL, proxy_mode)) < 0)
+    return fail("--proxy-protocol", rc);
+  if (reuseport && (rc = iocpsrv_set_option(g_srv, IOCPSRV_OPT_REUSEPORT, 1)) < 0)
+    return fail("--reuseport", rc);
   iocpsrv_set_connect_cb(g_srv, on_connect);
   iocpsrv_set_packet_cb(g_srv, on_packet);
   iocpsrv_set_disconnect_cb(g_srv, on_disconnect);
   iocpsrv_set_log_cb(g_srv, on_log);
 
   rc = iocpsrv_listen(g_srv, host, (int)port);
-  if (rc < 0) return fail("listen", rc);
+  if (rc < 0) {
+    fail("listen", rc);
+    if (reuseport && rc == IOCPSRV_ENOTSUP)
+      fprintf(stderr, "iocpsrv-console: --reuseport needs SO_REUSEPORT (Linux); Windows has "
+                      "no way to balance one port over several processes\n");
+    return 1;
+  }
   rc = iocpsrv_port(g_srv);
   if (rc < 0) return fail("port", rc);
   line = (char *)malloc(LINE_MAX_BYTES);

@@ -2,6 +2,7 @@
  * iocpsrv-echo -- the smallest useful iocpsrv host: every packet goes back to its sender.
  *
  *   iocpsrv-echo --port N [--host H] [--threads N] [--verbose]
+ *                [--proxy-protocol off|required|optional] [--reuseport]
  *
  * It prints "listening on HOST:PORT" once clients can connect (port 0 picks a free port and
  * the real one is printed), serves until SIGINT or SIGTERM (Ctrl+C or Ctrl+Break on
@@ -14,7 +15,12 @@
  *     instead of dropping, the echo keeps the refused packet, pauses receiving from that
  *     client and finishes the echo from the drain callback, then resumes;
  *   - signals never call the library: POSIX blocks SIGINT/SIGTERM in every thread and
- *     waits for them with sigwait(); Windows' console handler only sets an event.
+ *     waits for them with sigwait(); Windows' console handler only sets an event;
+ *   - behind a load balancer (HAProxy, nginx stream, Envoy) that sends the PROXY
+ *     protocol, --proxy-protocol makes the engine read the header, so the connect
+ *     callback's peer is the real client; iocpsrv_conn_info's proxy field names the
+ *     balancer (see samples/haproxy/). --reuseport lets several processes share one
+ *     port on Linux, the kernel spreading new connections over them.
  */
 #include <iocpsrv.h>
 
@@ -54,6 +60,7 @@ typedef struct conn_state_s {
 static void usage(FILE *out) {
   fprintf(out,
           "usage: iocpsrv-echo --port N [--host H] [--threads N] [--verbose]\n"
+          "                    [--proxy-protocol off|required|optional] [--reuseport]\n"
           "\n"
           "Echo every length-prefixed packet (4-byte little-endian length + payload)\n"
           "back to its sender.\n"
@@ -62,6 +69,13 @@ static void usage(FILE *out) {
           "  --host H      address to bind (default 127.0.0.1; \"::\" for every interface)\n"
           "  --threads N   worker threads (default 0 = the engine's default, 2 x CPUs)\n"
           "  --verbose     print a line for every connect and disconnect\n"
+          "  --proxy-protocol off|required|optional\n"
+          "                expect a PROXY protocol v1/v2 header (HAProxy's send-proxy,\n"
+          "                send-proxy-v2) before the first packet: required = on every\n"
+          "                connection, optional = when a client starts with one (default off)\n"
+          "  --reuseport   SO_REUSEPORT: several processes may listen on the same port and\n"
+          "                the kernel spreads new connections over them (Linux; not on\n"
+          "                Windows)\n"
           "  --help        this text\n"
           "\n"
           "Prints \"listening on HOST:PORT\" when ready. SIGINT or SIGTERM stops the server\n"
@@ -83,7 +97,17 @@ static int IOCPSRV_CALL on_connect(iocpsrv_t *server, iocpsrv_conn_id_t conn,
   conn_state_t *st = (conn_state_t *)calloc(1, sizeof *st);
   if (st == NULL) return 1; /* refuse: no memory for its state */
   *conn_user = st;
-  if (g_verbose) printf("connect    %llu %s\n", (unsigned long long)conn, peer);
+  if (g_verbose) {
+    /* Behind a balancer with the PROXY protocol, `peer` is the real client and the
+     * connection info's proxy field the balancer (info may be read in any callback). */
+    iocpsrv_conn_info_t info;
+    memset(&info, 0, sizeof info);
+    info.struct_size = (uint32_t)sizeof info;
+    if (iocpsrv_conn_info(server, conn, &info) == 0 && info.proxy[0] != '\0')
+      printf("connect    %llu %s via %s\n", (unsigned long long)conn, peer, info.proxy);
+    else
+      printf("connect    %llu %s\n", (unsigned long long)conn, peer);
+  }
   return 0;
 }
 
@@ -210,9 +234,19 @@ static int fail(const char *what, int rc) {
   return 1;
 }
 
+/* "off" | "required" | "optional" -> an iocpsrv_proxy_mode_t, or -1. */
+static int parse_proxy_mode(const char *text) {
+  if (text == NULL) return -1;
+  if (strcmp(text, "off") == 0) return IOCPSRV_PROXY_OFF;
+  if (strcmp(text, "required") == 0) return IOCPSRV_PROXY_REQUIRED;
+  if (strcmp(text, "optional") == 0) return IOCPSRV_PROXY_OPTIONAL;
+  return -1;
+}
+
 int main(int argc, char **argv) {
   const char *host = "127.0.0.1";
   long port = -1, threads = 0;
+  int proxy_mode = IOCPSRV_PROXY_OFF, reuseport = 0;
   iocpsrv_t *server = NULL;
   iocpsrv_stats_t st;
   const char *why;
@@ -245,6 +279,15 @@ int main(int argc, char **argv) {
         return 2;
       }
       i++;
+    } else if (strcmp(a, "--proxy-protocol") == 0) {
+      proxy_mode = parse_proxy_mode(v);
+      if (proxy_mode < 0) {
+        fprintf(stderr, "iocpsrv-echo: --proxy-protocol needs off, required or optional\n");
+        return 2;
+      }
+      i++;
+    } else if (strcmp(a, "--reuseport") == 0) {
+      reuseport = 1;
     } else {
       fprintf(stderr, "iocpsrv-echo: unknown argument '%s'\n\n", a);
       usage(stderr);
@@ -269,6 +312,16 @@ int main(int argc, char **argv) {
     iocpsrv_destroy(server);
     return fail("--threads", rc);
   }
+  /* Set only when asked, so the defaults work with a library that predates them. */
+  if (proxy_mode != IOCPSRV_PROXY_OFF &&
+      (rc = iocpsrv_set_option(server, IOCPSRV_OPT_PROXY_PROTOCOL, proxy_mode)) < 0) {
+    iocpsrv_destroy(server);
+    return fail("--proxy-protocol", rc);
+  }
+  if (reuseport && (rc = iocpsrv_set_option(server, IOCPSRV_OPT_REUSEPORT, 1)) < 0) {
+    iocpsrv_destroy(server);
+    return fail("--reuseport", rc);
+  }
   iocpsrv_set_connect_cb(server, on_connect);
   iocpsrv_set_packet_cb(server, on_packet);
   iocpsrv_set_drain_cb(server, on_drain);
@@ -278,7 +331,11 @@ int main(int argc, char **argv) {
   rc = iocpsrv_listen(server, host, (int)port);
   if (rc < 0) {
     iocpsrv_destroy(server);
-    return fail("listen", rc);
+    fail("listen", rc);
+    if (reuseport && rc == IOCPSRV_ENOTSUP)
+      fprintf(stderr, "iocpsrv-echo: --reuseport needs SO_REUSEPORT (Linux); Windows has "
+                      "no way to balance one port over several processes\n");
+    return 1;
   }
   rc = iocpsrv_port(server);
   if (rc < 0) {
