@@ -190,7 +190,7 @@ say "server: $line"
 # ---- The client: a line, its echo, then the flood ----------------------------------
 "$wine_run" "$client" --host 127.0.0.1 --port "$port" --send "Hello from test_samples_gui" \
   --flood --count "$count" --message "Test Item " --autoclose --quiet \
-  --close-when-exists "$(winpath "$tmp/close.flag")" --window 800,0,760,560 \
+  --close-when-exists "$(winpath "$tmp/close.flag")" --window 800,0,760,430 \
   --summary "$(winpath "$tmp/client.txt")" >"$tmp/client.out" 2>"$tmp/client.err" &
 client_pid=$!
 
