@@ -227,10 +227,6 @@ def test_no_ffi_callback_anywhere():
             assert "ffi.callback" not in code and "def_extern" not in code, name
 
 
-@pytest.mark.xfail(reason="C library: the waitable handle is reset by the poll that takes "
-                          "a lone FIN's mark, and the close only starts at the poll after "
-                          "it; iocpsrv.aio works around it (extra poll, 250 ms tick)",
-                   strict=False)
 def test_waitable_handle_alone_drives_a_lone_fin_to_its_disconnect():
     """Raw C ABI, no binding logic: an event loop that polls only when the handle is
     signalled must see the DISCONNECT of a client whose FIN arrives after everything
