@@ -128,9 +128,6 @@ static int take_batch(pullq_t *q, iocpsrv_event_t *events, int max) {
     if (node->ev.type == IOCPSRV_EVENT_PACKET) q->packets--;
   }
   if (!q->head) q->tail = NULL;
-  /* End-of-stream marks taken now are acted on at the next poll: keep the handle
-   * signalled so an event loop that polls only when it fires does poll again. */
-  if (q->events == 0 && !q->stopped && q->neof == 0) srv_waitable_reset(&q->waitable);
   return n;
 }
 
@@ -160,6 +157,10 @@ int pullq_poll(pullq_t *q, iocpsrv_event_t *events, int max, int timeout_ms) {
     srv_cond_wait_ms(&q->nonempty, &q->lock, left);
   }
   int n = q->head ? take_batch(q, events, max) : (q->stopped ? IOCPSRV_ESTOPPED : 0);
+  /* Signalled while events wait, or while end-of-stream marks taken now wait for the
+   * next poll to act on them (an event loop that polls only when the handle fires must
+   * come back), or once stopped. */
+  if (q->events == 0 && !q->stopped && q->neof == 0) srv_waitable_reset(&q->waitable);
 
   iocpsrv_conn_id_t *waiters = NULL;
   size_t nwaiters = 0;
