@@ -153,6 +153,15 @@ wait_exit() {
   return 0
 }
 
+# exited_ok WHAT PID: our child PID ends within 10 s with status 0 (under the sanitizer
+# presets a report or a leak makes the status non-zero).
+exited_ok() {
+  local what=$1 pid=$2 rc
+  wait_exit "$pid" 10 || fail "$what did not exit"
+  wait "$pid"; rc=$?
+  [ "$rc" = 0 ] || fail "$what exited with status $rc"
+}
+
 client() { "$PY" "$HERE/client.py" "$@"; }
 
 # An address as an extended regex matching only itself ("[2001:db8::1]:80" has brackets).
@@ -300,7 +309,7 @@ ok "(b) no protocol errors on either instance after $(count "$W/A.log" '"ping"')
 
 # ---- d: A quits; after HAProxy marks it down, everything goes to B --------------------
 echo quit >&7
-wait_exit "$A_PID" 10 || fail "(d) console A did not exit after quit"
+exited_ok "(d) console A after quit" "$A_PID"
 wait_for "$W/hap.log" 0 'Server be/s1 is DOWN' 10 >/dev/null || fail "(d) haproxy did not mark s1 DOWN"
 B_MARK=$(lines "$W/B.log")
 client clients "$FRONT_PORT" 10 127.0.0.2 failover >"$W/clients2.out" || fail "(d) $(cat "$W/clients2.out")"
@@ -354,8 +363,8 @@ ok "(g) optional mode: plain client $me served as itself, a v1 header still pars
 
 echo quit >&8
 echo quit >&9
-wait_exit "$B_PID" 10 || fail "console B did not exit after quit"
-wait_exit "$C_PID" 10 || fail "console C did not exit after quit"
+exited_ok "console B after quit" "$B_PID"
+exited_ok "console C after quit" "$C_PID"
 kill "$HAP_PID" 2>/dev/null
 wait_exit "$HAP_PID" 5 || fail "haproxy did not stop on SIGTERM"
 
@@ -379,7 +388,8 @@ wait "$R3_PID"; rc=$?
 [ "$rc" = 1 ] && grep -q 'address already in use' "$W/R3.log" || fail "(h) without --reuseport: exit $rc, $(cat "$W/R3.log")"
 ok "(h) two iocpsrv-echo --reuseport on port $RP: $n1 + $n2 of 20 connections; without the flag: address already in use"
 kill "$R1_PID" "$R2_PID" 2>/dev/null
-wait_exit "$R1_PID" 10 && wait_exit "$R2_PID" 10 || fail "(h) iocpsrv-echo did not stop on SIGTERM"
+exited_ok "(h) iocpsrv-echo --reuseport 1 after SIGTERM" "$R1_PID"
+exited_ok "(h) iocpsrv-echo --reuseport 2 after SIGTERM" "$R2_PID"
 
 # ---- i: the sample config, ports swapped for free ones --------------------------------
 [ -f "$SAMPLE_CFG" ] || fail "(i) no $SAMPLE_CFG"
@@ -406,6 +416,14 @@ n1=$(count "$W/S1.log" "^connect +[0-9]+ 127\.0\.0\.2:[0-9]+ $VIA_RE" "$m1")
 n2=$(count "$W/S2.log" "^connect +[0-9]+ 127\.0\.0\.2:[0-9]+ $VIA_RE" "$m2")
 [ $((n1 + n2)) = 6 ] || fail "(i) the sample's servers logged $n1 + $n2 proxied clients, expected 6"
 ok "(i) samples/haproxy/haproxy.cfg: 6 clients echoed through it ($n1 + $n2 per server, leastconn)"
+kill "$S1_PID" "$S2_PID" 2>/dev/null
+exited_ok "(i) iocpsrv-echo 1 after SIGTERM" "$S1_PID"
+exited_ok "(i) iocpsrv-echo 2 after SIGTERM" "$S2_PID"
+
+# No sanitizer report in any program's output (the asan/tsan presets run this test too).
+if grep -lE 'ERROR: (Address|Leak)Sanitizer|runtime error:|WARNING: ThreadSanitizer' "$W"/*.log >/dev/null 2>&1; then
+  fail "sanitizer report in $(grep -lE 'ERROR: (Address|Leak)Sanitizer|runtime error:|WARNING: ThreadSanitizer' "$W"/*.log | xargs -n1 basename | tr '\n' ' ')"
+fi
 
 say "PASS test_haproxy"
 exit 0
