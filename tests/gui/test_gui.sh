@@ -178,8 +178,8 @@ done
   --window 0,0,780,560 --summary "$(winpath "$tmp/server.txt")" \
   >"$tmp/server.out" 2>"$tmp/server.err" &
 server_pid=$!
-if ! line=$(wait_for "$tmp/server.txt" ': listening ' 90 "$server_pid"); then
-  fail "the server did not report 'listening' within 90 s"
+if ! line=$(wait_for "$tmp/server.txt" ': listening ' 60 "$server_pid"); then
+  fail "the server did not report 'listening' within 60 s"
   cat "$tmp/server.txt" "$tmp/server.out"
   tail -20 "$tmp/server.err"
   exit 1
@@ -203,7 +203,7 @@ if wait_for "$tmp/client.txt" ': flood started ' 60 "$client_pid" >/dev/null; th
 else
   fail "the client did not start its flood within 60 s"
 fi
-if line=$(wait_for "$tmp/client.txt" ': flood ok=' 180 "$client_pid"); then
+if line=$(wait_for "$tmp/client.txt" ': flood ok=' 120 "$client_pid"); then
   say "client: $line"
   sleep 0.5 # the last repaint
   client_geom=$(window_of "$tmp/client.txt")
@@ -217,10 +217,10 @@ else
 fi
 touch "$tmp/close.flag" # the client may close now
 
-wait_exit "$client_pid" 60
+wait_exit "$client_pid" 30
 client_rc=$?
 client_pid=
-wait_exit "$server_pid" 60
+wait_exit "$server_pid" 30
 server_rc=$?
 server_pid=
 
