@@ -203,6 +203,28 @@ static void proxy_optional_serves_plain_clients(void) {
   echo_finish(es);
 }
 
+static void proxy_header_that_never_comes_is_dropped(void) {
+  static echo_opt_t opts[] = {{IOCPSRV_OPT_PROXY_PROTOCOL, IOCPSRV_PROXY_REQUIRED},
+                              {IOCPSRV_OPT_CLOSE_TIMEOUT_MS, 200}};
+  echo_config_t cfg = {0};
+  cfg.opts = opts;
+  cfg.nopts = 2;
+  echo_server_t *es = echo_start(&cfg);
+  ts_sock_t silent = connect_to(es);
+  ts_sock_t partial = connect_to(es);
+  CHECK_EQ(ts_send_all(partial, "PROXY TCP4 192.0.2.1", 20), 0);
+  int rc = ts_wait_close(silent, TS_WAIT_MS, NULL);
+  CHECK_MSG(rc == TS_EOF || rc == TS_RESET, "silent client: %s", ts_strerror(rc));
+  rc = ts_wait_close(partial, TS_WAIT_MS, NULL);
+  CHECK_MSG(rc == TS_EOF || rc == TS_RESET, "partial header: %s", ts_strerror(rc));
+  ts_close(silent);
+  ts_close(partial);
+  ECHO_CHECK_STAT(es, protocol_errors, 2);
+  ECHO_CHECK_STAT(es, connections_now, 0);
+  CHECK_EQ(tt_counter_get(&es->connects), 0);
+  echo_finish(es);
+}
+
 static void reuseport_option(void) {
   iocpsrv_t *a = NULL, *b = NULL;
   CHECK_OK(iocpsrv_create(&a, NULL));
@@ -230,6 +252,7 @@ int main(int argc, char **argv) {
   TEST_RUN(proxy_v2_local_and_v1_unknown_keep_socket_address);
   TEST_RUN(proxy_bad_headers_closed_and_counted);
   TEST_RUN(proxy_optional_serves_plain_clients);
+  TEST_RUN(proxy_header_that_never_comes_is_dropped);
   TEST_RUN(reuseport_option);
   return test_done();
 }

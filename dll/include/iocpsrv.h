@@ -251,8 +251,12 @@ typedef enum iocpsrv_option_e {
  * iocpsrv_conn_info's peer and pull CONNECT events report the real client address,
  * and iocpsrv_conn_info's proxy field the balancer's. The connect callback runs once
  * the header has arrived. A connection whose header is malformed (or missing when
- * REQUIRED) is closed before the host hears of it (no connect, no disconnect) and
- * counted in stats.protocol_errors; the log callback says why. */
+ * REQUIRED), or that has not arrived within IOCPSRV_OPT_CLOSE_TIMEOUT_MS, is closed
+ * before the host hears of it (no connect, no disconnect) and counted in
+ * stats.protocol_errors; the log callback says why. Until then the connection is in
+ * connections_now but not in iocpsrv_connections. In OPTIONAL mode a plain client is
+ * introduced when its first bytes arrive (the client speaks first). For a v2 LOCAL
+ * header (a balancer's own health check) peer and proxy are both the balancer. */
 typedef enum iocpsrv_proxy_mode_e {
   IOCPSRV_PROXY_OFF = 0,
   IOCPSRV_PROXY_REQUIRED = 1, /* every connection must start with a PROXY header */

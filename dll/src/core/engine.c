@@ -723,7 +723,14 @@ static void sweep(iocpsrv_t *srv, worker_t *w) {
   for (size_t i = 0; i < used; i++) {
     conn_t *c = (conn_t *)conntable_at(&srv->table, i);
     srv_mutex_lock(&c->slot.lock);
-    if (c->state == CONN_OPEN && idle &&
+    if (c->state == CONN_OPEN && c->proxy_awaiting &&
+        now - atomic_load_explicit(&c->last_packet_ms, memory_order_relaxed) >
+            srv->opt.close_timeout_ms) {
+      /* A PROXY header that never comes must not hold a slot the host cannot see. */
+      engine_stat_add(&srv->stats.protocol_errors, 1);
+      c->refused = 1;
+      request_close_locked(srv, c, 1, IOCPSRV_REASON_PROTOCOL_ERROR);
+    } else if (c->state == CONN_OPEN && idle &&
         now - atomic_load_explicit(&c->last_packet_ms, memory_order_relaxed) > idle) {
       engine_stat_add(&srv->stats.idle_timeouts, 1);
       request_close_locked(srv, c, 1, IOCPSRV_REASON_IDLE_TIMEOUT);
