@@ -459,13 +459,15 @@ static int conn_read_proxy(iocpsrv_t *srv, worker_t *w, conn_t *c, const uint8_t
   return gone ? 1 : after_delivery(&d, rc);
 }
 
-static int conn_read(iocpsrv_t *srv, worker_t *w, conn_t *c) {
-  srv_mutex_lock(&c->slot.lock);
-  int closing = c->state == CONN_CLOSING;
-  int blocked = c->paused || c->pull_blocked;
-  srv_mutex_unlock(&c->slot.lock);
-  if (!closing && blocked) return 0;
+/* Reads per turn of the token: enough to drain a burst, few enough that one fast
+ * sender cannot keep a worker from the connections queued behind it. */
+#define READS_PER_TURN 16
 
+enum { READ_DRAINED = 0, READ_GONE = 1, READ_FULL = 2 };
+
+/* One receive into the framer's own space (a large packet's body) or the worker's
+ * buffer, and delivery of the whole packets it completes. */
+static int conn_read_once(iocpsrv_t *srv, worker_t *w, conn_t *c, int closing, int hup) {
   uint8_t *p = NULL;
   size_t room = closing || c->proxy_awaiting ? 0 : framer_direct_space(&c->in, &srv->framing, &p);
   if (!room) {
@@ -473,13 +475,16 @@ static int conn_read(iocpsrv_t *srv, worker_t *w, conn_t *c) {
     room = w->rbuf_size;
   }
   long n = bk_conn_recv(c, p, room);
-  if (n == BK_EOF) return conn_peer_eof(srv, c);
-  if (n == BK_AGAIN) return 0;
-  if (n < 0) return conn_finalize(srv, c, IOCPSRV_REASON_PEER_RESET, 1);
+  if (n == BK_EOF) return conn_peer_eof(srv, c) ? READ_GONE : READ_DRAINED;
+  if (n == BK_AGAIN) return READ_DRAINED;
+  if (n < 0) return conn_finalize(srv, c, IOCPSRV_REASON_PEER_RESET, 1), READ_GONE;
   counter_add(&c->bytes_in, (uint64_t)n);
   w->bytes_in += (uint64_t)n;
-  if (closing) return 0; /* draining towards the peer's FIN */
-  if (c->proxy_awaiting) return conn_read_proxy(srv, w, c, p, (size_t)n);
+  /* A short read emptied the socket: the next arrival is a new edge. After a hang-up,
+   * read on until the end of stream shows itself. */
+  int more = (size_t)n == room || hup ? READ_FULL : READ_DRAINED;
+  if (closing) return more; /* draining towards the peer's FIN */
+  if (c->proxy_awaiting) return conn_read_proxy(srv, w, c, p, (size_t)n) ? READ_GONE : more;
 
   deliver_ctx_t d = {srv, w, c, 0};
   int rc = p == w->rbuf ? framer_feed(&c->in, &srv->framing, p, (size_t)n, deliver_packet, &d)
@@ -487,7 +492,30 @@ static int conn_read(iocpsrv_t *srv, worker_t *w, conn_t *c) {
                                                deliver_packet, &d);
   if (srv->framing.header_bytes == 0)
     atomic_store_explicit(&c->last_packet_ms, w->now, memory_order_relaxed);
-  return after_delivery(&d, rc);
+  return after_delivery(&d, rc) ? READ_GONE : more;
+}
+
+/* Read until the socket is empty (an edge-triggered backend hears of it only once),
+ * receiving is paused, or the turn is used up. A read skipped while paused is made up
+ * at resume; a turn used up goes to the back of the run queue (read_more). */
+static int conn_read(iocpsrv_t *srv, worker_t *w, conn_t *c) {
+  for (int i = 0; i < READS_PER_TURN; i++) {
+    srv_mutex_lock(&c->slot.lock);
+    int closing = c->state == CONN_CLOSING;
+    int blocked = c->paused || c->pull_blocked;
+    int hup = c->hup, eof = c->rd_eof;
+    srv_mutex_unlock(&c->slot.lock);
+    if (eof) return 0; /* a late hang-up event: the end was already read */
+    if (!closing && blocked) {
+      c->read_skipped = 1;
+      return 0;
+    }
+    c->read_skipped = 0;
+    int r = conn_read_once(srv, w, c, closing, hup);
+    if (r != READ_FULL) return r == READ_GONE;
+  }
+  c->read_more = 1;
+  return 0;
 }
 
 /* Deliver what waited in the framer while receiving was paused or the queue full. */
@@ -532,7 +560,10 @@ static int conn_handle(iocpsrv_t *srv, worker_t *w, conn_t *c, uint32_t n) {
     bk_conn_on_writable_locked(srv, c);
     srv_mutex_unlock(&c->slot.lock);
   }
-  if ((n & (NOTE_RESUME | NOTE_ROOM)) && conn_resume(srv, w, c, n)) return 1;
+  if (n & (NOTE_RESUME | NOTE_ROOM)) {
+    if (conn_resume(srv, w, c, n)) return 1;
+    if (c->read_skipped) n |= NOTE_READ; /* what arrived while paused */
+  }
   if ((n & NOTE_READ) && conn_read(srv, w, c)) return 1;
   if (n & NOTE_DRAIN) conn_drain(srv, c);
   return 0;
@@ -549,7 +580,12 @@ static void conn_run_notes(iocpsrv_t *srv, worker_t *w, conn_t *c) {
     srv_mutex_lock(&c->slot.lock);
   }
   c->busy = 0;
-  bk_conn_arm_locked(srv, c);
+  if (c->read_more) { /* its turn is used up: behind the others, still readable */
+    c->read_more = 0;
+    engine_schedule_locked(srv, c, NOTE_READ);
+  } else {
+    bk_conn_arm_locked(srv, c);
+  }
   srv_mutex_unlock(&c->slot.lock);
 }
 
@@ -617,6 +653,7 @@ static conn_t *conn_open(iocpsrv_t *srv, worker_t *w, bk_socket_t sock,
   c->srv = srv;
   c->paused = c->pull_blocked = c->want_drain = 0;
   c->wr_shut = c->rd_eof = c->hup = 0;
+  c->read_skipped = c->read_more = 0;
   c->notes = 0;
   c->sock = sock;
   c->refused = 0;

@@ -74,6 +74,8 @@ typedef struct conn_s {
   struct conn_s *next_task, *next_flush;
   /* Owned by the token holder (read elsewhere through the atomics): */
   framer_t in;
+  uint8_t read_skipped; /* a read was skipped while receiving was paused */
+  uint8_t read_more;    /* the last read turn ended with data still waiting */
   atomic_int deliver_stop; /* paused or closing: stop handing packets over */
   _Atomic(void *) user;
   atomic_uint_fast64_t bytes_in, packets_in;

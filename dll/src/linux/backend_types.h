@@ -11,8 +11,7 @@ typedef int bk_socket_t;
 #define BK_INVALID_SOCKET (-1)
 
 typedef struct bk_conn_s {
-  uint32_t armed_ev; /* the one-shot epoll mask armed now, 0 when not armed */
-  uint8_t want_write;/* a write would block: EPOLLOUT armed */
+  uint8_t want_write; /* a send would block: the next EPOLLOUT edge flushes */
 } bk_conn_t;
 
 typedef struct bk_server_s {

@@ -1,13 +1,16 @@
 /* The Linux backend: one shared epoll set served by every worker.
  *
- * Each socket is registered EPOLLONESHOT in one epoll set that all workers wait on,
- * the readiness twin of a completion port: any idle worker serves any ready
- * connection, so a callback that blocks delays only its own thread, and the one-shot
- * arming means one event per connection is in flight at a time. The engine's token
- * (core/engine.h) does the rest of the serializing.
+ * Each socket is registered once, edge-triggered for reading and writing, in one epoll
+ * set that all workers wait on, the readiness twin of a completion port: any idle
+ * worker serves any ready connection, so a callback that blocks delays only its own
+ * thread. An edge that arrives while another worker holds the connection's token only
+ * leaves it a note (core/engine.h), so no per-event epoll_ctl is needed to keep
+ * callbacks serialized: the engine reads until a short read, EAGAIN or the end of
+ * stream, and makes up reads it skipped while receiving was paused.
  *
  * Sends are plain non-blocking send() calls of the whole contiguous send buffer; one
- * that would block arms EPOLLOUT and the token holder finishes it. */
+ * that would block sets want_write, and the next EPOLLOUT edge lets the token holder
+ * finish it. */
 #define _GNU_SOURCE /* accept4 */
 #include <errno.h>
 #include <netdb.h>
@@ -152,11 +155,12 @@ static void accept_batch(worker_t *w) {
 static void on_conn_event(worker_t *w, uint64_t id, uint32_t ev) {
   conn_t *c = engine_conn_lock_id_event(w->srv, id);
   if (!c) return;
-  c->bk.armed_ev = 0;
-  if (ev & (EPOLLHUP | EPOLLERR)) c->hup = 1;
+  if (ev & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) c->hup = 1; /* read on to the end */
   uint32_t notes = 0;
   if (ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) notes |= NOTE_READ;
-  if (ev & EPOLLOUT) notes |= NOTE_WRITE;
+  /* Most edges report EPOLLOUT (the socket is writable); it matters only after a send
+   * would have blocked. want_write is set under this lock, so none is missed. */
+  if ((ev & (EPOLLOUT | EPOLLHUP | EPOLLERR)) && c->bk.want_write) notes |= NOTE_WRITE;
   engine_conn_notify_locked(w, c, notes);
 }
 
@@ -235,30 +239,17 @@ void bk_tune_socket(iocpsrv_t *srv, bk_socket_t fd) {
 
 int bk_conn_register(iocpsrv_t *srv, conn_t *c) {
   c->bk.want_write = 0;
-  struct epoll_event e = {.events = EPOLLIN | EPOLLRDHUP | EPOLLONESHOT,
+  struct epoll_event e = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
                           .data.u64 = c->slot.id};
   if (epoll_ctl(srv->bk.epfd, EPOLL_CTL_ADD, c->sock, &e) != 0) {
     engine_log(srv, 0, "epoll_ctl(ADD) failed: %s", strerror(errno));
-    c->bk.armed_ev = 0;
     return -1;
   }
-  c->bk.armed_ev = e.events;
   return 0;
 }
 
-void bk_conn_arm_locked(iocpsrv_t *srv, conn_t *c) {
-  if (c->busy || (c->state != CONN_OPEN && c->state != CONN_CLOSING)) return;
-  uint32_t ev = 0;
-  if (engine_reading_wanted(c)) ev |= EPOLLIN | EPOLLRDHUP;
-  if (c->bk.want_write) ev |= EPOLLOUT;
-  /* A hung-up socket reports EPOLLHUP whatever the mask: while nothing is wanted from
-   * it, leave it disarmed instead of waking workers in a loop. */
-  if (ev == 0 && c->hup) return;
-  ev |= EPOLLONESHOT;
-  if (c->bk.armed_ev == ev) return;
-  struct epoll_event e = {.events = ev, .data.u64 = c->slot.id};
-  if (epoll_ctl(srv->bk.epfd, EPOLL_CTL_MOD, c->sock, &e) == 0) c->bk.armed_ev = ev;
-}
+/* Edge-triggered: the registration stays as it is for the connection's life. */
+void bk_conn_arm_locked(iocpsrv_t *srv, conn_t *c) { (void)srv, (void)c; }
 
 void bk_conn_flush_locked(iocpsrv_t *srv, conn_t *c) {
   if (c->bk.want_write) return; /* EPOLLOUT will flush */
@@ -272,8 +263,7 @@ void bk_conn_flush_locked(iocpsrv_t *srv, conn_t *c) {
     }
     if (n < 0 && errno == EINTR) continue;
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      c->bk.want_write = 1;
-      bk_conn_arm_locked(srv, c);
+      c->bk.want_write = 1; /* the EPOLLOUT edge brings NOTE_WRITE */
       break;
     }
     engine_write_failed_locked(srv, c);
