@@ -59,8 +59,9 @@ typedef struct conn_state_s {
 
 static void usage(FILE *out) {
   fprintf(out,
-          "usage: iocpsrv-echo --port N [--host H] [--threads N] [--verbose]\n"
-          "                    [--proxy-protocol off|required|optional] [--reuseport]\n"
+          "usage: iocpsrv-echo --port N [--host H] [--threads N] [--max-connections N]\n"
+          "                    [--verbose] [--proxy-protocol off|required|optional]\n"
+          "                    [--reuseport]\n"
           "\n"
           "Echo every length-prefixed packet (4-byte little-endian length + payload)\n"
           "back to its sender.\n"
@@ -68,6 +69,9 @@ static void usage(FILE *out) {
           "  --port N      TCP port to listen on; 0 picks a free one (required)\n"
           "  --host H      address to bind (default 127.0.0.1; \"::\" for every interface)\n"
           "  --threads N   worker threads (default 0 = the engine's default, 2 x CPUs)\n"
+          "  --max-connections N\n"
+          "                clients served at once; more are refused (default: the\n"
+          "                engine's, 10000)\n"
           "  --verbose     print a line for every connect and disconnect\n"
           "  --proxy-protocol off|required|optional\n"
           "                expect a PROXY protocol v1/v2 header (HAProxy's send-proxy,\n"
@@ -245,7 +249,7 @@ static int parse_proxy_mode(const char *text) {
 
 int main(int argc, char **argv) {
   const char *host = "127.0.0.1";
-  long port = -1, threads = 0;
+  long port = -1, threads = 0, max_conns = 0;
   int proxy_mode = IOCPSRV_PROXY_OFF, reuseport = 0;
   iocpsrv_t *server = NULL;
   iocpsrv_stats_t st;
@@ -276,6 +280,12 @@ int main(int argc, char **argv) {
     } else if (strcmp(a, "--threads") == 0 || strcmp(a, "-t") == 0) {
       if (parse_int(v, 0, 1024, &threads) != 0) {
         fprintf(stderr, "iocpsrv-echo: --threads needs a number 0..1024\n");
+        return 2;
+      }
+      i++;
+    } else if (strcmp(a, "--max-connections") == 0) {
+      if (parse_int(v, 1, 16777215, &max_conns) != 0) {
+        fprintf(stderr, "iocpsrv-echo: --max-connections needs a number 1..16777215\n");
         return 2;
       }
       i++;
@@ -311,6 +321,11 @@ int main(int argc, char **argv) {
   if (threads > 0 && (rc = iocpsrv_set_option(server, IOCPSRV_OPT_WORKER_THREADS, threads)) < 0) {
     iocpsrv_destroy(server);
     return fail("--threads", rc);
+  }
+  if (max_conns > 0 &&
+      (rc = iocpsrv_set_option(server, IOCPSRV_OPT_MAX_CONNECTIONS, max_conns)) < 0) {
+    iocpsrv_destroy(server);
+    return fail("--max-connections", rc);
   }
   /* Set only when asked, so the defaults work with a library that predates them. */
   if (proxy_mode != IOCPSRV_PROXY_OFF &&
