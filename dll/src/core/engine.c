@@ -101,8 +101,12 @@ static void task_push(iocpsrv_t *srv, conn_t *c) {
   else srv->task_head = c;
   srv->task_tail = c;
   srv_mutex_unlock(&srv->task_lock);
-  /* Busy workers look at the queue after their current work; wake an idle one only. */
-  if (was_empty && atomic_load(&srv->idle_workers) > 0) bk_wake_tasks(srv);
+  /* Busy workers look at the queue after their current work; wake an idle one only.
+   * A worker's own pushes wake no one where the backend has a cheaper way to find
+   * work a blocked worker left behind (BK_WAKE_FOR_WORKER_TASKS). */
+  if (was_empty && atomic_load(&srv->idle_workers) > 0 &&
+      (BK_WAKE_FOR_WORKER_TASKS || !engine_in_worker_of(srv)))
+    bk_wake_tasks(srv);
 }
 
 static conn_t *task_pop(iocpsrv_t *srv, int *more) {
@@ -628,7 +632,8 @@ void engine_run_tasks(worker_t *w) {
   w->defer_notify = 0;
   while ((c = task_pop(srv, &more)) != NULL) {
     /* This one may block: let an idle worker take the rest. */
-    if (more && atomic_load(&srv->idle_workers) > 0) bk_wake_tasks(srv);
+    if (BK_WAKE_FOR_WORKER_TASKS && more && atomic_load(&srv->idle_workers) > 0)
+      bk_wake_tasks(srv);
     srv_mutex_lock(&c->slot.lock);
     /* `queued` is cleared here, not at free: the slot may be on this list while it is
      * reused, and the notes found now are the new connection's own. */

@@ -8,6 +8,16 @@
  * callbacks serialized: the engine reads until a short read, EAGAIN or the end of
  * stream, and makes up reads it skipped while receiving was paused.
  *
+ * The poll gate. All workers waiting in one epoll set would each be woken by the
+ * kernel for the next edge while another is busy, a context switch per event on a
+ * machine whose cores the clients share. So one worker at a time waits in epoll_wait
+ * (the poller) and takes whole batches; one spare watches (the watcher) and the rest
+ * sleep. When the poller leaves epoll_wait and no batch starts for a tick, it is stuck
+ * in a callback or a long batch: the watcher runs what it queued and takes over
+ * polling, and a sleeper becomes the next watcher. So a callback that blocks delays
+ * the others by about a tick, as IOCP's concurrency limit would, without a wake-up
+ * per event. The watcher ticks only while the server is busy.
+ *
  * Sends are plain non-blocking send() calls of the whole contiguous send buffer; one
  * that would block sets want_write, and the next EPOLLOUT edge lets the token holder
  * finish it. */
@@ -45,6 +55,94 @@ static int os_error(int e) {
   case ENOBUFS: return IOCPSRV_ENOMEM;
   default: return IOCPSRV_ESYSTEM;
   }
+}
+
+/* ---------------------------------------------------------------- poll gate ---- */
+
+#define GATE_TICK_MS 1       /* how long a poller may be away before help comes */
+#define GATE_IDLE_TICKS 100  /* ticks with a quiet poller before the watcher sleeps */
+
+enum { GATE_POLL, GATE_AROUND, GATE_QUIT };
+
+static void gate_init(bk_gate_t *g) {
+  srv_mutex_init(&g->lock);
+  srv_cond_init(&g->watch);
+  srv_cond_init(&g->sleep);
+  g->poller = g->watcher = g->watcher_asleep = g->quit = 0;
+  g->batches = 0;
+}
+
+static void gate_destroy(bk_gate_t *g) {
+  srv_cond_destroy(&g->sleep);
+  srv_cond_destroy(&g->watch);
+  srv_mutex_destroy(&g->lock);
+}
+
+/* Watch the poller until it is away for a whole tick without a new batch: then go
+ * around (run what it queued, then poll). Lock held. */
+static int gate_watch(bk_gate_t *g, int wait_ms) {
+  g->watcher = 1;
+  uint64_t seen = g->batches;
+  int quiet = 0, slept_ms = 0;
+  for (;;) {
+    if (g->watcher_asleep) srv_cond_wait_ms(&g->watch, &g->lock, wait_ms - slept_ms);
+    else srv_cond_wait_ms(&g->watch, &g->lock, GATE_TICK_MS);
+    slept_ms += g->watcher_asleep ? wait_ms : GATE_TICK_MS;
+    if (g->quit) break;
+    int progress = g->batches != seen;
+    seen = g->batches;
+    if (!g->poller && !progress) break; /* stuck: take over */
+    quiet = g->poller && !progress ? quiet + 1 : 0;
+    g->watcher_asleep = quiet >= GATE_IDLE_TICKS;
+    if (slept_ms >= wait_ms) break; /* the sweep and the pool's retiring need a turn */
+  }
+  g->watcher = g->watcher_asleep = 0;
+  srv_cond_signal(&g->sleep); /* a sleeper becomes the next watcher */
+  return g->quit ? GATE_QUIT : GATE_AROUND;
+}
+
+/* Before waiting for events: poll, watch or sleep. wait_ms bounds every wait so the
+ * sweep and the dynamic pool's retiring still run. */
+static int gate_enter(iocpsrv_t *srv, int wait_ms) {
+  bk_gate_t *g = &srv->bk.gate;
+  int r;
+  srv_mutex_lock(&g->lock);
+  if (g->quit) {
+    r = GATE_QUIT;
+  } else if (!g->poller) {
+    g->poller = 1;
+    r = GATE_POLL;
+  } else if (!g->watcher) {
+    r = gate_watch(g, wait_ms);
+  } else {
+    srv_cond_wait_ms(&g->sleep, &g->lock, wait_ms);
+    r = g->quit ? GATE_QUIT : GATE_AROUND;
+  }
+  srv_mutex_unlock(&g->lock);
+  return r;
+}
+
+/* Back from epoll_wait: the next batch is anyone's; a sleeping watcher wakes, since
+ * the poller is about to be busy. */
+static void gate_leave(iocpsrv_t *srv) {
+  bk_gate_t *g = &srv->bk.gate;
+  srv_mutex_lock(&g->lock);
+  g->poller = 0;
+  g->batches++;
+  if (g->watcher_asleep) {
+    g->watcher_asleep = 0;
+    srv_cond_signal(&g->watch);
+  }
+  srv_mutex_unlock(&g->lock);
+}
+
+static void gate_quit(iocpsrv_t *srv) {
+  bk_gate_t *g = &srv->bk.gate;
+  srv_mutex_lock(&g->lock);
+  g->quit = 1;
+  srv_cond_broadcast(&g->watch);
+  srv_cond_broadcast(&g->sleep);
+  srv_mutex_unlock(&g->lock);
 }
 
 /* ------------------------------------------------------------------ listener ---- */
@@ -85,6 +183,8 @@ static int add_watch(iocpsrv_t *srv, int fd, uint32_t events, uint64_t tag) {
 int bk_start(iocpsrv_t *srv, const char *host, int port) {
   bk_server_t *b = &srv->bk;
   b->epfd = b->task_fd = b->quit_fd = -1;
+  gate_init(&b->gate);
+  b->ready = 1;
   int rc = engine_bind_listener(srv, host, port);
   if (rc) return rc;
   b->epfd = epoll_create1(EPOLL_CLOEXEC);
@@ -113,6 +213,9 @@ static void close_fd(int *fd) {
 
 void bk_release(iocpsrv_t *srv) {
   close_fd(&srv->listen_sock);
+  if (!srv->bk.ready) return; /* bk_start never ran: nothing else is open */
+  srv->bk.ready = 0;
+  gate_destroy(&srv->bk.gate);
   close_fd(&srv->bk.epfd);
   close_fd(&srv->bk.task_fd);
   close_fd(&srv->bk.quit_fd);
@@ -124,7 +227,10 @@ static void signal_fd(int fd) {
   (void)r; /* EAGAIN only if the counter is saturated: it is readable either way */
 }
 
-void bk_quit_workers(iocpsrv_t *srv) { signal_fd(srv->bk.quit_fd); }
+void bk_quit_workers(iocpsrv_t *srv) {
+  signal_fd(srv->bk.quit_fd); /* the poller */
+  gate_quit(srv);              /* the watcher and the sleepers */
+}
 void bk_wake_tasks(iocpsrv_t *srv) { signal_fd(srv->bk.task_fd); }
 
 static void accept_batch(worker_t *w) {
@@ -192,7 +298,16 @@ void bk_worker_loop(worker_t *w) {
       wait_ms = engine_after_batch(w);
       continue;
     }
+    int gate = gate_enter(srv, wait_ms);
+    if (gate != GATE_POLL) {
+      engine_worker_woke(w);
+      if (gate == GATE_QUIT || engine_worker_should_retire(w)) return;
+      engine_run_tasks(w);
+      wait_ms = engine_after_batch(w);
+      continue;
+    }
     int n = epoll_wait(srv->bk.epfd, evs, EVENTS_PER_WAIT, wait_ms);
+    gate_leave(srv);
     engine_worker_woke(w);
     if (n < 0 && errno != EINTR) {
       engine_log(srv, 0, "epoll_wait failed: %s", strerror(errno));
@@ -202,7 +317,8 @@ void bk_worker_loop(worker_t *w) {
     batch_flags_t f = {0, 0};
     /* Events 2..n go to the run queue, the first is run here (see engine_run_tasks);
      * when the listener is in the batch, its connect callbacks run here and every
-     * connection event is queued, so none waits behind a connect callback. */
+     * connection event is queued, so none waits behind a connect callback. Queued
+     * work is this worker's to run next, or the watcher's if this one gets stuck. */
     w->defer_notify = 1;
     for (int i = 1; i < n; i++) dispatch(w, &evs[i], &f);
     w->defer_notify = f.accept;

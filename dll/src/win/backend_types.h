@@ -45,6 +45,10 @@ typedef struct bk_server_s {
 /* What the dynamic pool does with a retired worker: overlapped I/O may die with its thread (Wine): retired workers park. */
 #define BK_PARK_RETIRED 1
 
+/* Work a worker queues for others (the rest of a batch) wakes an idle worker at once:
+ * a worker blocked in a callback is seen by nobody else. */
+#define BK_WAKE_FOR_WORKER_TASKS 1
+
 typedef struct bk_worker_s {
   int unused;
 } bk_worker_t;
