@@ -23,6 +23,9 @@
 #   tsan     the C tests built with ThreadSanitizer (preset linux-tsan)
 #   valgrind the lifecycle and framing tests under valgrind memcheck: no error, no leak
 #   fuzz     libFuzzer on the framing parser (clang) for FUZZ_SECONDS (default 60)
+#   bench    bench/run --quick: every benchmark server built (Release) and driven for
+#            a second, every echo verified, so the harness cannot rot (no timing
+#            threshold: slow numbers never fail it)
 # Every section runs even when an earlier one failed (sections that need the build are
 # skipped when it failed). Exits non-zero if any section failed or was skipped.
 set -uo pipefail
@@ -31,7 +34,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$(pwd)
 BUILD_DIR="$ROOT/build/linux"
 JOBS=$(nproc 2>/dev/null || echo 2)
-SECTIONS=(deps build ctest demo install python csharp windows asan tsan valgrind fuzz)
+SECTIONS=(deps build ctest demo install python csharp windows asan tsan valgrind fuzz bench)
 
 export DEBIAN_FRONTEND=noninteractive
 
@@ -216,6 +219,10 @@ section_fuzz() {
     echo "fuzz_framing failed: the input is in $out/crash-*; copy it to fuzz/crashers/" >&2
     return 1
   }
+}
+
+section_bench() {
+  bash "$ROOT/bench/run" --quick
 }
 
 # ---- runner ---------------------------------------------------------------------------

@@ -8,11 +8,18 @@
 #include <stdlib.h>
 #include <string.h>
 
-static _Thread_local worker_t *tls_worker;
+/* initial-exec: the library's few thread locals come from the static TLS reserve, so
+ * reading them is one instruction instead of a __tls_get_addr call per packet. */
+#if defined(__GNUC__) && !defined(_WIN32)
+#  define ENGINE_TLS _Thread_local __attribute__((tls_model("initial-exec")))
+#else
+#  define ENGINE_TLS _Thread_local
+#endif
+static ENGINE_TLS worker_t *tls_worker;
 /* Pull mode: the server whose iocpsrv_poll returned this thread's current batch, and
  * which batch (see flush_soon_locked). */
-static _Thread_local iocpsrv_t *tls_batch_srv;
-static _Thread_local uint64_t tls_batch_seq;
+static ENGINE_TLS iocpsrv_t *tls_batch_srv;
+static ENGINE_TLS uint64_t tls_batch_seq;
 
 /* ---------------------------------------------------------------- helpers ---- */
 
