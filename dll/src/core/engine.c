@@ -243,10 +243,57 @@ static void flush_deferred(worker_t *w) {
   }
 }
 
+/* The connection whose callback is running on this thread, if it is `id`. */
+static conn_t *own_conn(iocpsrv_t *srv, iocpsrv_conn_id_t id) {
+  worker_t *w = tls_worker;
+  if (!w || w->srv != srv || !w->running) return NULL;
+  return w->running->slot.id == id ? w->running : NULL; /* the token holder's to read */
+}
+
+/* A send from the connection's own callback: into `own`, no lock (merge_own_locked
+ * moves it at the end of the turn). The queue limit counts `out` as the turn found it. */
+static int send_own(iocpsrv_t *srv, conn_t *c, const iocpsrv_buf_t *bufs, int count,
+                    size_t total) {
+  if (!atomic_load_explicit(&c->send_open, memory_order_relaxed)) return IOCPSRV_ENOTCONN;
+  size_t queued = c->out_seen + sendbuf_pending(&c->own);
+  if (queued && queued + srv->framing.header_bytes + total > (size_t)srv->opt.send_queue_limit) {
+    c->own_want_drain = 1;
+    engine_stat_add(&srv->stats.send_queue_rejections, 1);
+    return IOCPSRV_EQUEUEFULL;
+  }
+  if (sendbuf_append(&c->own, &srv->framing, bufs, count, total)) return IOCPSRV_ENOMEM;
+  c->own_packets++;
+  tls_worker->packets_out++;
+  return 0;
+}
+
+/* End of a turn (lock held, token still held): the own sends join the queue, in order
+ * after what other threads queued before, and go out with the worker's flush. */
+static void merge_own_locked(iocpsrv_t *srv, conn_t *c) {
+  if (c->own_want_drain) {
+    c->want_drain = 1;
+    c->own_want_drain = 0;
+  }
+  if (!sendbuf_pending(&c->own)) return;
+  if (c->state != CONN_OPEN && c->state != CONN_CLOSING) {
+    sendbuf_free(&c->own);
+  } else if (sendbuf_take(&c->out, &c->own)) {
+    engine_log(srv, 0, "connection %s: out of memory queueing packets", c->peer);
+    sendbuf_free(&c->own);
+    request_close_locked(srv, c, 1, IOCPSRV_REASON_LOCAL_ABORT);
+    return;
+  }
+  c->packets_out += c->own_packets;
+  c->own_packets = 0;
+  flush_soon_locked(srv, c);
+}
+
 static int send_packet(iocpsrv_t *srv, iocpsrv_conn_id_t id, const iocpsrv_buf_t *bufs,
                        int count, size_t total) {
   if (srv_state(srv) != SRV_RUNNING) return IOCPSRV_ESTOPPED;
   if (total > srv->framing.max_packet) return IOCPSRV_ETOOBIG; /* raw mode: per send */
+  conn_t *own = own_conn(srv, id);
+  if (own) return send_own(srv, own, bufs, count, total);
   conn_t *c = conn_lock_id(srv, id);
   if (!c) return IOCPSRV_ENOTCONN;
   int rc = 0;
@@ -276,6 +323,7 @@ static int send_packet(iocpsrv_t *srv, iocpsrv_conn_id_t id, const iocpsrv_buf_t
 static void request_close_locked(iocpsrv_t *srv, conn_t *c, int abort, int reason) {
   if (c->state == CONN_OPEN) {
     c->state = CONN_CLOSING;
+    atomic_store_explicit(&c->send_open, 0, memory_order_relaxed);
     c->close_reason = (uint8_t)reason;
     c->close_deadline = clock_now() + srv->opt.close_timeout_ms;
     atomic_store(&c->deliver_stop, 1);
@@ -302,7 +350,11 @@ static int conn_finalize(iocpsrv_t *srv, conn_t *c, int reason, int abort) {
   if (c->close_mode == CLOSE_ABORT) abort = 1;
   c->close_reason = (uint8_t)reason;
   c->state = CONN_DEAD;
+  atomic_store_explicit(&c->send_open, 0, memory_order_relaxed);
   sendbuf_free(&c->out);
+  sendbuf_free(&c->own);
+  c->own_packets = 0;
+  c->own_want_drain = 0;
   srv_mutex_unlock(&c->slot.lock);
   framer_free(&c->in);
   free(c->proxy_buf);
@@ -545,6 +597,7 @@ static int conn_resume(iocpsrv_t *srv, worker_t *w, conn_t *c, uint32_t notes) {
 static int conn_close_step(iocpsrv_t *srv, conn_t *c) {
   srv_mutex_lock(&c->slot.lock);
   int abort = c->close_mode == CLOSE_ABORT;
+  if (!abort) merge_own_locked(srv, c); /* replies its callbacks sent before the close */
   if (!abort) bk_conn_flush_locked(srv, c); /* it may sit on a deferred list */
   if (!abort && !c->wr_shut && bk_conn_pending_locked(c) == 0) {
     bk_conn_shutdown_write(c);
@@ -583,13 +636,21 @@ static int conn_handle(iocpsrv_t *srv, worker_t *w, conn_t *c, uint32_t n) {
 /* Run notes while holding the token; called with the lock held and busy set, returns
  * with the lock released. */
 static void conn_run_notes(iocpsrv_t *srv, worker_t *w, conn_t *c) {
+  conn_t *outer = w->running;
+  w->running = c;
   while (c->notes) {
     uint32_t n = c->notes;
     c->notes = 0;
+    c->out_seen = bk_conn_pending_locked(c);
     srv_mutex_unlock(&c->slot.lock);
-    if (conn_handle(srv, w, c, n)) return;
+    if (conn_handle(srv, w, c, n)) {
+      w->running = outer;
+      return;
+    }
     srv_mutex_lock(&c->slot.lock);
   }
+  merge_own_locked(srv, c);
+  w->running = outer;
   c->busy = 0;
   if (c->read_more) { /* its turn is used up: behind the others, still readable */
     c->read_more = 0;
@@ -666,6 +727,9 @@ static conn_t *conn_open(iocpsrv_t *srv, worker_t *w, bk_socket_t sock,
   c->paused = c->pull_blocked = c->want_drain = 0;
   c->wr_shut = c->rd_eof = c->hup = 0;
   c->read_skipped = c->read_more = 0;
+  c->own_want_drain = 0;
+  c->own_packets = 0;
+  atomic_store_explicit(&c->send_open, 1, memory_order_relaxed);
   c->notes = 0;
   c->sock = sock;
   c->refused = 0;
@@ -758,6 +822,7 @@ void engine_accept(worker_t *w, bk_socket_t sock, const struct sockaddr_storage 
  * nobody else is touching the framer. */
 static void trim_locked(conn_t *c) {
   if (sendbuf_pending(&c->out) == 0 && c->out.buf) sendbuf_free(&c->out);
+  if (sendbuf_pending(&c->own) == 0 && c->own.buf) sendbuf_free(&c->own);
   if (framer_buffered(&c->in) == 0 && c->in.buf) framer_free(&c->in);
   bk_conn_trim_locked(c);
 }
@@ -1164,6 +1229,7 @@ int64_t IOCPSRV_CALL iocpsrv_pending_bytes(iocpsrv_t *srv, iocpsrv_conn_id_t con
   if (!c) return srv_state(srv) == SRV_STOPPED ? IOCPSRV_ESTOPPED : IOCPSRV_ENOTCONN;
   int64_t n = (int64_t)bk_conn_pending_locked(c);
   srv_mutex_unlock(&c->slot.lock);
+  if (own_conn(srv, conn) == c) n += (int64_t)sendbuf_pending(&c->own); /* not merged yet */
   return n;
 }
 

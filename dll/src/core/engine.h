@@ -75,6 +75,12 @@ typedef struct conn_s {
   /* Owned by the token holder (read elsewhere through the atomics): */
   framer_t in;
   uint8_t read_skipped; /* a read was skipped while receiving was paused */
+  uint8_t own_want_drain; /* an own send was refused: want_drain at the merge */
+  sendbuf_t own;        /* what its own callbacks sent this turn, moved to `out` under
+                           the lock once per turn (no lock per packet) */
+  uint64_t own_packets;
+  size_t out_seen;      /* `out`'s pending bytes when the turn began (own sends' limit) */
+  atomic_int send_open; /* OPEN: own sends are accepted (the state is under the lock) */
   uint8_t read_more;    /* the last read turn ended with data still waiting */
   atomic_int deliver_stop; /* paused or closing: stop handing packets over */
   _Atomic(void *) user;
@@ -98,6 +104,7 @@ struct worker_s {
   size_t rbuf_size;
   int64_t now;
   conn_t *flush_head;
+  conn_t *running;   /* the connection whose token this worker holds, if any */
   int defer_notify; /* queue connection work instead of running it (see bk_worker_loop) */
   uint64_t packets_in, bytes_in, packets_out, bytes_out; /* published once per batch */
   bk_worker_t bk;

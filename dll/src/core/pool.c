@@ -73,13 +73,14 @@ static int spawn(iocpsrv_t *srv) {
     if (!w->rbuf) return -1;
     atomic_store(&w->state, WORKER_RUNNING);
     unsigned n = (unsigned)atomic_fetch_add(&srv->running_workers, 1) + 1;
+    /* The peak before the thread can serve anyone: a client it serves sees it counted. */
+    unsigned peak = atomic_load(&srv->pool.peak);
+    while (n > peak && !atomic_compare_exchange_weak(&srv->pool.peak, &peak, n)) {
+    }
     if (srv_thread_create(&w->thread, engine_worker_main, w) != 0) {
       atomic_store(&w->state, WORKER_FREE);
       atomic_fetch_sub(&srv->running_workers, 1);
       return -1;
-    }
-    unsigned peak = atomic_load(&srv->pool.peak);
-    while (n > peak && !atomic_compare_exchange_weak(&srv->pool.peak, &peak, n)) {
     }
     return 0;
   }
@@ -130,8 +131,10 @@ static void monitor_main(void *arg) {
     busy_since = idle > 0 ? 0 : busy_since ? busy_since : now;
     spare_since = idle == 0 ? 0 : spare_since ? spare_since : now;
     if (busy_since && now - busy_since >= busy_ms && running < p->max &&
-        cpu_allows_growth(srv) && spawn(srv) == 0) {
+        cpu_allows_growth(srv)) {
+      /* Counted first: the new worker may serve a client before spawn returns. */
       atomic_fetch_add(&p->grows, 1);
+      if (spawn(srv) != 0) atomic_fetch_sub(&p->grows, 1);
       busy_since = now; /* the next worker needs another full busy period */
     }
     if (spare_since && now - spare_since >= idle_ms && running > p->min) {

@@ -8,11 +8,10 @@
  * not pin memory on an idle connection. */
 #define SENDBUF_KEEP_CAP 16384
 
-int sendbuf_append(sendbuf_t *b, const framing_cfg_t *cfg, const iocpsrv_buf_t *bufs,
-                   int count, size_t total) {
-  size_t need = cfg->header_bytes + total;
+/* Room for `need` more bytes at the end; NULL when out of memory. */
+static uint8_t *sendbuf_reserve(sendbuf_t *b, size_t need) {
   size_t pending = b->len - b->off;
-  if (total > SIZE_MAX / 4 || pending > SIZE_MAX / 4) return -1; /* the doubling must not wrap */
+  if (need > SIZE_MAX / 4 || pending > SIZE_MAX / 4) return NULL; /* the doubling must not wrap */
   if (b->cap - b->len < need) {
     if (b->off && b->cap - pending >= need) {
       memmove(b->buf, b->buf + b->off, pending);
@@ -20,7 +19,7 @@ int sendbuf_append(sendbuf_t *b, const framing_cfg_t *cfg, const iocpsrv_buf_t *
       size_t cap = b->cap ? b->cap : 1024;
       while (cap < pending + need) cap *= 2;
       uint8_t *p = malloc(cap);
-      if (!p) return -1;
+      if (!p) return NULL;
       if (pending) memcpy(p, b->buf + b->off, pending);
       free(b->buf);
       b->buf = p;
@@ -29,13 +28,39 @@ int sendbuf_append(sendbuf_t *b, const framing_cfg_t *cfg, const iocpsrv_buf_t *
     b->off = 0;
     b->len = pending;
   }
-  uint8_t *w = b->buf + b->len;
+  return b->buf + b->len;
+}
+
+int sendbuf_append(sendbuf_t *b, const framing_cfg_t *cfg, const iocpsrv_buf_t *bufs,
+                   int count, size_t total) {
+  if (total > SIZE_MAX / 4) return -1;
+  size_t need = cfg->header_bytes + total;
+  uint8_t *w = sendbuf_reserve(b, need);
+  if (!w) return -1;
   w += framing_write_header(cfg, w, total);
   for (int i = 0; i < count; i++) {
     if (bufs[i].len) memcpy(w, bufs[i].base, bufs[i].len);
     w += bufs[i].len;
   }
   b->len += need;
+  return 0;
+}
+
+int sendbuf_take(sendbuf_t *b, sendbuf_t *from) {
+  size_t n = sendbuf_pending(from);
+  if (!n) return 0;
+  if (!sendbuf_pending(b)) { /* the usual case: swap, nothing copied */
+    sendbuf_t t = *b;
+    *b = *from;
+    *from = t;
+    from->off = from->len = 0;
+    return 0;
+  }
+  uint8_t *w = sendbuf_reserve(b, n);
+  if (!w) return -1;
+  memcpy(w, sendbuf_data(from), n);
+  b->len += n;
+  sendbuf_consume(from, n);
   return 0;
 }
 

@@ -23,6 +23,9 @@ static inline const uint8_t *sendbuf_data(const sendbuf_t *b) { return b->buf + 
 int sendbuf_append(sendbuf_t *b, const framing_cfg_t *cfg, const iocpsrv_buf_t *bufs,
                    int count, size_t total);
 
+/* Moves everything pending in `from` to the end of `b` (swapping buffers when `b` is
+ * empty). Returns 0, or -1 when out of memory (both unchanged then). */
+int sendbuf_take(sendbuf_t *b, sendbuf_t *from);
 /* `n` bytes were written. */
 void sendbuf_consume(sendbuf_t *b, size_t n);
 
