@@ -420,6 +420,44 @@ static void run_queue_full(int pull) {
   echo_finish(es);
 }
 
+/* The drain comes once the packet that was refused fits: resending it then succeeds,
+ * even when it is larger than half the limit. */
+static void contract_drain_leaves_room_for_the_refused_packet(void) {
+  enum { LIMIT = 64 * 1024, PKT = 1024, BIG = 40 * 1024 };
+  echo_opt_t opts[] = {{IOCPSRV_OPT_SEND_QUEUE_LIMIT, LIMIT}, {IOCPSRV_OPT_SNDBUF, 4096}};
+  echo_config_t cfg = {0};
+  cfg.opts = opts;
+  cfg.nopts = NOPTS(opts);
+  echo_server_t *es = echo_start(&cfg);
+  ts_sock_t s = ts_connect_ex("127.0.0.1", es->port, TS_WAIT_MS, 4096);
+  CHECK(s != TS_INVALID);
+  echo_conn_t *c = echo_conn_for(es, s);
+  uint8_t pkt[PKT];
+  memset(pkt, 'f', sizeof pkt);
+  int i, rc = 0;
+  for (i = 0; i < 100000 && rc == 0; i++) rc = iocpsrv_send(es->srv, c->id, pkt, PKT);
+  CHECK_ERR(rc, IOCPSRV_EQUEUEFULL);
+  uint8_t *big = (uint8_t *)malloc(BIG);
+  memset(big, 'B', BIG);
+  CHECK_ERR(iocpsrv_send(es->srv, c->id, big, BIG), IOCPSRV_EQUEUEFULL);
+  /* Read a little at a time and stop at the drain: the queue only shrinks after it. */
+  uint8_t chunk[4096];
+  size_t read_total = 0;
+  while (tt_counter_get(&es->drains) == 0) {
+    int n = ts_recv_some(s, chunk, sizeof chunk, TS_WAIT_MS);
+    CHECK_MSG(n > 0, "no drain after reading %zu bytes", read_total);
+    read_total += (size_t)n;
+  }
+  int64_t pending = iocpsrv_pending_bytes(es->srv, c->id);
+  CHECK_MSG(pending + BIG + 4 <= LIMIT, "drain with %lld bytes queued: no room for %d",
+            (long long)pending, BIG + 4);
+  CHECK_OK(iocpsrv_send(es->srv, c->id, big, BIG));
+  free(big);
+  ts_close(s);
+  CHECK_EQ(echo_wait_disconnect(es, c, TS_WAIT_MS), 0);
+  echo_finish(es);
+}
+
 static void contract_send_queue_full(void) { run_queue_full(0); }
 static void contract_pull_send_queue_full(void) { run_queue_full(1); }
 
@@ -1378,6 +1416,7 @@ int main(int argc, char **argv) {
   TEST_RUN(contract_send_anywhere);
   TEST_RUN(contract_stale_ids);
   TEST_RUN(contract_send_queue_full);
+  TEST_RUN(contract_drain_leaves_room_for_the_refused_packet);
   TEST_RUN(contract_refuse);
   TEST_RUN(contract_close_from_callback);
   TEST_RUN(contract_disconnect_modes);

@@ -291,7 +291,9 @@ typedef void(IOCPSRV_CALL *iocpsrv_disconnect_cb)(iocpsrv_t *server,
                                                   void *conn_user, int reason);
 
 /* After a send to this connection returned IOCPSRV_EQUEUEFULL, its queue fell below
- * half the limit: the host may send again (Node's 'drain'). Once per refusal episode. */
+ * half the limit AND has room for the largest packet refused (or is empty): the host
+ * may send again (Node's 'drain'), and resending what was refused succeeds unless other
+ * sends came first. Once per refusal episode. */
 typedef void(IOCPSRV_CALL *iocpsrv_drain_cb)(iocpsrv_t *server, iocpsrv_conn_id_t conn,
                                              void *conn_user);
 

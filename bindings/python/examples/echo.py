@@ -53,10 +53,15 @@ def main() -> int:
             srv.pause(conn)  # no packet callback for conn until resume
 
     def on_drain(conn):
-        data = stalled.pop(conn, None)
-        if data is not None:
+        data = stalled.get(conn)
+        if data is None:
+            return
+        try:
             send(conn, data)
-            srv.resume(conn)
+        except iocpsrv.SendQueueFull:
+            return  # still no room (another send came first): the next drain retries
+        del stalled[conn]
+        srv.resume(conn)
 
     def on_connect(conn, peer):
         if args.verbose:

@@ -162,8 +162,10 @@ void engine_sent_locked(iocpsrv_t *srv, conn_t *c, size_t n) {
   if (engine_in_worker_of(srv)) tls_worker->bytes_out += (uint64_t)n;
   else engine_stat_add(&srv->stats.bytes_out, (uint64_t)n);
   size_t pending = bk_conn_pending_locked(c);
-  if (c->want_drain && pending < (size_t)srv->opt.send_queue_limit / 2) {
+  size_t limit = (size_t)srv->opt.send_queue_limit;
+  if (c->want_drain && pending < limit / 2 && (pending == 0 || pending + c->drain_need <= limit)) {
     c->want_drain = 0;
+    c->drain_need = 0;
     engine_schedule_locked(srv, c, NOTE_DRAIN);
   }
   if (c->state == CONN_CLOSING && c->close_mode == CLOSE_GRACEFUL && !c->wr_shut &&
@@ -243,6 +245,12 @@ static void flush_deferred(worker_t *w) {
   }
 }
 
+/* A send of `framed` bytes was refused: a drain note once there is room for it. */
+static void refused_locked(conn_t *c, size_t framed) {
+  c->want_drain = 1;
+  if (framed > c->drain_need) c->drain_need = framed;
+}
+
 /* The connection whose callback is running on this thread, if it is `id`. */
 static conn_t *own_conn(iocpsrv_t *srv, iocpsrv_conn_id_t id) {
   worker_t *w = tls_worker;
@@ -258,6 +266,8 @@ static int send_own(iocpsrv_t *srv, conn_t *c, const iocpsrv_buf_t *bufs, int co
   size_t queued = c->out_seen + sendbuf_pending(&c->own);
   if (queued && queued + srv->framing.header_bytes + total > (size_t)srv->opt.send_queue_limit) {
     c->own_want_drain = 1;
+    size_t framed = srv->framing.header_bytes + total;
+    if (framed > c->own_drain_need) c->own_drain_need = framed;
     engine_stat_add(&srv->stats.send_queue_rejections, 1);
     return IOCPSRV_EQUEUEFULL;
   }
@@ -271,8 +281,9 @@ static int send_own(iocpsrv_t *srv, conn_t *c, const iocpsrv_buf_t *bufs, int co
  * after what other threads queued before, and go out with the worker's flush. */
 static void merge_own_locked(iocpsrv_t *srv, conn_t *c) {
   if (c->own_want_drain) {
-    c->want_drain = 1;
+    refused_locked(c, c->own_drain_need);
     c->own_want_drain = 0;
+    c->own_drain_need = 0;
   }
   if (!sendbuf_pending(&c->own)) return;
   if (c->state != CONN_OPEN && c->state != CONN_CLOSING) {
@@ -302,7 +313,7 @@ static int send_packet(iocpsrv_t *srv, iocpsrv_conn_id_t id, const iocpsrv_buf_t
   if (c->state != CONN_OPEN) {
     rc = IOCPSRV_ENOTCONN;
   } else if (pending && pending + framed > (size_t)srv->opt.send_queue_limit) {
-    c->want_drain = 1;
+    refused_locked(c, framed);
     engine_stat_add(&srv->stats.send_queue_rejections, 1);
     rc = IOCPSRV_EQUEUEFULL;
   } else if (sendbuf_append(&c->out, &srv->framing, bufs, count, total)) {
@@ -728,6 +739,7 @@ static conn_t *conn_open(iocpsrv_t *srv, worker_t *w, bk_socket_t sock,
   c->wr_shut = c->rd_eof = c->hup = 0;
   c->read_skipped = c->read_more = 0;
   c->own_want_drain = 0;
+  c->own_drain_need = c->drain_need = 0;
   c->own_packets = 0;
   atomic_store_explicit(&c->send_open, 1, memory_order_relaxed);
   c->notes = 0;

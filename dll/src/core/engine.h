@@ -70,12 +70,14 @@ typedef struct conn_s {
   bk_socket_t sock;
   sendbuf_t out;        /* queued, not yet handed to the backend */
   uint64_t bytes_out, packets_out;
+  size_t drain_need;    /* framed size of the largest refused packet (want_drain) */
   int64_t close_deadline;
   struct conn_s *next_task, *next_flush;
   /* Owned by the token holder (read elsewhere through the atomics): */
   framer_t in;
   uint8_t read_skipped; /* a read was skipped while receiving was paused */
   uint8_t own_want_drain; /* an own send was refused: want_drain at the merge */
+  size_t own_drain_need;  /* its framed size, likewise */
   sendbuf_t own;        /* what its own callbacks sent this turn, moved to `out` under
                            the lock once per turn (no lock per packet) */
   uint64_t own_packets;
