@@ -40,8 +40,11 @@
  *      then closes every connection; each still gets its one disconnect (reason
  *      IOCPSRV_REASON_SERVER_STOPPED). iocpsrv_destroy() is never called from a
  *      callback.
- *   7. A callback that blocks delays only the thread it runs on: any idle worker serves
- *      any other connection.
+ *   7. A callback that blocks delays only the thread it runs on: another worker takes
+ *      over the other connections (on Linux within a millisecond: one worker waits for
+ *      events and a spare takes its place when it is stuck; on Windows the completion
+ *      port wakes an idle worker). With the dynamic pool on, workers are added while all
+ *      of them are stuck.
  *
  * FRAMING
  *   Default: a 4-byte little-endian unsigned length, then that many payload bytes (the
