@@ -1,10 +1,12 @@
 #include "core/pullq.h"
 
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 struct pullq_node_s {
   pullq_node_t *next;
+  size_t cap; /* payload room */
   iocpsrv_event_t ev;
   uint8_t data[]; /* payload copy, NUL-terminated so a peer address is a C string */
 };
@@ -28,7 +30,53 @@ static void free_list(pullq_node_t *n) {
   }
 }
 
+/* Large packets: a node freed by one thread and allocated by another goes back to the
+ * system between packets (an arena trimmed with madvise), so every 64 KiB packet would
+ * fault in fresh zeroed pages. Nodes with room for at least SPARE_MIN bytes are kept
+ * for reuse instead, up to SPARE_MAX_BYTES in all; small ones stay with malloc. */
+#define SPARE_MIN (16u * 1024)
+#define SPARE_MAX_BYTES (8u << 20)
+#define SPARE_ROUND (16u * 1024)
+
+static void spare_or_free(pullq_t *q, pullq_node_t *n) { /* lock held */
+  if (n->cap >= SPARE_MIN && q->spare_bytes + n->cap <= SPARE_MAX_BYTES) {
+    n->next = q->spare;
+    q->spare = n;
+    q->spare_bytes += n->cap;
+  } else {
+    free(n);
+  }
+}
+
+static void release_list(pullq_t *q, pullq_node_t *n) { /* lock held */
+  while (n) {
+    pullq_node_t *next = n->next;
+    spare_or_free(q, n);
+    n = next;
+  }
+}
+
+static pullq_node_t *node_new(pullq_t *q, size_t len) {
+  if (len >= SPARE_MIN) {
+    srv_mutex_lock(&q->lock);
+    pullq_node_t **p = &q->spare;
+    while (*p && (*p)->cap < len) p = &(*p)->next;
+    pullq_node_t *n = *p;
+    if (n) {
+      *p = n->next;
+      q->spare_bytes -= n->cap;
+    }
+    srv_mutex_unlock(&q->lock);
+    if (n) return n;
+    if (len <= SIZE_MAX - SPARE_ROUND) len = (len + SPARE_ROUND - 1) / SPARE_ROUND * SPARE_ROUND;
+  }
+  pullq_node_t *n = malloc(sizeof *n + len + 1);
+  if (n) n->cap = len;
+  return n;
+}
+
 void pullq_destroy(pullq_t *q) {
+  free_list(q->spare);
   free_list(q->head);
   free_list(q->batch);
   free(q->waiters);
@@ -78,7 +126,7 @@ static int add_waiter(pullq_t *q, iocpsrv_conn_id_t conn) {
 
 int pullq_push(pullq_t *q, int type, iocpsrv_conn_id_t conn, void *conn_user, int reason,
                const void *data, size_t len) {
-  pullq_node_t *n = malloc(sizeof *n + len + 1);
+  pullq_node_t *n = node_new(q, len);
   if (!n) return -1;
   n->next = NULL;
   n->ev.type = type;
@@ -138,7 +186,7 @@ int pullq_poll(pullq_t *q, iocpsrv_event_t *events, int max, int timeout_ms) {
     return IOCPSRV_EBUSY;
   }
   q->polling = 1;
-  free_list(q->batch);
+  release_list(q, q->batch);
   q->batch = NULL;
   if (q->neof) { /* the host has handled the batch that held these marks */
     iocpsrv_conn_id_t *ids = q->eof_ids;

@@ -38,6 +38,8 @@ typedef struct pullq_s {
   void *room_ctx;
   iocpsrv_conn_id_t *eof_ids; /* marks taken by the last poll */
   size_t neof, capeof;
+  pullq_node_t *spare;        /* large nodes kept for reuse (see pullq.c) */
+  size_t spare_bytes;
 } pullq_t;
 
 int pullq_init(pullq_t *q, pullq_room_fn on_room, void *ctx);

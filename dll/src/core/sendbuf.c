@@ -5,18 +5,24 @@
 #include <string.h>
 
 /* Capacity kept once the queue is empty; larger buffers are released so a burst does
- * not pin memory on an idle connection. */
-#define SENDBUF_KEEP_CAP 16384
+ * not pin memory. Large enough for the rhythm of 64 KiB packets: freeing and
+ * re-allocating a buffer that size on every drain costs an mmap, page faults and an
+ * munmap per packet. An idle connection's empty buffer goes in the engine's sweep
+ * (core/engine.c, trim after 1 s), so this costs idle connections nothing. */
+#define SENDBUF_KEEP_CAP (128 * 1024)
 
 /* Room for `need` more bytes at the end; NULL when out of memory. */
 static uint8_t *sendbuf_reserve(sendbuf_t *b, size_t need) {
   size_t pending = b->len - b->off;
   if (need > SIZE_MAX / 4 || pending > SIZE_MAX / 4) return NULL; /* the doubling must not wrap */
   if (b->cap - b->len < need) {
-    if (b->off && b->cap - pending >= need) {
+    /* Slide the pending bytes to the front only when they are no more than the bytes
+     * already written (so each byte is moved at most once per byte sent), else grow:
+     * a long queue written a little at a time must not be moved on every append. */
+    if (b->off && b->off >= pending && b->cap - pending >= need) {
       memmove(b->buf, b->buf + b->off, pending);
     } else {
-      size_t cap = b->cap ? b->cap : 1024;
+      size_t cap = b->cap ? b->cap * 2 : 1024; /* doubling pays for the copy */
       while (cap < pending + need) cap *= 2;
       uint8_t *p = malloc(cap);
       if (!p) return NULL;
