@@ -154,7 +154,8 @@ public sealed unsafe class IocpServer : IDisposable
     /// packet (worker thread). Not raised in pull mode.</summary>
     public event ServerEventHandler<DisconnectedEventArgs>? Disconnected;
 
-    /// <summary>After a send was refused with QueueFull, the queue fell below half its limit.</summary>
+    /// <summary>After a send was refused with QueueFull, the queue fell below half its limit
+    /// and has room for the largest packet refused (resending it succeeds).</summary>
     public event ServerEventHandler<DrainedEventArgs>? Drained;
 
     /// <summary>Engine diagnostics (any thread, possibly concurrently; keep it short).</summary>
