@@ -245,6 +245,12 @@ static void flush_deferred(worker_t *w) {
   }
 }
 
+/* Whether a queue holding `queued` bytes refuses `framed` more: an empty queue takes
+ * any one packet, a busy one stays within the limit. */
+static int queue_refuses(const iocpsrv_t *srv, size_t queued, size_t framed) {
+  return queued && queued + framed > (size_t)srv->opt.send_queue_limit;
+}
+
 /* A send of `framed` bytes was refused: a drain note once there is room for it. */
 static void refused_locked(conn_t *c, size_t framed) {
   c->want_drain = 1;
@@ -263,10 +269,9 @@ static conn_t *own_conn(iocpsrv_t *srv, iocpsrv_conn_id_t id) {
 static int send_own(iocpsrv_t *srv, conn_t *c, const iocpsrv_buf_t *bufs, int count,
                     size_t total) {
   if (!atomic_load_explicit(&c->send_open, memory_order_relaxed)) return IOCPSRV_ENOTCONN;
-  size_t queued = c->out_seen + sendbuf_pending(&c->own);
-  if (queued && queued + srv->framing.header_bytes + total > (size_t)srv->opt.send_queue_limit) {
+  size_t framed = srv->framing.header_bytes + total;
+  if (queue_refuses(srv, c->out_seen + sendbuf_pending(&c->own), framed)) {
     c->own_want_drain = 1;
-    size_t framed = srv->framing.header_bytes + total;
     if (framed > c->own_drain_need) c->own_drain_need = framed;
     engine_stat_add(&srv->stats.send_queue_rejections, 1);
     return IOCPSRV_EQUEUEFULL;
@@ -312,7 +317,7 @@ static int send_packet(iocpsrv_t *srv, iocpsrv_conn_id_t id, const iocpsrv_buf_t
   size_t framed = srv->framing.header_bytes + total;
   if (c->state != CONN_OPEN) {
     rc = IOCPSRV_ENOTCONN;
-  } else if (pending && pending + framed > (size_t)srv->opt.send_queue_limit) {
+  } else if (queue_refuses(srv, pending, framed)) {
     refused_locked(c, framed);
     engine_stat_add(&srv->stats.send_queue_rejections, 1);
     rc = IOCPSRV_EQUEUEFULL;

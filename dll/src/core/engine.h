@@ -63,7 +63,8 @@ typedef struct conn_s {
   uint8_t queued;       /* on the server task list (kept across reuse, see run_tasks) */
   uint8_t flush_queued; /* on a worker flush list (likewise) */
   uint8_t paused, pull_blocked, want_drain;
-  uint8_t wr_shut, rd_eof, hup; /* sent our FIN, got the peer's, socket hung up */
+  uint8_t wr_shut, rd_eof, hup; /* sent our FIN, got the peer's, the backend saw a
+                                   hang-up or the peer's FIN coming (read to the end) */
   uint8_t refused;      /* the connect callback said no: no disconnect callback */
   uint8_t proxy_awaiting; /* its PROXY header has not arrived: the host does not know it */
   uint32_t notes;
