@@ -85,9 +85,10 @@ static int gate_watch(bk_gate_t *g, int wait_ms) {
   uint64_t seen = g->batches;
   int quiet = 0, slept_ms = 0;
   for (;;) {
-    if (g->watcher_asleep) srv_cond_wait_ms(&g->watch, &g->lock, wait_ms - slept_ms);
-    else srv_cond_wait_ms(&g->watch, &g->lock, GATE_TICK_MS);
-    slept_ms += g->watcher_asleep ? wait_ms : GATE_TICK_MS;
+    /* gate_leave may clear watcher_asleep while we wait: count what we asked for. */
+    int period = g->watcher_asleep ? wait_ms - slept_ms : GATE_TICK_MS;
+    srv_cond_wait_ms(&g->watch, &g->lock, period);
+    slept_ms += period;
     if (g->quit) break;
     int progress = g->batches != seen;
     seen = g->batches;
