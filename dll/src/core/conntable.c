@@ -1,10 +1,17 @@
 #include "core/conntable.h"
+#include "core/fault.h"
 
 #include <stdlib.h>
 #include <string.h>
 
 int conntable_init(conntable_t *t, size_t elem_size) {
   memset(t, 0, sizeof *t);
+  /* Every chunk pointer the id space can need, once: the array never moves, so a
+   * reader indexing it needs no lock however the limit changes (untouched pages of
+   * this zeroed block cost no memory). */
+  t->chunks = srv_calloc(CONN_MAX_CHUNKS, sizeof *t->chunks);
+  if (!t->chunks) return -1;
+  t->nchunks = CONN_MAX_CHUNKS;
   t->elem_size = elem_size;
   t->free_head = UINT32_MAX;
   srv_mutex_init(&t->lock);
@@ -12,19 +19,15 @@ int conntable_init(conntable_t *t, size_t elem_size) {
 }
 
 int conntable_reserve(conntable_t *t, size_t max_slots) {
-  size_t nchunks = (max_slots + CONN_CHUNK - 1) / CONN_CHUNK;
-  if (nchunks > t->nchunks) {
-    _Atomic(unsigned char *) *p = realloc((void *)t->chunks, nchunks * sizeof *p);
-    if (!p) return -1;
-    for (size_t i = t->nchunks; i < nchunks; i++) atomic_init(&p[i], NULL);
-    t->chunks = p;
-    t->nchunks = nchunks;
-  }
+  if (max_slots > (size_t)CONN_MAX_CHUNKS * CONN_CHUNK) return -1;
+  srv_mutex_lock(&t->lock);
   if (max_slots > t->max_slots) t->max_slots = max_slots;
+  srv_mutex_unlock(&t->lock);
   return 0;
 }
 
 void conntable_destroy(conntable_t *t) {
+  if (!t->chunks) return;
   for (size_t c = 0; c < t->nchunks; c++) {
     unsigned char *chunk = atomic_load(&t->chunks[c]);
     if (!chunk) continue;
@@ -58,7 +61,7 @@ static conn_slot_t *grow_to(conntable_t *t, size_t index) {
   size_t c = index / CONN_CHUNK;
   unsigned char *chunk = atomic_load_explicit(&t->chunks[c], memory_order_relaxed);
   if (!chunk) {
-    chunk = calloc(CONN_CHUNK, t->elem_size);
+    chunk = srv_calloc(CONN_CHUNK, t->elem_size);
     if (!chunk) return NULL;
     for (size_t i = 0; i < CONN_CHUNK; i++) {
       conn_slot_t *s = (conn_slot_t *)(chunk + i * t->elem_size);

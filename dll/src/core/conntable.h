@@ -18,6 +18,7 @@
 #define CONN_INDEX_BITS 24
 #define CONN_INDEX_MASK ((UINT64_C(1) << CONN_INDEX_BITS) - 1)
 #define CONN_CHUNK 256
+#define CONN_MAX_CHUNKS ((1u << CONN_INDEX_BITS) / CONN_CHUNK)
 
 /* Every backend's connection struct starts with this. */
 typedef struct conn_slot_s {
@@ -31,15 +32,17 @@ typedef struct conn_slot_s {
 typedef struct conntable_s {
   size_t elem_size;
   size_t max_slots;
-  _Atomic(unsigned char *) *chunks; /* max_slots / CONN_CHUNK chunk pointers */
-  size_t nchunks;
+  _Atomic(unsigned char *) *chunks; /* CONN_MAX_CHUNKS pointers, allocated once */
+  size_t nchunks;                   /* CONN_MAX_CHUNKS: fixed for the table's life */
   atomic_size_t high_water;         /* slots [0, high_water) have been used */
   srv_mutex_t lock;                 /* free list and chunk allocation */
   uint32_t free_head;               /* UINT32_MAX when empty */
 } conntable_t;
 
+/* 0, or -1 when out of memory. */
 int conntable_init(conntable_t *t, size_t elem_size);
-/* Allow up to max_slots slots (grows only; call while no connection exists). */
+/* Allow up to max_slots slots (grows only). Safe while readers look up slots: no
+ * memory a reader can hold ever moves. */
 int conntable_reserve(conntable_t *t, size_t max_slots);
 void conntable_destroy(conntable_t *t);
 

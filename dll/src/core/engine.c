@@ -1,5 +1,6 @@
 /* The engine shared by every backend; see engine.h for the model. */
 #include "core/engine.h"
+#include "core/fault.h"
 
 #include "core/proxy.h"
 
@@ -30,6 +31,26 @@ void engine_log(iocpsrv_t *srv, int level, const char *fmt, ...) {
   va_start(ap, fmt);
   vsnprintf(msg, sizeof msg, fmt, ap);
   va_end(ap);
+  srv->on_log(srv, level, msg);
+}
+
+void engine_log_throttled(iocpsrv_t *srv, log_gate_t *g, int level, const char *fmt, ...) {
+  int64_t now = srv_now_ms();
+  int64_t next = atomic_load(&g->next_ms);
+  if (now < next || !atomic_compare_exchange_strong(&g->next_ms, &next, now + 1000)) {
+    atomic_fetch_add(&g->suppressed, 1);
+    return;
+  }
+  uint64_t more = atomic_exchange(&g->suppressed, 0);
+  if (!srv->on_log) return;
+  char msg[256];
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  if (more && n >= 0 && (size_t)n < sizeof msg)
+    snprintf(msg + n, sizeof msg - (size_t)n, " (and %llu more in the last second)",
+             (unsigned long long)more);
   srv->on_log(srv, level, msg);
 }
 
@@ -283,25 +304,32 @@ static int send_own(iocpsrv_t *srv, conn_t *c, const iocpsrv_buf_t *bufs, int co
 }
 
 /* End of a turn (lock held, token still held): the own sends join the queue, in order
- * after what other threads queued before, and go out with the worker's flush. */
-static void merge_own_locked(iocpsrv_t *srv, conn_t *c) {
+ * after what other threads queued before, and go out with the worker's flush. Returns
+ * -1 when out of memory (the connection is aborted): the caller logs it once the lock
+ * is released, since no host callback may run under an engine lock. */
+static int merge_own_locked(iocpsrv_t *srv, conn_t *c) {
   if (c->own_want_drain) {
     refused_locked(c, c->own_drain_need);
     c->own_want_drain = 0;
     c->own_drain_need = 0;
   }
-  if (!sendbuf_pending(&c->own)) return;
+  if (!sendbuf_pending(&c->own)) return 0;
   if (c->state != CONN_OPEN && c->state != CONN_CLOSING) {
     sendbuf_free(&c->own);
   } else if (sendbuf_take(&c->out, &c->own)) {
-    engine_log(srv, 0, "connection %s: out of memory queueing packets", c->peer);
     sendbuf_free(&c->own);
+    c->own_packets = 0;
     request_close_locked(srv, c, 1, IOCPSRV_REASON_LOCAL_ABORT);
-    return;
+    return -1;
   }
   c->packets_out += c->own_packets;
   c->own_packets = 0;
   flush_soon_locked(srv, c);
+  return 0;
+}
+
+static void log_merge_nomem(iocpsrv_t *srv, conn_t *c) {
+  engine_log(srv, 0, "connection %s: out of memory queueing packets", c->peer);
 }
 
 static int send_packet(iocpsrv_t *srv, iocpsrv_conn_id_t id, const iocpsrv_buf_t *bufs,
@@ -496,7 +524,7 @@ static int conn_read_proxy(iocpsrv_t *srv, worker_t *w, conn_t *c, const uint8_t
   const uint8_t *data = p;
   size_t len = n;
   if (c->proxy_len) { /* the header was split over receives */
-    uint8_t *grown = realloc(c->proxy_buf, c->proxy_len + n);
+    uint8_t *grown = srv_realloc(c->proxy_buf, c->proxy_len + n);
     if (!grown) return conn_drop(srv, c, "out of memory for a PROXY header");
     memcpy(grown + c->proxy_len, p, n);
     c->proxy_buf = grown;
@@ -509,7 +537,7 @@ static int conn_read_proxy(iocpsrv_t *srv, worker_t *w, conn_t *c, const uint8_t
   if (r == PROXY_NEED_MORE) {
     if (len > PROXY_MAX_HEADER) return conn_drop(srv, c, "PROXY header too long");
     if (!c->proxy_len) {
-      c->proxy_buf = malloc(n);
+      c->proxy_buf = srv_malloc(n);
       if (!c->proxy_buf) return conn_drop(srv, c, "out of memory for a PROXY header");
       memcpy(c->proxy_buf, p, n);
       c->proxy_len = n;
@@ -520,22 +548,34 @@ static int conn_read_proxy(iocpsrv_t *srv, worker_t *w, conn_t *c, const uint8_t
   if (r == PROXY_NOT_PROXY && srv->opt.proxy_protocol == IOCPSRV_PROXY_REQUIRED)
     return conn_drop(srv, c, "no PROXY protocol header");
   size_t used = r > 0 ? (size_t)r : 0;
+  fault_point(FAULT_POINT_PROXY_PARSED, c->slot.id);
   srv_mutex_lock(&c->slot.lock);
-  if (r > 0) {
-    memcpy(c->proxy, c->peer, sizeof c->proxy); /* the balancer */
-    if (h.has_addr) format_addr(&h.src, c->peer, sizeof c->peer);
+  /* The sweep may have timed the header out a moment ago (refused and closing, under
+   * this lock): then the host must never meet it, or it would get a connect without
+   * a disconnect. The pending NOTE_CLOSE finishes it silently. */
+  int timed_out = c->state != CONN_OPEN;
+  if (!timed_out) {
+    if (r > 0) {
+      memcpy(c->proxy, c->peer, sizeof c->proxy); /* the balancer */
+      if (h.has_addr) format_addr(&h.src, c->peer, sizeof c->peer);
+    }
+    c->proxy_awaiting = 0;
   }
-  c->proxy_awaiting = 0;
   srv_mutex_unlock(&c->slot.lock);
-  int gone = conn_introduce(srv, c);
+  if (timed_out) return 0;
+  /* A refused client's slot is released inside conn_introduce and may belong to a new
+   * client at once: `c` must not be touched after a refusal (conn_finalize freed the
+   * header buffer). */
+  if (conn_introduce(srv, c)) return 1;
+  fault_point(FAULT_POINT_PROXY_INTRODUCED, c->slot.id);
   int rc = FRAMER_OK;
   deliver_ctx_t d = {srv, w, c, 0};
-  if (!gone && len > used)
+  if (len > used)
     rc = framer_feed(&c->in, &srv->framing, data + used, len - used, deliver_packet, &d);
   free(c->proxy_buf); /* the framer copied what it keeps */
   c->proxy_buf = NULL;
   c->proxy_len = 0;
-  return gone ? 1 : after_delivery(&d, rc);
+  return after_delivery(&d, rc);
 }
 
 /* Reads per turn of the token: enough to drain a burst, few enough that one fast
@@ -613,7 +653,8 @@ static int conn_resume(iocpsrv_t *srv, worker_t *w, conn_t *c, uint32_t notes) {
 static int conn_close_step(iocpsrv_t *srv, conn_t *c) {
   srv_mutex_lock(&c->slot.lock);
   int abort = c->close_mode == CLOSE_ABORT;
-  if (!abort) merge_own_locked(srv, c); /* replies its callbacks sent before the close */
+  int nomem = !abort && merge_own_locked(srv, c); /* replies sent before the close */
+  if (nomem) abort = 1;
   if (!abort) bk_conn_flush_locked(srv, c); /* it may sit on a deferred list */
   if (!abort && !c->wr_shut && bk_conn_pending_locked(c) == 0) {
     bk_conn_shutdown_write(c);
@@ -621,6 +662,7 @@ static int conn_close_step(iocpsrv_t *srv, conn_t *c) {
   }
   int done = c->wr_shut && c->rd_eof;
   srv_mutex_unlock(&c->slot.lock);
+  if (nomem) log_merge_nomem(srv, c);
   framer_free(&c->in); /* nothing more is delivered */
   if (abort) return conn_finalize(srv, c, IOCPSRV_REASON_LOCAL_ABORT, 1);
   return done ? conn_finalize(srv, c, IOCPSRV_REASON_PEER_CLOSED, 0) : 0;
@@ -654,18 +696,22 @@ static int conn_handle(iocpsrv_t *srv, worker_t *w, conn_t *c, uint32_t n) {
 static void conn_run_notes(iocpsrv_t *srv, worker_t *w, conn_t *c) {
   conn_t *outer = w->running;
   w->running = c;
-  while (c->notes) {
-    uint32_t n = c->notes;
-    c->notes = 0;
-    c->out_seen = bk_conn_pending_locked(c);
-    srv_mutex_unlock(&c->slot.lock);
-    if (conn_handle(srv, w, c, n)) {
-      w->running = outer;
-      return;
+  int nomem = 0;
+  do { /* the merge may leave notes (a close, a drain): run them too */
+    while (c->notes) {
+      uint32_t n = c->notes;
+      c->notes = 0;
+      c->out_seen = bk_conn_pending_locked(c);
+      srv_mutex_unlock(&c->slot.lock);
+      if (conn_handle(srv, w, c, n)) {
+        w->running = outer;
+        if (nomem) log_merge_nomem(srv, c);
+        return;
+      }
+      srv_mutex_lock(&c->slot.lock);
     }
-    srv_mutex_lock(&c->slot.lock);
-  }
-  merge_own_locked(srv, c);
+    if (merge_own_locked(srv, c)) nomem = 1;
+  } while (c->notes);
   w->running = outer;
   c->busy = 0;
   if (c->read_more) { /* its turn is used up: behind the others, still readable */
@@ -675,6 +721,7 @@ static void conn_run_notes(iocpsrv_t *srv, worker_t *w, conn_t *c) {
     bk_conn_arm_locked(srv, c);
   }
   srv_mutex_unlock(&c->slot.lock);
+  if (nomem) log_merge_nomem(srv, c); /* c's slot stays valid: its close is only queued */
 }
 
 static void conn_run(iocpsrv_t *srv, worker_t *w, conn_t *c) {
@@ -753,7 +800,8 @@ static conn_t *conn_open(iocpsrv_t *srv, worker_t *w, bk_socket_t sock,
   c->proxy_awaiting = 0;
   c->proxy[0] = 0;
   /* Before anyone can see the id: sends from other threads may start at once. */
-  if (bk_conn_register(srv, c)) c->notes |= NOTE_ERROR;
+  int reg_err = bk_conn_register(srv, c);
+  if (reg_err) c->notes |= NOTE_ERROR;
   c->bytes_out = c->packets_out = 0;
   atomic_store(&c->deliver_stop, 0);
   atomic_store(&c->user, NULL);
@@ -763,6 +811,9 @@ static conn_t *conn_open(iocpsrv_t *srv, worker_t *w, bk_socket_t sock,
   c->connect_time_ms = srv_unix_ms();
   format_addr(sa, c->peer, sizeof c->peer);
   srv_mutex_unlock(&c->slot.lock);
+  if (reg_err)
+    engine_log(srv, 0, "connection %s: cannot watch the socket (%s)", c->peer,
+               iocpsrv_strerror(reg_err));
   return c;
 }
 
@@ -882,8 +933,10 @@ static void sweep(iocpsrv_t *srv, worker_t *w) {
 static void sweep_if_due(iocpsrv_t *srv, worker_t *w) {
   int64_t due = atomic_load(&srv->next_sweep_ms);
   if (w->now < due) return;
-  if (atomic_compare_exchange_strong(&srv->next_sweep_ms, &due, w->now + srv->sweep_period_ms))
+  if (atomic_compare_exchange_strong(&srv->next_sweep_ms, &due, w->now + srv->sweep_period_ms)) {
     sweep(srv, w);
+    bk_periodic(srv, w->now);
+  }
 }
 
 /* ------------------------------------------------------------------ workers ---- */
@@ -977,29 +1030,30 @@ static void finish_stop(iocpsrv_t *srv) {
 int IOCPSRV_CALL iocpsrv_create(iocpsrv_t **out, void *user) {
   if (!out) return IOCPSRV_EINVAL;
   *out = NULL;
-  iocpsrv_t *srv = calloc(1, sizeof *srv);
+  iocpsrv_t *srv = srv_calloc(1, sizeof *srv);
   if (!srv) return IOCPSRV_ENOMEM;
   srv->user = user;
   srv_options_init(&srv->opt);
   srv->listen_sock = BK_INVALID_SOCKET;
+  int rc = IOCPSRV_ENOMEM;
+  if (conntable_init(&srv->table, sizeof(conn_t))) goto err_free;
+  rc = IOCPSRV_ESYSTEM;
+  if (bk_global_init()) goto err_table;
+  if (pullq_init(&srv->pull, NULL, srv)) goto err_global;
   srv_mutex_init(&srv->life_lock);
   srv_mutex_init(&srv->count_lock);
   srv_cond_init(&srv->count_cond);
   srv_mutex_init(&srv->task_lock);
   srv_mutex_init(&srv->poll_flush_lock);
-  conntable_init(&srv->table, sizeof(conn_t));
-  if (bk_global_init()) {
-    free(srv);
-    return IOCPSRV_ESYSTEM;
-  }
-  if (pullq_init(&srv->pull, NULL, srv)) {
-    conntable_destroy(&srv->table);
-    bk_global_cleanup();
-    free(srv);
-    return IOCPSRV_ESYSTEM;
-  }
   *out = srv;
   return 0;
+err_global:
+  bk_global_cleanup();
+err_table:
+  conntable_destroy(&srv->table);
+err_free:
+  free(srv);
+  return rc;
 }
 
 void *IOCPSRV_CALL iocpsrv_user_data(iocpsrv_t *srv) { return srv ? srv->user : NULL; }

@@ -113,6 +113,13 @@ struct worker_s {
   bk_worker_t bk;
 };
 
+/* engine_log_throttled's state: when the next line may go out, and how many were
+ * skipped since the last. */
+typedef struct log_gate_s {
+  atomic_int_fast64_t next_ms;
+  atomic_uint_fast64_t suppressed;
+} log_gate_t;
+
 typedef struct srv_stats_s {
   atomic_uint_fast64_t connections_total, connections_refused, connections_rejected;
   atomic_uint_fast64_t packets_in, packets_out, bytes_in, bytes_out;
@@ -156,6 +163,7 @@ struct iocpsrv_s {
   srv_mutex_t poll_flush_lock;
   conn_t *poll_flush_head;       /* sent to by the pull consumer in its current batch */
   srv_stats_t stats;
+  log_gate_t accept_log;   /* accept failures: a line a second at most */
   bk_server_t bk;
 };
 
@@ -200,7 +208,12 @@ int engine_in_worker_of(iocpsrv_t *srv);
 /* Resolve `host` (NULL or "": every interface) and listen on the first address that
  * works, through bk_listen_on. 0 or a negative IOCPSRV_E code. */
 int engine_bind_listener(iocpsrv_t *srv, const char *host, int port);
+/* The host's log callback. Never with an engine lock held: the callback may call any
+ * thread-safe API function. */
 void engine_log(iocpsrv_t *srv, int level, const char *fmt, ...);
+/* Like engine_log, at most once a second per gate; the lines skipped in between are
+ * counted in the next one. For failures that can repeat at line rate (accept). */
+void engine_log_throttled(iocpsrv_t *srv, log_gate_t *g, int level, const char *fmt, ...);
 void engine_stat_add(atomic_uint_fast64_t *s, uint64_t n);
 
 /* ---- Backend functions for the engine ---- */
@@ -213,12 +226,16 @@ int bk_start(iocpsrv_t *srv, const char *host, int port);
 int bk_listen_on(iocpsrv_t *srv, const struct addrinfo *ai);
 void bk_stop_accepting(iocpsrv_t *srv);     /* not closing: a worker may be accepting */
 void bk_release(iocpsrv_t *srv);            /* after the workers are joined */
+/* Periodic work from the sweep, one worker at a time, no lock held (re-arming the
+ * listener after descriptor exhaustion). */
+void bk_periodic(iocpsrv_t *srv, int64_t now);
 void bk_worker_loop(worker_t *w);           /* until bk_quit_workers */
 void bk_quit_workers(iocpsrv_t *srv);       /* every worker of srv->nslots returns */
 void bk_wake_tasks(iocpsrv_t *srv);
 void bk_tune_socket(iocpsrv_t *srv, bk_socket_t sock);
 void bk_close_socket(bk_socket_t sock);    /* a client socket we never served */
-/* Start watching a fresh connection; lock held. Non-zero on failure. */
+/* Start watching a fresh connection; lock held, so it must not log. 0 or a negative
+ * IOCPSRV_E code. */
 int bk_conn_register(iocpsrv_t *srv, conn_t *c);
 /* Arm the connection for what it waits for (engine_reading_wanted, writes); lock
  * held, token not held. */

@@ -1,4 +1,5 @@
 #include "core/framing.h"
+#include "core/fault.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -63,7 +64,7 @@ static int stash_reserve(framer_t *f, size_t need) {
   if (f->len + need <= f->cap) return 0;
   size_t cap = f->cap ? f->cap : 256;
   while (cap < f->len + need) cap *= 2;
-  uint8_t *p = realloc(f->buf, cap);
+  uint8_t *p = srv_realloc(f->buf, cap);
   if (!p) return -1;
   f->buf = p;
   f->cap = cap;

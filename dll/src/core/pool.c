@@ -17,6 +17,7 @@
  * Windows did too), a retired worker parks instead of exiting (BK_PARK_RETIRED) and
  * growth wakes a parked worker before it starts a new one. */
 #include "core/pool.h"
+#include "core/fault.h"
 
 #include <stdlib.h>
 
@@ -69,7 +70,7 @@ static int spawn(iocpsrv_t *srv) {
     w->index = i;
     w->retired = 0;
     w->rbuf_size = (size_t)srv->opt.read_buffer;
-    if (!w->rbuf) w->rbuf = malloc(w->rbuf_size);
+    if (!w->rbuf) w->rbuf = srv_malloc(w->rbuf_size);
     if (!w->rbuf) return -1;
     atomic_store(&w->state, WORKER_RUNNING);
     unsigned n = (unsigned)atomic_fetch_add(&srv->running_workers, 1) + 1;
@@ -171,7 +172,7 @@ int pool_start(iocpsrv_t *srv) {
   atomic_store(&p->retire_requests, 0);
   atomic_store(&p->peak, 0);
   srv->nslots = p->max;
-  srv->workers = calloc((size_t)srv->nslots, sizeof *srv->workers);
+  srv->workers = srv_calloc((size_t)srv->nslots, sizeof *srv->workers);
   if (!srv->workers) return IOCPSRV_ENOMEM;
   atomic_store(&srv->running_workers, 0);
   srv_mutex_init(&p->lock);

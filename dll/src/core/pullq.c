@@ -1,4 +1,5 @@
 #include "core/pullq.h"
+#include "core/fault.h"
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -70,7 +71,7 @@ static pullq_node_t *node_new(pullq_t *q, size_t len) {
     if (n) return n;
     if (len <= SIZE_MAX - SPARE_ROUND) len = (len + SPARE_ROUND - 1) / SPARE_ROUND * SPARE_ROUND;
   }
-  pullq_node_t *n = malloc(sizeof *n + len + 1);
+  pullq_node_t *n = srv_malloc(sizeof *n + len + 1);
   if (n) n->cap = len;
   return n;
 }
@@ -111,7 +112,7 @@ void pullq_set_stopped(pullq_t *q) {
 static int add_id(iocpsrv_conn_id_t **ids, size_t *n, size_t *cap, iocpsrv_conn_id_t id) {
   if (*n == *cap) {
     size_t c = *cap ? *cap * 2 : 64;
-    iocpsrv_conn_id_t *p = realloc(*ids, c * sizeof *p);
+    iocpsrv_conn_id_t *p = srv_realloc(*ids, c * sizeof *p);
     if (!p) return -1;
     *ids = p;
     *cap = c;

@@ -1,4 +1,5 @@
 #include "core/sendbuf.h"
+#include "core/fault.h"
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -24,7 +25,7 @@ static uint8_t *sendbuf_reserve(sendbuf_t *b, size_t need) {
     } else {
       size_t cap = b->cap ? b->cap * 2 : 1024; /* doubling pays for the copy */
       while (cap < pending + need) cap *= 2;
-      uint8_t *p = malloc(cap);
+      uint8_t *p = srv_malloc(cap);
       if (!p) return NULL;
       if (pending) memcpy(p, b->buf + b->off, pending);
       free(b->buf);

@@ -32,6 +32,7 @@
 #include <unistd.h>
 
 #include "core/engine.h"
+#include "core/fault.h"
 
 /* epoll data values that are not connection ids (ids are >= 1 << 24). */
 #define TAG_LISTEN 1u
@@ -201,6 +202,8 @@ int bk_start(iocpsrv_t *srv, const char *host, int port) {
   return 0;
 }
 
+void bk_periodic(iocpsrv_t *srv, int64_t now) { (void)srv, (void)now; }
+
 void bk_stop_accepting(iocpsrv_t *srv) {
   /* shutdown, not close: a worker may be inside accept4 on this fd right now. */
   epoll_ctl(srv->bk.epfd, EPOLL_CTL_DEL, srv->listen_sock, NULL);
@@ -358,11 +361,12 @@ int bk_conn_register(iocpsrv_t *srv, conn_t *c) {
   c->bk.want_write = 0;
   struct epoll_event e = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
                           .data.u64 = c->slot.id};
-  if (epoll_ctl(srv->bk.epfd, EPOLL_CTL_ADD, c->sock, &e) != 0) {
-    engine_log(srv, 0, "epoll_ctl(ADD) failed: %s", strerror(errno));
-    return -1;
+  if (fault_os(FAULT_EPOLL_CTL)) {
+    errno = ENOMEM;
+    return os_error(errno);
   }
-  return 0;
+  /* No log here: the connection's lock is held (the engine logs the code). */
+  return epoll_ctl(srv->bk.epfd, EPOLL_CTL_ADD, c->sock, &e) == 0 ? 0 : os_error(errno);
 }
 
 /* Edge-triggered: the registration stays as it is for the connection's life. */

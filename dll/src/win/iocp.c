@@ -25,6 +25,7 @@
 #include <string.h>
 
 #include "core/engine.h"
+#include "core/fault.h"
 
 #define KEY_CONN 1
 #define KEY_LISTEN 2
@@ -146,7 +147,7 @@ int bk_start(iocpsrv_t *srv, const char *host, int port) {
   if (!CreateIoCompletionPort((HANDLE)srv->listen_sock, b->port, KEY_LISTEN, 0))
     return os_error((int)GetLastError());
   b->naccepts = (int)srv->opt.accepts_posted;
-  b->accepts = calloc((size_t)b->naccepts, sizeof *b->accepts);
+  b->accepts = srv_calloc((size_t)b->naccepts, sizeof *b->accepts);
   if (!b->accepts) return IOCPSRV_ENOMEM;
   for (int i = 0; i < b->naccepts; i++) {
     b->accepts[i].sock = INVALID_SOCKET;
@@ -154,6 +155,8 @@ int bk_start(iocpsrv_t *srv, const char *host, int port) {
   }
   return 0;
 }
+
+void bk_periodic(iocpsrv_t *srv, int64_t now) { (void)srv, (void)now; }
 
 void bk_stop_accepting(iocpsrv_t *srv) {
   /* Cancel, not close: a worker may be re-posting an accept on this socket right now. */
