@@ -156,7 +156,11 @@ typedef enum iocpsrv_reason_e {
   IOCPSRV_REASON_LOCAL_ABORT = 4,    /* iocpsrv_disconnect abortive */
   IOCPSRV_REASON_PROTOCOL_ERROR = 5, /* header above the max packet size */
   IOCPSRV_REASON_IDLE_TIMEOUT = 6,   /* no complete packet within the idle timeout */
-  IOCPSRV_REASON_SERVER_STOPPED = 7  /* iocpsrv_stop */
+  IOCPSRV_REASON_SERVER_STOPPED = 7, /* iocpsrv_stop */
+  IOCPSRV_REASON_OUT_OF_MEMORY = 8   /* the engine could not allocate what this
+                                        connection needed (a packet buffer, a queued
+                                        send, a pull-mode event): it was aborted, and
+                                        counted in stats.alloc_failures */
 } iocpsrv_reason_t;
 /* The reason names why the close began. A graceful close (either side's) ends when
  * both FINs are exchanged and the queue is written, or is turned into an abort after
@@ -182,7 +186,8 @@ typedef enum iocpsrv_framing_e {
 
 /* ---- Options ----
  * Set with iocpsrv_set_option() while the server is not running (before the first
- * iocpsrv_listen or after iocpsrv_stop). Values are int64. Appended only. */
+ * iocpsrv_listen or after iocpsrv_stop). Values are int64, except the string options
+ * (IOCPSRV_OPT_PROXY_TRUSTED), set with iocpsrv_set_option_str(). Appended only. */
 typedef enum iocpsrv_option_e {
   IOCPSRV_OPT_WORKER_THREADS = 1,   /* default 0 = 2 x CPUs (the article's rule); 1..1024 */
   IOCPSRV_OPT_CONCURRENCY = 2,      /* IOCP NumberOfConcurrentThreads, default 0 = CPUs;
@@ -242,12 +247,30 @@ typedef enum iocpsrv_option_e {
   IOCPSRV_OPT_PROXY_PROTOCOL = 26,  /* an iocpsrv_proxy_mode_t: the listener expects HAProxy's
                                        PROXY protocol header (v1 text or v2 binary, TLVs
                                        skipped) before the first packet. Default OFF */
-  IOCPSRV_OPT_REUSEPORT = 27        /* 1 = SO_REUSEPORT on the listener (Linux): several
+  IOCPSRV_OPT_REUSEPORT = 27,       /* 1 = SO_REUSEPORT on the listener (Linux): several
                                        processes listen on one port and the kernel spreads
                                        new connections over them. Windows has no
                                        equivalent (its SO_REUSEADDR lets a second socket
                                        steal the port, it does not balance): listen returns
                                        IOCPSRV_ENOTSUP there. Default 0 */
+  IOCPSRV_OPT_PROXY_TRUSTED = 28,   /* a STRING option (iocpsrv_set_option_str): the peers
+                                       whose PROXY headers are believed, e.g.
+                                       "10.0.0.0/8, 127.0.0.1, ::1, fd00::/8": IPv4 and
+                                       IPv6 addresses and CIDR ranges separated by commas
+                                       and/or spaces ("::/0" trusts everyone). Default
+                                       NULL = nothing trusted: with PROXY_PROTOCOL on, set
+                                       it to your balancers' addresses. See
+                                       iocpsrv_proxy_mode_t for what happens to others */
+  IOCPSRV_OPT_MAX_CONNECTIONS_PER_SOURCE = 29 /* connections one client address may hold
+                                       at once, default 0 = no limit; 0..16777215. The
+                                       address is the socket's peer, or the client a
+                                       trusted PROXY header names (a balancer's own
+                                       address is never counted for what it relays).
+                                       Clients past it are closed at once before the host
+                                       hears of them (no connect, no disconnect) and
+                                       counted in connections_refused and
+                                       source_refusals. The port is ignored; an
+                                       IPv4-mapped IPv6 peer counts as its IPv4 address */
 } iocpsrv_option_t;
 
 /* Values for IOCPSRV_OPT_PROXY_PROTOCOL. With a PROXY header the connect callback,
@@ -259,7 +282,22 @@ typedef enum iocpsrv_option_e {
  * stats.protocol_errors; the log callback says why. Until then the connection is in
  * connections_now but not in iocpsrv_connections. In OPTIONAL mode a plain client is
  * introduced when its first bytes arrive (the client speaks first). For a v2 LOCAL
- * header (a balancer's own health check) peer and proxy are both the balancer. */
+ * header (a balancer's own health check) peer and proxy are both the balancer.
+ *
+ * Trust. A header names any address its sender likes, so it is believed only from a
+ * peer (the socket's address) in IOCPSRV_OPT_PROXY_TRUSTED, which is empty by
+ * default. From any other peer:
+ *   - REQUIRED: the connection is closed as soon as it is accepted, before it sends
+ *     anything and before the host hears of it;
+ *   - OPTIONAL: a client that starts with plain data is a plain client under its own
+ *     address; one that sends a PROXY header is closed once the header is complete,
+ *     before the host hears of it (the address in it never reaches the host).
+ * Either way it is counted in stats.protocol_errors and stats.proxy_untrusted, and the
+ * log callback says why (at most a line a second). listen logs a warning when PROXY
+ * is on and nothing is trusted. A trusted peer is exempt from
+ * IOCPSRV_OPT_MAX_CONNECTIONS_PER_SOURCE: the client its header names is counted
+ * instead, when the header arrives; a header without an address (v2 LOCAL, v1
+ * UNKNOWN) or a trusted peer's plain connection in OPTIONAL mode is not counted. */
 typedef enum iocpsrv_proxy_mode_e {
   IOCPSRV_PROXY_OFF = 0,
   IOCPSRV_PROXY_REQUIRED = 1, /* every connection must start with a PROXY header */
@@ -273,8 +311,10 @@ typedef enum iocpsrv_proxy_mode_e {
 
 /* A client connected. `peer` is its numeric address, "127.0.0.1:5000" or
  * "[::1]:5000". Store a per-connection pointer in *conn_user; it comes back in every
- * later callback for this connection. Return 0 to accept, non-zero to refuse (the
- * client is closed, counted in connections_rejected, and gets no disconnect). */
+ * later callback for this connection (*conn_user starts as NULL; if the callback
+ * leaves it unchanged, a value it stored with iocpsrv_set_conn_user stays). Return 0
+ * to accept, non-zero to refuse (the client is closed, counted in
+ * connections_rejected, and gets no disconnect). */
 typedef int(IOCPSRV_CALL *iocpsrv_connect_cb)(iocpsrv_t *server, iocpsrv_conn_id_t conn,
                                               const char *peer, void **conn_user);
 
@@ -296,7 +336,9 @@ typedef void(IOCPSRV_CALL *iocpsrv_disconnect_cb)(iocpsrv_t *server,
 /* After a send to this connection returned IOCPSRV_EQUEUEFULL, its queue fell below
  * half the limit AND has room for the largest packet refused (or is empty): the host
  * may send again (Node's 'drain'), and resending what was refused succeeds unless other
- * sends came first. Once per refusal episode. */
+ * sends came first. Once per refusal episode, and always: a refusal is only ever made
+ * against a queue that holds bytes (an empty queue takes any one packet), and those
+ * bytes' write is what brings the drain, whichever thread refused the send. */
 typedef void(IOCPSRV_CALL *iocpsrv_drain_cb)(iocpsrv_t *server, iocpsrv_conn_id_t conn,
                                              void *conn_user);
 
@@ -320,11 +362,26 @@ IOCPSRV_API void *IOCPSRV_CALL iocpsrv_user_data(iocpsrv_t *server);
 
 /* Set or read an option (iocpsrv_option_t). Setting is allowed only while the server
  * is not running (IOCPSRV_ESTATE otherwise). IOCPSRV_EUNKNOWNOPT / IOCPSRV_ERANGE for
- * bad input. */
+ * bad input; IOCPSRV_EINVAL for a string option. */
 IOCPSRV_API int IOCPSRV_CALL iocpsrv_set_option(iocpsrv_t *server, int option,
                                                 int64_t value);
 IOCPSRV_API int IOCPSRV_CALL iocpsrv_get_option(iocpsrv_t *server, int option,
                                                 int64_t *value);
+
+/* Set a string option (IOCPSRV_OPT_PROXY_TRUSTED) from NUL-terminated UTF-8 text; NULL
+ * or "" clears it. The engine parses and keeps its own copy. Same thread rules as
+ * iocpsrv_set_option (IOCPSRV_ESTATE while running). IOCPSRV_EINVAL for a malformed
+ * value, with the option left as it was, or for an int option; IOCPSRV_EUNKNOWNOPT,
+ * IOCPSRV_ENOMEM. */
+IOCPSRV_API int IOCPSRV_CALL iocpsrv_set_option_str(iocpsrv_t *server, int option,
+                                                    const char *value);
+/* Read a string option in the engine's own spelling (for PROXY_TRUSTED every entry
+ * as "address/prefix", host bits cleared, joined by ", "; "" when empty), like
+ * snprintf: writes at most `size` bytes, NUL included (`buf` may be NULL when `size`
+ * is 0), and returns the whole text's length without the NUL, or a negative code as
+ * for iocpsrv_set_option_str. Any thread; from a callback too. */
+IOCPSRV_API int64_t IOCPSRV_CALL iocpsrv_get_option_str(iocpsrv_t *server, int option,
+                                                        char *buf, size_t size);
 
 /* Register callbacks (NULL clears one). Only while the server is not running. */
 IOCPSRV_API int IOCPSRV_CALL iocpsrv_set_connect_cb(iocpsrv_t *server,
@@ -350,8 +407,10 @@ IOCPSRV_API int IOCPSRV_CALL iocpsrv_port(iocpsrv_t *server);
 
 /* Stop: no new clients; every connection closes gracefully (queued sends written,
  * our FIN sent, the client's FIN awaited) for up to `timeout_ms`, after which the
- * rest are reset (0 = reset at once, negative = no limit); each gets its one
- * disconnect (reason SERVER_STOPPED); workers joined. From a non-worker thread it returns when
+ * rest are reset (0 = reset at once, negative = no limit: stop waits for every peer,
+ * however long); each gets its one disconnect (reason SERVER_STOPPED); workers joined.
+ * While a stop runs, its timeout governs every closing connection, including those
+ * whose close began earlier; IOCPSRV_OPT_CLOSE_TIMEOUT_MS does not apply. From a non-worker thread it returns when
  * all of that is done. From a callback it starts the stop and returns; a later stop
  * or destroy from another thread finishes it. Returns 0, or IOCPSRV_ESTOPPED if not
  * running. The server may listen again afterwards. */
@@ -363,11 +422,14 @@ IOCPSRV_API int IOCPSRV_CALL iocpsrv_destroy(iocpsrv_t *server);
 
 /* ---- Sending and connection control (thread-safe, never block on the network) ---- */
 
-/* Copy `len` bytes, frame them and queue them for `conn`. Sends made inside a callback
- * are written once after that connection's batch of callbacks. Sends from other threads
- * are written at once, except with IOCPSRV_OPT_PULL_BATCH_SENDS. Returns 0, or IOCPSRV_ENOTCONN (unknown, closing or stale id),
- * IOCPSRV_EQUEUEFULL (queue over IOCPSRV_OPT_SEND_QUEUE_LIMIT: drop, retry after the
- * drain callback, or disconnect), IOCPSRV_ETOOBIG, IOCPSRV_ESTOPPED, IOCPSRV_EINVAL. */
+/* Copy `len` bytes, frame them and queue them for `conn`. Sends a connection's own
+ * callbacks make are written once after its batch of callbacks. Every other send is
+ * written at once (from a callback of another connection too: that callback may block
+ * next, and must not hold `conn` back), except with IOCPSRV_OPT_PULL_BATCH_SENDS.
+ * Returns 0, or IOCPSRV_ENOTCONN (unknown, closing or stale id), IOCPSRV_EQUEUEFULL
+ * (queue over IOCPSRV_OPT_SEND_QUEUE_LIMIT: drop, retry after the drain callback, or
+ * disconnect; never for an empty queue), IOCPSRV_ETOOBIG, IOCPSRV_ESTOPPED,
+ * IOCPSRV_EINVAL, IOCPSRV_ENOMEM (nothing queued; the connection stays open). */
 IOCPSRV_API int IOCPSRV_CALL iocpsrv_send(iocpsrv_t *server, iocpsrv_conn_id_t conn,
                                           const void *data, size_t len);
 
@@ -383,7 +445,8 @@ IOCPSRV_API int IOCPSRV_CALL iocpsrv_sendv(iocpsrv_t *server, iocpsrv_conn_id_t 
                                            const iocpsrv_buf_t *bufs, int count);
 
 /* Send one packet to every open connection. Returns how many took it (connections
- * whose queue was full are skipped) or a negative code. */
+ * whose queue was full are skipped) or a negative code: IOCPSRV_ETOOBIG for a packet
+ * above the maximum size, with or without connections. */
 IOCPSRV_API int IOCPSRV_CALL iocpsrv_broadcast(iocpsrv_t *server, const void *data,
                                                size_t len);
 
@@ -449,7 +512,8 @@ typedef struct iocpsrv_stats_s {
   uint32_t workers;              /* worker threads running now */
   uint64_t connections_now;      /* accepted and not yet disconnected */
   uint64_t connections_total;    /* accepted (connect callback called) */
-  uint64_t connections_refused;  /* closed at once: max connections reached */
+  uint64_t connections_refused;  /* closed at once: max connections (or max per source)
+                                    reached */
   uint64_t connections_rejected; /* refused by the connect callback */
   uint64_t packets_in;
   uint64_t packets_out;          /* packets queued by send/sendv/broadcast */
@@ -464,6 +528,14 @@ typedef struct iocpsrv_stats_s {
   uint32_t workers_busy;         /* workers not waiting for events now */
   uint64_t pool_grows;           /* workers added by the dynamic pool */
   uint64_t pool_shrinks;         /* workers retired by the dynamic pool */
+  uint64_t alloc_failures;       /* allocations that failed: each one a send that
+                                    returned IOCPSRV_ENOMEM, a connection aborted with
+                                    IOCPSRV_REASON_OUT_OF_MEMORY, or a client closed
+                                    before the host heard of it */
+  uint64_t source_refusals;      /* of connections_refused: the client's address held
+                                    IOCPSRV_OPT_MAX_CONNECTIONS_PER_SOURCE already */
+  uint64_t proxy_untrusted;      /* of protocol_errors: a PROXY connection from a peer
+                                    not in IOCPSRV_OPT_PROXY_TRUSTED */
 } iocpsrv_stats_t;
 
 IOCPSRV_API int IOCPSRV_CALL iocpsrv_stats(iocpsrv_t *server, iocpsrv_stats_t *stats);
@@ -471,8 +543,13 @@ IOCPSRV_API int IOCPSRV_CALL iocpsrv_stats(iocpsrv_t *server, iocpsrv_stats_t *s
 /* ---- Pull mode (IOCPSRV_OPT_PULL_MODE = 1) ----
  * The engine queues events instead of calling the connect, packet, disconnect and
  * drain callbacks; one consumer thread at a time drains them with iocpsrv_poll. The
- * queue holds up to IOCPSRV_OPT_PULL_QUEUE_LIMIT packets; when it is full the engine
- * stops reading sockets (TCP pushes back on clients) and never drops an event.
+ * queue holds up to IOCPSRV_OPT_PULL_QUEUE_LIMIT packets (at most one more per worker
+ * thread: each checks the limit before it reads); when it is full the engine stops
+ * reading sockets (TCP pushes back on clients) and never drops an event. When memory
+ * runs out, a connection whose event cannot be queued is aborted with reason
+ * IOCPSRV_REASON_OUT_OF_MEMORY and still gets its one DISCONNECT (its memory is set
+ * aside when it connects; a client for which even that fails is closed before the
+ * host hears of it, counted in stats.alloc_failures).
  * Connect and disconnect events are always queued. The same per-connection order
  * holds: connect, packets, exactly one disconnect. Pull-mode connections cannot be
  * refused at connect time: call iocpsrv_disconnect instead. */
@@ -493,8 +570,9 @@ typedef struct iocpsrv_event_s {
 } iocpsrv_event_t;
 
 /* Move up to `max` queued events into `events`, waiting up to `timeout_ms` for the
- * first (0 = do not wait, negative = forever). Returns the count (0 on timeout),
- * IOCPSRV_ESTOPPED once the server is stopped and nothing is left, IOCPSRV_EBUSY if
+ * first (0 = do not wait, negative = forever). Returns the count (0 on timeout; never
+ * 0 before the timeout), IOCPSRV_ESTOPPED before the first iocpsrv_listen and once
+ * the server is stopped and nothing is left, IOCPSRV_EBUSY if
  * another thread is polling, IOCPSRV_ENOTSUP unless pull mode is on. Events still
  * queued at stop (disconnects included) can be polled after it. */
 IOCPSRV_API int IOCPSRV_CALL iocpsrv_poll(iocpsrv_t *server, iocpsrv_event_t *events,

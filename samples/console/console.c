@@ -2,7 +2,8 @@
  * iocpsrv-console -- the 2001 article's server window as a terminal program.
  *
  *   iocpsrv-console [--port N] [--host H] [--threads N] [--echo]
- *                   [--proxy-protocol off|required|optional] [--reuseport]
+ *                   [--proxy-protocol off|required|optional] [--proxy-trusted LIST]
+ *                   [--max-per-source N] [--reuseport]
  *
  * It prints "listening on HOST:PORT", then a line for every client that connects or
  * leaves (its id, address and, on leaving, the reason) and for every packet it sends
@@ -37,7 +38,10 @@
  *   - behind a load balancer that speaks the PROXY protocol (--proxy-protocol), the
  *     connect callback's peer is the real client; iocpsrv_conn_info's proxy field, read
  *     from inside the connect callback, is the balancer: "connected from CLIENT via
- *     BALANCER" (see samples/haproxy/).
+ *     BALANCER" (see samples/haproxy/). Only the balancers --proxy-trusted lists are
+ *     believed (IOCPSRV_OPT_PROXY_TRUSTED; nobody by default); --max-per-source caps
+ *     the connections one client address may hold
+ *     (IOCPSRV_OPT_MAX_CONNECTIONS_PER_SOURCE).
  */
 #if !defined(_WIN32) && !defined(_GNU_SOURCE)
 #  define _GNU_SOURCE
@@ -537,7 +541,8 @@ static void cmd_stats(void) {
            "workers %u\n"
            "stats: packets in %llu, packets out %llu, bytes in %llu, bytes out %llu\n"
            "stats: accept errors %llu, protocol errors %llu, send-queue rejections %llu, "
-           "idle timeouts %llu\n",
+           "idle timeouts %llu\n"
+           "stats: refused per source %llu, untrusted PROXY peers %llu\n",
            (unsigned long long)st.connections_now, (unsigned long long)st.connections_total,
            (unsigned long long)st.connections_refused,
            (unsigned long long)st.connections_rejected, (unsigned)st.workers,
@@ -545,7 +550,8 @@ static void cmd_stats(void) {
            (unsigned long long)st.bytes_in, (unsigned long long)st.bytes_out,
            (unsigned long long)st.accept_errors, (unsigned long long)st.protocol_errors,
            (unsigned long long)st.send_queue_rejections,
-           (unsigned long long)st.idle_timeouts);
+           (unsigned long long)st.idle_timeouts, (unsigned long long)st.source_refusals,
+           (unsigned long long)st.proxy_untrusted);
   out_block(buf);
 }
 
@@ -707,7 +713,8 @@ static int signals_start(void) {
 static void usage(FILE *out) {
   fprintf(out,
           "usage: iocpsrv-console [--port N] [--host H] [--threads N] [--echo]\n"
-          "                       [--proxy-protocol off|required|optional] [--reuseport]\n"
+          "                       [--proxy-protocol off|required|optional]\n"
+          "                       [--proxy-trusted LIST] [--max-per-source N] [--reuseport]\n"
           "\n"
           "A server you can watch and drive: shows clients connecting and leaving and the\n"
           "packets they send (4-byte little-endian length + payload), and takes commands\n"
@@ -722,6 +729,14 @@ static void usage(FILE *out) {
           "                send-proxy-v2) before the first packet: required = on every\n"
           "                connection, optional = when a client starts with one (default\n"
           "                off); clients then show as \"ADDRESS via BALANCER\"\n"
+          "  --proxy-trusted LIST\n"
+          "                the balancers whose PROXY headers are believed: addresses and\n"
+          "                CIDR ranges, e.g. \"127.0.0.1, 10.0.0.0/8, ::1\" (default: none,\n"
+          "                so with --proxy-protocol required every client is refused)\n"
+          "  --max-per-source N\n"
+          "                connections one client address may hold at once; more are\n"
+          "                refused (behind a trusted balancer: the address its header\n"
+          "                names). Default 0 = no limit\n"
           "  --reuseport   SO_REUSEPORT: several processes may listen on the same port and\n"
           "                the kernel spreads new connections over them (Linux; not on\n"
           "                Windows)\n"
@@ -765,6 +780,8 @@ int main(int argc, char **argv) {
   long port = DEFAULT_PORT, threads = 0;
   char *line;
   int i, rc, quit = 0, proxy_mode = IOCPSRV_PROXY_OFF, reuseport = 0;
+  const char *proxy_trusted = NULL;
+  long max_per_source = 0;
 
   for (i = 1; i < argc; i++) {
     const char *a = argv[i];
@@ -800,6 +817,19 @@ int main(int argc, char **argv) {
         return 2;
       }
       i++;
+    } else if (strcmp(a, "--proxy-trusted") == 0) {
+      if (v == NULL) {
+        fprintf(stderr, "iocpsrv-console: --proxy-trusted needs a list of addresses\n");
+        return 2;
+      }
+      proxy_trusted = v;
+      i++;
+    } else if (strcmp(a, "--max-per-source") == 0) {
+      if (parse_long(v, 0, 16777215, &max_per_source) != 0) {
+        fprintf(stderr, "iocpsrv-console: --max-per-source needs a number 0..16777215\n");
+        return 2;
+      }
+      i++;
     } else if (strcmp(a, "--reuseport") == 0) {
       reuseport = 1;
     } else {
@@ -824,6 +854,13 @@ int main(int argc, char **argv) {
   if (proxy_mode != IOCPSRV_PROXY_OFF &&
       (rc = iocpsrv_set_option(g_srv, IOCPSRV_OPT_PROXY_PROTOCOL, proxy_mode)) < 0)
     return fail("--proxy-protocol", rc);
+  if (proxy_trusted != NULL &&
+      (rc = iocpsrv_set_option_str(g_srv, IOCPSRV_OPT_PROXY_TRUSTED, proxy_trusted)) < 0)
+    return fail("--proxy-trusted", rc);
+  if (max_per_source > 0 &&
+      (rc = iocpsrv_set_option(g_srv, IOCPSRV_OPT_MAX_CONNECTIONS_PER_SOURCE,
+                               max_per_source)) < 0)
+    return fail("--max-per-source", rc);
   if (reuseport && (rc = iocpsrv_set_option(g_srv, IOCPSRV_OPT_REUSEPORT, 1)) < 0)
     return fail("--reuseport", rc);
   iocpsrv_set_connect_cb(g_srv, on_connect);

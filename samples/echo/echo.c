@@ -2,7 +2,8 @@
  * iocpsrv-echo -- the smallest useful iocpsrv host: every packet goes back to its sender.
  *
  *   iocpsrv-echo --port N [--host H] [--threads N] [--verbose]
- *                [--proxy-protocol off|required|optional] [--reuseport]
+ *                [--proxy-protocol off|required|optional] [--proxy-trusted LIST]
+ *                [--max-per-source N] [--reuseport]
  *
  * It prints "listening on HOST:PORT" once clients can connect (port 0 picks a free port and
  * the real one is printed), serves until SIGINT or SIGTERM (Ctrl+C or Ctrl+Break on
@@ -19,8 +20,11 @@
  *   - behind a load balancer (HAProxy, nginx stream, Envoy) that sends the PROXY
  *     protocol, --proxy-protocol makes the engine read the header, so the connect
  *     callback's peer is the real client; iocpsrv_conn_info's proxy field names the
- *     balancer (see samples/haproxy/). --reuseport lets several processes share one
- *     port on Linux, the kernel spreading new connections over them.
+ *     balancer (see samples/haproxy/). Headers are believed only from the balancers
+ *     --proxy-trusted lists (IOCPSRV_OPT_PROXY_TRUSTED; nobody by default).
+ *     --max-per-source caps the connections one client address may hold
+ *     (IOCPSRV_OPT_MAX_CONNECTIONS_PER_SOURCE). --reuseport lets several processes
+ *     share one port on Linux, the kernel spreading new connections over them.
  */
 #include <iocpsrv.h>
 
@@ -61,7 +65,7 @@ static void usage(FILE *out) {
   fprintf(out,
           "usage: iocpsrv-echo --port N [--host H] [--threads N] [--max-connections N]\n"
           "                    [--verbose] [--proxy-protocol off|required|optional]\n"
-          "                    [--reuseport]\n"
+          "                    [--proxy-trusted LIST] [--max-per-source N] [--reuseport]\n"
           "\n"
           "Echo every length-prefixed packet (4-byte little-endian length + payload)\n"
           "back to its sender.\n"
@@ -77,6 +81,14 @@ static void usage(FILE *out) {
           "                expect a PROXY protocol v1/v2 header (HAProxy's send-proxy,\n"
           "                send-proxy-v2) before the first packet: required = on every\n"
           "                connection, optional = when a client starts with one (default off)\n"
+          "  --proxy-trusted LIST\n"
+          "                the balancers whose PROXY headers are believed: addresses and\n"
+          "                CIDR ranges, e.g. \"127.0.0.1, 10.0.0.0/8, ::1\" (default: none,\n"
+          "                so with --proxy-protocol required every client is refused)\n"
+          "  --max-per-source N\n"
+          "                connections one client address may hold at once; more are\n"
+          "                refused (behind a trusted balancer: the address its header\n"
+          "                names). Default 0 = no limit\n"
           "  --reuseport   SO_REUSEPORT: several processes may listen on the same port and\n"
           "                the kernel spreads new connections over them (Linux; not on\n"
           "                Windows)\n"
@@ -251,6 +263,8 @@ int main(int argc, char **argv) {
   const char *host = "127.0.0.1";
   long port = -1, threads = 0, max_conns = 0;
   int proxy_mode = IOCPSRV_PROXY_OFF, reuseport = 0;
+  const char *proxy_trusted = NULL;
+  long max_per_source = 0;
   iocpsrv_t *server = NULL;
   iocpsrv_stats_t st;
   const char *why;
@@ -296,6 +310,19 @@ int main(int argc, char **argv) {
         return 2;
       }
       i++;
+    } else if (strcmp(a, "--proxy-trusted") == 0) {
+      if (v == NULL) {
+        fprintf(stderr, "iocpsrv-echo: --proxy-trusted needs a list of addresses\n");
+        return 2;
+      }
+      proxy_trusted = v;
+      i++;
+    } else if (strcmp(a, "--max-per-source") == 0) {
+      if (parse_int(v, 0, 16777215, &max_per_source) != 0) {
+        fprintf(stderr, "iocpsrv-echo: --max-per-source needs a number 0..16777215\n");
+        return 2;
+      }
+      i++;
     } else if (strcmp(a, "--reuseport") == 0) {
       reuseport = 1;
     } else {
@@ -332,6 +359,17 @@ int main(int argc, char **argv) {
       (rc = iocpsrv_set_option(server, IOCPSRV_OPT_PROXY_PROTOCOL, proxy_mode)) < 0) {
     iocpsrv_destroy(server);
     return fail("--proxy-protocol", rc);
+  }
+  if (proxy_trusted != NULL &&
+      (rc = iocpsrv_set_option_str(server, IOCPSRV_OPT_PROXY_TRUSTED, proxy_trusted)) < 0) {
+    iocpsrv_destroy(server);
+    return fail("--proxy-trusted", rc);
+  }
+  if (max_per_source > 0 &&
+      (rc = iocpsrv_set_option(server, IOCPSRV_OPT_MAX_CONNECTIONS_PER_SOURCE,
+                               max_per_source)) < 0) {
+    iocpsrv_destroy(server);
+    return fail("--max-per-source", rc);
   }
   if (reuseport && (rc = iocpsrv_set_option(server, IOCPSRV_OPT_REUSEPORT, 1)) < 0) {
     iocpsrv_destroy(server);

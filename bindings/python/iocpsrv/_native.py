@@ -73,6 +73,7 @@ typedef struct iocpsrv_stats_s {
   uint32_t workers_busy;
   uint64_t pool_grows;
   uint64_t pool_shrinks;
+  uint64_t alloc_failures;
 } iocpsrv_stats_t;
 
 typedef struct iocpsrv_event_s {
@@ -170,6 +171,7 @@ IOCPSRV_REASON_LOCAL_ABORT = 4
 IOCPSRV_REASON_PROTOCOL_ERROR = 5
 IOCPSRV_REASON_IDLE_TIMEOUT = 6
 IOCPSRV_REASON_SERVER_STOPPED = 7
+IOCPSRV_REASON_OUT_OF_MEMORY = 8
 
 IOCPSRV_CLOSE_GRACEFUL = 0
 IOCPSRV_CLOSE_ABORT = 1

@@ -30,6 +30,7 @@ class Reason(enum.IntEnum):
     PROTOCOL_ERROR = n.IOCPSRV_REASON_PROTOCOL_ERROR
     IDLE_TIMEOUT = n.IOCPSRV_REASON_IDLE_TIMEOUT
     SERVER_STOPPED = n.IOCPSRV_REASON_SERVER_STOPPED
+    OUT_OF_MEMORY = n.IOCPSRV_REASON_OUT_OF_MEMORY
 
     @property
     def text(self) -> str:
@@ -123,6 +124,7 @@ class Stats:
     workers_busy: int | None = None
     pool_grows: int | None = None
     pool_shrinks: int | None = None
+    alloc_failures: int | None = None
 
 
 STATS_FIELDS = [f for f in Stats.__dataclass_fields__]

@@ -74,15 +74,19 @@ static conn_slot_t *grow_to(conntable_t *t, size_t index) {
   return (conn_slot_t *)(chunk + (index % CONN_CHUNK) * t->elem_size);
 }
 
-conn_slot_t *conntable_alloc(conntable_t *t) {
+conn_slot_t *conntable_alloc(conntable_t *t, int *nomem) {
   conn_slot_t *s = NULL;
+  *nomem = 0;
   srv_mutex_lock(&t->lock);
   if (t->free_head != UINT32_MAX) {
     s = conntable_at(t, t->free_head);
     t->free_head = s->next_free;
   } else {
     size_t used = conntable_used(t);
-    if (used < t->max_slots) s = grow_to(t, used);
+    if (used < t->max_slots) {
+      s = grow_to(t, used);
+      *nomem = s == NULL;
+    }
   }
   srv_mutex_unlock(&t->lock);
   if (!s) return NULL;

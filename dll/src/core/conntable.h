@@ -47,8 +47,8 @@ int conntable_reserve(conntable_t *t, size_t max_slots);
 void conntable_destroy(conntable_t *t);
 
 /* A free slot with a fresh id (slot->id set, under its lock), or NULL when full or
- * out of memory. The caller initialises the rest. */
-conn_slot_t *conntable_alloc(conntable_t *t);
+ * (*nomem set) out of memory. The caller initialises the rest. */
+conn_slot_t *conntable_alloc(conntable_t *t, int *nomem);
 /* Return a slot; its lock must be held and its id already cleared to 0. */
 void conntable_release(conntable_t *t, conn_slot_t *slot);
 

@@ -130,10 +130,14 @@ static void task_push(iocpsrv_t *srv, conn_t *c) {
   srv->task_tail = c;
   srv_mutex_unlock(&srv->task_lock);
   /* Busy workers look at the queue after their current work; wake an idle one only.
-   * A worker's own pushes wake no one where the backend has a cheaper way to find
-   * work a blocked worker left behind (BK_WAKE_FOR_WORKER_TASKS). */
+   * The rest of a batch a worker is dispatching wakes no one where the backend has a
+   * cheaper way to find work a stuck worker left behind (BK_WAKE_FOR_WORKER_TASKS);
+   * work queued from a callback (a disconnect, a resume for another connection) does:
+   * that callback may block next, and the poller may sleep for a whole sweep period. */
+  worker_t *w = tls_worker;
+  int dispatching = w && w->srv == srv && w->defer_notify;
   if (was_empty && atomic_load(&srv->idle_workers) > 0 &&
-      (BK_WAKE_FOR_WORKER_TASKS || !engine_in_worker_of(srv)))
+      (BK_WAKE_FOR_WORKER_TASKS || !dispatching))
     bk_wake_tasks(srv);
 }
 
@@ -218,15 +222,20 @@ static int in_poll_batch(iocpsrv_t *srv) {
 }
 
 /* Write now, or once for a whole batch: after the worker's callbacks for this
- * connection, or, in pull mode, at the consumer's next iocpsrv_poll. Lock held. */
+ * connection, or, in pull mode, at the consumer's next iocpsrv_poll. Lock held.
+ *
+ * Only the connection whose token this worker holds is deferred: a send to another
+ * connection from a callback is written at once, since the callback may block next
+ * and must not hold that connection's bytes (or, through flush_queued, its own
+ * replies made on other workers) back (contract point 7). */
 static void flush_soon_locked(iocpsrv_t *srv, conn_t *c) {
   worker_t *w = tls_worker;
-  if (engine_in_worker_of(srv)) {
+  if (engine_in_worker_of(srv) && w->running == c) {
     if (c->flush_queued) return;
     c->flush_queued = 1;
     c->next_flush = w->flush_head;
     w->flush_head = c;
-  } else if (in_poll_batch(srv)) {
+  } else if (!engine_in_worker_of(srv) && in_poll_batch(srv)) {
     if (c->flush_queued) return;
     c->flush_queued = 1;
     srv_mutex_lock(&srv->poll_flush_lock);
@@ -285,19 +294,35 @@ static conn_t *own_conn(iocpsrv_t *srv, iocpsrv_conn_id_t id) {
   return w->running->slot.id == id ? w->running : NULL; /* the token holder's to read */
 }
 
+/* An own send looks refused by the queue as the turn found it (out_seen). That view
+ * may be stale: the queue may have drained since (an "empty queue always takes one
+ * packet" must hold). So refusals, rare by nature, are judged again under the lock
+ * against the real queue; a refusal sets want_drain there, at once, so the drain
+ * check of the very next write sees it. Returns 1 if refused. */
+static int own_refusal(iocpsrv_t *srv, conn_t *c, size_t framed) {
+  srv_mutex_lock(&c->slot.lock);
+  c->out_seen = bk_conn_pending_locked(c);
+  int refuse = queue_refuses(srv, c->out_seen + sendbuf_pending(&c->own), framed);
+  if (refuse) refused_locked(c, framed);
+  srv_mutex_unlock(&c->slot.lock);
+  if (refuse) engine_stat_add(&srv->stats.send_queue_rejections, 1);
+  return refuse;
+}
+
 /* A send from the connection's own callback: into `own`, no lock (merge_own_locked
  * moves it at the end of the turn). The queue limit counts `out` as the turn found it. */
 static int send_own(iocpsrv_t *srv, conn_t *c, const iocpsrv_buf_t *bufs, int count,
                     size_t total) {
   if (!atomic_load_explicit(&c->send_open, memory_order_relaxed)) return IOCPSRV_ENOTCONN;
   size_t framed = srv->framing.header_bytes + total;
-  if (queue_refuses(srv, c->out_seen + sendbuf_pending(&c->own), framed)) {
-    c->own_want_drain = 1;
-    if (framed > c->own_drain_need) c->own_drain_need = framed;
-    engine_stat_add(&srv->stats.send_queue_rejections, 1);
+  fault_point(FAULT_POINT_SEND_OWN, c->slot.id);
+  if (queue_refuses(srv, c->out_seen + sendbuf_pending(&c->own), framed) &&
+      own_refusal(srv, c, framed))
     return IOCPSRV_EQUEUEFULL;
+  if (sendbuf_append(&c->own, &srv->framing, bufs, count, total)) {
+    engine_stat_add(&srv->stats.alloc_failures, 1);
+    return IOCPSRV_ENOMEM;
   }
-  if (sendbuf_append(&c->own, &srv->framing, bufs, count, total)) return IOCPSRV_ENOMEM;
   c->own_packets++;
   tls_worker->packets_out++;
   return 0;
@@ -308,18 +333,14 @@ static int send_own(iocpsrv_t *srv, conn_t *c, const iocpsrv_buf_t *bufs, int co
  * -1 when out of memory (the connection is aborted): the caller logs it once the lock
  * is released, since no host callback may run under an engine lock. */
 static int merge_own_locked(iocpsrv_t *srv, conn_t *c) {
-  if (c->own_want_drain) {
-    refused_locked(c, c->own_drain_need);
-    c->own_want_drain = 0;
-    c->own_drain_need = 0;
-  }
   if (!sendbuf_pending(&c->own)) return 0;
   if (c->state != CONN_OPEN && c->state != CONN_CLOSING) {
     sendbuf_free(&c->own);
   } else if (sendbuf_take(&c->out, &c->own)) {
     sendbuf_free(&c->own);
     c->own_packets = 0;
-    request_close_locked(srv, c, 1, IOCPSRV_REASON_LOCAL_ABORT);
+    engine_stat_add(&srv->stats.alloc_failures, 1);
+    request_close_locked(srv, c, 1, IOCPSRV_REASON_OUT_OF_MEMORY);
     return -1;
   }
   c->packets_out += c->own_packets;
@@ -350,6 +371,7 @@ static int send_packet(iocpsrv_t *srv, iocpsrv_conn_id_t id, const iocpsrv_buf_t
     engine_stat_add(&srv->stats.send_queue_rejections, 1);
     rc = IOCPSRV_EQUEUEFULL;
   } else if (sendbuf_append(&c->out, &srv->framing, bufs, count, total)) {
+    engine_stat_add(&srv->stats.alloc_failures, 1);
     rc = IOCPSRV_ENOMEM;
   } else {
     c->packets_out++;
@@ -379,10 +401,22 @@ static void request_close_locked(iocpsrv_t *srv, conn_t *c, int abort, int reaso
   engine_schedule_locked(srv, c, NOTE_CLOSE);
 }
 
-static void deliver_event(iocpsrv_t *srv, conn_t *c, int type, int reason, const void *data,
-                          size_t len) {
-  int full = pullq_push(&srv->pull, type, c->slot.id, atomic_load(&c->user), reason, data, len);
-  (void)full; /* only packets are counted against the limit */
+static int conn_finalize(iocpsrv_t *srv, conn_t *c, int reason, int abort);
+
+/* Queue a CONNECT or DRAIN event (never counted against the packet limit). 0, or -1
+ * when out of memory. */
+static int deliver_event(iocpsrv_t *srv, conn_t *c, int type, const void *data, size_t len) {
+  return pullq_push(&srv->pull, type, c->slot.id, atomic_load(&c->user), 0, data, len) < 0
+             ? -1
+             : 0;
+}
+
+/* An allocation failed for this connection: it is aborted with a reason that says so
+ * (its disconnect still comes, if the host knows it). Token held, no lock. */
+static int conn_abort_nomem(iocpsrv_t *srv, conn_t *c, const char *what) {
+  engine_stat_add(&srv->stats.alloc_failures, 1);
+  engine_log(srv, 0, "connection %s: out of memory %s", c->peer, what);
+  return conn_finalize(srv, c, IOCPSRV_REASON_OUT_OF_MEMORY, 1);
 }
 
 /* The token holder ends the connection: close the socket, then, once the backend has
@@ -398,7 +432,6 @@ static int conn_finalize(iocpsrv_t *srv, conn_t *c, int reason, int abort) {
   sendbuf_free(&c->out);
   sendbuf_free(&c->own);
   c->own_packets = 0;
-  c->own_want_drain = 0;
   srv_mutex_unlock(&c->slot.lock);
   framer_free(&c->in);
   free(c->proxy_buf);
@@ -411,10 +444,18 @@ static int conn_finalize(iocpsrv_t *srv, conn_t *c, int reason, int abort) {
 void engine_conn_released(iocpsrv_t *srv, conn_t *c) {
   iocpsrv_conn_id_t id = c->slot.id;
   int reason = c->close_reason;
+  pullq_node_t *bye = c->bye;
+  c->bye = NULL;
+  if (c->src_counted) { /* before the disconnect: a client told it left may come back */
+    c->src_counted = 0;
+    srclimit_release(&srv->per_source, &c->src_key);
+  }
   if (c->refused || c->proxy_awaiting) {
     /* The host never accepted it, or never heard of it: no disconnect. */
-  } else if (srv->opt.pull_mode) {
-    deliver_event(srv, c, IOCPSRV_EVENT_DISCONNECT, reason, NULL, 0);
+    if (bye) pullq_unreserve(&srv->pull, bye);
+  } else if (bye) {
+    pullq_push_reserved(&srv->pull, bye, IOCPSRV_EVENT_DISCONNECT, id, atomic_load(&c->user),
+                        reason);
   } else if (srv->on_disconnect) {
     srv->on_disconnect(srv, id, atomic_load(&c->user), reason);
   }
@@ -437,6 +478,7 @@ typedef struct deliver_ctx_s {
   worker_t *w;
   conn_t *c;
   int pull_full;
+  int pull_nomem; /* a packet could not be queued: the connection is aborted */
 } deliver_ctx_t;
 
 static int deliver_packet(void *arg, const uint8_t *data, size_t len) {
@@ -447,9 +489,11 @@ static int deliver_packet(void *arg, const uint8_t *data, size_t len) {
   d->w->packets_in++;
   atomic_store_explicit(&c->last_packet_ms, d->w->now, memory_order_relaxed);
   if (srv->opt.pull_mode) {
-    if (pullq_push(&srv->pull, IOCPSRV_EVENT_PACKET, c->slot.id, atomic_load(&c->user), 0,
-                   data, len) == 1) {
-      d->pull_full = 1;
+    int r = pullq_push(&srv->pull, IOCPSRV_EVENT_PACKET, c->slot.id, atomic_load(&c->user), 0,
+                       data, len);
+    if (r != 0) {
+      if (r < 0) d->pull_nomem = 1;
+      else d->pull_full = 1;
       return 1;
     }
   } else if (srv->on_packet &&
@@ -470,10 +514,8 @@ static int after_delivery(deliver_ctx_t *d, int rc) {
             d->c->peer);
     return conn_finalize(d->srv, d->c, IOCPSRV_REASON_PROTOCOL_ERROR, 1);
   }
-  if (rc == FRAMER_NOMEM) {
-    engine_log(d->srv, 0, "connection %s: out of memory buffering a packet", d->c->peer);
-    return conn_finalize(d->srv, d->c, IOCPSRV_REASON_LOCAL_ABORT, 1);
-  }
+  if (rc == FRAMER_NOMEM) return conn_abort_nomem(d->srv, d->c, "buffering a packet");
+  if (d->pull_nomem) return conn_abort_nomem(d->srv, d->c, "queueing a pull event");
   if (d->pull_full) {
     srv_mutex_lock(&d->c->slot.lock);
     d->c->pull_blocked = 1;
@@ -489,9 +531,10 @@ static int conn_peer_eof(iocpsrv_t *srv, conn_t *c) {
   c->rd_eof = 1;
   if (c->state != CONN_OPEN) {
     c->notes |= NOTE_CLOSE;
-  } else if (srv->opt.pull_mode) {
+  } else if (srv->opt.pull_mode && !c->proxy_awaiting) {
     /* The host has not seen the packets before the FIN yet: it may still reply. The
-     * close starts at its poll after the one that hands over this mark. */
+     * close starts at its poll after the one that hands over this mark. (A client the
+     * host has not met, its PROXY header unfinished, just closes.) */
     srv_mutex_unlock(&c->slot.lock);
     if (pullq_push(&srv->pull, PULLQ_EOF_MARK, c->slot.id, NULL, 0, NULL, 0) < 0)
       return conn_finalize(srv, c, IOCPSRV_REASON_PEER_CLOSED, 0);
@@ -504,15 +547,22 @@ static int conn_peer_eof(iocpsrv_t *srv, conn_t *c) {
 }
 
 static int conn_introduce(iocpsrv_t *srv, conn_t *c);
+static int source_admit_proxied(iocpsrv_t *srv, conn_t *c, const struct sockaddr_storage *src);
 
-/* A connection that must not reach the host: protocol error, closed silently. */
-static int conn_drop(iocpsrv_t *srv, conn_t *c, const char *why) {
-  engine_stat_add(&srv->stats.protocol_errors, 1);
-  engine_log(srv, 1, "connection %s: %s", c->peer, why);
+/* A connection that must not reach the host, closed silently: a protocol error, or
+ * (nomem) no memory to meet it. */
+static int conn_drop_as(iocpsrv_t *srv, conn_t *c, const char *why, int nomem) {
+  engine_stat_add(nomem ? &srv->stats.alloc_failures : &srv->stats.protocol_errors, 1);
+  engine_log(srv, nomem ? 0 : 1, "connection %s: %s", c->peer, why);
   srv_mutex_lock(&c->slot.lock);
   c->refused = 1;
   srv_mutex_unlock(&c->slot.lock);
-  return conn_finalize(srv, c, IOCPSRV_REASON_PROTOCOL_ERROR, 1);
+  return conn_finalize(srv, c,
+                       nomem ? IOCPSRV_REASON_OUT_OF_MEMORY : IOCPSRV_REASON_PROTOCOL_ERROR, 1);
+}
+
+static int conn_drop(iocpsrv_t *srv, conn_t *c, const char *why) {
+  return conn_drop_as(srv, c, why, 0);
 }
 
 /* Bytes before the PROXY header is complete: gather, parse, then meet the host with
@@ -525,7 +575,7 @@ static int conn_read_proxy(iocpsrv_t *srv, worker_t *w, conn_t *c, const uint8_t
   size_t len = n;
   if (c->proxy_len) { /* the header was split over receives */
     uint8_t *grown = srv_realloc(c->proxy_buf, c->proxy_len + n);
-    if (!grown) return conn_drop(srv, c, "out of memory for a PROXY header");
+    if (!grown) return conn_drop_as(srv, c, "out of memory for a PROXY header", 1);
     memcpy(grown + c->proxy_len, p, n);
     c->proxy_buf = grown;
     c->proxy_len += n;
@@ -538,7 +588,7 @@ static int conn_read_proxy(iocpsrv_t *srv, worker_t *w, conn_t *c, const uint8_t
     if (len > PROXY_MAX_HEADER) return conn_drop(srv, c, "PROXY header too long");
     if (!c->proxy_len) {
       c->proxy_buf = srv_malloc(n);
-      if (!c->proxy_buf) return conn_drop(srv, c, "out of memory for a PROXY header");
+      if (!c->proxy_buf) return conn_drop_as(srv, c, "out of memory for a PROXY header", 1);
       memcpy(c->proxy_buf, p, n);
       c->proxy_len = n;
     }
@@ -547,6 +597,11 @@ static int conn_read_proxy(iocpsrv_t *srv, worker_t *w, conn_t *c, const uint8_t
   if (r == PROXY_MALFORMED) return conn_drop(srv, c, "malformed PROXY protocol header");
   if (r == PROXY_NOT_PROXY && srv->opt.proxy_protocol == IOCPSRV_PROXY_REQUIRED)
     return conn_drop(srv, c, "no PROXY protocol header");
+  if (r > 0 && !c->src_trusted) { /* OPTIONAL mode (REQUIRED closed it at accept) */
+    engine_stat_add(&srv->stats.proxy_untrusted, 1);
+    return conn_drop(srv, c, "PROXY header from a peer not in IOCPSRV_OPT_PROXY_TRUSTED");
+  }
+  if (r > 0 && h.has_addr && source_admit_proxied(srv, c, &h.src)) return 1;
   size_t used = r > 0 ? (size_t)r : 0;
   fault_point(FAULT_POINT_PROXY_PARSED, c->slot.id);
   srv_mutex_lock(&c->slot.lock);
@@ -569,7 +624,7 @@ static int conn_read_proxy(iocpsrv_t *srv, worker_t *w, conn_t *c, const uint8_t
   if (conn_introduce(srv, c)) return 1;
   fault_point(FAULT_POINT_PROXY_INTRODUCED, c->slot.id);
   int rc = FRAMER_OK;
-  deliver_ctx_t d = {srv, w, c, 0};
+  deliver_ctx_t d = {srv, w, c, 0, 0};
   if (len > used)
     rc = framer_feed(&c->in, &srv->framing, data + used, len - used, deliver_packet, &d);
   free(c->proxy_buf); /* the framer copied what it keeps */
@@ -605,13 +660,26 @@ static int conn_read_once(iocpsrv_t *srv, worker_t *w, conn_t *c, int closing, i
   if (closing) return more; /* draining towards the peer's FIN */
   if (c->proxy_awaiting) return conn_read_proxy(srv, w, c, p, (size_t)n) ? READ_GONE : more;
 
-  deliver_ctx_t d = {srv, w, c, 0};
+  deliver_ctx_t d = {srv, w, c, 0, 0};
   int rc = p == w->rbuf ? framer_feed(&c->in, &srv->framing, p, (size_t)n, deliver_packet, &d)
                         : framer_direct_commit(&c->in, &srv->framing, (size_t)n,
                                                deliver_packet, &d);
   if (srv->framing.header_bytes == 0)
     atomic_store_explicit(&c->last_packet_ms, w->now, memory_order_relaxed);
   return after_delivery(&d, rc) ? READ_GONE : more;
+}
+
+/* Pull mode: the queue is at its limit, so this connection waits for room before it
+ * reads (or delivers what it holds): checked before every read, the queue overshoots
+ * by at most one packet per worker, not one per connection. Token held, no lock. */
+static int pull_full(iocpsrv_t *srv, conn_t *c) {
+  if (!srv->opt.pull_mode || c->proxy_awaiting ||
+      !pullq_wait_if_full(&srv->pull, c->slot.id))
+    return 0;
+  srv_mutex_lock(&c->slot.lock);
+  c->pull_blocked = 1; /* cleared by the NOTE_ROOM that on_room brings */
+  srv_mutex_unlock(&c->slot.lock);
+  return 1;
 }
 
 /* Read until the socket is empty (an edge-triggered backend hears of it only once),
@@ -625,7 +693,7 @@ static int conn_read(iocpsrv_t *srv, worker_t *w, conn_t *c) {
     int hup = c->hup, eof = c->rd_eof;
     srv_mutex_unlock(&c->slot.lock);
     if (eof) return 0; /* a late hang-up event: the end was already read */
-    if (!closing && blocked) {
+    if (!closing && (blocked || pull_full(srv, c))) {
       c->read_skipped = 1;
       return 0;
     }
@@ -643,8 +711,8 @@ static int conn_resume(iocpsrv_t *srv, worker_t *w, conn_t *c, uint32_t notes) {
   if (notes & NOTE_ROOM) c->pull_blocked = 0;
   int go = c->state == CONN_OPEN && !c->paused && !c->pull_blocked;
   srv_mutex_unlock(&c->slot.lock);
-  if (!go) return 0;
-  deliver_ctx_t d = {srv, w, c, 0};
+  if (!go || (c->in.held && pull_full(srv, c))) return 0;
+  deliver_ctx_t d = {srv, w, c, 0, 0};
   return after_delivery(&d, framer_resume(&c->in, &srv->framing, deliver_packet, &d));
 }
 
@@ -668,9 +736,16 @@ static int conn_close_step(iocpsrv_t *srv, conn_t *c) {
   return done ? conn_finalize(srv, c, IOCPSRV_REASON_PEER_CLOSED, 0) : 0;
 }
 
-static void conn_drain(iocpsrv_t *srv, conn_t *c) {
-  if (srv->opt.pull_mode) deliver_event(srv, c, IOCPSRV_EVENT_DRAIN, 0, NULL, 0);
-  else if (srv->on_drain) srv->on_drain(srv, c->slot.id, atomic_load(&c->user));
+/* Returns 1 if the connection is gone (a lost drain would stall the host forever, so
+ * a DRAIN event that cannot be queued aborts the connection). */
+static int conn_drain(iocpsrv_t *srv, conn_t *c) {
+  if (srv->opt.pull_mode) {
+    if (deliver_event(srv, c, IOCPSRV_EVENT_DRAIN, NULL, 0))
+      return conn_abort_nomem(srv, c, "queueing a drain event");
+  } else if (srv->on_drain) {
+    srv->on_drain(srv, c->slot.id, atomic_load(&c->user));
+  }
+  return 0;
 }
 
 /* Returns 1 if the connection is gone. */
@@ -687,7 +762,7 @@ static int conn_handle(iocpsrv_t *srv, worker_t *w, conn_t *c, uint32_t n) {
     if (c->read_skipped) n |= NOTE_READ; /* what arrived while paused */
   }
   if ((n & NOTE_READ) && conn_read(srv, w, c)) return 1;
-  if (n & NOTE_DRAIN) conn_drain(srv, c);
+  if (n & NOTE_DRAIN) return conn_drain(srv, c);
   return 0;
 }
 
@@ -779,8 +854,12 @@ void engine_run_tasks(worker_t *w) {
 /* A slot for a fresh socket, token held by the caller. NULL when the table is full. */
 static conn_t *conn_open(iocpsrv_t *srv, worker_t *w, bk_socket_t sock,
                          const struct sockaddr_storage *sa) {
-  conn_t *c = (conn_t *)conntable_alloc(&srv->table);
-  if (!c) return NULL;
+  int nomem;
+  conn_t *c = (conn_t *)conntable_alloc(&srv->table, &nomem);
+  if (!c) {
+    if (nomem) engine_stat_add(&srv->stats.alloc_failures, 1);
+    return NULL;
+  }
   srv_mutex_lock(&c->slot.lock);
   c->state = CONN_OPEN;
   c->close_mode = CLOSE_NONE;
@@ -790,8 +869,7 @@ static conn_t *conn_open(iocpsrv_t *srv, worker_t *w, bk_socket_t sock,
   c->paused = c->pull_blocked = c->want_drain = 0;
   c->wr_shut = c->rd_eof = c->hup = 0;
   c->read_skipped = c->read_more = 0;
-  c->own_want_drain = 0;
-  c->own_drain_need = c->drain_need = 0;
+  c->drain_need = 0;
   c->own_packets = 0;
   atomic_store_explicit(&c->send_open, 1, memory_order_relaxed);
   c->notes = 0;
@@ -799,6 +877,7 @@ static conn_t *conn_open(iocpsrv_t *srv, worker_t *w, bk_socket_t sock,
   c->refused = 0;
   c->proxy_awaiting = 0;
   c->proxy[0] = 0;
+  c->bye = NULL;
   /* Before anyone can see the id: sends from other threads may start at once. */
   int reg_err = bk_conn_register(srv, c);
   if (reg_err) c->notes |= NOTE_ERROR;
@@ -830,11 +909,23 @@ static void conn_refuse(iocpsrv_t *srv, conn_t *c) {
  * connection is gone then). Token held. */
 static int conn_introduce(iocpsrv_t *srv, conn_t *c) {
   if (srv->opt.pull_mode) {
-    deliver_event(srv, c, IOCPSRV_EVENT_CONNECT, 0, c->peer, strlen(c->peer));
+    /* Its DISCONNECT is allocated now, so that it can never be lost later; without
+     * memory for both events the host never meets this client. */
+    c->bye = pullq_reserve(&srv->pull);
+    if (!c->bye || deliver_event(srv, c, IOCPSRV_EVENT_CONNECT, c->peer, strlen(c->peer))) {
+      srv_mutex_lock(&c->slot.lock);
+      c->refused = 1;
+      srv_mutex_unlock(&c->slot.lock);
+      conn_drop_as(srv, c, "out of memory for its connect event", 1);
+      return 1;
+    }
   } else if (srv->on_connect) {
-    void *user = NULL;
+    /* *conn_user starts as the current value: a callback that sets it through
+     * iocpsrv_set_conn_user instead of the out parameter keeps what it set. */
+    void *before = atomic_load(&c->user);
+    void *user = before;
     int refuse = srv->on_connect(srv, c->slot.id, c->peer, &user);
-    atomic_store(&c->user, user);
+    if (user != before) atomic_store(&c->user, user);
     if (refuse) {
       conn_refuse(srv, c);
       return 1;
@@ -850,17 +941,109 @@ static void refuse_socket(iocpsrv_t *srv, bk_socket_t sock) {
   engine_stat_add(&srv->stats.connections_refused, 1);
 }
 
+/* ---- Source addresses (core/srcaddr.h): PROXY trust, connections per source ---- */
+
+typedef struct src_admit_s {
+  srcaddr_key_t key;
+  uint8_t trusted, counted;
+} src_admit_t;
+
+/* A fresh client, before it takes a slot: is its peer a trusted PROXY sender, and
+ * may its address hold one more connection? Returns 0 to go on (a->counted: a count
+ * taken), or -1 when the socket was closed here, counted and logged. No lock held. */
+static int source_admit(iocpsrv_t *srv, bk_socket_t sock, const struct sockaddr_storage *sa,
+                        src_admit_t *a) {
+  memset(a, 0, sizeof *a);
+  int64_t max = srv->opt.max_connections_per_source;
+  int64_t proxy = srv->opt.proxy_protocol;
+  if (!max && !proxy) return 0;
+  srcaddr_key_from(sa, &a->key);
+  if (proxy) a->trusted = (uint8_t)srcaddr_list_match(&srv->opt.proxy_trusted, &a->key);
+  char who[64];
+  if (proxy == IOCPSRV_PROXY_REQUIRED && !a->trusted) {
+    /* Whatever it would send, its header would not be believed: closed at once. */
+    bk_close_socket(sock);
+    engine_stat_add(&srv->stats.protocol_errors, 1);
+    engine_stat_add(&srv->stats.proxy_untrusted, 1);
+    format_addr(sa, who, sizeof who);
+    engine_log_throttled(srv, &srv->trust_log, 1,
+                         "connection %s: closed: PROXY protocol required and the peer is "
+                         "not in IOCPSRV_OPT_PROXY_TRUSTED", who);
+    return -1;
+  }
+  /* A trusted balancer is not counted: the clients its headers name are. */
+  if (!max || a->trusted) return 0;
+  int r = srclimit_acquire(&srv->per_source, &a->key, (uint32_t)max);
+  if (r == SRCLIMIT_OK) {
+    a->counted = 1;
+    return 0;
+  }
+  refuse_socket(srv, sock);
+  engine_stat_add(r == SRCLIMIT_FULL ? &srv->stats.source_refusals : &srv->stats.alloc_failures, 1);
+  format_addr(sa, who, sizeof who);
+  engine_log_throttled(srv, &srv->trust_log, 1, "connection %s: refused: %s", who,
+                       r == SRCLIMIT_FULL ? "its address holds IOCPSRV_OPT_MAX_CONNECTIONS_PER_SOURCE"
+                                          : "out of memory counting connections per source");
+  return -1;
+}
+
+/* A trusted PROXY header named the client `src`: count it under that address. Returns
+ * 1 if the connection is gone (over the limit: closed unseen by the host). Token held,
+ * no lock. */
+static int source_admit_proxied(iocpsrv_t *srv, conn_t *c, const struct sockaddr_storage *src) {
+  int64_t max = srv->opt.max_connections_per_source;
+  srcaddr_key_t key;
+  if (!max || srcaddr_key_from(src, &key)) return 0;
+  int r = srclimit_acquire(&srv->per_source, &key, (uint32_t)max);
+  if (r == SRCLIMIT_OK) {
+    c->src_key = key;
+    c->src_counted = 1;
+    return 0;
+  }
+  engine_stat_add(&srv->stats.connections_refused, 1);
+  engine_stat_add(r == SRCLIMIT_FULL ? &srv->stats.source_refusals : &srv->stats.alloc_failures, 1);
+  char who[64];
+  format_addr(src, who, sizeof who);
+  engine_log_throttled(srv, &srv->trust_log, 1, "connection %s via %s: refused: %s", who,
+                       c->peer,
+                       r == SRCLIMIT_FULL ? "its address holds IOCPSRV_OPT_MAX_CONNECTIONS_PER_SOURCE"
+                                          : "out of memory counting connections per source");
+  srv_mutex_lock(&c->slot.lock);
+  c->refused = 1; /* the host never heard of it: no disconnect */
+  srv_mutex_unlock(&c->slot.lock);
+  return conn_finalize(srv, c, IOCPSRV_REASON_LOCAL_CLOSE, 0);
+}
+
 void engine_accept(worker_t *w, bk_socket_t sock, const struct sockaddr_storage *sa) {
   iocpsrv_t *srv = w->srv;
   /* Count first, then look at the state: a stop that starts now either sees this
    * connection in open_count and waits for it, or we see the stop. */
   size_t before = atomic_fetch_add(&srv->open_count, 1);
   conn_t *c = NULL;
-  if (srv_state(srv) == SRV_RUNNING && before < (size_t)srv->opt.max_connections)
+  src_admit_t adm;
+  if (srv_state(srv) == SRV_RUNNING && before < (size_t)srv->opt.max_connections) {
+    if (source_admit(srv, sock, sa, &adm)) {
+      open_count_release(srv);
+      return;
+    }
     c = conn_open(srv, w, sock, sa);
+    if (!c && adm.counted) srclimit_release(&srv->per_source, &adm.key);
+  }
   if (!c) {
     refuse_socket(srv, sock);
     open_count_release(srv);
+    return;
+  }
+  c->src_trusted = adm.trusted; /* the token is ours (conn_open): no one else reads them */
+  c->src_counted = adm.counted;
+  c->src_key = adm.key;
+  srv_mutex_lock(&c->slot.lock);
+  int unwatched = (c->notes & NOTE_ERROR) != 0;
+  if (unwatched) c->refused = 1; /* the backend cannot watch it: the host never meets it */
+  srv_mutex_unlock(&c->slot.lock);
+  if (unwatched) {
+    engine_stat_add(&srv->stats.accept_errors, 1);
+    conn_finalize(srv, c, IOCPSRV_REASON_PEER_RESET, 1);
     return;
   }
   bk_tune_socket(srv, sock);
@@ -917,8 +1100,9 @@ static void sweep(iocpsrv_t *srv, worker_t *w) {
       engine_stat_add(&srv->stats.idle_timeouts, 1);
       request_close_locked(srv, c, 1, IOCPSRV_REASON_IDLE_TIMEOUT);
     } else if (c->state == CONN_CLOSING && c->close_mode != CLOSE_ABORT) {
-      int64_t deadline = c->close_deadline;
-      if (stopping && stop_deadline < deadline) deadline = stop_deadline;
+      /* During a stop its timeout governs every close (negative: none at all), not
+       * IOCPSRV_OPT_CLOSE_TIMEOUT_MS. */
+      int64_t deadline = stopping ? stop_deadline : c->close_deadline;
       if (now >= deadline) request_close_locked(srv, c, 1, c->close_reason);
     } else if (c->state == CONN_OPEN && !c->busy &&
                now - atomic_load_explicit(&c->last_packet_ms, memory_order_relaxed) >
@@ -1079,6 +1263,22 @@ int IOCPSRV_CALL iocpsrv_get_option(iocpsrv_t *srv, int option, int64_t *value) 
   return srv_options_get(&srv->opt, option, value);
 }
 
+int IOCPSRV_CALL iocpsrv_set_option_str(iocpsrv_t *srv, int option, const char *value) {
+  WITH_STOPPED_SERVER(srv, rc_ = srv_options_set_str(&srv->opt, option, value));
+}
+
+int64_t IOCPSRV_CALL iocpsrv_get_option_str(iocpsrv_t *srv, int option, char *buf,
+                                            size_t size) {
+  if (!srv || (!buf && size)) return IOCPSRV_EINVAL;
+  /* A worker's server is running: nobody can change the text under it. Elsewhere
+   * life_lock keeps a set_option_str on another thread from freeing it meanwhile. */
+  if (engine_in_worker_of(srv)) return srv_options_get_str(&srv->opt, option, buf, size);
+  srv_mutex_lock(&srv->life_lock);
+  int64_t rc = srv_options_get_str(&srv->opt, option, buf, size);
+  srv_mutex_unlock(&srv->life_lock);
+  return rc;
+}
+
 int IOCPSRV_CALL iocpsrv_set_connect_cb(iocpsrv_t *srv, iocpsrv_connect_cb cb) {
   WITH_STOPPED_SERVER(srv, srv->on_connect = cb);
 }
@@ -1159,6 +1359,8 @@ int IOCPSRV_CALL iocpsrv_listen(iocpsrv_t *srv, const char *host, int port) {
       conntable_reserve(&srv->table, (size_t)srv->opt.max_connections)) {
     rc = IOCPSRV_ENOMEM;
   }
+  srclimit_init(&srv->per_source); /* once; empty again after every stop */
+  int trust_warning = srv->opt.proxy_protocol && srv->opt.proxy_trusted.n == 0;
   int64_t period = srv->opt.idle_timeout_ms ? srv->opt.idle_timeout_ms / 4 : 250;
   srv->sweep_period_ms = (int)(period > 250 ? 250 : period < 10 ? 10 : period);
   atomic_store(&srv->next_sweep_ms, srv_now_ms() + srv->sweep_period_ms);
@@ -1175,6 +1377,10 @@ int IOCPSRV_CALL iocpsrv_listen(iocpsrv_t *srv, const char *host, int port) {
   if (rc) bk_release(srv);
   else srv->need_join = 1;
   srv_mutex_unlock(&srv->life_lock);
+  if (!rc && trust_warning)
+    engine_log(srv, 1, "PROXY protocol is on but IOCPSRV_OPT_PROXY_TRUSTED is empty: every "
+                       "PROXY header is refused%s",
+               srv->opt.proxy_protocol == IOCPSRV_PROXY_REQUIRED ? ", and so is every client" : "");
   return rc;
 }
 
@@ -1210,6 +1416,8 @@ int IOCPSRV_CALL iocpsrv_destroy(iocpsrv_t *srv) {
   iocpsrv_stop(srv, 0);
   pullq_destroy(&srv->pull);
   conntable_destroy(&srv->table);
+  srclimit_destroy(&srv->per_source);
+  srv_options_free(&srv->opt);
   srv_mutex_destroy(&srv->task_lock);
   srv_mutex_destroy(&srv->poll_flush_lock);
   srv_cond_destroy(&srv->count_cond);
@@ -1242,6 +1450,7 @@ int IOCPSRV_CALL iocpsrv_sendv(iocpsrv_t *srv, iocpsrv_conn_id_t conn,
 int IOCPSRV_CALL iocpsrv_broadcast(iocpsrv_t *srv, const void *data, size_t len) {
   if (!srv || (!data && len)) return IOCPSRV_EINVAL;
   if (srv_state(srv) != SRV_RUNNING) return IOCPSRV_ESTOPPED;
+  if (len > srv->framing.max_packet) return IOCPSRV_ETOOBIG; /* with or without clients */
   iocpsrv_buf_t buf = {data, len};
   int sent = 0;
   size_t used = conntable_used(&srv->table);
@@ -1383,6 +1592,9 @@ int IOCPSRV_CALL iocpsrv_stats(iocpsrv_t *srv, iocpsrv_stats_t *stats) {
   v.workers_peak = atomic_load(&srv->pool.peak);
   v.pool_grows = atomic_load(&srv->pool.grows);
   v.pool_shrinks = atomic_load(&srv->pool.shrinks);
+  v.alloc_failures = stat_get(&s->alloc_failures);
+  v.source_refusals = stat_get(&s->source_refusals);
+  v.proxy_untrusted = stat_get(&s->proxy_untrusted);
   memcpy(stats, &v, v.struct_size);
   return 0;
 }

@@ -32,6 +32,7 @@
 #include "core/pool.h"
 #include "core/pullq.h"
 #include "core/sendbuf.h"
+#include "core/srcaddr.h"
 #include "iocpsrv.h"
 
 enum { SRV_STOPPED = 0, SRV_RUNNING = 1, SRV_STOPPING = 2 };
@@ -77,8 +78,6 @@ typedef struct conn_s {
   /* Owned by the token holder (read elsewhere through the atomics): */
   framer_t in;
   uint8_t read_skipped; /* a read was skipped while receiving was paused */
-  uint8_t own_want_drain; /* an own send was refused: want_drain at the merge */
-  size_t own_drain_need;  /* its framed size, likewise */
   sendbuf_t own;        /* what its own callbacks sent this turn, moved to `out` under
                            the lock once per turn (no lock per packet) */
   uint64_t own_packets;
@@ -93,7 +92,13 @@ typedef struct conn_s {
   char peer[64];        /* the client (as a PROXY header names it) */
   char proxy[64];       /* the balancer that sent the PROXY header, else "" */
   uint8_t *proxy_buf;   /* a PROXY header split over receives (token holder's) */
+  pullq_node_t *bye;    /* pull mode: its DISCONNECT event, allocated at introduction so
+                           that it can never be lost to an allocation failure */
   size_t proxy_len;
+  /* Source address (core/srcaddr.h), set at accept by the token holder: */
+  uint8_t src_trusted;  /* the socket's peer is in IOCPSRV_OPT_PROXY_TRUSTED */
+  uint8_t src_counted;  /* src_key holds one of the per-source counts: released at free */
+  srcaddr_key_t src_key; /* the counted client address (no port) */
   bk_conn_t bk;
 } conn_t;
 
@@ -124,6 +129,8 @@ typedef struct srv_stats_s {
   atomic_uint_fast64_t connections_total, connections_refused, connections_rejected;
   atomic_uint_fast64_t packets_in, packets_out, bytes_in, bytes_out;
   atomic_uint_fast64_t accept_errors, protocol_errors, send_queue_rejections, idle_timeouts;
+  atomic_uint_fast64_t alloc_failures;
+  atomic_uint_fast64_t source_refusals, proxy_untrusted;
 } srv_stats_t;
 
 struct iocpsrv_s {
@@ -164,6 +171,9 @@ struct iocpsrv_s {
   conn_t *poll_flush_head;       /* sent to by the pull consumer in its current batch */
   srv_stats_t stats;
   log_gate_t accept_log;   /* accept failures: a line a second at most */
+  log_gate_t sockopt_log;  /* socket options an accepted socket refused: likewise */
+  log_gate_t trust_log;    /* PROXY from untrusted peers, per-source refusals: likewise */
+  srclimit_t per_source;   /* IOCPSRV_OPT_MAX_CONNECTIONS_PER_SOURCE counts (srcaddr.h) */
   bk_server_t bk;
 };
 
@@ -232,6 +242,9 @@ void bk_periodic(iocpsrv_t *srv, int64_t now);
 void bk_worker_loop(worker_t *w);           /* until bk_quit_workers */
 void bk_quit_workers(iocpsrv_t *srv);       /* every worker of srv->nslots returns */
 void bk_wake_tasks(iocpsrv_t *srv);
+/* The socket options of an accepted socket. No lock held. Each option only tunes the
+ * connection: one the OS refuses is logged (srv->sockopt_log) and the client is served
+ * anyway. */
 void bk_tune_socket(iocpsrv_t *srv, bk_socket_t sock);
 void bk_close_socket(bk_socket_t sock);    /* a client socket we never served */
 /* Start watching a fresh connection; lock held, so it must not log. 0 or a negative

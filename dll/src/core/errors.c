@@ -48,6 +48,7 @@ const char *IOCPSRV_CALL iocpsrv_reason_name(int reason) {
   case IOCPSRV_REASON_PROTOCOL_ERROR: return "protocol-error";
   case IOCPSRV_REASON_IDLE_TIMEOUT: return "idle-timeout";
   case IOCPSRV_REASON_SERVER_STOPPED: return "server-stopped";
+  case IOCPSRV_REASON_OUT_OF_MEMORY: return "out-of-memory";
   default: return "unknown";
   }
 }

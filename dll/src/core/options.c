@@ -32,6 +32,9 @@ void srv_options_init(srv_options_t *o) {
   o->pull_batch_sends = 0;
   o->proxy_protocol = IOCPSRV_PROXY_OFF;
   o->reuseport = 0;
+  o->max_connections_per_source = 0;
+  o->proxy_trusted.v = NULL;
+  o->proxy_trusted.n = 0;
 }
 
 typedef struct option_desc_s {
@@ -69,6 +72,7 @@ static const option_desc_t option_table[] = {
     OPT_(IOCPSRV_OPT_PULL_BATCH_SENDS, pull_batch_sends, 0, 1),
     OPT_(IOCPSRV_OPT_PROXY_PROTOCOL, proxy_protocol, IOCPSRV_PROXY_OFF, IOCPSRV_PROXY_OPTIONAL),
     OPT_(IOCPSRV_OPT_REUSEPORT, reuseport, 0, 1),
+    OPT_(IOCPSRV_OPT_MAX_CONNECTIONS_PER_SOURCE, max_connections_per_source, 0, 16777215),
 };
 #undef OPT_
 
@@ -78,9 +82,12 @@ static const option_desc_t *find_option(int option) {
   return NULL;
 }
 
+/* Whether `option` is a string option (iocpsrv_set_option_str). */
+static int is_str_option(int option) { return option == IOCPSRV_OPT_PROXY_TRUSTED; }
+
 int srv_options_set(srv_options_t *o, int option, int64_t value) {
   const option_desc_t *d = find_option(option);
-  if (!d) return IOCPSRV_EUNKNOWNOPT;
+  if (!d) return is_str_option(option) ? IOCPSRV_EINVAL : IOCPSRV_EUNKNOWNOPT;
   if (value < d->min || value > d->max) return IOCPSRV_ERANGE;
   *(int64_t *)((char *)o + d->offset) = value;
   return 0;
@@ -88,7 +95,26 @@ int srv_options_set(srv_options_t *o, int option, int64_t value) {
 
 int srv_options_get(const srv_options_t *o, int option, int64_t *value) {
   const option_desc_t *d = find_option(option);
-  if (!d) return IOCPSRV_EUNKNOWNOPT;
+  if (!d) return is_str_option(option) ? IOCPSRV_EINVAL : IOCPSRV_EUNKNOWNOPT;
   *value = *(const int64_t *)((const char *)o + d->offset);
   return 0;
 }
+
+int srv_options_set_str(srv_options_t *o, int option, const char *value) {
+  if (option != IOCPSRV_OPT_PROXY_TRUSTED)
+    return find_option(option) ? IOCPSRV_EINVAL : IOCPSRV_EUNKNOWNOPT;
+  srcaddr_list_t l;
+  int rc = srcaddr_list_parse(value, &l); /* all or nothing: the old list stays on error */
+  if (rc) return rc;
+  srcaddr_list_free(&o->proxy_trusted);
+  o->proxy_trusted = l;
+  return 0;
+}
+
+int64_t srv_options_get_str(const srv_options_t *o, int option, char *buf, size_t size) {
+  if (option != IOCPSRV_OPT_PROXY_TRUSTED)
+    return find_option(option) ? IOCPSRV_EINVAL : IOCPSRV_EUNKNOWNOPT;
+  return (int64_t)srcaddr_list_format(&o->proxy_trusted, buf, size);
+}
+
+void srv_options_free(srv_options_t *o) { srcaddr_list_free(&o->proxy_trusted); }

@@ -6,6 +6,8 @@
 
 #include <stdint.h>
 
+#include "core/fault.h" /* srv_malloc, fault_os(FAULT_THREAD) */
+
 #if defined(_WIN32)
 #  ifndef WIN32_LEAN_AND_MEAN
 #    define WIN32_LEAN_AND_MEAN
@@ -33,18 +35,18 @@ typedef HANDLE srv_thread_t;
 typedef struct srv_thread_start_s { void (*fn)(void *); void *arg; } srv_thread_start_t;
 static DWORD WINAPI srv_thread_trampoline_(LPVOID p) {
   srv_thread_start_t s = *(srv_thread_start_t *)p;
-  HeapFree(GetProcessHeap(), 0, p);
+  free(p);
   s.fn(s.arg);
   return 0;
 }
 static inline int srv_thread_create(srv_thread_t *t, void (*fn)(void *), void *arg) {
-  srv_thread_start_t *s = HeapAlloc(GetProcessHeap(), 0, sizeof *s);
+  srv_thread_start_t *s = srv_malloc(sizeof *s);
   if (!s) return -1;
   s->fn = fn;
   s->arg = arg;
-  *t = CreateThread(NULL, 0, srv_thread_trampoline_, s, 0, NULL);
+  *t = fault_os(FAULT_THREAD) ? NULL : CreateThread(NULL, 0, srv_thread_trampoline_, s, 0, NULL);
   if (!*t) {
-    HeapFree(GetProcessHeap(), 0, s);
+    free(s);
     return -1;
   }
   return 0;
@@ -132,11 +134,11 @@ static void *srv_thread_trampoline_(void *p) {
   return NULL;
 }
 static inline int srv_thread_create(srv_thread_t *t, void (*fn)(void *), void *arg) {
-  srv_thread_start_t *s = malloc(sizeof *s);
+  srv_thread_start_t *s = srv_malloc(sizeof *s);
   if (!s) return -1;
   s->fn = fn;
   s->arg = arg;
-  if (pthread_create(t, NULL, srv_thread_trampoline_, s) != 0) {
+  if (fault_os(FAULT_THREAD) || pthread_create(t, NULL, srv_thread_trampoline_, s) != 0) {
     free(s);
     return -1;
   }

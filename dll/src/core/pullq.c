@@ -20,6 +20,7 @@ int pullq_init(pullq_t *q, pullq_room_fn on_room, void *ctx) {
   q->on_room = on_room;
   q->room_ctx = ctx;
   q->limit = 8192;
+  q->stopped = 1; /* until the first listen: a poll says IOCPSRV_ESTOPPED */
   return 0;
 }
 
@@ -125,10 +126,8 @@ static int add_waiter(pullq_t *q, iocpsrv_conn_id_t conn) {
   return add_id(&q->waiters, &q->nwaiters, &q->capwaiters, conn);
 }
 
-int pullq_push(pullq_t *q, int type, iocpsrv_conn_id_t conn, void *conn_user, int reason,
-               const void *data, size_t len) {
-  pullq_node_t *n = node_new(q, len);
-  if (!n) return -1;
+static void node_fill(pullq_node_t *n, int type, iocpsrv_conn_id_t conn, void *conn_user,
+                      int reason, const void *data, size_t len) {
   n->next = NULL;
   n->ev.type = type;
   n->ev.reason = reason;
@@ -138,7 +137,12 @@ int pullq_push(pullq_t *q, int type, iocpsrv_conn_id_t conn, void *conn_user, in
   n->ev.len = len;
   if (len) memcpy(n->data, data, len);
   n->data[len] = 0;
+}
 
+/* Queue a filled node and tell whether the queue is now full for `conn`. */
+static int node_queue(pullq_t *q, pullq_node_t *n) {
+  int type = n->ev.type;
+  iocpsrv_conn_id_t conn = n->ev.conn;
   int full = 0;
   srv_mutex_lock(&q->lock);
   if (q->tail) q->tail->next = n;
@@ -152,6 +156,36 @@ int pullq_push(pullq_t *q, int type, iocpsrv_conn_id_t conn, void *conn_user, in
     /* If the waiter cannot be recorded, the connection just keeps reading. */
     full = add_waiter(q, conn) == 0;
   }
+  srv_mutex_unlock(&q->lock);
+  return full;
+}
+
+int pullq_push(pullq_t *q, int type, iocpsrv_conn_id_t conn, void *conn_user, int reason,
+               const void *data, size_t len) {
+  pullq_node_t *n = node_new(q, len);
+  if (!n) return -1;
+  node_fill(n, type, conn, conn_user, reason, data, len);
+  return node_queue(q, n);
+}
+
+pullq_node_t *pullq_reserve(pullq_t *q) { return node_new(q, 0); }
+
+void pullq_push_reserved(pullq_t *q, pullq_node_t *n, int type, iocpsrv_conn_id_t conn,
+                         void *conn_user, int reason) {
+  node_fill(n, type, conn, conn_user, reason, NULL, 0);
+  node_queue(q, n);
+}
+
+void pullq_unreserve(pullq_t *q, pullq_node_t *n) {
+  (void)q;
+  free(n);
+}
+
+int pullq_wait_if_full(pullq_t *q, iocpsrv_conn_id_t conn) {
+  int full = 0;
+  srv_mutex_lock(&q->lock);
+  /* If the waiter cannot be recorded the connection reads on: one packet over. */
+  if (q->packets >= q->limit && !q->stopped) full = add_waiter(q, conn) == 0;
   srv_mutex_unlock(&q->lock);
   return full;
 }
@@ -180,6 +214,19 @@ static int take_batch(pullq_t *q, iocpsrv_event_t *events, int max) {
   return n;
 }
 
+/* Hand the end-of-stream marks taken so far to on_eof; lock held, dropped meanwhile. */
+static void run_eof_marks(pullq_t *q) {
+  if (!q->neof) return;
+  iocpsrv_conn_id_t *ids = q->eof_ids;
+  size_t n = q->neof;
+  q->eof_ids = NULL;
+  q->neof = q->capeof = 0;
+  srv_mutex_unlock(&q->lock);
+  q->on_eof(q->room_ctx, ids, n);
+  free(ids);
+  srv_mutex_lock(&q->lock);
+}
+
 int pullq_poll(pullq_t *q, iocpsrv_event_t *events, int max, int timeout_ms) {
   srv_mutex_lock(&q->lock);
   if (q->polling) {
@@ -189,23 +236,21 @@ int pullq_poll(pullq_t *q, iocpsrv_event_t *events, int max, int timeout_ms) {
   q->polling = 1;
   release_list(q, q->batch);
   q->batch = NULL;
-  if (q->neof) { /* the host has handled the batch that held these marks */
-    iocpsrv_conn_id_t *ids = q->eof_ids;
-    size_t n = q->neof;
-    q->eof_ids = NULL;
-    q->neof = q->capeof = 0;
-    srv_mutex_unlock(&q->lock);
-    q->on_eof(q->room_ctx, ids, n);
-    free(ids);
-    srv_mutex_lock(&q->lock);
-  }
+  run_eof_marks(q); /* the host has handled the batch that held them */
   int64_t deadline = timeout_ms < 0 ? -1 : srv_now_ms() + timeout_ms;
-  while (!q->head && !q->stopped) {
-    int64_t left = deadline < 0 ? -1 : deadline - srv_now_ms();
-    if (deadline >= 0 && left <= 0) break;
-    srv_cond_wait_ms(&q->nonempty, &q->lock, left);
+  int n;
+  for (;;) {
+    while (!q->head && !q->stopped) {
+      int64_t left = deadline < 0 ? -1 : deadline - srv_now_ms();
+      if (deadline >= 0 && left <= 0) break;
+      srv_cond_wait_ms(&q->nonempty, &q->lock, left);
+    }
+    n = q->head ? take_batch(q, events, max) : (q->stopped ? IOCPSRV_ESTOPPED : 0);
+    if (n != 0 || q->neof == 0) break;
+    /* Only end-of-stream marks: the host has handled everything queued before them,
+     * so they are acted on now, and the wait goes on (they are not events). */
+    run_eof_marks(q);
   }
-  int n = q->head ? take_batch(q, events, max) : (q->stopped ? IOCPSRV_ESTOPPED : 0);
   /* Signalled while events wait, or while end-of-stream marks taken now wait for the
    * next poll to act on them (an event loop that polls only when the handle fires must
    * come back), or once stopped. */

@@ -53,6 +53,20 @@ void pullq_set_stopped(pullq_t *q);
 int pullq_push(pullq_t *q, int type, iocpsrv_conn_id_t conn, void *conn_user, int reason,
                const void *data, size_t len);
 
+/* A node kept aside so that an event can be queued later without allocating: every
+ * pull-mode connection holds one for its DISCONNECT, which therefore can never be
+ * lost to an allocation failure. NULL when out of memory. */
+pullq_node_t *pullq_reserve(pullq_t *q);
+/* Queue a reserved node as an event without payload (the queue owns it then). */
+void pullq_push_reserved(pullq_t *q, pullq_node_t *n, int type, iocpsrv_conn_id_t conn,
+                         void *conn_user, int reason);
+void pullq_unreserve(pullq_t *q, pullq_node_t *n);
+
+/* Before reading `conn`: 1 when the queue is at its limit (conn is then remembered
+ * and handed to on_room later, as for a push that filled it), else 0. Checked before
+ * every read, so the queue overshoots its limit by at most one packet per worker. */
+int pullq_wait_if_full(pullq_t *q, iocpsrv_conn_id_t conn);
+
 /* iocpsrv_poll. */
 int pullq_poll(pullq_t *q, iocpsrv_event_t *events, int max, int timeout_ms);
 

@@ -18,6 +18,16 @@ typedef struct sendbuf_s {
 static inline size_t sendbuf_pending(const sendbuf_t *b) { return b->len - b->off; }
 static inline const uint8_t *sendbuf_data(const sendbuf_t *b) { return b->buf + b->off; }
 
+/* The most one write hands to the OS: a WSABUF's length is a 32-bit ULONG, so a queue
+ * of 2^32 bytes or more (IOCPSRV_OPT_SEND_QUEUE_LIMIT allows up to 2^40) is written in
+ * pieces; a truncated length would send the wrong amount, or nothing at all (exactly
+ * 2^32 bytes truncate to a zero-length send, forever). */
+#define SENDBUF_MAX_WRITE ((size_t)1 << 30)
+static inline size_t sendbuf_write_len(const sendbuf_t *b) {
+  size_t n = sendbuf_pending(b);
+  return n > SENDBUF_MAX_WRITE ? SENDBUF_MAX_WRITE : n;
+}
+
 /* Appends one packet: the header for `total` payload bytes, then the buffers. Returns
  * 0 or -1 when out of memory (nothing appended then). */
 int sendbuf_append(sendbuf_t *b, const framing_cfg_t *cfg, const iocpsrv_buf_t *bufs,

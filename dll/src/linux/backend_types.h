@@ -5,6 +5,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <sys/socket.h>
 
@@ -29,6 +30,12 @@ typedef struct bk_server_s {
   int ready; /* bk_start ran: there is something to release */
   int epfd, task_fd, quit_fd;
   bk_gate_t gate;
+  /* Descriptor exhaustion (linux/epoll.c, accept_batch and bk_periodic): */
+  atomic_int reserve_fd;          /* the spare descriptor given up to drop waiting
+                                     clients when accept4 says EMFILE; -1: none */
+  atomic_int accept_paused;       /* the listener is disarmed until resume_ms */
+  atomic_int_fast64_t resume_ms;
+  atomic_int backoff_ms;          /* the last pause; 0 after an accept succeeded */
 } bk_server_t;
 
 /* What the dynamic pool does with a retired worker: a worker thread owns no I/O: retired workers exit. */

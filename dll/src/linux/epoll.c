@@ -23,6 +23,7 @@
  * finish it. */
 #define _GNU_SOURCE /* accept4 */
 #include <errno.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
@@ -182,9 +183,14 @@ static int add_watch(iocpsrv_t *srv, int fd, uint32_t events, uint64_t tag) {
   return epoll_ctl(srv->bk.epfd, EPOLL_CTL_ADD, fd, &e);
 }
 
+static int open_reserve(void);
+
 int bk_start(iocpsrv_t *srv, const char *host, int port) {
   bk_server_t *b = &srv->bk;
   b->epfd = b->task_fd = b->quit_fd = -1;
+  atomic_store(&b->reserve_fd, -1);
+  atomic_store(&b->accept_paused, 0);
+  atomic_store(&b->backoff_ms, 0);
   gate_init(&b->gate);
   b->ready = 1;
   int rc = engine_bind_listener(srv, host, port);
@@ -199,10 +205,11 @@ int bk_start(iocpsrv_t *srv, const char *host, int port) {
       add_watch(srv, b->task_fd, EPOLLIN | EPOLLET, TAG_TASK) ||
       add_watch(srv, b->quit_fd, EPOLLIN, TAG_QUIT))
     return os_error(errno);
+  /* Last, and not required: without it, exhaustion pauses accepting (accept_batch);
+   * bk_periodic tries again. No log here: life_lock is held. */
+  atomic_store(&b->reserve_fd, open_reserve());
   return 0;
 }
-
-void bk_periodic(iocpsrv_t *srv, int64_t now) { (void)srv, (void)now; }
 
 void bk_stop_accepting(iocpsrv_t *srv) {
   /* shutdown, not close: a worker may be inside accept4 on this fd right now. */
@@ -223,6 +230,8 @@ void bk_release(iocpsrv_t *srv) {
   close_fd(&srv->bk.epfd);
   close_fd(&srv->bk.task_fd);
   close_fd(&srv->bk.quit_fd);
+  int reserve = atomic_exchange(&srv->bk.reserve_fd, -1);
+  if (reserve >= 0) close(reserve);
 }
 
 static void signal_fd(int fd) {
@@ -237,27 +246,165 @@ void bk_quit_workers(iocpsrv_t *srv) {
 }
 void bk_wake_tasks(iocpsrv_t *srv) { signal_fd(srv->bk.task_fd); }
 
+/* ------------------------------------------------------ descriptor exhaustion ---- */
+
+/* accept4 failing for want of descriptors (EMFILE, ENFILE) leaves the client in the
+ * backlog and the level-triggered listener readable: trying again at once would spin.
+ *
+ * libuv's way first: a spare descriptor is kept open; on EMFILE it is given up, the
+ * waiting clients are accepted and closed at once (they see the close promptly; each
+ * counts in connections_refused, like a client past max connections), and the spare
+ * is taken back. When that does not help (no spare, accepting still fails, or the
+ * failure is not one the spare can cure) nginx's way: stop accepting. The listener is
+ * disarmed and bk_periodic re-arms it after a backoff that doubles from
+ * ACCEPT_BACKOFF_MIN_MS to ACCEPT_BACKOFF_MAX_MS and starts over once an accept
+ * succeeds; meanwhile the clients wait in the backlog and are served once descriptors
+ * free up. Every failed accept4 counts in accept_errors and is logged through
+ * srv->accept_log (at most a line a second). Existing connections are not touched. */
+#define ACCEPT_BACKOFF_MIN_MS 50
+#define ACCEPT_BACKOFF_MAX_MS 1000
+#define ACCEPT_DROP_MAX 4096 /* clients dropped per use of the spare (then come back) */
+
+static int open_reserve(void) { return open("/dev/null", O_RDONLY | O_CLOEXEC); }
+
+/* Put a freshly opened spare in place unless another worker did. */
+static void keep_reserve(iocpsrv_t *srv, int fd) {
+  int none = -1;
+  if (fd >= 0 && !atomic_compare_exchange_strong(&srv->bk.reserve_fd, &none, fd)) close(fd);
+}
+
+/* accept4 through the fault seam: an injected failure is EMFILE, the client stays in
+ * the backlog. */
+static int accept_one(iocpsrv_t *srv, struct sockaddr_storage *sa) {
+  if (fault_os(FAULT_ACCEPT)) {
+    errno = EMFILE;
+    return -1;
+  }
+  socklen_t len = sizeof *sa;
+  return accept4(srv->listen_sock, (struct sockaddr *)sa, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+}
+
+/* Errors that belong to one client (accept(2): pending network errors of the new
+ * socket, or a firewall's verdict): the next client may well be fine. */
+static int client_error(int e) {
+  switch (e) {
+  case EPROTO:
+  case EPERM:
+  case ENETDOWN:
+  case ENETUNREACH:
+  case EHOSTDOWN:
+  case EHOSTUNREACH:
+  case ENONET:
+  case ENOPROTOOPT:
+  case EOPNOTSUPP:
+  case ETIMEDOUT: return 1;
+  default: return 0;
+  }
+}
+
+/* Descriptors ran out: give up the spare, accept and close what waits, take the spare
+ * back. 1 when the backlog was emptied (or ACCEPT_DROP_MAX clients went), else 0: no
+ * spare, or accepting still failed (*err gets that error). *dropped counts the closed
+ * clients. */
+static int drop_waiting(iocpsrv_t *srv, unsigned *dropped, int *err) {
+  int spare = atomic_exchange(&srv->bk.reserve_fd, -1);
+  if (spare < 0) return 0;
+  close(spare);
+  int emptied = 1;
+  for (unsigned i = 0; i < ACCEPT_DROP_MAX; i++) {
+    struct sockaddr_storage sa;
+    int fd = accept_one(srv, &sa);
+    if (fd >= 0) {
+      engine_stat_add(&srv->stats.connections_refused, 1); /* before the client sees it */
+      close(fd);
+      (*dropped)++;
+      continue;
+    }
+    if (errno == EINTR || errno == ECONNABORTED || client_error(errno)) continue;
+    if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINVAL) {
+      emptied = 0;
+      *err = errno;
+      engine_stat_add(&srv->stats.accept_errors, 1);
+    }
+    break;
+  }
+  keep_reserve(srv, open_reserve());
+  return emptied;
+}
+
+/* Stop accepting for a while; bk_periodic re-arms the listener. Returns the pause. */
+static int pause_accepting(iocpsrv_t *srv, int64_t now) {
+  bk_server_t *b = &srv->bk;
+  int backoff = atomic_load(&b->backoff_ms);
+  backoff = backoff <= 0 ? ACCEPT_BACKOFF_MIN_MS
+            : backoff >= ACCEPT_BACKOFF_MAX_MS / 2 ? ACCEPT_BACKOFF_MAX_MS
+                                                   : backoff * 2;
+  atomic_store(&b->backoff_ms, backoff);
+  atomic_store(&b->resume_ms, now + backoff);
+  struct epoll_event e = {.events = EPOLLONESHOT, .data.u64 = TAG_LISTEN}; /* no EPOLLIN */
+  epoll_ctl(b->epfd, EPOLL_CTL_MOD, srv->listen_sock, &e);
+  /* Set after the disarm: a bk_periodic that clears it re-arms after this disarm, and
+   * one that came before it leaves it set for the next pass. */
+  atomic_store(&b->accept_paused, 1);
+  return backoff;
+}
+
+void bk_periodic(iocpsrv_t *srv, int64_t now) {
+  bk_server_t *b = &srv->bk;
+  if (atomic_load(&b->reserve_fd) < 0) keep_reserve(srv, open_reserve());
+  if (!atomic_load(&b->accept_paused) || now < atomic_load(&b->resume_ms)) return;
+  if (!atomic_exchange(&b->accept_paused, 0)) return;
+  /* After a stop, the listener is out of the set and this fails harmlessly. */
+  if (atomic_load(&srv->state) == SRV_RUNNING) {
+    struct epoll_event e = {.events = EPOLLIN | EPOLLONESHOT, .data.u64 = TAG_LISTEN};
+    epoll_ctl(b->epfd, EPOLL_CTL_MOD, srv->listen_sock, &e);
+  }
+}
+
 static void accept_batch(worker_t *w) {
   iocpsrv_t *srv = w->srv;
+  bk_server_t *b = &srv->bk;
+  /* Paused: an event from before the pause; bk_periodic re-arms. */
+  if (atomic_load(&b->accept_paused)) return;
   /* Re-arm first: another worker may accept while connect callbacks run here. */
   if (atomic_load(&srv->state) == SRV_RUNNING) {
     struct epoll_event e = {.events = EPOLLIN | EPOLLONESHOT, .data.u64 = TAG_LISTEN};
-    epoll_ctl(srv->bk.epfd, EPOLL_CTL_MOD, srv->listen_sock, &e);
+    epoll_ctl(b->epfd, EPOLL_CTL_MOD, srv->listen_sock, &e);
   }
+  int err = 0, paused_ms = 0;
+  unsigned dropped = 0;
   for (int i = 0; i < srv->opt.accepts_posted; i++) {
     struct sockaddr_storage sa;
-    socklen_t len = sizeof sa;
-    int fd = accept4(srv->listen_sock, (struct sockaddr *)&sa, &len,
-                     SOCK_NONBLOCK | SOCK_CLOEXEC);
-    if (fd < 0) {
-      if (errno == EINTR || errno == ECONNABORTED) continue;
-      if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINVAL) break;
-      engine_stat_add(&srv->stats.accept_errors, 1);
-      engine_log(srv, 0, "accept failed: %s", strerror(errno));
-      break;
+    int fd = accept_one(srv, &sa);
+    if (fd >= 0) {
+      if (atomic_load_explicit(&b->backoff_ms, memory_order_relaxed))
+        atomic_store(&b->backoff_ms, 0);
+      engine_accept(w, fd, &sa);
+      continue;
     }
-    engine_accept(w, fd, &sa);
+    if (errno == EINTR || errno == ECONNABORTED) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINVAL) break;
+    err = errno;
+    engine_stat_add(&srv->stats.accept_errors, 1);
+    if (client_error(err)) continue;
+    if ((err == EMFILE || err == ENFILE) && drop_waiting(srv, &dropped, &err)) break;
+    /* No spare, the spare did not help, or another shortage (ENOBUFS, ENOMEM) or an
+     * error we do not know: stop for a while rather than retry at once. */
+    paused_ms = pause_accepting(srv, w->now);
+    break;
   }
+  if (!err) return;
+  /* No lock is held here: the log callback may call into the API. */
+  if (paused_ms)
+    engine_log_throttled(srv, &srv->accept_log, 0,
+                         "accept failed: %s; not accepting for %d ms", strerror(err),
+                         paused_ms);
+  else if (dropped)
+    engine_log_throttled(srv, &srv->accept_log, 0,
+                         "accept failed: %s; closed %u waiting client%s at once",
+                         strerror(err), dropped, dropped == 1 ? "" : "s");
+  else
+    engine_log_throttled(srv, &srv->accept_log, 0, "accept failed: %s", strerror(err));
 }
 
 /* ------------------------------------------------------------------- workers ---- */
@@ -337,24 +484,32 @@ void bk_worker_loop(worker_t *w) {
 
 /* --------------------------------------------------------------- connections ---- */
 
+/* One option of an accepted socket: a refusal is logged (at most a line a second) and
+ * otherwise ignored, since every option here only tunes the connection. */
+static void tune(iocpsrv_t *srv, int fd, int level, int name, int value, const char *what) {
+  int rc;
+  if (fault_os(FAULT_SETSOCKOPT)) {
+    errno = ENOBUFS;
+    rc = -1;
+  } else {
+    rc = setsockopt(fd, level, name, &value, sizeof value);
+  }
+  if (rc != 0)
+    engine_log_throttled(srv, &srv->sockopt_log, 1, "cannot set %s on a client socket: %s",
+                         what, strerror(errno));
+}
+
 void bk_tune_socket(iocpsrv_t *srv, bk_socket_t fd) {
   const srv_options_t *o = &srv->opt;
-  int one = 1;
-  if (o->nodelay) setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  if (o->nodelay) tune(srv, fd, IPPROTO_TCP, TCP_NODELAY, 1, "TCP_NODELAY");
   if (o->keepalive_ms) {
     int secs = (int)((o->keepalive_ms + 999) / 1000);
-    setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
-    setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &secs, sizeof secs);
-    setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &secs, sizeof secs);
+    tune(srv, fd, SOL_SOCKET, SO_KEEPALIVE, 1, "SO_KEEPALIVE");
+    tune(srv, fd, IPPROTO_TCP, TCP_KEEPIDLE, secs, "TCP_KEEPIDLE");
+    tune(srv, fd, IPPROTO_TCP, TCP_KEEPINTVL, secs, "TCP_KEEPINTVL");
   }
-  if (o->rcvbuf) {
-    int v = (int)o->rcvbuf;
-    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &v, sizeof v);
-  }
-  if (o->sndbuf) {
-    int v = (int)o->sndbuf;
-    setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &v, sizeof v);
-  }
+  if (o->rcvbuf) tune(srv, fd, SOL_SOCKET, SO_RCVBUF, (int)o->rcvbuf, "SO_RCVBUF");
+  if (o->sndbuf) tune(srv, fd, SOL_SOCKET, SO_SNDBUF, (int)o->sndbuf, "SO_SNDBUF");
 }
 
 int bk_conn_register(iocpsrv_t *srv, conn_t *c) {
@@ -376,7 +531,13 @@ void bk_conn_flush_locked(iocpsrv_t *srv, conn_t *c) {
   if (c->bk.want_write) return; /* EPOLLOUT will flush */
   size_t sent = 0;
   while (sendbuf_pending(&c->out)) {
-    ssize_t n = send(c->sock, sendbuf_data(&c->out), sendbuf_pending(&c->out), MSG_NOSIGNAL);
+    ssize_t n;
+    if (fault_os(FAULT_SEND_POST)) { /* as the kernel fails a send it has no buffer for */
+      errno = ENOBUFS;
+      n = -1;
+    } else {
+      n = send(c->sock, sendbuf_data(&c->out), sendbuf_pending(&c->out), MSG_NOSIGNAL);
+    }
     if (n > 0) {
       sendbuf_consume(&c->out, (size_t)n);
       sent += (size_t)n;

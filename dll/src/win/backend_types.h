@@ -9,6 +9,7 @@
 #include <ws2tcpip.h>
 #include <mswsock.h>
 #include <windows.h>
+#include <stdatomic.h>
 #include <stdint.h>
 
 #include "core/sendbuf.h"
@@ -40,6 +41,11 @@ typedef struct bk_server_s {
   int naccepts;
   LPFN_ACCEPTEX accept_ex;
   LPFN_GETACCEPTEXSOCKADDRS get_sockaddrs;
+  /* Accepts that could not be posted (win/iocp.c, bk_periodic posts them again): */
+  atomic_int retries;             /* slots waiting */
+  atomic_int_fast64_t retry_ms;   /* when bk_periodic tries next */
+  atomic_int backoff_ms;          /* the last wait; 0 once every slot is posted */
+  atomic_int unlogged;            /* a failure bk_start counted but could not log */
 } bk_server_t;
 
 /* What the dynamic pool does with a retired worker: overlapped I/O may die with its thread (Wine): retired workers park. */

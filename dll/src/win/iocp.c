@@ -41,6 +41,8 @@ struct bk_accept_s {
   OVERLAPPED ov;
   SOCKET sock;   /* the socket AcceptEx fills, INVALID_SOCKET when idle */
   int posted;
+  int fails;     /* failed completions in a row (on_accept's) */
+  atomic_int retry; /* not posted: waiting for bk_periodic */
   char addrs[2 * ADDR_SLOT];
 };
 
@@ -113,26 +115,130 @@ int bk_listen_on(iocpsrv_t *srv, const struct addrinfo *ai) {
 }
 
 
-/* Post one AcceptEx. */
-static void post_accept(iocpsrv_t *srv, bk_accept_t *a) {
-  a->sock = new_socket(srv->bk.family);
-  if (a->sock == INVALID_SOCKET) {
-    engine_stat_add(&srv->stats.accept_errors, 1);
-    engine_log(srv, 0, "WSASocket failed: %d", WSAGetLastError());
-    return;
+/* ------------------------------------------------------------ accept failures ----
+ *
+ * Posting an accept can fail (WSASocket or AcceptEx: WSAEMFILE, WSAENOBUFS when
+ * sockets or memory run out), and so can a posted one's completion. A slot that fails
+ * is not posted again at once, which would loop as long as the cause lasts: it waits
+ * for bk_periodic, which posts the waiting slots again after a backoff that doubles
+ * from ACCEPT_BACKOFF_MIN_MS to ACCEPT_BACKOFF_MAX_MS and starts over once they are
+ * all posted. Clients meanwhile wait in the listen backlog and are served once posting
+ * works again. A failed completion is posted again at once the first time (a client
+ * that reset before its accept completed), and waits if it fails again in a row.
+ * Every failure counts in accept_errors and is logged through srv->accept_log (a line
+ * a second at most), never with a lock held: bk_start runs under life_lock, so its
+ * failures are logged by the next bk_periodic. */
+#define ACCEPT_BACKOFF_MIN_MS 50
+#define ACCEPT_BACKOFF_MAX_MS 1000
+
+enum { POST_WSASOCKET = 1, POST_ACCEPTEX = 2 };
+
+static const char *post_step_name(int step) {
+  return step == POST_ACCEPTEX ? "AcceptEx" : "WSASocket";
+}
+
+/* The system's text for a Winsock error, with its number. */
+static const char *wsa_reason(int err, char *buf, size_t cap) {
+  char text[160];
+  DWORD n = FormatMessageA(FORMAT_MESSAGE_FROM_SYSTEM | FORMAT_MESSAGE_IGNORE_INSERTS, NULL,
+                           (DWORD)err, 0, text, sizeof text, NULL);
+  while (n > 0 && (text[n - 1] == '\n' || text[n - 1] == '\r' || text[n - 1] == ' ' ||
+                   text[n - 1] == '.'))
+    n--;
+  text[n] = '\0';
+  if (n > 0) snprintf(buf, cap, "%s (error %d)", text, err);
+  else snprintf(buf, cap, "error %d", err);
+  return buf;
+}
+
+/* Post one AcceptEx. 0, or the Winsock error, with *step naming the call that failed
+ * (the slot is then idle). Logs nothing: bk_start holds life_lock. */
+static int post_accept(iocpsrv_t *srv, bk_accept_t *a, int *step) {
+  *step = POST_WSASOCKET;
+  if (fault_os(FAULT_ACCEPT)) {
+    a->sock = INVALID_SOCKET;
+    return WSAEMFILE;
   }
+  a->sock = new_socket(srv->bk.family);
+  if (a->sock == INVALID_SOCKET) return WSAGetLastError();
+  *step = POST_ACCEPTEX;
   memset(&a->ov, 0, sizeof a->ov);
   DWORD bytes = 0;
+  int err = 0;
   a->posted = 1;
-  if (!srv->bk.accept_ex(srv->listen_sock, a->sock, a->addrs, 0, ADDR_SLOT, ADDR_SLOT, &bytes,
-                         &a->ov) &&
-      WSAGetLastError() != ERROR_IO_PENDING) {
+  if (fault_os(FAULT_ACCEPT))
+    err = WSAENOBUFS;
+  else if (!srv->bk.accept_ex(srv->listen_sock, a->sock, a->addrs, 0, ADDR_SLOT, ADDR_SLOT,
+                              &bytes, &a->ov))
+    err = WSAGetLastError() == ERROR_IO_PENDING ? 0 : WSAGetLastError();
+  if (err) {
     a->posted = 0;
-    engine_stat_add(&srv->stats.accept_errors, 1);
-    engine_log(srv, 0, "AcceptEx failed: %d", WSAGetLastError());
     closesocket(a->sock);
     a->sock = INVALID_SOCKET;
   }
+  return err;
+}
+
+/* The slot waits for bk_periodic. */
+static void defer_accept(iocpsrv_t *srv, bk_accept_t *a, int64_t now) {
+  bk_server_t *b = &srv->bk;
+  atomic_store(&a->retry, 1);
+  if (atomic_fetch_add(&b->retries, 1) == 0) {
+    int backoff = atomic_load(&b->backoff_ms);
+    atomic_store(&b->retry_ms, now + (backoff > 0 ? backoff : ACCEPT_BACKOFF_MIN_MS));
+  }
+}
+
+/* Post, or count the failure and leave the slot to bk_periodic. Returns the error. */
+static int post_or_defer(iocpsrv_t *srv, bk_accept_t *a, int64_t now, int *step) {
+  int err = post_accept(srv, a, step);
+  if (err) {
+    engine_stat_add(&srv->stats.accept_errors, 1);
+    defer_accept(srv, a, now);
+  }
+  return err;
+}
+
+/* No lock may be held. */
+static void log_post_failure(iocpsrv_t *srv, int step, int err) {
+  char why[256];
+  engine_log_throttled(srv, &srv->accept_log, 0, "%s failed: %s; accept posted again later",
+                       post_step_name(step), wsa_reason(err, why, sizeof why));
+}
+
+void bk_periodic(iocpsrv_t *srv, int64_t now) {
+  bk_server_t *b = &srv->bk;
+  int unlogged = atomic_exchange(&b->unlogged, 0);
+  if (unlogged) log_post_failure(srv, unlogged & 3, unlogged >> 2);
+  if (atomic_load(&b->retries) == 0 || now < atomic_load(&b->retry_ms)) return;
+  if (atomic_load(&srv->state) != SRV_RUNNING) return; /* stopping: they stay idle */
+  int err = 0, step = 0;
+  for (int i = 0; i < b->naccepts && !err; i++) {
+    bk_accept_t *a = &b->accepts[i];
+    if (!atomic_exchange(&a->retry, 0)) continue;
+    err = post_accept(srv, a, &step);
+    if (!err) {
+      atomic_fetch_sub(&b->retries, 1);
+      continue;
+    }
+    engine_stat_add(&srv->stats.accept_errors, 1);
+    atomic_store(&a->retry, 1); /* the rest wait too: one failure per pass */
+  }
+  if (!err) {
+    atomic_store(&b->backoff_ms, 0);
+    return;
+  }
+  int backoff = atomic_load(&b->backoff_ms);
+  backoff = backoff <= 0 ? ACCEPT_BACKOFF_MIN_MS
+            : backoff >= ACCEPT_BACKOFF_MAX_MS / 2 ? ACCEPT_BACKOFF_MAX_MS
+                                                   : backoff * 2;
+  atomic_store(&b->backoff_ms, backoff);
+  atomic_store(&b->retry_ms, now + backoff);
+  char why[256];
+  engine_log_throttled(srv, &srv->accept_log, 0,
+                       "%s failed: %s; %d of %d accepts not posted, next try in %d ms",
+                       post_step_name(step), wsa_reason(err, why, sizeof why),
+                       atomic_load(&b->retries), b->naccepts, backoff);
 }
 
 int bk_start(iocpsrv_t *srv, const char *host, int port) {
@@ -149,14 +255,21 @@ int bk_start(iocpsrv_t *srv, const char *host, int port) {
   b->naccepts = (int)srv->opt.accepts_posted;
   b->accepts = srv_calloc((size_t)b->naccepts, sizeof *b->accepts);
   if (!b->accepts) return IOCPSRV_ENOMEM;
+  atomic_store(&b->retries, 0);
+  atomic_store(&b->backoff_ms, 0);
+  atomic_store(&b->unlogged, 0);
+  int64_t now = srv_now_ms();
   for (int i = 0; i < b->naccepts; i++) {
-    b->accepts[i].sock = INVALID_SOCKET;
-    post_accept(srv, &b->accepts[i]);
+    bk_accept_t *a = &b->accepts[i];
+    a->sock = INVALID_SOCKET;
+    atomic_init(&a->retry, 0);
+    /* A slot that cannot be posted now is left to bk_periodic, which also logs this
+     * (life_lock is held here): listening succeeds all the same. */
+    int step, err = post_or_defer(srv, a, now, &step);
+    if (err) atomic_store(&b->unlogged, err << 2 | step);
   }
   return 0;
 }
-
-void bk_periodic(iocpsrv_t *srv, int64_t now) { (void)srv, (void)now; }
 
 void bk_stop_accepting(iocpsrv_t *srv) {
   /* Cancel, not close: a worker may be re-posting an accept on this socket right now. */
@@ -204,21 +317,42 @@ void bk_quit_workers(iocpsrv_t *srv) {
 
 void bk_wake_tasks(iocpsrv_t *srv) { PostQueuedCompletionStatus(srv->bk.port, 0, KEY_TASK, NULL); }
 
-static void on_accept(worker_t *w, bk_accept_t *a, int ok) {
+/* An operation cancelled because the thread that issued it exited (see
+ * CANCELLED_BY_THREAD_EXIT below). */
+#define STATUS_CANCELLED_ 0xC0000120L
+
+/* A posted accept completed (status: the OVERLAPPED's NTSTATUS). */
+static void on_accept(worker_t *w, bk_accept_t *a, ULONG_PTR status) {
   iocpsrv_t *srv = w->srv;
   SOCKET s = a->sock;
+  int step, err;
   a->sock = INVALID_SOCKET;
   a->posted = 0;
   if (atomic_load(&srv->state) != SRV_RUNNING) { /* cancelled by stop */
     closesocket(s);
     return;
   }
-  if (!ok) {
-    engine_stat_add(&srv->stats.accept_errors, 1);
+  if (status != 0) {
     closesocket(s);
-    post_accept(srv, a);
+    if (status == (ULONG_PTR)STATUS_CANCELLED_) { /* its thread exited: not a failure */
+      if ((err = post_or_defer(srv, a, w->now, &step)) != 0) log_post_failure(srv, step, err);
+      return;
+    }
+    engine_stat_add(&srv->stats.accept_errors, 1);
+    /* Once: a client gone before its accept completed. Again in a row: wait. (Once
+     * posted, the slot is another completion's: read nothing of it after that.) */
+    int at_once = a->fails++ == 0;
+    err = 0;
+    if (at_once) err = post_or_defer(srv, a, w->now, &step);
+    else defer_accept(srv, a, w->now);
+    engine_log_throttled(srv, &srv->accept_log, 0,
+                         "accept failed: AcceptEx completed with status 0x%08lx%s",
+                         (unsigned long)status,
+                         at_once && !err ? "" : "; accept posted again later");
+    if (err) log_post_failure(srv, step, err);
     return;
   }
+  a->fails = 0;
   SOCKET ls = srv->listen_sock;
   setsockopt(s, SOL_SOCKET, SO_UPDATE_ACCEPT_CONTEXT, (const char *)&ls, sizeof ls);
   struct sockaddr *local = NULL, *remote = NULL;
@@ -227,7 +361,8 @@ static void on_accept(worker_t *w, bk_accept_t *a, int ok) {
   struct sockaddr_storage peer;
   memset(&peer, 0, sizeof peer);
   if (remote && rlen > 0 && (size_t)rlen <= sizeof peer) memcpy(&peer, remote, (size_t)rlen);
-  post_accept(srv, a); /* keep the accept pool full before serving this one */
+  /* Keep the accept pool full before serving this one. No lock is held: log here. */
+  if ((err = post_or_defer(srv, a, w->now, &step)) != 0) log_post_failure(srv, step, err);
   u_long nonblocking = 1;
   if (ioctlsocket(s, FIONBIO, &nonblocking) != 0 ||
       !CreateIoCompletionPort((HANDLE)s, srv->bk.port, KEY_CONN, 0)) {
@@ -297,7 +432,7 @@ void bk_worker_loop(worker_t *w) {
     w->defer_notify = 0;
     for (int i = 0; i < f.naccepts; i++) {
       bk_accept_t *a = container_of(f.accepts[i]->lpOverlapped, bk_accept_t, ov);
-      on_accept(w, a, f.accepts[i]->lpOverlapped->Internal == 0);
+      on_accept(w, a, f.accepts[i]->lpOverlapped->Internal);
     }
     engine_run_tasks(w);
     wait_ms = engine_after_batch(w);
@@ -307,25 +442,33 @@ void bk_worker_loop(worker_t *w) {
 
 /* --------------------------------------------------------------- connections ---- */
 
+/* One option of an accepted socket: a refusal is logged (at most a line a second) and
+ * otherwise ignored, since every option here only tunes the connection. */
+static void tune_failed(iocpsrv_t *srv, const char *what, int err) {
+  engine_log_throttled(srv, &srv->sockopt_log, 1, "cannot set %s on a client socket: %d",
+                       what, err);
+}
+
+static void tune(iocpsrv_t *srv, SOCKET s, int level, int name, int value, const char *what) {
+  int rc = fault_os(FAULT_SETSOCKOPT)
+               ? (WSASetLastError(WSAENOBUFS), SOCKET_ERROR)
+               : setsockopt(s, level, name, (const char *)&value, sizeof value);
+  if (rc != 0) tune_failed(srv, what, WSAGetLastError());
+}
+
 void bk_tune_socket(iocpsrv_t *srv, bk_socket_t s) {
   const srv_options_t *o = &srv->opt;
-  if (o->nodelay) {
-    BOOL yes = TRUE;
-    setsockopt(s, IPPROTO_TCP, TCP_NODELAY, (const char *)&yes, sizeof yes);
-  }
+  if (o->nodelay) tune(srv, s, IPPROTO_TCP, TCP_NODELAY, 1, "TCP_NODELAY");
   if (o->keepalive_ms) {
     struct tcp_keepalive ka = {1, (ULONG)o->keepalive_ms, (ULONG)o->keepalive_ms};
     DWORD bytes = 0;
-    WSAIoctl(s, SIO_KEEPALIVE_VALS, &ka, sizeof ka, NULL, 0, &bytes, NULL, NULL);
+    int rc = fault_os(FAULT_SETSOCKOPT)
+                 ? (WSASetLastError(WSAENOBUFS), SOCKET_ERROR)
+                 : WSAIoctl(s, SIO_KEEPALIVE_VALS, &ka, sizeof ka, NULL, 0, &bytes, NULL, NULL);
+    if (rc != 0) tune_failed(srv, "SIO_KEEPALIVE_VALS", WSAGetLastError());
   }
-  if (o->rcvbuf) {
-    int v = (int)o->rcvbuf;
-    setsockopt(s, SOL_SOCKET, SO_RCVBUF, (const char *)&v, sizeof v);
-  }
-  if (o->sndbuf) {
-    int v = (int)o->sndbuf;
-    setsockopt(s, SOL_SOCKET, SO_SNDBUF, (const char *)&v, sizeof v);
-  }
+  if (o->rcvbuf) tune(srv, s, SOL_SOCKET, SO_RCVBUF, (int)o->rcvbuf, "SO_RCVBUF");
+  if (o->sndbuf) tune(srv, s, SOL_SOCKET, SO_SNDBUF, (int)o->sndbuf, "SO_SNDBUF");
 }
 
 int bk_conn_register(iocpsrv_t *srv, conn_t *c) {
@@ -351,7 +494,9 @@ void bk_conn_arm_locked(iocpsrv_t *srv, conn_t *c) {
   memset(&c->bk.recv_io.ov, 0, sizeof c->bk.recv_io.ov);
   c->bk.recv_posted = 1;
   c->bk.io_pending++;
-  int rc = WSARecv(c->sock, &none, 1, &bytes, &flags, &c->bk.recv_io.ov, NULL);
+  int rc = fault_os(FAULT_RECV_POST)
+               ? (WSASetLastError(WSAENOBUFS), SOCKET_ERROR)
+               : WSARecv(c->sock, &none, 1, &bytes, &flags, &c->bk.recv_io.ov, NULL);
   if (rc == 0 && !c->bk.skip_inline) return; /* a completion packet is on its way */
   if (rc != 0 && WSAGetLastError() == WSA_IO_PENDING) return;
   /* Finished inline (data is there) or failed (the connection is dead): no packet
@@ -389,7 +534,8 @@ static void on_recv_done(worker_t *w, conn_t *c, ULONG_PTR status) {
   engine_conn_notify_locked(w, c, ok ? NOTE_READ : NOTE_ERROR);
 }
 
-/* Hand the queued bytes to one WSASend, unless one is outstanding. Lock held. */
+/* Hand the queued bytes to one WSASend, unless one is outstanding. Lock held. A
+ * queue longer than a WSABUF can describe (ULONG) goes out in several sends. */
 void bk_conn_flush_locked(iocpsrv_t *srv, conn_t *c) {
   while (!c->bk.send_posted && !c->bk.closed) {
     if (sendbuf_pending(&c->bk.inflight) == 0) {
@@ -401,13 +547,15 @@ void bk_conn_flush_locked(iocpsrv_t *srv, conn_t *c) {
       c->bk.inflight = c->out;
       c->out = t;
     }
-    WSABUF buf = {(ULONG)sendbuf_pending(&c->bk.inflight),
+    WSABUF buf = {(ULONG)sendbuf_write_len(&c->bk.inflight),
                   (char *)sendbuf_data(&c->bk.inflight)};
     DWORD bytes = 0;
     memset(&c->bk.send_io.ov, 0, sizeof c->bk.send_io.ov);
     c->bk.send_posted = 1;
     c->bk.io_pending++;
-    int rc = WSASend(c->sock, &buf, 1, &bytes, 0, &c->bk.send_io.ov, NULL);
+    int rc = fault_os(FAULT_SEND_POST)
+                 ? (WSASetLastError(WSAENOBUFS), SOCKET_ERROR)
+                 : WSASend(c->sock, &buf, 1, &bytes, 0, &c->bk.send_io.ov, NULL);
     if (rc == 0 && !c->bk.skip_inline) return;
     if (rc != 0 && WSAGetLastError() == WSA_IO_PENDING) return;
     c->bk.send_posted = 0;

@@ -67,6 +67,9 @@ public enum DisconnectReason
     IdleTimeout = 6,
     /// <summary>The server stopped.</summary>
     ServerStopped = 7,
+    /// <summary>The engine could not allocate what the connection needed (a packet
+    /// buffer, a queued send, a pull event): it was aborted.</summary>
+    OutOfMemory = 8,
 }
 
 /// <summary>Packet framing (iocpsrv_framing_t).</summary>
@@ -253,6 +256,9 @@ public struct ServerStats
     public ulong PoolGrows;
     /// <summary>Workers retired by the dynamic pool.</summary>
     public ulong PoolShrinks;
+    /// <summary>Allocations that failed (a send that returned ENOMEM, a connection
+    /// aborted with OutOfMemory, or a client closed before the host heard of it).</summary>
+    public ulong AllocFailures;
 }
 
 /// <summary>An error reported by the library: its code, the code's name
