@@ -155,6 +155,12 @@ static int IOCPSRV_CALL log_connect(iocpsrv_t *srv, iocpsrv_conn_id_t id, const 
  * kernel takes far less than half of it, so sliding the rest to the front is no
  * option either). */
 #define BIG ((8 << 20) - 4)
+#ifdef _WIN32
+#  define ARM_AT '3'
+#else
+#  define ARM_AT '2'
+#endif
+static const char FILLER[1020] = "filler";
 
 /* The first packet queues 1 MiB that the client does not read (the queue stays busy);
  * the second queues a little more and then makes every allocation fail, so the queue
@@ -170,8 +176,12 @@ static int IOCPSRV_CALL log_packet(iocpsrv_t *srv, iocpsrv_conn_id_t id, void *u
     CHECK_OK(iocpsrv_send(srv, id, big, BIG));
     free(big);
   } else {
-    CHECK_OK(iocpsrv_send(srv, id, "small", 5));
-    iocpsrv_fault_arm(FAULT_ALLOC, 1, 1);
+    /* IOCP moves the queue into the outstanding WSASend's buffer, so the queue the
+     * next sends join is empty there: one more turn fills it (1 KiB, the size a new
+     * buffer starts with) so that the turn after it must grow it. */
+    int arm = data[0] == ARM_AT;
+    CHECK_OK(iocpsrv_send(srv, id, FILLER, arm ? 5 : 1020));
+    if (arm) iocpsrv_fault_arm(FAULT_ALLOC, 1, 1);
   }
   tt_counter_add(&x->packets, 1);
   return 0;
@@ -229,7 +239,16 @@ static void fault_log_callback_may_call_api_when_queue_cannot_grow(void) {
     CHECK_MSG(tt_now_ms() < end, "the 8 MiB send never reached the queue");
     tt_sleep_ms(1); /* no event tells a test thread that a turn ended */
   }
-  CHECK_EQ(ts_send_packet(s, "2", 1), 0);
+  for (char p = '2'; p <= ARM_AT; p++) {
+    int64_t before = iocpsrv_pending_bytes(srv, x.last_conn);
+    CHECK_EQ(ts_send_packet(s, &p, 1), 0);
+    if (p == ARM_AT) break;
+    /* ...and so must the turn of each packet before the last. */
+    while (iocpsrv_pending_bytes(srv, x.last_conn) <= before) {
+      CHECK_MSG(tt_now_ms() < end, "packet %c's send never reached the queue", p);
+      tt_sleep_ms(1);
+    }
+  }
   CHECK_MSG(tt_counter_wait(&x.lines, 1, TS_WAIT_MS) == 0,
             "no log line: the out-of-memory path did not run (or deadlocked)");
   CHECK_EQ(tt_counter_wait(&x.disconnects, 1, TS_WAIT_MS), 0);

@@ -11,13 +11,17 @@ problem. Addresses are IPv4 loopback ones; every socket operation has a timeout.
   hold PORT BIND                 like clients with N = 1, then keeps the connection open
                                  until the server closes it or 20 s pass
   direct PORT echo|closed [--v1 TEXT | --v2 SRC SPORT DST DPORT | --raw TEXT] [--split]
-                                 one connection from 127.0.0.1: sends the header (v1: TEXT
-                                 + CRLF; v2: a binary PROXY v2 TCP4 header with TLVs;
-                                 raw: TEXT + CRLF as it is), then one packet. "echo":
+         [--bind ADDR]           one connection from 127.0.0.1 (or ADDR): sends the header
+                                 (v1: TEXT + CRLF; v2: a binary PROXY v2 TCP4 header with
+                                 TLVs; raw: TEXT + CRLF as it is), then one packet. "echo":
                                  the packet must come back, prints "echo LOCAL".
                                  "closed": the server must close without answering,
                                  prints "closed LOCAL". --split sends the header in two
                                  writes 100 ms apart (two reads on the server)
+  limit PORT BIND N [BIND N ...] N connections from each BIND, all open at once; each
+                                 sends one packet and either gets its echo ("served") or
+                                 is closed by the server ("closed"). Prints
+                                 "BIND served S closed C" per BIND
 """
 import socket
 import struct
@@ -123,6 +127,7 @@ def cmd_hold(port, bind):
 def cmd_direct(port, expect, args):
     header = b""
     split = False
+    bind = None
     i = 0
     while i < len(args):
         a = args[i]
@@ -135,11 +140,14 @@ def cmd_direct(port, expect, args):
         elif a == "--split":
             split = True
             i += 1
+        elif a == "--bind":
+            bind = args[i + 1]
+            i += 2
         else:
             fail("unknown argument " + a)
     payload = b"hello through a hand-written header"
     try:
-        s = connect(port)
+        s = connect(port, bind)
         me = local(s)
         try:
             if split and header:
@@ -174,6 +182,35 @@ def cmd_direct(port, expect, args):
         fail("%s: %s" % (type(e).__name__, e))
 
 
+def cmd_limit(port, pairs):
+    socks = []
+    try:
+        for bind, n in pairs:
+            for i in range(n):
+                socks.append((bind, connect(port, bind)))
+    except OSError as e:
+        fail("connect %d from %s: %s: %s" % (len(socks), bind, type(e).__name__, e))
+    served = {bind: 0 for bind, _ in pairs}
+    closed = {bind: 0 for bind, _ in pairs}
+    for i, (bind, s) in enumerate(socks):
+        try:
+            s.sendall(frame(b"limit %d" % i))
+        except OSError:
+            pass  # already closed by the server: its recv below says so
+    for i, (bind, s) in enumerate(socks):
+        try:
+            expect_echo(s, b"limit %d" % i)
+            served[bind] += 1
+        except (EOFError, ConnectionResetError, BrokenPipeError):
+            closed[bind] += 1
+        except (OSError, ValueError) as e:
+            fail("connection %d from %s: %s: %s" % (i, bind, type(e).__name__, e))
+    for bind, _ in pairs:
+        print("%s served %d closed %d" % (bind, served[bind], closed[bind]), flush=True)
+    for _, s in socks:
+        s.close()
+
+
 def main(argv):
     if not argv:
         fail("usage: see the module docstring")
@@ -186,6 +223,8 @@ def main(argv):
         cmd_hold(int(argv[1]), argv[2])
     elif cmd == "direct" and len(argv) >= 3 and argv[2] in ("echo", "closed"):
         cmd_direct(int(argv[1]), argv[2], argv[3:])
+    elif cmd == "limit" and len(argv) >= 4 and len(argv) % 2 == 0:
+        cmd_limit(int(argv[1]), [(argv[i], int(argv[i + 1])) for i in range(2, len(argv), 2)])
     else:
         fail("bad arguments: %r" % (argv,))
 

@@ -29,8 +29,13 @@
 #      over two reads), TCP6, and v2 with TLVs: the console shows the address inside
 #      the header, "via" the sender
 #   f  a malformed header and a missing one (required mode) are closed before the host
-#      hears of them and counted in stats as protocol errors
-#   g  optional mode serves a plain client without a header
+#      hears of them and counted in stats as protocol errors; so is a well-formed header
+#      from 127.0.0.2, which is not in --proxy-trusted (counted as untrusted too)
+#   g  optional mode serves a plain client without a header, also from the untrusted
+#      127.0.0.2 (as itself), but closes a header from it unseen
+#   j  --max-per-source 3 behind HAProxy: of 5 clients from 127.0.0.2 three are served
+#      and two refused, while 3 from 127.0.0.3 are all served at the same time (the
+#      address counted is the one in HAProxy's header, never HAProxy's own)
 #   h  --reuseport: two iocpsrv-echo on one port, both get connections; without it a
 #      second listener fails
 #   i  samples/haproxy/haproxy.cfg passes haproxy -c and, with its ports swapped for
@@ -94,7 +99,7 @@ FAILED=0
 
 cleanup() {
   local p i
-  exec 7>&- 8>&- 9>&- 2>/dev/null
+  exec 6>&- 7>&- 8>&- 9>&- 2>/dev/null
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
   for i in $(seq 40); do # up to 2 s for them to go, then force
     local alive=0
@@ -224,10 +229,23 @@ start_haproxy() {
   fail "haproxy could not bind a front port in 3 tries"
 }
 
+# stat_of NAME FD LABEL: run the console's stats command, print the number after LABEL
+# (e.g. "untrusted PROXY peers", "refused per source").
+stat_of() {
+  local name=$1 fd=$2 label=$3 mark line
+  mark=$(lines "$W/$name.log")
+  echo stats >&"$fd"
+  line=$(wait_for "$W/$name.log" "$mark" "$label [0-9]+" 5) ||
+    fail "console $name did not answer stats with \"$label\""
+  line=${line#*"$label" }
+  echo "${line%%[!0-9]*}"
+}
+
 # =========================================================================================
-# Two consoles behind HAProxy: A requires the PROXY header, B takes it optionally.
-start_console A 7 --echo --proxy-protocol required
-start_console B 8 --echo --proxy-protocol optional
+# Two consoles behind HAProxy: A requires the PROXY header, B takes it optionally. Both
+# believe headers from HAProxy (127.0.0.1) only.
+start_console A 7 --echo --proxy-protocol required --proxy-trusted 127.0.0.1
+start_console B 8 --echo --proxy-protocol optional --proxy-trusted 127.0.0.1
 ok "consoles A (required) on $A_PORT and B (optional) on $B_PORT"
 
 # HAProxy's config: roundrobin, PROXY v2 to the servers, fast health checks that
@@ -321,7 +339,7 @@ done <"$W/clients2.out"
 ok "(d) s1 marked DOWN by the health check; 10 new clients all served by B"
 
 # ---- e, f: hand-written headers straight to a third console (no health-check noise) ---
-start_console C 9 --echo --proxy-protocol required
+start_console C 9 --echo --proxy-protocol required --proxy-trusted 127.0.0.1
 
 direct_echo() { # direct_echo WHAT EXPECTED_PEER ARGS...: one client, the console must show EXPECTED_PEER via it
   local what=$1 peer=$2 out mark
@@ -350,6 +368,18 @@ n=$(count "$W/C.log" 'connected from' "$mark")
 [ "$n" = 0 ] || fail "(f) the host heard of $n rejected connections: $(tail -n +"$((mark + 1))" "$W/C.log" | grep 'connected from' | head -n 3)"
 ok "(f) 3 malformed headers and 1 missing one closed unseen by the host, protocol errors $pe0 -> $pe1"
 
+un0=$(stat_of C 9 "untrusted PROXY peers")
+mark=$(lines "$W/C.log")
+out=$(client direct "$C_PORT" closed --bind 127.0.0.2 --v1 "PROXY TCP4 192.0.2.66 127.0.0.1 6666 5000") ||
+  fail "(f) a header from the untrusted 127.0.0.2: $out"
+un1=$(stat_of C 9 "untrusted PROXY peers")
+pe2=$(protocol_errors C 9)
+[ $((un1 - un0)) = 1 ] && [ $((pe2 - pe1)) = 1 ] ||
+  fail "(f) untrusted header: untrusted peers $un0 -> $un1, protocol errors $pe1 -> $pe2, expected +1 each"
+n=$(count "$W/C.log" 'connected from' "$mark")
+[ "$n" = 0 ] || fail "(f) the host heard of the untrusted peer's connection: $(tail -n +"$((mark + 1))" "$W/C.log" | grep 'connected from' | head -n 1)"
+ok "(f) a spoofed header from the untrusted 127.0.0.2 closed unseen, untrusted peers $un0 -> $un1"
+
 # ---- g: optional mode serves a plain client --------------------------------------------
 mark=$(lines "$W/B.log")
 out=$(client direct "$B_PORT" echo) || fail "(g) plain client on optional console B: $out"
@@ -361,12 +391,56 @@ wait_for "$W/B.log" "$mark" "connected from 192\.0\.2\.44:1234 via " 5 >/dev/nul
   fail "(g) console B (optional) did not parse a v1 header"
 ok "(g) optional mode: plain client $me served as itself, a v1 header still parsed"
 
+mark=$(lines "$W/B.log")
+out=$(client direct "$B_PORT" echo --bind 127.0.0.2) || fail "(g) plain client from 127.0.0.2 on optional console B: $out"
+me=${out#echo }
+wait_for "$W/B.log" "$mark" "connected from $(re_quote "$me")\$" 5 >/dev/null ||
+  fail "(g) console B does not show the untrusted plain client $me as itself"
+un0=$(stat_of B 8 "untrusted PROXY peers")
+out=$(client direct "$B_PORT" closed --bind 127.0.0.2 --v1 "PROXY TCP4 192.0.2.67 127.0.0.1 6666 5000") ||
+  fail "(g) a header from the untrusted 127.0.0.2 on optional console B: $out"
+un1=$(stat_of B 8 "untrusted PROXY peers")
+[ $((un1 - un0)) = 1 ] || fail "(g) untrusted peers on B went from $un0 to $un1, expected +1"
+[ "$(count "$W/B.log" 'connected from 192\.0\.2\.67' "$mark")" = 0 ] || fail "(g) console B met the spoofed 192.0.2.67"
+ok "(g) optional mode, untrusted 127.0.0.2: plain client $me served as itself, its header closed unseen"
+
 echo quit >&8
 echo quit >&9
 exited_ok "console B after quit" "$B_PID"
 exited_ok "console C after quit" "$C_PID"
 kill "$HAP_PID" 2>/dev/null
 wait_exit "$HAP_PID" 5 || fail "haproxy did not stop on SIGTERM"
+
+# ---- j: --max-per-source behind HAProxy -------------------------------------------------
+start_console D 6 --echo --proxy-protocol required --proxy-trusted 127.0.0.1 --max-per-source 3
+cat >"$W/hap2.tmpl" <<EOF
+global
+    maxconn 256
+defaults
+    mode tcp
+    timeout connect 1s
+    timeout client 30s
+    timeout server 30s
+frontend fe
+    bind 127.0.0.1:@FRONT@
+    default_backend be
+backend be
+    server d 127.0.0.1:$D_PORT send-proxy-v2
+EOF
+start_haproxy hap2 "$W/hap2.tmpl"
+mark=$(lines "$W/D.log")
+client limit "$FRONT_PORT" 127.0.0.2 5 127.0.0.3 3 >"$W/limit.out" || fail "(j) $(cat "$W/limit.out")"
+grep -qx '127.0.0.2 served 3 closed 2' "$W/limit.out" && grep -qx '127.0.0.3 served 3 closed 0' "$W/limit.out" ||
+  fail "(j) expected 127.0.0.2: 3 served, 2 closed; 127.0.0.3: 3 served: $(tr '\n' '|' <"$W/limit.out")"
+rps=$(stat_of D 6 "refused per source")
+[ "$rps" = 2 ] || fail "(j) console D counts $rps refused per source, expected 2"
+n=$(count "$W/D.log" "connected from 127\.0\.0\.2:[0-9]+ $VIA_RE" "$mark")
+[ "$n" = 3 ] || fail "(j) console D met $n clients from 127.0.0.2, expected 3"
+ok "(j) --max-per-source 3 via haproxy: $(tr '\n' ';' <"$W/limit.out") refused per source $rps"
+echo quit >&6
+exited_ok "console D after quit" "$D_PID"
+kill "$HAP_PID" 2>/dev/null
+wait_exit "$HAP_PID" 5 || fail "haproxy (j) did not stop on SIGTERM"
 
 # ---- h: SO_REUSEPORT ---------------------------------------------------------------------
 "$ECHO" --port 0 --reuseport --verbose >"$W/R1.log" 2>&1 &
@@ -394,9 +468,9 @@ exited_ok "(h) iocpsrv-echo --reuseport 2 after SIGTERM" "$R2_PID"
 # ---- i: the sample config, ports swapped for free ones --------------------------------
 [ -f "$SAMPLE_CFG" ] || fail "(i) no $SAMPLE_CFG"
 "$HAPROXY" -c -q -f "$SAMPLE_CFG" >"$W/sample-check.log" 2>&1 || fail "(i) haproxy -c rejects $SAMPLE_CFG: $(cat "$W/sample-check.log")"
-"$ECHO" --port 0 --proxy-protocol required --verbose >"$W/S1.log" 2>&1 &
+"$ECHO" --port 0 --proxy-protocol required --proxy-trusted 127.0.0.1 --verbose >"$W/S1.log" 2>&1 &
 S1_PID=$!; PIDS+=("$S1_PID")
-"$ECHO" --port 0 --proxy-protocol required --verbose >"$W/S2.log" 2>&1 &
+"$ECHO" --port 0 --proxy-protocol required --proxy-trusted 127.0.0.1 --verbose >"$W/S2.log" 2>&1 &
 S2_PID=$!; PIDS+=("$S2_PID")
 line=$(wait_for "$W/S1.log" 0 '^listening on 127\.0\.0\.1:[0-9]+$' 10) || fail "(i) echo 1 did not start: $(cat "$W/S1.log")"
 P1=${line##*:}

@@ -25,6 +25,7 @@ from ._types import (
     ConnInfo,
     Stats,
     OPTIONS,
+    STR_OPTIONS,
     conn_info_from_c,
     normalize_options,
     set_options,
@@ -344,11 +345,25 @@ class ServerBase:
         v = ffi.new("int64_t *")
         return int(v[0]) if self._lib.iocpsrv_get_option(self._h, opt, v) == 0 else default
 
-    def get_option(self, name: str) -> int:
-        """The current value of an option, by its keyword name."""
+    def get_option(self, name: str) -> int | str:
+        """The current value of an option, by its keyword name (a str for proxy_trusted,
+        in the library's spelling: "127.0.0.1/32, ::1/128")."""
         opt = OPTIONS.get(name)
         if opt is None:
             raise KeyError(name)
+        if name in STR_OPTIONS:
+            try:
+                fn = self._lib.iocpsrv_get_option_str
+            except AttributeError:  # a library older than string options
+                raise self._error(n.IOCPSRV_EUNKNOWNOPT, f"option {name}") from None
+            size = fn(self._handle(), opt, ffi.NULL, 0)
+            if size < 0:
+                raise self._error(int(size), f"option {name}")
+            buf = ffi.new("char[]", int(size) + 1)
+            size = fn(self._handle(), opt, buf, len(buf))
+            if size < 0:
+                raise self._error(int(size), f"option {name}")
+            return ffi.string(buf).decode()
         v = ffi.new("int64_t *")
         rc = self._lib.iocpsrv_get_option(self._handle(), opt, v)
         if rc < 0:

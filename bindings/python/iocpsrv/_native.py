@@ -74,6 +74,8 @@ typedef struct iocpsrv_stats_s {
   uint64_t pool_grows;
   uint64_t pool_shrinks;
   uint64_t alloc_failures;
+  uint64_t source_refusals;
+  uint64_t proxy_untrusted;
 } iocpsrv_stats_t;
 
 typedef struct iocpsrv_event_s {
@@ -104,6 +106,8 @@ int iocpsrv_create(iocpsrv_t **out, void *user);
 void *iocpsrv_user_data(iocpsrv_t *server);
 int iocpsrv_set_option(iocpsrv_t *server, int option, int64_t value);
 int iocpsrv_get_option(iocpsrv_t *server, int option, int64_t *value);
+int iocpsrv_set_option_str(iocpsrv_t *server, int option, const char *value);
+int64_t iocpsrv_get_option_str(iocpsrv_t *server, int option, char *buf, size_t size);
 int iocpsrv_set_connect_cb(iocpsrv_t *server, iocpsrv_connect_cb cb);
 int iocpsrv_set_packet_cb(iocpsrv_t *server, iocpsrv_packet_cb cb);
 int iocpsrv_set_disconnect_cb(iocpsrv_t *server, iocpsrv_disconnect_cb cb);
@@ -209,6 +213,8 @@ IOCPSRV_OPT_POOL_CPU_LOW = 24
 IOCPSRV_OPT_PULL_BATCH_SENDS = 25
 IOCPSRV_OPT_PROXY_PROTOCOL = 26
 IOCPSRV_OPT_REUSEPORT = 27
+IOCPSRV_OPT_PROXY_TRUSTED = 28
+IOCPSRV_OPT_MAX_CONNECTIONS_PER_SOURCE = 29
 
 IOCPSRV_PROXY_OFF = 0
 IOCPSRV_PROXY_REQUIRED = 1

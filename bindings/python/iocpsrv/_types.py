@@ -16,6 +16,7 @@ __all__ = [
     "ConnInfo",
     "Stats",
     "OPTIONS",
+    "STR_OPTIONS",
     "normalize_options",
 ]
 
@@ -125,6 +126,8 @@ class Stats:
     pool_grows: int | None = None
     pool_shrinks: int | None = None
     alloc_failures: int | None = None
+    source_refusals: int | None = None
+    proxy_untrusted: int | None = None
 
 
 STATS_FIELDS = [f for f in Stats.__dataclass_fields__]
@@ -198,7 +201,12 @@ OPTIONS = {
     "pull_batch_sends": n.IOCPSRV_OPT_PULL_BATCH_SENDS,
     "proxy_protocol": n.IOCPSRV_OPT_PROXY_PROTOCOL,
     "reuseport": n.IOCPSRV_OPT_REUSEPORT,
+    "proxy_trusted": n.IOCPSRV_OPT_PROXY_TRUSTED,
+    "max_connections_per_source": n.IOCPSRV_OPT_MAX_CONNECTIONS_PER_SOURCE,
 }
+
+# Options whose value is text (iocpsrv_set_option_str), the rest are ints.
+STR_OPTIONS = {"proxy_trusted"}
 
 _FRAMING_NAMES = {
     "len32_le": Framing.LEN32_LE,
@@ -220,7 +228,20 @@ _PROXY_NAMES = {"off": ProxyMode.OFF, "required": ProxyMode.REQUIRED,
 _NAMED = {"framing": (_FRAMING_NAMES, "Framing"), "proxy_protocol": (_PROXY_NAMES, "ProxyMode")}
 
 
-def _option_value(name: str, value) -> int:
+def _str_option_value(name: str, value) -> str | None:
+    """None clears; a str is passed as it is; an iterable of str is joined with ", "."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (list, tuple, set, frozenset)) and all(isinstance(v, str) for v in value):
+        return ", ".join(value)
+    raise TypeError(
+        f"option {name}= takes a str (or a list of str, or None), not {type(value).__name__}"
+    )
+
+
+def _option_value(name: str, value):
+    if name in STR_OPTIONS:
+        return _str_option_value(name, value)
     if name in _NAMED and isinstance(value, str):
         names, enum_name = _NAMED[name]
         try:
@@ -245,8 +266,9 @@ def _option_value(name: str, value) -> int:
     return int(value)
 
 
-def normalize_options(options: dict) -> list[tuple[str, int, int]]:
-    """Check keyword options; return [(name, option id, int value)].
+def normalize_options(options: dict) -> list[tuple[str, int, int | str | None]]:
+    """Check keyword options; return [(name, option id, value)]: an int, or for the
+    STR_OPTIONS a str or None.
 
     Unknown keyword -> TypeError; wrong type -> TypeError; bad framing name -> ValueError;
     pull_mode other than 1 -> ValueError (the binding always runs in pull mode). Range
@@ -270,8 +292,17 @@ def normalize_options(options: dict) -> list[tuple[str, int, int]]:
     return out
 
 
-def set_options(lib, handle, opts: list[tuple[str, int, int]]) -> None:
+def set_options(lib, handle, opts: list[tuple[str, int, int | str | None]]) -> None:
     for name, opt, v in opts:
+        if name in STR_OPTIONS:
+            try:
+                fn = lib.iocpsrv_set_option_str
+            except AttributeError:  # a library older than string options
+                raise error_from_code(n.IOCPSRV_EUNKNOWNOPT, f"option {name}") from None
+            rc = fn(handle, opt, n.ffi.NULL if v is None else v.encode())
+            if rc < 0:
+                raise error_from_code(rc, f"option {name}={v!r}")
+            continue
         rc = lib.iocpsrv_set_option(handle, opt, v)
         if rc < 0:
             raise error_from_code(rc, f"option {name}={v}")

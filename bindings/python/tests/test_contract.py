@@ -407,7 +407,8 @@ def test_callbacks_may_be_methods_of_a_subclass():
 @needs_option("proxy_protocol")
 def test_proxy_protocol_header_gives_the_real_client():
     rec = Recorder()
-    with iocpsrv.Server(worker_threads=2, proxy_protocol="required", **rec.callbacks()) as srv:
+    with iocpsrv.Server(worker_threads=2, proxy_protocol="required", proxy_trusted="127.0.0.1",
+                        **rec.callbacks()) as srv:
         rec.server = srv
         with Client(srv.port) as c:
             c.send_raw(b"PROXY TCP4 192.0.2.7 127.0.0.1 40000 80\r\n")
@@ -418,6 +419,45 @@ def test_proxy_protocol_header_gives_the_real_client():
             info = srv.info(conn)
             assert info.peer == "192.0.2.7:40000"
             assert info.proxy == "%s:%d" % c.sock.getsockname()
+
+
+@needs_option("proxy_trusted")
+@pytest.mark.parametrize("mode", ["required", "optional"])
+def test_proxy_header_from_an_untrusted_peer_is_refused(mode):
+    rec = Recorder()
+    with iocpsrv.Server(worker_threads=2, proxy_protocol=mode, proxy_trusted="10.0.0.0/8",
+                        **rec.callbacks()) as srv:
+        rec.server = srv
+        with Client(srv.port) as c:
+            try:
+                c.send_raw(b"PROXY TCP4 6.6.6.6 127.0.0.1 40000 80\r\n")
+                c.send(b"spoofed")
+            except (ConnectionResetError, BrokenPipeError):
+                pass  # required mode closes it as soon as it is accepted
+            assert c.closed_by_server()
+        deadline = time.monotonic() + TIMEOUT
+        while srv.stats().proxy_untrusted != 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        st = srv.stats()
+        assert st.proxy_untrusted == 1 and st.protocol_errors == 1
+        assert rec.count("connect") == 0  # the host never met 6.6.6.6
+
+
+@needs_option("max_connections_per_source")
+def test_max_connections_per_source():
+    rec = Recorder()
+    with iocpsrv.Server(worker_threads=2, max_connections_per_source=2,
+                        **rec.callbacks()) as srv:
+        rec.server = srv
+        with Client(srv.port) as a, Client(srv.port) as b:
+            a.send(b"a")
+            b.send(b"b")
+            assert a.recv() == b"a" and b.recv() == b"b"
+            with Client(srv.port) as extra:
+                assert extra.closed_by_server()
+            assert srv.stats().source_refusals == 1
+        assert rec.wait(lambda r: r.count("disconnect") == 2)
+        assert rec.count("connect") == 2  # the refused one never reached the host
 
 
 def test_client_half_close_gets_its_replies_then_the_close(echo_server):

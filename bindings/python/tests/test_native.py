@@ -27,7 +27,8 @@ STRUCTS = {
                         "packets_out", "bytes_in", "bytes_out", "accept_errors",
                         "protocol_errors", "send_queue_rejections", "idle_timeouts",
                         "pull_queue_depth", "workers_peak", "workers_busy", "pool_grows",
-                        "pool_shrinks", "alloc_failures"],
+                        "pool_shrinks", "alloc_failures", "source_refusals",
+                        "proxy_untrusted"],
     "iocpsrv_event_t": ["type", "reason", "conn", "conn_user", "data", "len"],
     "iocpsrv_buf_t": ["base", "len"],
 }

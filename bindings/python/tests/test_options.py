@@ -23,7 +23,9 @@ def test_every_option_round_trips():
                   pull_queue_limit=100, close_timeout_ms=250, ipv6_only=1,
                   pool_min=2, pool_max=6, pool_busy_ms=300, pool_idle_ms=4000,
                   pool_cpu_high=90, pool_cpu_low=70, pull_batch_sends=0,
-                  proxy_protocol=iocpsrv.ProxyMode.OPTIONAL, reuseport=1)
+                  proxy_protocol=iocpsrv.ProxyMode.OPTIONAL, reuseport=1,
+                  proxy_trusted="10.1.2.3/8 ::1", max_connections_per_source=4)
+    read_back = dict(proxy_trusted="10.0.0.0/8, ::1/128")  # the library's spelling
     assert set(values) | {"pull_mode"} == set(iocpsrv.OPTIONS)
     srv = iocpsrv.Server()
     try:
@@ -34,7 +36,7 @@ def test_every_option_round_trips():
             except iocpsrv.UnknownOption:
                 unknown.append(name)  # newer than the loaded library
                 continue
-            assert srv.get_option(name) == int(v), name
+            assert srv.get_option(name) == read_back.get(name, v), name
         assert srv.get_option("pull_mode") == 1
         # what the first 1.0 library had must all be there
         assert not set(unknown) & set(list(iocpsrv.OPTIONS)[:18]), unknown
@@ -79,6 +81,30 @@ def test_proxy_protocol_names(name, value):
     srv = iocpsrv.Server(proxy_protocol=name)
     try:
         assert srv.get_option("proxy_protocol") == value
+    finally:
+        srv.close()
+
+
+@needs_option("proxy_trusted")
+def test_proxy_trusted_values():
+    srv = iocpsrv.Server()
+    try:
+        assert srv.get_option("proxy_trusted") == ""  # default: nobody is trusted
+        srv.set_options(proxy_trusted="127.0.0.1, fd00::/8")
+        assert srv.get_option("proxy_trusted") == "127.0.0.1/32, fd00::/8"
+        srv.set_options(proxy_trusted=["10.0.0.0/8", "::1"])
+        assert srv.get_option("proxy_trusted") == "10.0.0.0/8, ::1/128"
+        for bad in ("10.0.0.0/33", "not an address", "1.2.3"):
+            with pytest.raises(iocpsrv.InvalidArgument, match="proxy_trusted"):
+                srv.set_options(proxy_trusted=bad)
+            assert srv.get_option("proxy_trusted") == "10.0.0.0/8, ::1/128"  # unchanged
+        with pytest.raises(TypeError, match="proxy_trusted"):
+            srv.set_options(proxy_trusted=127)
+        srv.set_options(proxy_trusted=None)
+        assert srv.get_option("proxy_trusted") == ""
+        assert srv.get_option("max_connections_per_source") == 0
+        with pytest.raises(iocpsrv.OptionOutOfRange):
+            srv.set_options(max_connections_per_source=-1)
     finally:
         srv.close()
 

@@ -25,6 +25,7 @@ static ENGINE_TLS uint64_t tls_batch_seq;
 /* ---------------------------------------------------------------- helpers ---- */
 
 void engine_log(iocpsrv_t *srv, int level, const char *fmt, ...) {
+  SRV_ASSERT_NO_LOCKS();
   if (!srv->on_log) return;
   char msg[256];
   va_list ap;
@@ -35,6 +36,7 @@ void engine_log(iocpsrv_t *srv, int level, const char *fmt, ...) {
 }
 
 void engine_log_throttled(iocpsrv_t *srv, log_gate_t *g, int level, const char *fmt, ...) {
+  SRV_ASSERT_NO_LOCKS();
   int64_t now = srv_now_ms();
   int64_t next = atomic_load(&g->next_ms);
   if (now < next || !atomic_compare_exchange_strong(&g->next_ms, &next, now + 1000)) {
@@ -457,6 +459,7 @@ void engine_conn_released(iocpsrv_t *srv, conn_t *c) {
     pullq_push_reserved(&srv->pull, bye, IOCPSRV_EVENT_DISCONNECT, id, atomic_load(&c->user),
                         reason);
   } else if (srv->on_disconnect) {
+    SRV_ASSERT_NO_LOCKS();
     srv->on_disconnect(srv, id, atomic_load(&c->user), reason);
   }
 
@@ -496,7 +499,7 @@ static int deliver_packet(void *arg, const uint8_t *data, size_t len) {
       else d->pull_full = 1;
       return 1;
     }
-  } else if (srv->on_packet &&
+  } else if (srv->on_packet && (SRV_ASSERT_NO_LOCKS(), 1) &&
              srv->on_packet(srv, c->slot.id, atomic_load(&c->user), data, len)) {
     srv_mutex_lock(&c->slot.lock);
     request_close_locked(srv, c, 0, IOCPSRV_REASON_LOCAL_CLOSE);
@@ -743,6 +746,7 @@ static int conn_drain(iocpsrv_t *srv, conn_t *c) {
     if (deliver_event(srv, c, IOCPSRV_EVENT_DRAIN, NULL, 0))
       return conn_abort_nomem(srv, c, "queueing a drain event");
   } else if (srv->on_drain) {
+    SRV_ASSERT_NO_LOCKS();
     srv->on_drain(srv, c->slot.id, atomic_load(&c->user));
   }
   return 0;
@@ -924,6 +928,7 @@ static int conn_introduce(iocpsrv_t *srv, conn_t *c) {
      * iocpsrv_set_conn_user instead of the out parameter keeps what it set. */
     void *before = atomic_load(&c->user);
     void *user = before;
+    SRV_ASSERT_NO_LOCKS();
     int refuse = srv->on_connect(srv, c->slot.id, c->peer, &user);
     if (user != before) atomic_store(&c->user, user);
     if (refuse) {

@@ -20,8 +20,8 @@ typedef SRWLOCK srv_mutex_t;
 typedef CONDITION_VARIABLE srv_cond_t;
 static inline void srv_mutex_init(srv_mutex_t *m) { InitializeSRWLock(m); }
 static inline void srv_mutex_destroy(srv_mutex_t *m) { (void)m; }
-static inline void srv_mutex_lock(srv_mutex_t *m) { AcquireSRWLockExclusive(m); }
-static inline void srv_mutex_unlock(srv_mutex_t *m) { ReleaseSRWLockExclusive(m); }
+static inline void srv_mutex_lock_os(srv_mutex_t *m) { AcquireSRWLockExclusive(m); }
+static inline void srv_mutex_unlock_os(srv_mutex_t *m) { ReleaseSRWLockExclusive(m); }
 static inline void srv_cond_init(srv_cond_t *c) { InitializeConditionVariable(c); }
 static inline void srv_cond_destroy(srv_cond_t *c) { (void)c; }
 static inline void srv_cond_signal(srv_cond_t *c) { WakeConditionVariable(c); }
@@ -112,8 +112,8 @@ typedef pthread_mutex_t srv_mutex_t;
 typedef pthread_cond_t srv_cond_t;
 static inline void srv_mutex_init(srv_mutex_t *m) { pthread_mutex_init(m, NULL); }
 static inline void srv_mutex_destroy(srv_mutex_t *m) { pthread_mutex_destroy(m); }
-static inline void srv_mutex_lock(srv_mutex_t *m) { pthread_mutex_lock(m); }
-static inline void srv_mutex_unlock(srv_mutex_t *m) { pthread_mutex_unlock(m); }
+static inline void srv_mutex_lock_os(srv_mutex_t *m) { pthread_mutex_lock(m); }
+static inline void srv_mutex_unlock_os(srv_mutex_t *m) { pthread_mutex_unlock(m); }
 static inline void srv_cond_init(srv_cond_t *c) {
   pthread_condattr_t a;
   pthread_condattr_init(&a);
@@ -215,5 +215,32 @@ static inline void srv_waitable_destroy(srv_waitable_t *w) {
   w->fd = -1;
 }
 #endif
+
+/* Lock checks (debug builds and the fault-injection test build): every engine lock a
+ * thread holds is counted, so that "no host callback ever runs with an engine lock
+ * held" is asserted at each call into the host (SRV_ASSERT_NO_LOCKS), not just hoped
+ * for: a log callback that calls back into the API would deadlock otherwise. */
+#if defined(IOCPSRV_FAULT_INJECTION) || !defined(NDEBUG)
+#  define IOCPSRV_CHECKS 1
+extern _Thread_local int srv_locks_held;
+void srv_check_failed(const char *what, const char *file, int line);
+#  define SRV_ASSERT(cond) \
+    ((cond) ? (void)0 : srv_check_failed(#cond, __FILE__, __LINE__))
+static inline void srv_mutex_lock(srv_mutex_t *m) {
+  srv_mutex_lock_os(m);
+  srv_locks_held++;
+}
+static inline void srv_mutex_unlock(srv_mutex_t *m) {
+  SRV_ASSERT(srv_locks_held > 0);
+  srv_locks_held--;
+  srv_mutex_unlock_os(m);
+}
+#else
+#  define SRV_ASSERT(cond) ((void)0)
+#  define srv_mutex_lock srv_mutex_lock_os
+#  define srv_mutex_unlock srv_mutex_unlock_os
+#endif
+/* Before every call into the host (callbacks, the log). */
+#define SRV_ASSERT_NO_LOCKS() SRV_ASSERT(srv_locks_held == 0)
 
 #endif

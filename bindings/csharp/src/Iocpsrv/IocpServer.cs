@@ -132,6 +132,8 @@ public sealed unsafe class IocpServer : IDisposable
             Check(Native.iocpsrv_set_log_cb(server, &OnLog), "iocpsrv_set_log_cb");
             foreach (var (option, value) in options.Values())
                 Check(Native.iocpsrv_set_option(server, (int)option, value), $"iocpsrv_set_option({option}, {value})");
+            foreach (var (option, value) in options.StringValues())
+                Check(SetOptionString(server, option, value), $"iocpsrv_set_option_str({option}, \"{value}\")");
         }
         catch
         {
@@ -259,6 +261,38 @@ public sealed unsafe class IocpServer : IDisposable
         using var r = Use();
         Check(Native.iocpsrv_get_option(r.P, (int)option, &v), $"iocpsrv_get_option({option})");
         return v;
+    }
+
+    /// <summary>Sets a text option (<see cref="ServerOption.ProxyTrusted"/>); null or "" clears
+    /// it. Only while the server is stopped; a malformed value throws (InvalidArgument) and
+    /// leaves the option as it was.</summary>
+    public void SetOptionString(ServerOption option, string? value)
+    {
+        using var r = Use();
+        Check(SetOptionString(r.P, option, value), $"iocpsrv_set_option_str({option}, \"{value}\")");
+    }
+
+    /// <summary>Reads a text option in the library's spelling ("10.0.0.0/8, ::1/128").</summary>
+    public string GetOptionString(ServerOption option)
+    {
+        using var r = Use();
+        long n = Native.iocpsrv_get_option_str(r.P, (int)option, null, 0);
+        Check((int)Math.Max(n, int.MinValue), $"iocpsrv_get_option_str({option})");
+        var buf = new byte[n + 1];
+        fixed (byte* p = buf)
+        {
+            n = Native.iocpsrv_get_option_str(r.P, (int)option, p, (nuint)buf.Length);
+            Check((int)Math.Max(n, int.MinValue), $"iocpsrv_get_option_str({option})");
+            return System.Text.Encoding.UTF8.GetString(buf, 0, (int)Math.Min(n, buf.Length - 1));
+        }
+    }
+
+    private static int SetOptionString(nint server, ServerOption option, string? value)
+    {
+        if (value is null) return Native.iocpsrv_set_option_str(server, (int)option, null);
+        var bytes = new byte[System.Text.Encoding.UTF8.GetByteCount(value) + 1];
+        System.Text.Encoding.UTF8.GetBytes(value, 0, value.Length, bytes, 0);
+        fixed (byte* p = bytes) return Native.iocpsrv_set_option_str(server, (int)option, p);
     }
 
     // ---- Lifecycle ----

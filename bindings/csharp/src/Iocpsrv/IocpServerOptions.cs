@@ -71,6 +71,14 @@ public sealed class IocpServerOptions
     /// <summary>IOCPSRV_OPT_REUSEPORT: several processes on one port, kernel-balanced (Linux
     /// only; Start fails on Windows).</summary>
     public bool? ReusePort { get; set; }
+    /// <summary>IOCPSRV_OPT_PROXY_TRUSTED: the balancers whose PROXY headers are believed,
+    /// addresses and CIDR ranges ("10.0.0.0/8, 127.0.0.1, ::1"). Default: nobody, so with
+    /// <see cref="ProxyProtocol"/> Required every client is refused until this names the
+    /// balancer.</summary>
+    public string? ProxyTrusted { get; set; }
+    /// <summary>IOCPSRV_OPT_MAX_CONNECTIONS_PER_SOURCE: connections one client address may
+    /// hold at once; 0 = no limit (default).</summary>
+    public int? MaxConnectionsPerSource { get; set; }
 
     /// <summary>Pull mode: how many events the binding's pump may hold copied (beyond the
     /// engine's own queue) before it waits for the reader. Default 1024. Not a library
@@ -105,6 +113,12 @@ public sealed class IocpServerOptions
         if (PoolCpuLow is { } cl) yield return (ServerOption.PoolCpuLow, cl);
         if (ProxyProtocol is { } pp) yield return (ServerOption.ProxyProtocol, (long)pp);
         if (ReusePort is { } rp) yield return (ServerOption.ReusePort, rp ? 1 : 0);
+        if (MaxConnectionsPerSource is { } mps) yield return (ServerOption.MaxConnectionsPerSource, mps);
+    }
+
+    internal IEnumerable<(ServerOption Option, string Value)> StringValues()
+    {
+        if (ProxyTrusted is { } pt) yield return (ServerOption.ProxyTrusted, pt);
     }
 
     private static long Ms(TimeSpan t) => (long)Math.Ceiling(t.TotalMilliseconds);

@@ -71,6 +71,8 @@ internal static unsafe partial class Native
 
     [LibraryImport(Lib)] internal static partial int iocpsrv_set_option(nint server, int option, long value);
     [LibraryImport(Lib)] internal static partial int iocpsrv_get_option(nint server, int option, long* value);
+    [LibraryImport(Lib)] internal static partial int iocpsrv_set_option_str(nint server, int option, byte* value);
+    [LibraryImport(Lib)] internal static partial long iocpsrv_get_option_str(nint server, int option, byte* buf, nuint size);
 
     [LibraryImport(Lib)]
     internal static partial int iocpsrv_set_connect_cb(nint server,

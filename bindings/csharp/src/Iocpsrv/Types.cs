@@ -145,6 +145,12 @@ public enum ServerOption
     ProxyProtocol = 26,
     /// <summary>1 = SO_REUSEPORT on the listener (Linux); not supported on Windows.</summary>
     ReusePort = 27,
+    /// <summary>A text option (<see cref="IocpServer.SetOptionString"/>): the peers whose PROXY
+    /// headers are believed, e.g. "10.0.0.0/8, 127.0.0.1, ::1"; default: nobody.</summary>
+    ProxyTrusted = 28,
+    /// <summary>Connections one client address may hold at once; 0 = no limit (default).
+    /// Behind a trusted balancer, the client its PROXY header names is counted.</summary>
+    MaxConnectionsPerSource = 29,
 }
 
 /// <summary>Values of <see cref="ServerOption.ProxyProtocol"/> (iocpsrv_proxy_mode_t).</summary>
@@ -226,7 +232,7 @@ public struct ServerStats
     public ulong ConnectionsNow;
     /// <summary>Accepted (connect handler called).</summary>
     public ulong ConnectionsTotal;
-    /// <summary>Closed at once: max connections reached.</summary>
+    /// <summary>Closed at once: max connections (or max per source) reached.</summary>
     public ulong ConnectionsRefused;
     /// <summary>Refused by the connect handler.</summary>
     public ulong ConnectionsRejected;
@@ -259,6 +265,11 @@ public struct ServerStats
     /// <summary>Allocations that failed (a send that returned ENOMEM, a connection
     /// aborted with OutOfMemory, or a client closed before the host heard of it).</summary>
     public ulong AllocFailures;
+    /// <summary>Of ConnectionsRefused: the client's address already held
+    /// MaxConnectionsPerSource connections.</summary>
+    public ulong SourceRefusals;
+    /// <summary>Of ProtocolErrors: a PROXY connection from a peer not in ProxyTrusted.</summary>
+    public ulong ProxyUntrusted;
 }
 
 /// <summary>An error reported by the library: its code, the code's name

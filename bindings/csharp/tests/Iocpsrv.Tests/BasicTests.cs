@@ -42,7 +42,7 @@ public class LibraryTests
     {
         // sizeof / offsetof of the C structs on 64-bit (checked against iocpsrv.h with gcc).
         Assert.Equal(192, sizeof(ConnectionInfo));
-        Assert.Equal(136, sizeof(ServerStats));
+        Assert.Equal(160, sizeof(ServerStats));
         Assert.Equal(40, sizeof(NativeEvent));
         Assert.Equal(16, sizeof(NativeBuf));
         ConnectionInfo info = default;
@@ -53,6 +53,9 @@ public class LibraryTests
         Assert.Equal(104, (int)((byte*)&st.PullQueueDepth - (byte*)&st));
         Assert.Equal(112, (int)((byte*)&st.WorkersPeak - (byte*)&st));
         Assert.Equal(128, (int)((byte*)&st.PoolShrinks - (byte*)&st));
+        Assert.Equal(136, (int)((byte*)&st.AllocFailures - (byte*)&st));
+        Assert.Equal(144, (int)((byte*)&st.SourceRefusals - (byte*)&st));
+        Assert.Equal(152, (int)((byte*)&st.ProxyUntrusted - (byte*)&st));
     }
 }
 

@@ -49,7 +49,23 @@ public class OptionsTests
         Assert.Equal(1500, server.GetOption(ServerOption.CloseTimeoutMs));
         Assert.Equal(1, server.GetOption(ServerOption.IPv6Only));
         // Every library option has a property.
-        Assert.Equal(27, Enum.GetValues<ServerOption>().Length);
+        Assert.Equal(29, Enum.GetValues<ServerOption>().Length);
+    }
+
+    [Fact]
+    public void ProxyTrustedAndPerSourceLimitAreApplied()
+    {
+        using var server = new IocpServer(new IocpServerOptions
+        {
+            ProxyProtocol = ProxyMode.Required, ProxyTrusted = "10.1.2.3/8 ::1", MaxConnectionsPerSource = 4,
+        });
+        Assert.Equal("10.0.0.0/8, ::1/128", server.GetOptionString(ServerOption.ProxyTrusted));
+        Assert.Equal(4, server.GetOption(ServerOption.MaxConnectionsPerSource));
+        var e = Assert.Throws<IocpsrvException>(() => server.SetOptionString(ServerOption.ProxyTrusted, "10.0.0.0/33"));
+        Assert.Equal(IocpsrvError.InvalidArgument, e.Error);
+        Assert.Equal("10.0.0.0/8, ::1/128", server.GetOptionString(ServerOption.ProxyTrusted));
+        server.SetOptionString(ServerOption.ProxyTrusted, null);
+        Assert.Equal("", server.GetOptionString(ServerOption.ProxyTrusted));
     }
 
     [Fact]
