@@ -167,6 +167,7 @@ static void proxy_races_header_completes_as_it_times_out(void) {
     iocpsrv_stats_t st0 = echo_stats(es);
     int64_t connects0 = tt_counter_get(&es->connects);
     int64_t packets0 = tt_counter_get(&es->packets);
+    int64_t disconnects0 = tt_counter_get(&es->disconnects);
     int64_t entered0 = tt_counter_get(&g_hp.entered);
     hp_arm(FAULT_POINT_PROXY_PARSED, 0);
     ts_sock_t s = connect_to(es);
@@ -209,7 +210,7 @@ static void proxy_races_header_completes_as_it_times_out(void) {
     ECHO_CHECK_STAT(es, connections_now, 0);
     int64_t connects = tt_counter_get(&es->connects) - connects0;
     int64_t packets = tt_counter_get(&es->packets) - packets0;
-    int64_t disconnects = tt_counter_get(&es->disconnects) - connects0;
+    int64_t disconnects = tt_counter_get(&es->disconnects) - disconnects0;
     printf("  round %d: held %lld ms until the sweep timed it out; host saw %lld connect, "
            "%lld packet callbacks\n", held, (long long)waited, (long long)connects,
            (long long)packets);

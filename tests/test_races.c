@@ -263,7 +263,6 @@ static void expect_while_held(hold_t *h, ts_sock_t s, const char *text, const ch
                               int round) {
   size_t n = strlen(text), got = 0;
   char buf[64];
-  int64_t t0 = tt_now_ms();
   int rc = ts_recv_packet(s, buf, sizeof buf, &got, SERVED_MS);
   if (rc != 0) {
     tt_counter_add(&h->released, 1000);
@@ -280,7 +279,6 @@ static void expect_while_held(hold_t *h, ts_sock_t s, const char *text, const ch
   CHECK_MEMEQ(buf, text, n);
   CHECK_MSG(tt_counter_get(&h->released) < round && tt_counter_get(&h->expired) == 0,
             "round %d: %s came only after the callback stopped blocking", round, what);
-  (void)t0;
 }
 
 /* Start X's blocking callback and wait until it runs. */

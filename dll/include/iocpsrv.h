@@ -379,7 +379,8 @@ IOCPSRV_API int IOCPSRV_CALL iocpsrv_set_option_str(iocpsrv_t *server, int optio
  * as "address/prefix", host bits cleared, joined by ", "; "" when empty), like
  * snprintf: writes at most `size` bytes, NUL included (`buf` may be NULL when `size`
  * is 0), and returns the whole text's length without the NUL, or a negative code as
- * for iocpsrv_set_option_str. Any thread; from a callback too. */
+ * for iocpsrv_set_option_str. Any thread; from a callback too (outside callbacks it may
+ * wait for an iocpsrv_listen or iocpsrv_stop running on another thread). */
 IOCPSRV_API int64_t IOCPSRV_CALL iocpsrv_get_option_str(iocpsrv_t *server, int option,
                                                         char *buf, size_t size);
 
@@ -513,14 +514,21 @@ typedef struct iocpsrv_stats_s {
   uint64_t connections_now;      /* accepted and not yet disconnected */
   uint64_t connections_total;    /* accepted (connect callback called) */
   uint64_t connections_refused;  /* closed at once: max connections (or max per source)
-                                    reached */
+                                    reached, or no descriptor left to serve them (the
+                                    engine keeps a spare one to accept and close them
+                                    at once instead of letting them hang) */
   uint64_t connections_rejected; /* refused by the connect callback */
   uint64_t packets_in;
   uint64_t packets_out;          /* packets queued by send/sendv/broadcast */
   uint64_t bytes_in;             /* on the wire, headers included */
   uint64_t bytes_out;            /* handed to the kernel, headers included */
-  uint64_t accept_errors;
-  uint64_t protocol_errors;      /* connections closed for an oversize header */
+  uint64_t accept_errors;        /* failed accepts (descriptors exhausted: the engine
+                                    then closes waiting clients, or pauses accepting
+                                    and retries after 50 ms .. 1 s, never spins; the
+                                    log callback hears of it at most once a second) */
+  uint64_t protocol_errors;      /* connections closed for an oversize header, or for
+                                    a PROXY header that was bad, missing, late or from
+                                    an untrusted peer */
   uint64_t send_queue_rejections;/* sends refused with IOCPSRV_EQUEUEFULL */
   uint64_t idle_timeouts;
   uint64_t pull_queue_depth;     /* events waiting for iocpsrv_poll now */

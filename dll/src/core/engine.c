@@ -137,9 +137,11 @@ static void task_push(iocpsrv_t *srv, conn_t *c) {
    * work queued from a callback (a disconnect, a resume for another connection) does:
    * that callback may block next, and the poller may sleep for a whole sweep period. */
   worker_t *w = tls_worker;
-  int dispatching = w && w->srv == srv && w->defer_notify;
-  if (was_empty && atomic_load(&srv->idle_workers) > 0 &&
-      (BK_WAKE_FOR_WORKER_TASKS || !dispatching))
+  int mine = w && w->srv == srv;
+  int dispatching = mine && w->defer_notify;
+  int in_callback = mine && w->running; /* rest of the queue included: it may block */
+  if (atomic_load(&srv->idle_workers) > 0 &&
+      (in_callback || (was_empty && (BK_WAKE_FOR_WORKER_TASKS || !dispatching))))
     bk_wake_tasks(srv);
 }
 
@@ -882,6 +884,7 @@ static conn_t *conn_open(iocpsrv_t *srv, worker_t *w, bk_socket_t sock,
   c->proxy_awaiting = 0;
   c->proxy[0] = 0;
   c->bye = NULL;
+  c->out_seen = 0;
   /* Before anyone can see the id: sends from other threads may start at once. */
   int reg_err = bk_conn_register(srv, c);
   if (reg_err) c->notes |= NOTE_ERROR;
@@ -928,8 +931,14 @@ static int conn_introduce(iocpsrv_t *srv, conn_t *c) {
      * iocpsrv_set_conn_user instead of the out parameter keeps what it set. */
     void *before = atomic_load(&c->user);
     void *user = before;
+    /* Its own sends from the connect callback are gathered like a packet callback's
+     * (the token is ours), and work it queues for others wakes a worker. */
+    worker_t *w = tls_worker;
+    conn_t *outer = w->running;
+    w->running = c;
     SRV_ASSERT_NO_LOCKS();
     int refuse = srv->on_connect(srv, c->slot.id, c->peer, &user);
+    w->running = outer;
     if (user != before) atomic_store(&c->user, user);
     if (refuse) {
       conn_refuse(srv, c);

@@ -1,5 +1,6 @@
 // Echo: an iocpsrv echo server on the .NET binding. Every packet (4-byte little-endian
-// length + payload) comes back to its sender. Stops cleanly on Ctrl+C or SIGTERM.
+// length + payload) comes back to its sender. Stops cleanly on Ctrl+C (SIGINT) or SIGTERM,
+// printing a "stopped: ..." line with the server's totals.
 //
 //   dotnet run --project examples/Echo -- --port 5150 [--host 127.0.0.1] [--workers N] [--pull]
 //
@@ -31,7 +32,7 @@ for (int i = 0; i < args.Length; i++)
     }
 }
 
-using var server = new IocpServer(new IocpServerOptions { WorkerThreads = workers, PullMode = pull });
+await using var server = new IocpServer(new IocpServerOptions { WorkerThreads = workers, PullMode = pull });
 server.UnhandledCallbackException += (s, e) => Console.Error.WriteLine($"handler failed on {e.Connection}: {e.Exception}");
 if (!quiet)
 {
@@ -57,7 +58,7 @@ try
 {
     server.Start(host, port);
 }
-catch (IocpsrvException e)
+catch (Exception e) when (e is IocpsrvException or InvalidOperationException or NotSupportedException or ArgumentException)
 {
     Console.Error.WriteLine($"Echo: cannot listen on {host}:{port}: {e.Message}");
     return 1;
@@ -82,7 +83,7 @@ if (pull)
 }
 
 await stop.Task;
-server.Stop(TimeSpan.FromSeconds(2));
+await server.StopAsync(TimeSpan.FromSeconds(2));
 await pump;
 var st = server.Stats;
 Console.WriteLine($"stopped: {st.ConnectionsTotal} connections, {st.PacketsIn} packets in, {st.PacketsOut} out, {st.BytesIn} bytes in, {st.BytesOut} out");

@@ -19,8 +19,15 @@ namespace Iocpsrv;
 /// called from any handler; Stop and Dispose may be called from a handler (they then start
 /// the stop and finish it on the thread pool). An exception thrown by a handler never
 /// reaches native code: it is reported through <see cref="UnhandledCallbackException"/>.
+/// <para>Errors: a bad argument throws <see cref="ArgumentException"/> (or one of its
+/// subclasses), a call in the wrong state <see cref="InvalidOperationException"/>, an
+/// unsupported one <see cref="NotSupportedException"/>, any member but the Stop, Dispose and
+/// TrySend families after <see cref="Dispose"/> <see cref="ObjectDisposedException"/>; the
+/// rest (a dead connection, a full queue, an address in use, the OS) an
+/// <see cref="IocpsrvException"/>. Exceptions mapped from a library code carry that code as
+/// an <see cref="IocpsrvException"/> in <see cref="Exception.InnerException"/>.</para>
 /// </remarks>
-public sealed unsafe class IocpServer : IDisposable
+public sealed unsafe partial class IocpServer : IDisposable, IAsyncDisposable
 {
     // ---- Static: library version and error text ----
 
@@ -117,7 +124,7 @@ public sealed unsafe class IocpServer : IDisposable
         if (rc < 0)
         {
             self.Free();
-            throw new IocpsrvException(rc, "iocpsrv_create");
+            throw Errors.For(rc, "iocpsrv_create");
         }
         _handle.UserHandle = self;
         _handle.Attach(server);
@@ -131,9 +138,9 @@ public sealed unsafe class IocpServer : IDisposable
             Check(Native.iocpsrv_set_worker_hooks(server, &OnWorkerStart, &OnWorkerStop), "iocpsrv_set_worker_hooks");
             Check(Native.iocpsrv_set_log_cb(server, &OnLog), "iocpsrv_set_log_cb");
             foreach (var (option, value) in options.Values())
-                Check(Native.iocpsrv_set_option(server, (int)option, value), $"iocpsrv_set_option({option}, {value})");
+                Check(Native.iocpsrv_set_option(server, (int)option, value), $"iocpsrv_set_option({option}, {value})", nameof(options));
             foreach (var (option, value) in options.StringValues())
-                Check(SetOptionString(server, option, value), $"iocpsrv_set_option_str({option}, \"{value}\")");
+                Check(SetOptionStr(server, option, value), $"iocpsrv_set_option_str({option}, \"{value}\")", nameof(options));
         }
         catch
         {
@@ -251,7 +258,8 @@ public sealed unsafe class IocpServer : IDisposable
     public void SetOption(ServerOption option, long value)
     {
         using var r = Use();
-        Check(Native.iocpsrv_set_option(r.P, (int)option, value), $"iocpsrv_set_option({option}, {value})");
+        int rc = Native.iocpsrv_set_option(r.P, (int)option, value);
+        Check(rc, $"iocpsrv_set_option({option}, {value})", rc == (int)IocpsrvError.UnknownOption ? nameof(option) : nameof(value));
     }
 
     /// <summary>Reads a library option.</summary>
@@ -259,7 +267,7 @@ public sealed unsafe class IocpServer : IDisposable
     {
         long v;
         using var r = Use();
-        Check(Native.iocpsrv_get_option(r.P, (int)option, &v), $"iocpsrv_get_option({option})");
+        Check(Native.iocpsrv_get_option(r.P, (int)option, &v), $"iocpsrv_get_option({option})", nameof(option));
         return v;
     }
 
@@ -269,7 +277,8 @@ public sealed unsafe class IocpServer : IDisposable
     public void SetOptionString(ServerOption option, string? value)
     {
         using var r = Use();
-        Check(SetOptionString(r.P, option, value), $"iocpsrv_set_option_str({option}, \"{value}\")");
+        int rc = SetOptionStr(r.P, option, value);
+        Check(rc, $"iocpsrv_set_option_str({option}, \"{value}\")", rc == (int)IocpsrvError.UnknownOption ? nameof(option) : nameof(value));
     }
 
     /// <summary>Reads a text option in the library's spelling ("10.0.0.0/8, ::1/128").</summary>
@@ -277,17 +286,17 @@ public sealed unsafe class IocpServer : IDisposable
     {
         using var r = Use();
         long n = Native.iocpsrv_get_option_str(r.P, (int)option, null, 0);
-        Check((int)Math.Max(n, int.MinValue), $"iocpsrv_get_option_str({option})");
+        Check((int)Math.Max(n, int.MinValue), $"iocpsrv_get_option_str({option})", nameof(option));
         var buf = new byte[n + 1];
         fixed (byte* p = buf)
         {
             n = Native.iocpsrv_get_option_str(r.P, (int)option, p, (nuint)buf.Length);
-            Check((int)Math.Max(n, int.MinValue), $"iocpsrv_get_option_str({option})");
+            Check((int)Math.Max(n, int.MinValue), $"iocpsrv_get_option_str({option})", nameof(option));
             return System.Text.Encoding.UTF8.GetString(buf, 0, (int)Math.Min(n, buf.Length - 1));
         }
     }
 
-    private static int SetOptionString(nint server, ServerOption option, string? value)
+    private static int SetOptionStr(nint server, ServerOption option, string? value)
     {
         if (value is null) return Native.iocpsrv_set_option_str(server, (int)option, null);
         var bytes = new byte[System.Text.Encoding.UTF8.GetByteCount(value) + 1];
@@ -301,9 +310,15 @@ public sealed unsafe class IocpServer : IDisposable
     /// interfaces, dual stack) or null/"" (all interfaces); <paramref name="port"/> 0 picks a
     /// free port (read it from <see cref="Port"/>). Clients are served when this returns.
     /// Not from a handler.</summary>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="port"/> is not 0..65535.</exception>
+    /// <exception cref="InvalidOperationException">Already running, or called from a handler.</exception>
+    /// <exception cref="NotSupportedException">An option this platform lacks (ReusePort on Windows).</exception>
+    /// <exception cref="IocpsrvException">AddressInUse, AddressNotAvailable, AccessDenied, System.</exception>
     public void Start(string? host = "127.0.0.1", int port = 0)
     {
         ThrowIfDisposed();
+        ArgumentOutOfRangeException.ThrowIfNegative(port);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(port, 65535);
         if (IsHandlerThread) throw new InvalidOperationException("Start cannot be called from a handler of the same server.");
         lock (_gate)
         {
@@ -336,14 +351,18 @@ public sealed unsafe class IocpServer : IDisposable
                 _running = false;
                 _keepAlive.Free();
                 Volatile.Write(ref _stopped, previous);
-                throw new IocpsrvException(rc, $"iocpsrv_listen({host ?? "null"}, {port})");
+                throw Errors.For(rc, $"iocpsrv_listen({host ?? "null"}, {port})", nameof(host));
             }
             if (_pullMode) StartPump();
         }
     }
 
+    /// <summary>The graceful stop's time limit used by <see cref="Stop()"/>,
+    /// <see cref="StopAsync(CancellationToken)"/> and <see cref="DisposeAsync"/>: 5 seconds.</summary>
+    public static readonly TimeSpan DefaultStopTimeout = TimeSpan.FromSeconds(5);
+
     /// <summary>Stops gracefully with a 5 second limit; see <see cref="Stop(TimeSpan)"/>.</summary>
-    public void Stop() => Stop(TimeSpan.FromSeconds(5));
+    public void Stop() => Stop(DefaultStopTimeout);
 
     /// <summary>
     /// Stops: no new clients; every connection closes gracefully (queued sends written) for up
@@ -352,11 +371,15 @@ public sealed unsafe class IocpServer : IDisposable
     /// limit). Each connection gets its Disconnected (reason ServerStopped). From a thread
     /// that is not one of this server's handlers, returns when no handler runs or will run.
     /// From a handler it starts the stop and returns at once; the thread pool finishes it
-    /// (await <see cref="WhenStopped"/>). Does nothing if the server is not running.
+    /// (await <see cref="WhenStopped"/>). Does nothing if the server is not running or was
+    /// disposed.
     /// </summary>
-    public void Stop(TimeSpan timeout)
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="timeout"/> is negative
+    /// (other than <see cref="Timeout.InfiniteTimeSpan"/>).</exception>
+    public void Stop(TimeSpan timeout) => StopMs(ToTimeoutMs(timeout));
+
+    private void StopMs(int ms)
     {
-        int ms = ToTimeoutMs(timeout);
         if (IsDisposed) return;
         if (IsHandlerThread)
         {
@@ -398,11 +421,89 @@ public sealed unsafe class IocpServer : IDisposable
         _stopped.TrySetResult();
     }
 
+    /// <summary>Stops gracefully without blocking the caller, with the
+    /// <see cref="DefaultStopTimeout"/> limit; see <see cref="StopAsync(TimeSpan, CancellationToken)"/>.</summary>
+    public Task StopAsync(CancellationToken cancellationToken = default) => StopAsync(DefaultStopTimeout, cancellationToken);
+
+    /// <summary>
+    /// The asynchronous <see cref="Stop(TimeSpan)"/>: no new clients; every connection closes
+    /// gracefully (queued sends written) for up to <paramref name="timeout"/>, then the rest
+    /// are reset. The task completes when the server has stopped: no handler runs or will run
+    /// (from a handler, when the thread pool has finished the stop it started). The native
+    /// stop runs on a thread of its own, never on the caller's.
+    /// <para>Cancelling <paramref name="cancellationToken"/> cancels the graceful part, as
+    /// <c>IHostedService.StopAsync</c> does: the connections still closing are reset at once
+    /// (each still gets its one Disconnected, reason ServerStopped) and the task completes
+    /// normally once the server has stopped; it never throws
+    /// <see cref="OperationCanceledException"/>. A token already cancelled makes the stop
+    /// abortive from the start.</para>
+    /// Completes at once if the server is not running or was disposed.
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="timeout"/> is negative
+    /// (other than <see cref="Timeout.InfiniteTimeSpan"/>).</exception>
+    public Task StopAsync(TimeSpan timeout, CancellationToken cancellationToken = default)
+    {
+        int ms = ToTimeoutMs(timeout);
+        if (cancellationToken.IsCancellationRequested) ms = 0;
+        if (IsDisposed) return Task.CompletedTask;
+        Task stop;
+        if (IsHandlerThread)
+        {
+            StopMs(ms); // starts the stop; the thread pool finishes it
+            stop = WhenStopped;
+        }
+        else
+        {
+            if (!_running) return WhenStopped;
+            stop = Task.Factory.StartNew(static s =>
+            {
+                var (self, ms) = ((IocpServer, int))s!;
+                self.StopMs(ms);
+            }, (this, ms), CancellationToken.None,
+                TaskCreationOptions.LongRunning | TaskCreationOptions.DenyChildAttach, TaskScheduler.Default);
+        }
+        if (ms == 0 || !cancellationToken.CanBeCanceled || stop.IsCompleted) return stop;
+        return ResetOnCancel(stop, cancellationToken);
+    }
+
+    private void ResetClosingConnections()
+    {
+        bool added = false;
+        ulong* ids = null;
+        try
+        {
+            _handle.DangerousAddRef(ref added);
+            int n = Native.iocpsrv_connections(_ptr, null, 0);
+            if (n <= 0) return;
+            n += 16;
+            ids = (ulong*)NativeMemory.Alloc((nuint)n, sizeof(ulong));
+            int m = Math.Min(Native.iocpsrv_connections(_ptr, ids, n), n);
+            ConnectionInfo info = default;
+            for (int i = 0; i < m; i++)
+            {
+                info.StructSize = (uint)sizeof(ConnectionInfo);
+                if (Native.iocpsrv_conn_info(_ptr, ids[i], &info) == 0 && (info.Flags & ConnectionFlags.Closing) != 0)
+                    Native.iocpsrv_disconnect(_ptr, ids[i], 1);
+            }
+        }
+        catch (ObjectDisposedException)
+        {
+            // destroyed meanwhile: nothing left to reset
+        }
+        finally
+        {
+            if (ids != null) NativeMemory.Free(ids);
+            if (added) _handle.DangerousRelease();
+        }
+    }
+
     /// <summary>
     /// Stops the server abortively (if running) and frees it. From one of this server's
     /// handlers the stop starts at once and the destroy runs on the thread pool (await
     /// <see cref="WhenStopped"/>). In pull mode, events not yet read may be lost: Stop first
-    /// and read to the end to get them all.
+    /// and read to the end to get them all. Afterwards every member but Stop, StopAsync,
+    /// Dispose, DisposeAsync, TrySend and the Is*/WhenStopped properties throws
+    /// <see cref="ObjectDisposedException"/>.
     /// </summary>
     public void Dispose()
     {
@@ -436,26 +537,68 @@ public sealed unsafe class IocpServer : IDisposable
 
     /// <summary>Queues one packet (copied and framed). Never blocks on the network.</summary>
     /// <exception cref="IocpsrvException">NotConnected (unknown, closed or stale id),
-    /// QueueFull, TooBig, Stopped.</exception>
+    /// QueueFull (drop, retry after <see cref="Drained"/>, or disconnect), OutOfMemory.</exception>
+    /// <exception cref="ArgumentException">The payload is larger than MaxPacketSize (TooBig).</exception>
+    /// <exception cref="InvalidOperationException">The server is not running (Stopped).</exception>
+    /// <exception cref="ObjectDisposedException">The server was disposed.</exception>
     public void Send(ConnectionId connection, ReadOnlySpan<byte> payload)
     {
-        int rc = TrySend(connection, payload);
-        if (rc < 0) throw new IocpsrvException(rc, "iocpsrv_send");
+        ThrowIfDisposed();
+        int rc = SendCore(connection, payload);
+        if (rc < 0) throw SendError(rc, "iocpsrv_send", nameof(payload));
     }
 
     /// <summary>Queues one packet whose payload is <paramref name="first"/> followed by
-    /// <paramref name="second"/> (a header and a body) without joining them first.</summary>
+    /// <paramref name="second"/> (a header and a body) without joining them first. Throws as
+    /// <see cref="Send(ConnectionId, ReadOnlySpan{byte})"/> does.</summary>
     public void Send(ConnectionId connection, ReadOnlySpan<byte> first, ReadOnlySpan<byte> second)
     {
-        int rc = TrySend(connection, first, second);
-        if (rc < 0) throw new IocpsrvException(rc, "iocpsrv_sendv");
+        ThrowIfDisposed();
+        int rc = SendV(connection, first, second);
+        if (rc < 0) throw SendError(rc, "iocpsrv_sendv", nameof(second));
     }
 
-    /// <summary>Like <see cref="Send(ConnectionId, ReadOnlySpan{byte})"/> but returns the
-    /// library's code (0 or a negative <see cref="IocpsrvError"/>) instead of throwing; a
-    /// disposed server gives <see cref="IocpsrvError.Stopped"/>.</summary>
+    private Exception SendError(int rc, string operation, string paramName)
+    {
+        if (IsDisposed) return new ObjectDisposedException(nameof(IocpServer));
+        return Errors.For(rc, operation, paramName);
+    }
+
+    /// <summary>Like <see cref="Send(ConnectionId, ReadOnlySpan{byte})"/>, for hot paths:
+    /// never throws; false if the packet was not queued (a dead connection, a full queue, a
+    /// packet too big, a stopped or disposed server).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public int TrySend(ConnectionId connection, ReadOnlySpan<byte> payload)
+    public bool TrySend(ConnectionId connection, ReadOnlySpan<byte> payload) => SendCore(connection, payload) == 0;
+
+    /// <summary>Like <see cref="TrySend(ConnectionId, ReadOnlySpan{byte})"/>, and says why a
+    /// packet was not queued: <paramref name="error"/> is <see cref="IocpsrvError.Ok"/> when
+    /// it was, else <see cref="IocpsrvError.NotConnected"/>, <see cref="IocpsrvError.QueueFull"/>
+    /// (wait for <see cref="Drained"/>), <see cref="IocpsrvError.TooBig"/>,
+    /// <see cref="IocpsrvError.OutOfMemory"/> or <see cref="IocpsrvError.Stopped"/> (also
+    /// after Dispose).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public bool TrySend(ConnectionId connection, ReadOnlySpan<byte> payload, out IocpsrvError error)
+    {
+        int rc = SendCore(connection, payload);
+        error = (IocpsrvError)rc;
+        return rc == 0;
+    }
+
+    /// <summary>Gathered variant of <see cref="TrySend(ConnectionId, ReadOnlySpan{byte})"/>.</summary>
+    public bool TrySend(ConnectionId connection, ReadOnlySpan<byte> first, ReadOnlySpan<byte> second)
+        => SendV(connection, first, second) == 0;
+
+    /// <summary>Gathered variant of <see cref="TrySend(ConnectionId, ReadOnlySpan{byte}, out IocpsrvError)"/>.</summary>
+    public bool TrySend(ConnectionId connection, ReadOnlySpan<byte> first, ReadOnlySpan<byte> second, out IocpsrvError error)
+    {
+        int rc = SendV(connection, first, second);
+        error = (IocpsrvError)rc;
+        return rc == 0;
+    }
+
+    // The library's code for one send: 0 or a negative IocpsrvError (Stopped once disposed).
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private int SendCore(ConnectionId connection, ReadOnlySpan<byte> payload)
     {
         fixed (byte* p = payload)
         {
@@ -485,8 +628,7 @@ public sealed unsafe class IocpServer : IDisposable
         }
     }
 
-    /// <summary>Gathered variant of <see cref="TrySend(ConnectionId, ReadOnlySpan{byte})"/>.</summary>
-    public int TrySend(ConnectionId connection, ReadOnlySpan<byte> first, ReadOnlySpan<byte> second)
+    private int SendV(ConnectionId connection, ReadOnlySpan<byte> first, ReadOnlySpan<byte> second)
     {
         byte dummy = 0;
         fixed (byte* a = first)
@@ -516,22 +658,25 @@ public sealed unsafe class IocpServer : IDisposable
 
     /// <summary>Sends one packet to every open connection; returns how many took it
     /// (connections whose queue was full are skipped).</summary>
+    /// <exception cref="ArgumentException">The payload is larger than MaxPacketSize.</exception>
+    /// <exception cref="InvalidOperationException">The server is not running.</exception>
     public int Broadcast(ReadOnlySpan<byte> payload)
     {
         byte dummy = 0;
         using var r = Use();
         fixed (byte* p = payload)
-            return Check(Native.iocpsrv_broadcast(r.P, p != null ? p : &dummy, (nuint)payload.Length), "iocpsrv_broadcast");
+            return Check(Native.iocpsrv_broadcast(r.P, p != null ? p : &dummy, (nuint)payload.Length), "iocpsrv_broadcast", nameof(payload));
     }
 
     /// <summary>Closes a connection: graceful (queued sends written first; reason
     /// LocalClose) or abortive (reset; reason LocalAbort). Its Disconnected follows on a
-    /// worker. Returns false if the id is unknown, closed or stale.</summary>
+    /// worker. Returns false if the id is unknown, closed or stale, or the server is not
+    /// running (every connection has ended then).</summary>
     public bool Disconnect(ConnectionId connection, bool graceful = true)
     {
         using var r = Use();
         int rc = Native.iocpsrv_disconnect(r.P, connection.Value, graceful ? 0 : 1);
-        if (rc == (int)IocpsrvError.NotConnected) return false;
+        if (rc == (int)IocpsrvError.NotConnected || rc == (int)IocpsrvError.Stopped) return false;
         Check(rc, "iocpsrv_disconnect");
         return true;
     }
@@ -555,7 +700,7 @@ public sealed unsafe class IocpServer : IDisposable
     {
         using var r = Use();
         long n = Native.iocpsrv_pending_bytes(r.P, connection.Value);
-        if (n < 0) throw new IocpsrvException((int)n, "iocpsrv_pending_bytes");
+        if (n < 0) throw Errors.For((int)n, "iocpsrv_pending_bytes");
         return n;
     }
 
@@ -564,7 +709,7 @@ public sealed unsafe class IocpServer : IDisposable
     public ConnectionInfo GetInfo(ConnectionId connection)
     {
         int rc = TryGetInfoCore(connection, out var info);
-        if (rc < 0) throw new IocpsrvException(rc, "iocpsrv_conn_info");
+        if (rc < 0) throw Errors.For(rc, "iocpsrv_conn_info");
         return info;
     }
 
@@ -597,6 +742,7 @@ public sealed unsafe class IocpServer : IDisposable
     {
         get
         {
+            ThrowIfDisposed();
             if (!_pullMode) throw new InvalidOperationException("Events need a server created with IocpServerOptions.PullMode = true.");
             return Volatile.Read(ref _channel).Reader;
         }
@@ -905,9 +1051,9 @@ public sealed unsafe class IocpServer : IDisposable
 
     private void ThrowIfDisposed() => ObjectDisposedException.ThrowIf(IsDisposed, this);
 
-    private static int Check(int rc, string operation)
+    private static int Check(int rc, string operation, string? paramName = null)
     {
-        if (rc < 0) throw new IocpsrvException(rc, operation);
+        if (rc < 0) throw Errors.For(rc, operation, paramName);
         return rc;
     }
 
@@ -935,8 +1081,8 @@ public sealed unsafe class IocpServer : IDisposable
 
     private HandleUse Use()
     {
+        ThrowIfDisposed();
         if (t_server == _ptr) return new HandleUse(null, _ptr);
-        if (IsDisposed && _handle.IsClosed) throw new ObjectDisposedException(nameof(IocpServer));
         bool added = false;
         _handle.DangerousAddRef(ref added);
         return new HandleUse(_handle, _ptr);

@@ -23,10 +23,23 @@ internal static unsafe partial class Native
         NativeLibrary.SetDllImportResolver(typeof(Native).Assembly, Resolve);
     }
 
+    /// <summary>The native library's file name on this OS: iocpsrv.dll, libiocpsrv.so or
+    /// libiocpsrv.dylib. Never the managed assembly's (Iocpsrv.Net.dll), in any case.</summary>
+    internal static string NativeFileName =>
+        OperatingSystem.IsWindows() ? "iocpsrv.dll" : OperatingSystem.IsMacOS() ? "libiocpsrv.dylib" : "libiocpsrv.so";
+
+    /// <summary>This process's runtime identifier as NuGet spells it: win-x64, linux-x64, ...</summary>
+    internal static string RuntimeId =>
+        (OperatingSystem.IsWindows() ? "win" : OperatingSystem.IsMacOS() ? "osx" : "linux") + "-" +
+        RuntimeInformation.ProcessArchitecture.ToString().ToLowerInvariant();
+
     /// <summary>Resolves "iocpsrv": the IOCPSRV_LIBRARY path if set, else the runtime's
     /// default probing (application folder, a package's runtimes/RID/native folder through
     /// deps.json, the system's search path), else runtimes/RID/native next to this
-    /// assembly (a project reference copies the native file there).</summary>
+    /// assembly or the application (a project reference copies the native file there), else
+    /// the native file next to them. A file that does not export iocpsrv_version (another
+    /// library of that name, e.g. a managed assembly on a case-insensitive file system) is
+    /// passed over.</summary>
     internal static nint Resolve(string libraryName, Assembly assembly, DllImportSearchPath? searchPath)
     {
         if (libraryName != Lib) return 0;
@@ -34,24 +47,31 @@ internal static unsafe partial class Native
         if (!string.IsNullOrEmpty(env))
         {
             // An explicit path must work: fail loudly rather than load another copy.
-            return NativeLibrary.Load(env);
+            nint explicitHandle = NativeLibrary.Load(env);
+            if (IsIocpsrv(explicitHandle)) return explicitHandle;
+            NativeLibrary.Free(explicitHandle);
+            throw new DllNotFoundException($"{LibraryEnvVar}={env} is not the iocpsrv native library (it exports no iocpsrv_version).");
         }
-        if (NativeLibrary.TryLoad(libraryName, assembly, searchPath, out nint handle)) return handle;
+        if (NativeLibrary.TryLoad(libraryName, assembly, searchPath, out nint handle))
+        {
+            if (IsIocpsrv(handle)) return handle;
+            NativeLibrary.Free(handle);
+        }
 
-        string file = OperatingSystem.IsWindows() ? "iocpsrv.dll"
-            : OperatingSystem.IsMacOS() ? "libiocpsrv.dylib" : "libiocpsrv.so";
-        string os = OperatingSystem.IsWindows() ? "win" : OperatingSystem.IsMacOS() ? "osx" : "linux";
-        string rid = os + "-" + RuntimeInformation.ProcessArchitecture.ToString().ToLowerInvariant();
         var dirs = new List<string>();
         if (!string.IsNullOrEmpty(assembly.Location)) dirs.Add(Path.GetDirectoryName(assembly.Location)!);
         dirs.Add(AppContext.BaseDirectory);
-        foreach (string dir in dirs)
+        foreach (string candidate in dirs.Select(d => Path.Combine(d, "runtimes", RuntimeId, "native", NativeFileName))
+                     .Concat(dirs.Select(d => Path.Combine(d, NativeFileName))))
         {
-            string candidate = Path.Combine(dir, "runtimes", rid, "native", file);
-            if (File.Exists(candidate) && NativeLibrary.TryLoad(candidate, out handle)) return handle;
+            if (!File.Exists(candidate) || !NativeLibrary.TryLoad(candidate, out handle)) continue;
+            if (IsIocpsrv(handle)) return handle;
+            NativeLibrary.Free(handle);
         }
         return 0; // the runtime reports DllNotFoundException
     }
+
+    private static bool IsIocpsrv(nint handle) => NativeLibrary.TryGetExport(handle, "iocpsrv_version", out _);
 
     // ---- Version and errors ----
     [LibraryImport(Lib)] internal static partial uint iocpsrv_version();

@@ -273,7 +273,12 @@ public struct ServerStats
 }
 
 /// <summary>An error reported by the library: its code, the code's name
-/// ("IOCPSRV_ENOTCONN") and its text.</summary>
+/// ("IOCPSRV_ENOTCONN") and its text. Thrown as is for what a correct program still meets
+/// (NotConnected, QueueFull, OutOfMemory, AddressInUse, AddressNotAvailable, AccessDenied,
+/// System); a bad argument, a call in the wrong state or an unsupported one is thrown as
+/// <see cref="ArgumentException"/>, <see cref="InvalidOperationException"/> or
+/// <see cref="NotSupportedException"/> with this exception as its
+/// <see cref="Exception.InnerException"/>.</summary>
 public sealed class IocpsrvException : Exception
 {
     /// <summary>The error code as an enum.</summary>

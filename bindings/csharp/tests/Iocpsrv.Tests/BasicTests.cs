@@ -1,4 +1,5 @@
 using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using System.Text;
 
 namespace Iocpsrv.Tests;
@@ -110,7 +111,7 @@ public class EchoTests
         Assert.False(server.IsHandlerThread);
         server.Send(id, Encoding.ASCII.GetBytes("from the test thread"));
         server.Send(id, Encoding.ASCII.GetBytes("head:"), Encoding.ASCII.GetBytes("body"));
-        Assert.Equal(0, server.TrySend(id, ReadOnlySpan<byte>.Empty));
+        Assert.True(server.TrySend(id, ReadOnlySpan<byte>.Empty));
         Assert.Equal("from the test thread", Encoding.ASCII.GetString(await c.ReadAsync()));
         Assert.Equal("head:body", Encoding.ASCII.GetString(await c.ReadAsync()));
         Assert.Empty(await c.ReadAsync());
@@ -189,7 +190,8 @@ public class EchoTests
         Assert.True(server.IsDisposed);
         Assert.Throws<ObjectDisposedException>(() => server.Start());
         Assert.Throws<ObjectDisposedException>(() => server.Stats);
-        Assert.Equal((int)IocpsrvError.Stopped, server.TrySend(new ConnectionId(1), new byte[1]));
+        Assert.False(server.TrySend(new ConnectionId(1), new byte[1], out var error));
+        Assert.Equal(IocpsrvError.Stopped, error);
         server.Stop(); // no-op
     }
 
@@ -211,8 +213,70 @@ public class EchoTests
     private static WeakReference CreateAndDrop() => new(new IocpServer());
 }
 
+// Every platform: these tests must not return early on Windows or anywhere else (the name
+// clash they guard against only ever showed on Windows).
 public class ResolverTests
 {
+    /// <summary>The native library the project reference copied next to the binding, for
+    /// this process's OS and architecture.</summary>
+    private static string CopiedNative()
+    {
+        string dir = Path.GetDirectoryName(typeof(IocpServer).Assembly.Location)!;
+        string file = Path.Combine(dir, "runtimes", Native.RuntimeId, "native", Native.NativeFileName);
+        Assert.True(File.Exists(file), $"{file} is missing: build the native library for {Native.RuntimeId} first");
+        return file;
+    }
+
+    [Fact]
+    public void AssemblyAndNativeLibraryNeverShareAName()
+    {
+        // Windows (and macOS) file names ignore case: a managed Iocpsrv.dll next to the native
+        // iocpsrv.dll is one file name, and P/Invoke "iocpsrv" would load the managed one.
+        string managed = Path.GetFileNameWithoutExtension(typeof(IocpServer).Assembly.Location);
+        Assert.Equal("Iocpsrv.Net", managed);
+        Assert.Equal("Iocpsrv.Net", typeof(IocpServer).Assembly.GetName().Name);
+        foreach (string native in new[] { "iocpsrv.dll", "libiocpsrv.so", "libiocpsrv.dylib", Native.NativeFileName })
+        {
+            Assert.NotEqual(Path.GetFileNameWithoutExtension(native), managed, StringComparer.OrdinalIgnoreCase);
+            Assert.NotEqual(native, managed + ".dll", StringComparer.OrdinalIgnoreCase);
+        }
+        Assert.NotEqual(Native.Lib, managed, StringComparer.OrdinalIgnoreCase);
+        Assert.NotEqual(Native.Lib + ".dll", managed + ".dll", StringComparer.OrdinalIgnoreCase);
+    }
+
+    [Fact]
+    public void NativeFileAndRuntimeIdForThisPlatform()
+    {
+        string expectedFile = OperatingSystem.IsWindows() ? "iocpsrv.dll"
+            : OperatingSystem.IsMacOS() ? "libiocpsrv.dylib" : "libiocpsrv.so";
+        Assert.Equal(expectedFile, Native.NativeFileName);
+        Assert.Matches("^(win|linux|osx)-(x64|x86|arm64|arm)$", Native.RuntimeId);
+        if (OperatingSystem.IsWindows()) Assert.StartsWith("win-", Native.RuntimeId);
+        if (OperatingSystem.IsLinux()) Assert.StartsWith("linux-", Native.RuntimeId);
+    }
+
+    [Fact]
+    public void DefaultResolutionLoadsTheNativeLibrary()
+    {
+        var asm = typeof(IocpServer).Assembly;
+        string? saved = Environment.GetEnvironmentVariable(Native.LibraryEnvVar);
+        try
+        {
+            Environment.SetEnvironmentVariable(Native.LibraryEnvVar, null);
+            CopiedNative();
+            nint h = Native.Resolve("iocpsrv", asm, null);
+            Assert.NotEqual(0, h);
+            Assert.True(NativeLibrary.TryGetExport(h, "iocpsrv_version", out _));
+            Assert.Equal(0, Native.Resolve("something-else", asm, null));
+            // And the P/Invoke itself reaches the native library.
+            Assert.Equal(IocpServer.AbiMajorVersion, IocpServer.LibraryVersion.Major);
+        }
+        finally
+        {
+            Environment.SetEnvironmentVariable(Native.LibraryEnvVar, saved);
+        }
+    }
+
     [Fact]
     public void EnvironmentVariableOverridesAndMustLoad()
     {
@@ -220,16 +284,34 @@ public class ResolverTests
         string? saved = Environment.GetEnvironmentVariable(Native.LibraryEnvVar);
         try
         {
-            // The file the tests use (copied next to the binding by the project reference).
-            string file = Path.Combine(Path.GetDirectoryName(asm.Location)!, "runtimes", "linux-x64", "native", "libiocpsrv.so");
-            if (!OperatingSystem.IsLinux() || !File.Exists(file)) return;
+            string file = CopiedNative();
             Environment.SetEnvironmentVariable(Native.LibraryEnvVar, file);
             Assert.NotEqual(0, Native.Resolve("iocpsrv", asm, null));
-            Environment.SetEnvironmentVariable(Native.LibraryEnvVar, "/nonexistent/libiocpsrv.so");
+            Environment.SetEnvironmentVariable(Native.LibraryEnvVar, Path.Combine(Path.GetTempPath(), "nonexistent", Native.NativeFileName));
             Assert.Throws<DllNotFoundException>(() => Native.Resolve("iocpsrv", asm, null));
-            Environment.SetEnvironmentVariable(Native.LibraryEnvVar, null);
-            Assert.NotEqual(0, Native.Resolve("iocpsrv", asm, null)); // runtimes/linux-x64/native
-            Assert.Equal(0, Native.Resolve("something-else", asm, null));
+        }
+        finally
+        {
+            Environment.SetEnvironmentVariable(Native.LibraryEnvVar, saved);
+        }
+    }
+
+    [Fact]
+    public void ALibraryWithoutTheExportsIsRefused()
+    {
+        // What Windows loaded before the rename: a file of the right name that is not iocpsrv
+        // (the managed assembly). Any loadable library without iocpsrv_version stands in.
+        var asm = typeof(IocpServer).Assembly;
+        string other = OperatingSystem.IsWindows() ? Path.Combine(Environment.SystemDirectory, "kernel32.dll")
+            : OperatingSystem.IsMacOS() ? "/usr/lib/libSystem.B.dylib"
+            : new[] { "/lib/x86_64-linux-gnu/libm.so.6", "/usr/lib/x86_64-linux-gnu/libm.so.6", "/lib64/libm.so.6", "/usr/lib/aarch64-linux-gnu/libm.so.6" }
+                .FirstOrDefault(File.Exists) ?? "libm.so.6";
+        string? saved = Environment.GetEnvironmentVariable(Native.LibraryEnvVar);
+        try
+        {
+            Environment.SetEnvironmentVariable(Native.LibraryEnvVar, other);
+            var ex = Assert.Throws<DllNotFoundException>(() => Native.Resolve("iocpsrv", asm, null));
+            Assert.Contains("iocpsrv_version", ex.Message);
         }
         finally
         {

@@ -62,8 +62,12 @@ public class ContractTests
         Assert.Equal(IocpsrvError.NotConnected, ex.Error);
         Assert.Equal("IOCPSRV_ENOTCONN", ex.ErrorName);
         Assert.Contains(IocpServer.ErrorText(-3), ex.Message);
-        Assert.Equal((int)IocpsrvError.NotConnected, server.TrySend(id, new byte[] { 1 }));
-        Assert.Equal((int)IocpsrvError.NotConnected, server.TrySend(id, new byte[] { 1 }, new byte[] { 2 }));
+        Assert.False(server.TrySend(id, new byte[] { 1 }));
+        Assert.False(server.TrySend(id, new byte[] { 1 }, out var error));
+        Assert.Equal(IocpsrvError.NotConnected, error);
+        Assert.False(server.TrySend(id, new byte[] { 1 }, new byte[] { 2 }));
+        Assert.False(server.TrySend(id, new byte[] { 1 }, new byte[] { 2 }, out error));
+        Assert.Equal(IocpsrvError.NotConnected, error);
         Assert.False(server.Disconnect(id));
         Assert.False(server.TryGetInfo(id, out _));
         Assert.Equal(IocpsrvError.NotConnected, Assert.Throws<IocpsrvException>(() => server.GetInfo(id)).Error);

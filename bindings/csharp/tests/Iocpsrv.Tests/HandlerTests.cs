@@ -177,7 +177,8 @@ public class HandlerTests
         Assert.False(server.IsRunning);
         Assert.True(await c.ClosedByServerAsync());
         Assert.Equal(DisconnectReason.ServerStopped, Assert.Single(reasons));
-        Assert.Equal((int)IocpsrvError.Stopped, server.TrySend(new ConnectionId(1), new byte[1]));
+        Assert.False(server.TrySend(new ConnectionId(1), new byte[1], out var error));
+        Assert.Equal(IocpsrvError.Stopped, error);
         Assert.Throws<ObjectDisposedException>(() => server.Stats);
         // The port is free again.
         using var next = T.EchoServer();

@@ -103,9 +103,13 @@ public class LoadTests
         server.Start();
         using var c = await Client.ConnectAsync(server.Port);
         var conn = await id.Task.Within();
-        var ex = Assert.Throws<IocpsrvException>(() => server.Send(conn, new byte[1025]));
+        var arg = Assert.Throws<ArgumentException>(() => server.Send(conn, new byte[1025]));
+        Assert.Equal("payload", arg.ParamName);
+        var ex = Assert.IsType<IocpsrvException>(arg.InnerException);
         Assert.Equal(IocpsrvError.TooBig, ex.Error);
         Assert.Equal("IOCPSRV_ETOOBIG", ex.ErrorName);
+        Assert.False(server.TrySend(conn, new byte[1025], out var error));
+        Assert.Equal(IocpsrvError.TooBig, error);
         server.Send(conn, new byte[1024]);
         Assert.Equal(1024, (await c.ReadAsync()).Length);
     }
@@ -130,18 +134,18 @@ public class LoadTests
 
         // The client reads nothing: the queue fills (bounded: kernel buffers are small).
         var chunk = new byte[Chunk];
-        int sent = 0, rc = 0;
+        int sent = 0;
+        var rc = IocpsrvError.Ok;
         for (; sent < 2000; sent++)
         {
-            rc = server.TrySend(conn, chunk);
-            if (rc != 0) break;
+            if (!server.TrySend(conn, chunk, out rc)) break;
         }
-        Assert.Equal((int)IocpsrvError.QueueFull, rc);
+        Assert.Equal(IocpsrvError.QueueFull, rc);
         Assert.True(server.PendingBytes(conn) > 0);
         Assert.True(server.Stats.SendQueueRejections >= 1);
         // Now read everything: the queue drains and Drained fires.
         for (int i = 0; i < sent; i++) Assert.Equal(Chunk, (await c.ReadAsync()).Length);
         Assert.Equal(conn, await drained.Task.Within());
-        Assert.Equal(0, server.TrySend(conn, chunk));
+        Assert.True(server.TrySend(conn, chunk));
     }
 }

@@ -61,8 +61,9 @@ public class OptionsTests
         });
         Assert.Equal("10.0.0.0/8, ::1/128", server.GetOptionString(ServerOption.ProxyTrusted));
         Assert.Equal(4, server.GetOption(ServerOption.MaxConnectionsPerSource));
-        var e = Assert.Throws<IocpsrvException>(() => server.SetOptionString(ServerOption.ProxyTrusted, "10.0.0.0/33"));
-        Assert.Equal(IocpsrvError.InvalidArgument, e.Error);
+        var e = Assert.Throws<ArgumentException>(() => server.SetOptionString(ServerOption.ProxyTrusted, "10.0.0.0/33"));
+        Assert.Equal("value", e.ParamName);
+        Assert.Equal(IocpsrvError.InvalidArgument, Assert.IsType<IocpsrvException>(e.InnerException).Error);
         Assert.Equal("10.0.0.0/8, ::1/128", server.GetOptionString(ServerOption.ProxyTrusted));
         server.SetOptionString(ServerOption.ProxyTrusted, null);
         Assert.Equal("", server.GetOptionString(ServerOption.ProxyTrusted));
@@ -84,7 +85,7 @@ public class OptionsTests
             {
                 probe.GetOption(ServerOption.PoolMax);
             }
-            catch (IocpsrvException e) when (e.Error == IocpsrvError.UnknownOption)
+            catch (ArgumentException e) when (e.InnerException is IocpsrvException { Error: IocpsrvError.UnknownOption })
             {
                 return; // a library built before the dynamic pool
             }
@@ -105,7 +106,7 @@ public class OptionsTests
         Assert.Equal(2000, server.GetOption(ServerOption.PoolIdleMs));
         Assert.Equal(95, server.GetOption(ServerOption.PoolCpuHigh));
         Assert.Equal(80, server.GetOption(ServerOption.PoolCpuLow));
-        Assert.Equal(IocpsrvError.Range, Assert.Throws<IocpsrvException>(() => server.SetOption(ServerOption.PoolCpuHigh, 101)).Error);
+        Assert.Equal(IocpsrvError.Range, Code(Assert.Throws<ArgumentException>(() => server.SetOption(ServerOption.PoolCpuHigh, 101))));
     }
 
     [Fact]
@@ -119,30 +120,43 @@ public class OptionsTests
     }
 
     [Fact]
-    public void BadOptionsThrowTheLibrarysErrors()
+    public void BadOptionsThrowArgumentExceptions()
     {
-        var ex = Assert.Throws<IocpsrvException>(() => new IocpServer(new IocpServerOptions { WorkerThreads = 5000 }));
-        Assert.Equal(IocpsrvError.Range, ex.Error);
+        var ex = Assert.Throws<ArgumentException>(() => new IocpServer(new IocpServerOptions { WorkerThreads = 5000 }));
+        Assert.Equal("options", ex.ParamName);
+        Assert.Equal(IocpsrvError.Range, Code(ex));
         Assert.Contains("WorkerThreads", ex.Message);
         using var server = new IocpServer();
-        Assert.Equal(IocpsrvError.UnknownOption, Assert.Throws<IocpsrvException>(() => server.SetOption((ServerOption)999, 1)).Error);
-        Assert.Equal(IocpsrvError.Range, Assert.Throws<IocpsrvException>(() => server.SetOption(ServerOption.Framing, 99)).Error);
+        var unknown = Assert.Throws<ArgumentException>(() => server.SetOption((ServerOption)999, 1));
+        Assert.Equal(IocpsrvError.UnknownOption, Code(unknown));
+        Assert.Equal("option", unknown.ParamName);
+        Assert.Equal(IocpsrvError.UnknownOption, Code(Assert.Throws<ArgumentException>(() => server.GetOption((ServerOption)999))));
+        var range = Assert.Throws<ArgumentException>(() => server.SetOption(ServerOption.Framing, 99));
+        Assert.Equal(IocpsrvError.Range, Code(range));
+        Assert.Equal("value", range.ParamName);
         server.SetOption(ServerOption.MaxConnections, 7);
         Assert.Equal(7, server.GetOption(ServerOption.MaxConnections));
         server.Start();
-        Assert.Equal(IocpsrvError.State, Assert.Throws<IocpsrvException>(() => server.SetOption(ServerOption.MaxConnections, 8)).Error);
+        Assert.Equal(IocpsrvError.State, Code(Assert.Throws<InvalidOperationException>(() => server.SetOption(ServerOption.MaxConnections, 8))));
         server.Stop();
         server.SetOption(ServerOption.MaxConnections, 8);
     }
+
+    /// <summary>The library's code carried by a mapped exception.</summary>
+    private static IocpsrvError Code(Exception e) => Assert.IsType<IocpsrvException>(e.InnerException).Error;
 
     [Fact]
     public void LifecycleErrors()
     {
         using var server = T.EchoServer();
-        Assert.Equal(IocpsrvError.Stopped, Assert.Throws<IocpsrvException>(() => server.Port).Error);
+        Assert.Equal(IocpsrvError.Stopped, Code(Assert.Throws<InvalidOperationException>(() => server.Port)));
+        Assert.Throws<ArgumentOutOfRangeException>(() => server.Start("127.0.0.1", -1));
+        Assert.Throws<ArgumentOutOfRangeException>(() => server.Start("127.0.0.1", 65536));
+        Assert.False(server.IsRunning);
         server.Start();
-        var ex = Assert.Throws<IocpsrvException>(() => server.Start());
-        Assert.Equal(IocpsrvError.State, ex.Error);
+        var ex = Assert.Throws<InvalidOperationException>(() => server.Start());
+        Assert.Equal(IocpsrvError.State, Code(ex));
+        Assert.Equal("IOCPSRV_ESTATE", Assert.IsType<IocpsrvException>(ex.InnerException).ErrorName);
         using var second = T.EchoServer();
         var inUse = Assert.Throws<IocpsrvException>(() => second.Start("127.0.0.1", server.Port));
         Assert.Equal(IocpsrvError.AddressInUse, inUse.Error);
