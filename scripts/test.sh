@@ -14,11 +14,15 @@
 #            with find_package(iocpsrv) and with pkg-config
 #   python   the Python binding's pytest suite (bindings/python/run_tests.sh), with
 #            Debian's python3-cffi and python3-pytest installed when missing
-#   csharp   the C# binding: dotnet test, dotnet pack with both natives, the Echo example
-#            (bindings/csharp/run_tests.sh; restores from /opt/nuget/packages)
+#   csharp   the C# binding: dotnet test, dotnet pack with both natives, a consumer of the
+#            package (net10.0, linux-x64 publishes, net8.0 self-contained), the Echo example
+#            (bindings/csharp/run_tests.sh; restores from /opt/nuget/packages and NuGet)
 #   windows  install MinGW-w64 and wine64 when missing, cross-build the windows preset
 #            (iocpsrv.dll, samples, the same C tests) and run ctest under wine64 in a
 #            private prefix (build/wineprefix)
+#   csharp-windows  .NET on iocpsrv.dll: cross-build it, publish a package consumer and
+#            examples/Echo for win-x64 (self-contained) and run them under Wine, driven by
+#            iocpsrv-flood from Linux (bindings/csharp/run_windows_tests.sh)
 #   asan     the C tests built with AddressSanitizer + UBSan (preset linux-asan)
 #   tsan     the C tests built with ThreadSanitizer (preset linux-tsan)
 #   valgrind the lifecycle and framing tests under valgrind memcheck: no error, no leak
@@ -34,7 +38,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$(pwd)
 BUILD_DIR="$ROOT/build/linux"
 JOBS=$(nproc 2>/dev/null || echo 2)
-SECTIONS=(deps build ctest demo install python csharp windows asan tsan valgrind fuzz bench)
+SECTIONS=(deps build ctest demo install python csharp windows csharp-windows asan tsan valgrind fuzz bench)
 
 export DEBIAN_FRONTEND=noninteractive
 
@@ -179,6 +183,27 @@ section_windows() {
   # Nothing of Wine's may outlive the run.
   WINEPREFIX="$ROOT/build/wineprefix" wineserver -k 2>/dev/null || true
   return "$rc"
+}
+
+# .NET on the real Windows DLL: iocpsrv.dll cross-built, the package packed with it, a package
+# consumer and examples/Echo published win-x64 and run under Wine (private prefix
+# build/wineprefix-dotnet), each driven by iocpsrv-flood from Linux and stopped with SIGINT.
+section_csharp-windows() {
+  command -v dotnet >/dev/null 2>&1 || { echo "the .NET SDK (dotnet) is not installed" >&2; return 1; }
+  MISSING=()
+  need_cmd x86_64-w64-mingw32-gcc gcc-mingw-w64-x86-64
+  if ! command -v wine64 >/dev/null 2>&1 && [ ! -x /usr/lib/wine/wine64 ]; then MISSING+=(wine64); fi
+  if [ "${#MISSING[@]}" -gt 0 ]; then
+    echo "installing: ${MISSING[*]}"
+    apt_install "${MISSING[@]}" || return 1
+  fi
+  cmake --preset windows >/dev/null || return 1
+  cmake --build --preset windows -j"$JOBS" --target iocpsrv || return 1
+  if [ ! -e "$BUILD_DIR/dll/libiocpsrv.so" ] || [ ! -x "$BUILD_DIR/samples/iocpsrv-flood" ]; then
+    cmake --preset linux >/dev/null || return 1
+    cmake --build --preset linux -j"$JOBS" --target iocpsrv iocpsrv-flood || return 1
+  fi
+  bash "$ROOT/bindings/csharp/run_windows_tests.sh"
 }
 
 section_asan() {

@@ -238,6 +238,9 @@ static void contract_send_anywhere(void) {
   x.target = cb->id;
   CHECK_EQ(ts_send_packet(a, "FWD:hello b", 11), 0);
   expect_packet(b, "hello b", 7);
+  /* The packet to B is written at once, maybe before A's callback has stored the
+   * result: wait for the callback to end (the counter orders the read). */
+  CHECK_EQ(tt_counter_wait(&es->packets, 1, TS_WAIT_MS), 0);
   CHECK_OK(x.fwd_rc);
 
   /* Broadcast from a callback and from this thread. */
@@ -251,6 +254,7 @@ static void contract_send_anywhere(void) {
   expect_packet(a, "all", 3);
   expect_packet(b, "all", 3);
   for (i = 0; i < 3; i++) expect_packet(more[i], "all", 3);
+  CHECK_EQ(tt_counter_wait(&es->packets, 2, TS_WAIT_MS), 0);
   CHECK_EQ(x.bcast_rc, 5);
   CHECK_EQ(iocpsrv_broadcast(es->srv, "again", 5), 5);
   expect_packet(a, "again", 5);

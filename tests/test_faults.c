@@ -4,9 +4,10 @@
  *
  * Linked against the fault build of the library (iocpsrv_fault, dll/src/core/fault.h):
  * from the moment a site is armed, its Nth call fails (and, with `persist`, every later
- * one). Each scenario below runs once unarmed to learn how many allocations it reaches
- * (N), then once for every n in 1..N with allocation n failing, plus a few runs where
- * every allocation from n on fails; each run uses a fresh server. The OS sites (epoll_ctl,
+ * one). Each scenario below runs twice unarmed to learn how many allocations it reaches
+ * (N), then once for every n in 1..N (and a few past the most any run reached) with
+ * allocation n failing, then once for every n with every allocation from n on failing
+ * (under Wine, from five of them); each run uses a fresh server. The OS sites (epoll_ctl,
  * accept, setsockopt, send / WSASend, WSARecv, thread creation) are failed at each of
  * their first few calls the same way. The armed region covers the whole run: create,
  * options, listen, the scenario, a second client, and a graceful stop with connections
@@ -54,13 +55,14 @@
 
 /* ------------------------------------------------------------------ settings ---- */
 
-static int g_wait_ms = 5000;        /* "this must happen" waits */
-static int g_run_limit_ms = 60000;  /* one run, start to end, before the watchdog fires */
+static int g_wait_ms = 5000;       /* "this must happen" waits */
+static int g_run_limit_ms = 60000; /* one run, start to end, before the watchdog fires */
 static int g_stride = 1;
 static int g_verbose;
 static const char *g_only;
 
-#define OS_NTH_MAX 4 /* OS sites: fail each of their first few calls */
+static int g_os_nth_max = 6;  /* OS sites: fail each of their first few calls */
+static int g_persist_all = 1; /* persist runs from every index (else five of them) */
 
 static const char *site_name(int site) {
   switch (site) {
@@ -103,19 +105,23 @@ static void print_failures(void) {
 static tt_mutex_t g_wd_lock;
 static int64_t g_wd_deadline; /* 0: no run in progress */
 static char g_wd_desc[256];
-static const char *volatile g_wd_phase = "";
+static const char *g_wd_phase = ""; /* under g_wd_lock */
 static tt_thread_t *g_wd_thread;
 
 static void wd_main(void *arg) {
   (void)arg;
   for (;;) {
     tt_sleep_ms(100);
+    char desc[256];
+    const char *phase;
     tt_mutex_lock(&g_wd_lock);
     int fire = g_wd_deadline && tt_now_ms() > g_wd_deadline;
+    snprintf(desc, sizeof desc, "%s", g_wd_desc);
+    phase = g_wd_phase;
     tt_mutex_unlock(&g_wd_lock);
     if (fire) {
-      fprintf(stderr, "\nWATCHDOG: run %s hung in phase \"%s\" (over %d ms)\n", g_wd_desc,
-              g_wd_phase, g_run_limit_ms);
+      fprintf(stderr, "\nWATCHDOG: run %s hung in phase \"%s\" (over %d ms)\n", desc, phase,
+              g_run_limit_ms);
       print_failures();
       fprintf(stderr, "FAILED\n");
       fflush(stderr);
@@ -142,9 +148,13 @@ static void wd_end(void) {
 #define MAX_SENT 48
 #define MAX_CLIENTS 8
 
+/* What the host sent a connection. Recorded before the send call (a reply can reach
+ * the client before the call returns) and dropped again if the call fails. */
 typedef struct sent_s {
   uint32_t seed, len;
+  uint32_t token;
   int optional; /* a broadcast that may have skipped this connection */
+  int dropped;  /* the send failed */
   int seen;
 } sent_t;
 
@@ -154,8 +164,8 @@ typedef struct rec_s {
   char peer[64];
   int disconnects, reason;
   int busy;
-  int packets_done;  /* packet callbacks / events handled */
-  int host_aborted;  /* the host aborted it (a send of its failed) */
+  int packets_done; /* packet callbacks / events handled */
+  int host_aborted; /* the host aborted it (a send of its failed) */
   sent_t sent[MAX_SENT];
   int nsent;
   struct rec_s *next;
@@ -169,7 +179,7 @@ typedef struct client_s {
   ts_sock_t s;
   int closed;
   char local[80];
-  size_t drain_expect; /* bytes the stop must still deliver when no fault fired */
+  iocpsrv_conn_id_t drain_id; /* the stop must deliver what was sent to it (no fault) */
   size_t drained;
 } client_t;
 
@@ -209,6 +219,9 @@ struct run_s {
   int fault_phase; /* the phase in which the first failure was seen (-1: none yet) */
   int disarmed;
   int nomem_calls;
+  uint32_t tokens;
+  int send_nomem;    /* of them: send / sendv (each counts in stats.alloc_failures) */
+  int engine_aborts; /* LOCAL_ABORT the host did not ask for (an OOM path's old reason) */
   int logs, sockopt_logs, accept_logs;
   tt_thread_t *pump;
   int pump_rc;
@@ -255,9 +268,14 @@ static int64_t failures_now(run_t *r) {
 }
 
 static void set_phase(run_t *r, int phase) {
-  if (r->fault_phase < 0 && failures_now(r) > 0) r->fault_phase = r->phase;
+  int64_t failures = failures_now(r);
+  tt_mutex_lock(&r->lock);
+  if (r->fault_phase < 0 && failures > 0) r->fault_phase = r->phase;
   r->phase = phase;
+  tt_mutex_unlock(&r->lock);
+  tt_mutex_lock(&g_wd_lock);
   g_wd_phase = phase_names[phase];
+  tt_mutex_unlock(&g_wd_lock);
 }
 
 static iocpsrv_stats_t stats_of(run_t *r) {
@@ -302,17 +320,29 @@ static rec_t *rec_by_peer(run_t *r, const char *peer) {
   return c;
 }
 
-static void rec_add_sent(run_t *r, iocpsrv_conn_id_t id, uint32_t seed, size_t len,
-                         int optional) {
+static uint32_t rec_add_sent(run_t *r, iocpsrv_conn_id_t id, uint32_t seed, size_t len,
+                             int optional) {
   tt_mutex_lock(&r->lock);
+  uint32_t token = ++r->tokens;
   rec_t *c = rec_find_locked(r, id);
   if (c && c->nsent < MAX_SENT) {
     sent_t *s = &c->sent[c->nsent++];
+    memset(s, 0, sizeof *s);
     s->seed = seed;
     s->len = (uint32_t)len;
+    s->token = token;
     s->optional = optional;
-    s->seen = 0;
   }
+  tt_mutex_unlock(&r->lock);
+  return token;
+}
+
+static void rec_drop_sent(run_t *r, iocpsrv_conn_id_t id, uint32_t token) {
+  tt_mutex_lock(&r->lock);
+  rec_t *c = rec_find_locked(r, id);
+  int i;
+  for (i = 0; c && i < c->nsent; i++)
+    if (c->sent[i].token == token) c->sent[i].dropped = 1;
   tt_mutex_unlock(&r->lock);
 }
 
@@ -328,13 +358,18 @@ static void host_abort(run_t *r, iocpsrv_conn_id_t id) {
 
 /* A send's result as a host sees it: ENOMEM aborts the connection (nothing else can
  * tell its client the reply is lost), ENOTCONN means it is closing already. */
-static void host_send_result(run_t *r, iocpsrv_conn_id_t id, int rc, uint32_t seed,
-                             size_t len, const char *what) {
-  if (rc == 0) {
-    rec_add_sent(r, id, seed, len, 0);
+static void host_send_result(run_t *r, iocpsrv_conn_id_t id, int rc, uint32_t token,
+                             const char *what) {
+  if (rc != 0) rec_drop_sent(r, id, token);
+  tt_mutex_lock(&r->lock);
+  int stopping = r->phase >= PH_STOP;
+  tt_mutex_unlock(&r->lock);
+  if (rc == 0 || (rc == IOCPSRV_ESTOPPED && stopping)) {
+    /* sent, or too late: the stop has begun (pull events are polled after it) */
   } else if (rc == IOCPSRV_ENOMEM) {
     tt_mutex_lock(&r->lock);
     r->nomem_calls++;
+    r->send_nomem++;
     tt_mutex_unlock(&r->lock);
     if (failures_now(r) == 0)
       run_error(r, "%s returned IOCPSRV_ENOMEM with no failure injected", what);
@@ -350,6 +385,7 @@ static int host_send(run_t *r, iocpsrv_conn_id_t id, uint32_t seed, size_t len, 
   uint8_t *p = len <= sizeof small ? small : (uint8_t *)malloc(len);
   if (!p) test_fail(__FILE__, __LINE__, "out of memory (test)");
   make_payload(p, seed, len);
+  uint32_t token = rec_add_sent(r, id, seed, len, 0);
   int rc;
   if (vec) {
     iocpsrv_buf_t b[3];
@@ -365,13 +401,14 @@ static int host_send(run_t *r, iocpsrv_conn_id_t id, uint32_t seed, size_t len, 
     rc = iocpsrv_send(r->srv, id, p, len);
   }
   if (p != small) free(p);
-  host_send_result(r, id, rc, seed, len, what);
+  host_send_result(r, id, rc, token, what);
   return rc;
 }
 
 static void echo(run_t *r, rec_t *c, const uint8_t *data, size_t len) {
+  uint32_t token = rec_add_sent(r, c->id, len >= 4 ? test_get_u32le(data) : 0, len, 0);
   int rc = iocpsrv_send(r->srv, c->id, data, len);
-  host_send_result(r, c->id, rc, len >= 4 ? test_get_u32le(data) : 0, len, "echo send");
+  host_send_result(r, c->id, rc, token, "echo send");
 }
 
 /* The broadcast's result: the connections open now took it, unless it says fewer did
@@ -401,7 +438,8 @@ static void host_broadcast(run_t *r, uint32_t seed, size_t len, const char *what
     }
   tt_mutex_unlock(&r->lock);
   if (rc < live && failures_now(r) == 0)
-    run_error(r, "%s reached %d of %d connections with no failure injected", what, rc, live);
+    run_error(r, "%s reached %d of %d connections with no failure injected", what, rc,
+              live);
 }
 
 static rec_t *on_connect(run_t *r, iocpsrv_conn_id_t id, const char *peer) {
@@ -437,8 +475,10 @@ static int on_packet(run_t *r, iocpsrv_conn_id_t id, void *user, const uint8_t *
   if (user != c && !(pull && user == NULL))
     run_error(r, "%s: packet with conn_user %p, expected %p", c->peer, user, (void *)c);
   int close = 0;
-  if (r->sc->on_packet) close = r->sc->on_packet(r, c, data, len);
-  else echo(r, c, data, len);
+  if (r->sc->on_packet)
+    close = r->sc->on_packet(r, c, data, len);
+  else
+    echo(r, c, data, len);
   tt_mutex_lock(&r->lock);
   c->busy = 0;
   c->packets_done++;
@@ -447,7 +487,8 @@ static int on_packet(run_t *r, iocpsrv_conn_id_t id, void *user, const uint8_t *
   return close;
 }
 
-static void on_disconnect(run_t *r, iocpsrv_conn_id_t id, void *user, int reason, int pull) {
+static void on_disconnect(run_t *r, iocpsrv_conn_id_t id, void *user, int reason,
+                          int pull) {
   tt_mutex_lock(&r->lock);
   rec_t *c = rec_find_locked(r, id);
   int busy = 0, n = 0;
@@ -464,7 +505,8 @@ static void on_disconnect(run_t *r, iocpsrv_conn_id_t id, void *user, int reason
     if (busy) run_error(r, "%s: disconnect during another callback", c->peer);
     if (n > 1) run_error(r, "%s: %d disconnects", c->peer, n);
     if (user != c && !(pull && user == NULL))
-      run_error(r, "%s: disconnect with conn_user %p, expected %p", c->peer, user, (void *)c);
+      run_error(r, "%s: disconnect with conn_user %p, expected %p", c->peer, user,
+                (void *)c);
   }
   tt_counter_add(&r->events, 1);
 }
@@ -509,7 +551,8 @@ static void pump_main(void *arg) {
     int n = iocpsrv_poll(r->srv, ev, 32, 20);
     if (n < 0) {
       r->pump_rc = n;
-      if (n != IOCPSRV_ESTOPPED) run_error(r, "iocpsrv_poll returned %s", iocpsrv_err_name(n));
+      if (n != IOCPSRV_ESTOPPED)
+        run_error(r, "iocpsrv_poll returned %s", iocpsrv_err_name(n));
       return;
     }
     int i;
@@ -519,7 +562,10 @@ static void pump_main(void *arg) {
         case IOCPSRV_EVENT_CONNECT: {
           rec_t *c = on_connect(r, e->conn, (const char *)e->data);
           int rc = iocpsrv_set_conn_user(r->srv, e->conn, c);
-          if (rc < 0 && rc != IOCPSRV_ENOTCONN)
+          tt_mutex_lock(&r->lock);
+          int stopping = r->phase >= PH_STOP;
+          tt_mutex_unlock(&r->lock);
+          if (rc < 0 && rc != IOCPSRV_ENOTCONN && !(rc == IOCPSRV_ESTOPPED && stopping))
             run_error(r, "iocpsrv_set_conn_user: %s", iocpsrv_err_name(rc));
           break;
         }
@@ -530,10 +576,8 @@ static void pump_main(void *arg) {
         case IOCPSRV_EVENT_DISCONNECT:
           on_disconnect(r, e->conn, e->conn_user, e->reason, 1);
           break;
-        case IOCPSRV_EVENT_DRAIN:
-          break;
-        default:
-          run_error(r, "unknown event type %d", (int)e->type);
+        case IOCPSRV_EVENT_DRAIN: break;
+        default: run_error(r, "unknown event type %d", (int)e->type);
       }
     }
   }
@@ -557,6 +601,7 @@ static client_t *client_open(run_t *r, const char *name, int rcvbuf) {
     return c;
   }
   ts_local_addr(c->s, c->local, sizeof c->local);
+  ts_set_nodelay(c->s, 1); /* split writes go out at once, not after a delayed ACK */
   return c;
 }
 
@@ -597,9 +642,11 @@ static int client_expect(client_t *c, uint32_t seed, size_t len) {
   if (rc == TS_OK) {
     make_payload(want, seed, len);
     if (got != len || memcmp(buf, want, len) != 0)
-      run_error(c->r, "client %s: got a packet of %llu bytes (seed %08x), expected %llu (seed "
-                "%08x)", c->name, (unsigned long long)got,
-                got >= 4 ? test_get_u32le(buf) : 0u, (unsigned long long)len, seed);
+      run_error(c->r,
+                "client %s: got a packet of %llu bytes (seed %08x), expected %llu (seed "
+                "%08x)",
+                c->name, (unsigned long long)got, got >= 4 ? test_get_u32le(buf) : 0u,
+                (unsigned long long)len, seed);
   } else if (rc == TS_TIMEOUT) {
     run_error(c->r, "client %s: no reply (seed %08x) and no close within %d ms", c->name,
               seed, g_wait_ms);
@@ -651,7 +698,8 @@ static void client_read_to_fence(client_t *c, iocpsrv_conn_id_t id, uint32_t fen
       break;
     }
     if (rc != TS_OK) {
-      if (rc == TS_TOOBIG) run_error(r, "client %s: a %llu-byte packet", c->name, (unsigned long long)got);
+      if (rc == TS_TOOBIG)
+        run_error(r, "client %s: a %llu-byte packet", c->name, (unsigned long long)got);
       c->closed = 1;
       break;
     }
@@ -663,7 +711,8 @@ static void client_read_to_fence(client_t *c, iocpsrv_conn_id_t id, uint32_t fen
     rec_t *rec = rec_find_locked(r, id);
     int i, found = 0;
     for (i = 0; rec && i < rec->nsent; i++)
-      if (!rec->sent[i].seen && rec->sent[i].seed == seed && rec->sent[i].len == got) {
+      if (!rec->sent[i].seen && !rec->sent[i].dropped && rec->sent[i].seed == seed &&
+          rec->sent[i].len == got) {
         rec->sent[i].seen = 1;
         found = 1;
         break;
@@ -682,11 +731,13 @@ static void client_read_to_fence(client_t *c, iocpsrv_conn_id_t id, uint32_t fen
     rec_t *rec = rec_find_locked(r, id);
     int i;
     for (i = 0; rec && i < rec->nsent; i++)
-      if (!rec->sent[i].seen && !rec->sent[i].optional) {
+      if (!rec->sent[i].seen && !rec->sent[i].optional && !rec->sent[i].dropped) {
         uint32_t s = rec->sent[i].seed;
         tt_mutex_unlock(&r->lock);
-        run_error(r, "client %s: packet seed %08x was sent (send returned 0) but did not "
-                  "arrive before the fence", c->name, s);
+        run_error(r,
+                  "client %s: packet seed %08x was sent (send returned 0) but did not "
+                  "arrive before the fence",
+                  c->name, s);
         tt_mutex_lock(&r->lock);
       }
     tt_mutex_unlock(&r->lock);
@@ -743,7 +794,8 @@ static void wait_handled(run_t *r, iocpsrv_conn_id_t id, int n, client_t *c) {
     tt_mutex_unlock(&r->lock);
     if (done || c->closed) return;
     if (tt_now_ms() > deadline) {
-      run_error(r, "client %s: its packet was not handled within %d ms", c->name, g_wait_ms);
+      run_error(r, "client %s: its packet was not handled within %d ms", c->name,
+                g_wait_ms);
       return;
     }
     tt_counter_wait(&r->events, seen + 1, 5);
@@ -770,8 +822,10 @@ static void drainer_main(void *arg) {
       if (c->closed) continue;
       open++;
       int n = ts_recv_some(c->s, buf, cap, 1);
-      if (n > 0) c->drained += (size_t)n;
-      else if (n != TS_TIMEOUT) client_close(c); /* the server closed it: so do we */
+      if (n > 0)
+        c->drained += (size_t)n;
+      else if (n != TS_TIMEOUT)
+        client_close(c); /* the server closed it: so do we */
     }
     if (!open) break;
     if (tt_now_ms() > d->deadline) {
@@ -836,15 +890,19 @@ static void check_accounts(run_t *r, const char *when) {
               (unsigned long long)st.alloc_failures);
   tt_mutex_lock(&r->lock);
   rec_t *c;
+  int oom = 0, engine_aborts = 0;
   for (c = r->recs; c; c = c->next) {
     char peer[64];
     int d = c->disconnects, reason = c->reason, aborted = c->host_aborted;
     snprintf(peer, sizeof peer, "%s", c->peer);
     tt_mutex_unlock(&r->lock);
+    if (d == 1 && reason == IOCPSRV_REASON_OUT_OF_MEMORY) oom++;
+    if (d == 1 && reason == IOCPSRV_REASON_LOCAL_ABORT && !aborted) engine_aborts++;
     if (d != 1) {
       run_error(r, "%s: connection %s had %d disconnects (connect but %s)", when, peer, d,
                 d ? "several disconnects" : "no disconnect");
-    } else if (reason == IOCPSRV_REASON_SERVER_STOPPED || reason == IOCPSRV_REASON_PEER_CLOSED ||
+    } else if (reason == IOCPSRV_REASON_SERVER_STOPPED ||
+               reason == IOCPSRV_REASON_PEER_CLOSED ||
                (reason == IOCPSRV_REASON_LOCAL_ABORT && aborted)) {
       /* as in a clean run, or the host's own abort */
     } else if (!(failures > 0 && is_fault_reason(r->site, reason))) {
@@ -854,7 +912,14 @@ static void check_accounts(run_t *r, const char *when) {
     }
     tt_mutex_lock(&r->lock);
   }
+  int send_nomem = r->send_nomem;
+  r->engine_aborts = engine_aborts;
   tt_mutex_unlock(&r->lock);
+  if (r->site == FAULT_ALLOC && st.alloc_failures < (uint64_t)(oom + send_nomem))
+    run_error(r,
+              "%s: stats.alloc_failures = %llu, but %d connections ended OUT_OF_MEMORY and "
+              "%d sends returned IOCPSRV_ENOMEM",
+              when, (unsigned long long)st.alloc_failures, oom, send_nomem);
 }
 
 /* ---- one run ---- */
@@ -865,6 +930,7 @@ typedef struct outcome_s {
   int failed;
   int fault_phase;
   int reasons[16];
+  int engine_aborts;
 } outcome_t;
 
 static void configure(run_t *r) {
@@ -873,7 +939,8 @@ static void configure(run_t *r) {
   CHECK_OK(iocpsrv_set_option(s, IOCPSRV_OPT_WORKER_THREADS, 2));
   CHECK_OK(iocpsrv_set_option(s, IOCPSRV_OPT_CLOSE_TIMEOUT_MS, 3000));
   if (sc->pull) CHECK_OK(iocpsrv_set_option(s, IOCPSRV_OPT_PULL_MODE, 1));
-  if (sc->keepalive_ms) CHECK_OK(iocpsrv_set_option(s, IOCPSRV_OPT_KEEPALIVE_MS, sc->keepalive_ms));
+  if (sc->keepalive_ms)
+    CHECK_OK(iocpsrv_set_option(s, IOCPSRV_OPT_KEEPALIVE_MS, sc->keepalive_ms));
   if (sc->sndbuf) CHECK_OK(iocpsrv_set_option(s, IOCPSRV_OPT_SNDBUF, sc->sndbuf));
   if (sc->per_source)
     CHECK_OK(iocpsrv_set_option(s, IOCPSRV_OPT_MAX_CONNECTIONS_PER_SOURCE, sc->per_source));
@@ -888,7 +955,8 @@ static void configure(run_t *r) {
       if (r->persist) disarm(r);
       rc = iocpsrv_set_option_str(s, IOCPSRV_OPT_PROXY_TRUSTED, "127.0.0.1");
     }
-    if (rc < 0) run_error(r, "iocpsrv_set_option_str(PROXY_TRUSTED): %s", iocpsrv_err_name(rc));
+    if (rc < 0)
+      run_error(r, "iocpsrv_set_option_str(PROXY_TRUSTED): %s", iocpsrv_err_name(rc));
   }
   CHECK_OK(iocpsrv_set_connect_cb(s, cb_connect));
   CHECK_OK(iocpsrv_set_packet_cb(s, cb_packet));
@@ -1000,8 +1068,9 @@ static outcome_t run_once(const scenario_t *sc, int site, int64_t nth, int persi
     if (persist) disarm(r);
     r->srv = NULL;
     rc = iocpsrv_create(&r->srv, r);
-    if (rc < 0) test_fail(__FILE__, __LINE__, "[%s] iocpsrv_create after a failed one: %s",
-                          r->desc, iocpsrv_err_name(rc));
+    if (rc < 0)
+      test_fail(__FILE__, __LINE__, "[%s] iocpsrv_create after a failed one: %s", r->desc,
+                iocpsrv_err_name(rc));
   }
   configure(r);
   if (do_listen(r, 1) == 0) {
@@ -1020,9 +1089,18 @@ static outcome_t run_once(const scenario_t *sc, int site, int64_t nth, int persi
   int i;
   for (i = 0; i < r->nclients; i++) {
     client_t *c = &r->clients[i];
-    if (r->failures == 0 && c->drain_expect && c->drained != c->drain_expect)
-      run_error(r, "client %s: the graceful stop delivered %llu of %llu queued bytes",
-                c->name, (unsigned long long)c->drained, (unsigned long long)c->drain_expect);
+    if (r->failures == 0 && c->drain_id) {
+      size_t want = 0;
+      tt_mutex_lock(&r->lock);
+      rec_t *rec = rec_find_locked(r, c->drain_id);
+      int k;
+      for (k = 0; rec && k < rec->nsent; k++)
+        if (!rec->sent[k].dropped) want += 4 + (size_t)rec->sent[k].len;
+      tt_mutex_unlock(&r->lock);
+      if (c->drained != want)
+        run_error(r, "client %s: the graceful stop delivered %llu of %llu queued bytes",
+                  c->name, (unsigned long long)c->drained, (unsigned long long)want);
+    }
     client_close(c);
   }
   r->nclients = 0;
@@ -1035,6 +1113,7 @@ static outcome_t run_once(const scenario_t *sc, int site, int64_t nth, int persi
   for (s = 0; s < FAULT_SITE_COUNT; s++) o.calls[s] = r->calls[s];
   o.failures = r->failures;
   o.fault_phase = r->fault_phase;
+  o.engine_aborts = r->engine_aborts;
   rec_t *c = r->recs;
   while (c) {
     rec_t *next = c->next;
@@ -1044,11 +1123,10 @@ static outcome_t run_once(const scenario_t *sc, int site, int64_t nth, int persi
   }
   if (r->errors) {
     char msg[900];
-    snprintf(msg, sizeof msg,
-             "IOCPSRV_FAULT_ONLY=%s (fault fired in: %s; failed in: %s): %s%s", r->desc,
-             r->fault_phase >= 0 ? phase_names[r->fault_phase] : "none",
-             phase_names[r->error_phase], r->first_error,
-             r->errors > 1 ? " (and more)" : "");
+    snprintf(
+        msg, sizeof msg, "IOCPSRV_FAULT_ONLY=%s (fault fired in: %s; failed in: %s): %s%s",
+        r->desc, r->fault_phase >= 0 ? phase_names[r->fault_phase] : "none",
+        phase_names[r->error_phase], r->first_error, r->errors > 1 ? " (and more)" : "");
     add_failure(msg);
     o.failed = 1;
   } else if (g_verbose) {
@@ -1159,8 +1237,11 @@ static int sends_on_packet(run_t *r, rec_t *c, const uint8_t *data, size_t len) 
   uint32_t seed = len >= 4 ? test_get_u32le(data) : 0;
   if (seed == SEED_CROSS) {
     echo(r, c, data, len);
+    tt_mutex_lock(&r->lock);
     iocpsrv_conn_id_t other = r->ids[1];
-    if (other) host_send(r, other, 0x611, 80, 0, "iocpsrv_send (callback, other connection)");
+    tt_mutex_unlock(&r->lock);
+    if (other)
+      host_send(r, other, 0x611, 80, 0, "iocpsrv_send (callback, other connection)");
   } else if (seed == SEED_BCAST) {
     host_broadcast(r, 0x641, 32, "iocpsrv_broadcast (callback)");
   } else {
@@ -1178,8 +1259,10 @@ static void body_sends(run_t *r) {
   client_expect(b, 0x601, 20);
   iocpsrv_conn_id_t ida = a->closed ? 0 : wait_id(a, a->local);
   iocpsrv_conn_id_t idb = b->closed ? 0 : wait_id(b, b->local);
+  tt_mutex_lock(&r->lock);
   r->ids[0] = ida;
   r->ids[1] = idb;
+  tt_mutex_unlock(&r->lock);
   /* the hellos are read: only what follows is checked against the fence */
   tt_mutex_lock(&r->lock);
   rec_t *c;
@@ -1299,7 +1382,7 @@ static void body_proxy(run_t *r) {
   /* A2 stays open: the stop closes it */
 }
 
-#define STOP_QUEUED (768u * 1024)
+#define STOP_QUEUED (1024u * 1024 - 4) /* framed: exactly the buffer it takes (1 MiB) */
 
 static void body_stop(run_t *r) {
   /* A: idle */
@@ -1314,13 +1397,22 @@ static void body_stop(run_t *r) {
   client_send(p, f, 500);
   wait_read(p, b0 + 500);
   free(f);
-  /* Q: 768 KiB queued for a client that does not read yet (it reads during the stop) */
+  /* Q: 1 MiB queued for a client that does not read yet (it reads during the stop) */
   client_t *q = client_open(r, "Q", 32 * 1024);
   client_send_packet(q, 0x802, 16);
   client_expect(q, 0x802, 16);
   iocpsrv_conn_id_t id = q->closed ? 0 : wait_id(q, q->local);
-  if (id && host_send(r, id, 0x803, STOP_QUEUED, 0, "iocpsrv_send (768 KiB, host thread)") == 0)
-    q->drain_expect = STOP_QUEUED + 4;
+  if (id) {
+    tt_mutex_lock(&r->lock);
+    rec_t *rec = rec_find_locked(r, id);
+    if (rec) rec->nsent = 0; /* its hello is read; what follows is left for the stop */
+    tt_mutex_unlock(&r->lock);
+    host_send(r, id, 0x803, STOP_QUEUED, 0, "iocpsrv_send (1 MiB, host thread)");
+    /* an echo from its own callback joins a queue that is not empty (the copy path) */
+    client_send_packet(q, 0x804, 16);
+    wait_handled(r, id, 2, q);
+    q->drain_id = id;
+  }
   /* the stop (after client B) is what this scenario is about */
 }
 
@@ -1333,16 +1425,18 @@ static const scenario_t scenarios[] = {
      body_split, NULL},
     {"large", "300 KiB packets (read buffer 64 KiB), one from a host thread", 0, 0, 0, 0, 0,
      0, body_large, NULL},
-    {"sends", "sends from callbacks (own, other), host thread (send, sendv), broadcast; "
-     "per-source limit on", 0, 0, 0, 0, 100, 0, body_sends, sends_on_packet},
+    {"sends",
+     "sends from callbacks (own, other), host thread (send, sendv), broadcast; "
+     "per-source limit on",
+     0, 0, 0, 0, 100, 0, body_sends, sends_on_packet},
     {"pull", "pull mode: connect, packets (split, glued), disconnect", 1, 0, 0, 0, 0, 0,
      body_pull, NULL},
     {"pull-limit", "pull mode: 96 KiB of packets in one write past a queue limit of 4", 1,
      0, 0, 0, 0, 4, body_pull_limit, NULL},
     {"proxy", "PROXY v1 split over reads, v2 glued to a packet; per-source limit on", 0, 1,
      0, 0, 100, 0, body_proxy, NULL},
-    {"stop", "graceful stop: idle, half a packet, 768 KiB queued", 0, 0, 0, 65536, 0, 0,
-     body_stop, NULL},
+    {"stop", "graceful stop: idle, half a packet, 1 MiB queued + an own echo", 0, 0, 0,
+     65536, 0, 0, body_stop, NULL},
     {"stop-pull", "the same stop in pull mode", 1, 0, 0, 65536, 0, 0, body_stop, NULL},
 };
 
@@ -1393,39 +1487,53 @@ static void drive(const scenario_t *sc) {
   }
   /* Every allocation index the scenario reaches, and a few past the most seen. */
   int64_t n, max_seen = hi[FAULT_ALLOC], fired = 0, tried = 0;
-  int reasons[16] = {0};
+  int reasons[16] = {0}, engine_aborts = 0;
   for (n = 1; n <= max_seen + 3; n++) {
     if (g_stride > 1 && n % g_stride != 1 && n != max_seen) continue;
     if (!only_matches(sc, FAULT_ALLOC, n, 0)) continue;
     outcome_t o = run_once(sc, FAULT_ALLOC, n, 0);
     runs++;
     tried++;
-    if (o.failures > 0) fired++;
-    else if (o.calls[FAULT_ALLOC] > max_seen) max_seen = o.calls[FAULT_ALLOC];
+    if (o.failures > 0)
+      fired++;
+    else if (o.calls[FAULT_ALLOC] > max_seen)
+      max_seen = o.calls[FAULT_ALLOC];
     for (k = 0; k < 16; k++) reasons[k] += o.reasons[k];
+    engine_aborts += o.engine_aborts;
   }
-  /* Every allocation from n on fails. */
+  /* Every allocation from n on fails: from each index, or (Wine) from five. */
   int64_t persist_at[5] = {1, max_seen / 4, max_seen / 2, 3 * max_seen / 4, max_seen};
   char persist_list[80] = "";
-  for (k = 0; k < 5; k++) {
-    if (persist_at[k] < 1 || (k && persist_at[k] == persist_at[k - 1])) continue;
-    if (!only_matches(sc, FAULT_ALLOC, persist_at[k], 1)) continue;
-    run_once(sc, FAULT_ALLOC, persist_at[k], 1);
+  int npersist = 0;
+  for (n = 1; n <= max_seen; n++) {
+    if (!g_persist_all) {
+      for (k = 0; k < 5 && persist_at[k] != n; k++) {}
+      if (k == 5) continue;
+    }
+    if (!only_matches(sc, FAULT_ALLOC, n, 1)) continue;
+    outcome_t o = run_once(sc, FAULT_ALLOC, n, 1);
     runs++;
-    size_t l = strlen(persist_list);
-    snprintf(persist_list + l, sizeof persist_list - l, "%s%lld", l ? "," : "",
-             (long long)persist_at[k]);
+    npersist++;
+    engine_aborts += o.engine_aborts;
+    if (!g_persist_all) {
+      size_t l = strlen(persist_list);
+      snprintf(persist_list + l, sizeof persist_list - l, "%s%lld", l ? "," : "",
+               (long long)n);
+    }
   }
+  if (g_persist_all)
+    snprintf(persist_list, sizeof persist_list, "each of 1..%lld", (long long)max_seen);
   /* The OS sites: each of their first few calls. */
   char os_list[256] = "";
   for (s = 1; s < FAULT_SITE_COUNT; s++) {
-    int64_t upto = hi[s] < OS_NTH_MAX ? hi[s] : OS_NTH_MAX, m = 0;
+    int64_t upto = hi[s] < g_os_nth_max ? hi[s] : g_os_nth_max, m = 0;
     for (n = 1; n <= upto; n++) {
       if (!only_matches(sc, s, n, 0)) continue;
       outcome_t o = run_once(sc, s, n, 0);
       runs++;
       if (o.failures > 0) m++;
       for (k = 0; k < 16; k++) reasons[k] += o.reasons[k];
+      engine_aborts += o.engine_aborts;
     }
     size_t l = strlen(os_list);
     if (hi[s] > 0)
@@ -1439,17 +1547,21 @@ static void drive(const scenario_t *sc) {
       snprintf(reason_list + l, sizeof reason_list - l, "%s%s %d", l ? ", " : "",
                iocpsrv_reason_name(k), reasons[k]);
     }
-  printf("\n  scenario %s (%s):\n"
-         "    %lld allocation indices (a run reaches %lld..%lld allocations%s), %s\n"
-         "    every allocation failing from index %s on\n"
-         "    OS calls failed (first few of each): %s\n"
-         "    disconnect reasons under faults: %s\n"
-         "    %d runs in %lld ms, %s\n  ",
-         sc->name, sc->what, (long long)fired, (long long)lo[FAULT_ALLOC],
-         (long long)max_seen, g_stride > 1 ? ", every " : "",
-         g_stride > 1 ? "index subset (IOCPSRV_FAULT_STRIDE)" : "each one run", persist_list,
-         os_list[0] ? os_list : "none reached", reason_list[0] ? reason_list : "-", runs,
-         (long long)(tt_now_ms() - t0),
+  printf("\n  scenario %s (%s):\n", sc->name, sc->what);
+  printf("    %lld allocation indices failed one at a time, %s (a run reaches %lld..%lld)\n",
+         (long long)fired,
+         g_stride > 1 ? "a subset (IOCPSRV_FAULT_STRIDE)" : "every one the scenario reaches",
+         (long long)lo[FAULT_ALLOC], (long long)max_seen);
+  printf("    every allocation failing from index n on (%d runs): n = %s\n", npersist,
+         persist_list);
+  printf("    OS calls failed (of the calls a run makes): %s\n",
+         os_list[0] ? os_list : "none reached");
+  printf("    disconnect reasons under faults: %s\n", reason_list[0] ? reason_list : "-");
+  if (engine_aborts)
+    printf("    note: %d connections ended LOCAL_ABORT without the host asking (an engine "
+           "path that does not say OUT_OF_MEMORY)\n",
+           engine_aborts);
+  printf("    %d runs in %lld ms, %s\n  ", runs, (long long)(tt_now_ms() - t0),
          g_nfails == fails0 ? "all passed" : "SOME FAILED (listed at the end)");
   (void)tried;
 }
@@ -1474,8 +1586,13 @@ int main(int argc, char **argv) {
   if (g_only && !*g_only) g_only = NULL;
   if ((v = getenv("IOCPSRV_FAULT_STRIDE")) && atoi(v) > 0) g_stride = atoi(v);
   if (test_under_wine()) {
+    /* About ten times slower per run: every allocation index still gets its run, but
+     * persistent failure starts from five indices, and OS sites from their first 4. */
     g_wait_ms = 10000;
     g_run_limit_ms = 120000;
+    g_persist_all = 0;
+    g_os_nth_max = 4;
+    printf("under Wine: reduced iterations (persist runs from 5 indices, OS sites 1..4)\n");
   }
   test_watchdog_seconds = 3600; /* each run has its own watchdog (g_run_limit_ms) */
   tt_mutex_init(&g_wd_lock);
@@ -1489,9 +1606,12 @@ int main(int argc, char **argv) {
   TEST_RUN(faults_proxy);
   TEST_RUN(faults_stop);
   TEST_RUN(faults_stop_pull);
+  int i;
   if (g_nfails) {
     print_failures();
-    test_fail(__FILE__, __LINE__, "%d fault run(s) failed (listed above)", g_nfails);
+    fprintf(stderr, "FAILED\n");
   }
-  return test_done();
+  for (i = 0; i < g_nfails && i < MAX_FAILS; i++) free(g_fails[i]);
+  /* A normal exit either way, so that LeakSanitizer looks at what the runs left. */
+  return g_nfails ? 1 : test_done();
 }

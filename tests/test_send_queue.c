@@ -66,14 +66,14 @@ static int fill_hook(echo_server_t *es, echo_conn_t *c, const uint8_t *d, size_t
 typedef struct reader_s {
   ts_sock_t s;
   tt_counter_t bytes; /* read so far */
-  volatile int stop;
+  tt_counter_t stop;  /* 1: the test is done */
 } reader_t;
 
 /* The client reads everything as it comes, as a live client would. */
 static void reader_main(void *arg) {
   reader_t *r = (reader_t *)arg;
   static uint8_t buf[65536];
-  while (!r->stop) {
+  while (tt_counter_get(&r->stop) == 0) {
     int n = ts_recv_some(r->s, buf, sizeof buf, 50);
     if (n > 0) tt_counter_add(&r->bytes, n);
     else if (n != TS_TIMEOUT) break;
@@ -103,6 +103,7 @@ static void run_fills(int block_ms, int rounds) {
   memset(&r, 0, sizeof r);
   r.s = s;
   tt_counter_init(&r.bytes);
+  tt_counter_init(&r.stop);
   tt_thread_t *th = tt_thread_start(reader_main, &r);
 
   /* Sizes around the limit: below it, just over it, well over it. */
@@ -133,11 +134,12 @@ static void run_fills(int block_ms, int rounds) {
   tt_mutex_unlock(&f.lock);
   CHECK_MSG(tt_counter_wait(&r.bytes, total, TS_WAIT_MS) == 0, "client got %lld of %lld bytes",
             (long long)tt_counter_get(&r.bytes), (long long)total);
-  r.stop = 1;
+  tt_counter_set(&r.stop, 1);
   tt_thread_join(th);
   ts_close(s);
   echo_finish(es);
   tt_counter_destroy(&r.bytes);
+  tt_counter_destroy(&r.stop);
   tt_counter_destroy(&f.rounds);
   tt_mutex_destroy(&f.lock);
 }

@@ -210,7 +210,10 @@ typedef enum iocpsrv_option_e {
   IOCPSRV_OPT_KEEPALIVE_MS = 10,    /* TCP keep-alive idle time, default 0 = off */
   IOCPSRV_OPT_NODELAY = 11,         /* TCP_NODELAY, default 1 */
   IOCPSRV_OPT_RCVBUF = 12,          /* SO_RCVBUF, default 0 = OS default */
-  IOCPSRV_OPT_SNDBUF = 13,          /* SO_SNDBUF, default 0 = OS default */
+  IOCPSRV_OPT_SNDBUF = 13,          /* SO_SNDBUF, default 0 = OS default. These four only
+                                       tune each accepted socket: one the OS refuses is
+                                       logged (warning, a line a second at most) and the
+                                       client is served without it */
   IOCPSRV_OPT_READ_BUFFER = 14,     /* bytes read per receive, default 65536; 512..16 MiB */
   IOCPSRV_OPT_PULL_MODE = 15,       /* 1 = queue events for iocpsrv_poll instead of calling
                                        the connect/packet/disconnect/drain callbacks */

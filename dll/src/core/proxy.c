@@ -40,7 +40,9 @@ static int fill_addr(struct sockaddr_storage *sa, int family, const char *addr, 
                      const char *port, size_t plen) {
   char text[64];
   uint16_t p;
-  if (alen == 0 || alen >= sizeof text || parse_port(port, plen, &p)) return -1;
+  /* A NUL would end the text early: inet_pton would read a prefix of the field. */
+  if (alen == 0 || alen >= sizeof text || memchr(addr, 0, alen) || parse_port(port, plen, &p))
+    return -1;
   memcpy(text, addr, alen);
   text[alen] = 0;
   memset(sa, 0, sizeof *sa);

@@ -192,7 +192,10 @@ int pullq_wait_if_full(pullq_t *q, iocpsrv_conn_id_t conn) {
 
 /* Takes up to max queued events into the batch; lock held. */
 static int take_batch(pullq_t *q, iocpsrv_event_t *events, int max) {
+  /* Appended: a poll that took only end-of-stream marks waits and takes again, and
+   * the marks' nodes stay on the batch until the next poll releases it. */
   pullq_node_t **tail = &q->batch;
+  while (*tail) tail = &(*tail)->next;
   int n = 0;
   while (n < max && q->head) {
     pullq_node_t *node = q->head;
