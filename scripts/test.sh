@@ -26,7 +26,8 @@
 #   asan     the C tests built with AddressSanitizer + UBSan (preset linux-asan)
 #   tsan     the C tests built with ThreadSanitizer (preset linux-tsan)
 #   valgrind the lifecycle and framing tests under valgrind memcheck: no error, no leak
-#   fuzz     libFuzzer on the framing parser (clang) for FUZZ_SECONDS (default 60)
+#   fuzz     libFuzzer (clang) on the framing, PROXY header and trusted-list parsers,
+#            FUZZ_SECONDS in all (default 60)
 #   bench    bench/run --quick: every benchmark server built (Release) and driven for
 #            a second, every echo verified, so the harness cannot rot (no timing
 #            threshold: slow numbers never fail it)
@@ -234,16 +235,29 @@ section_fuzz() {
      ! clang -print-file-name=libclang_rt.fuzzer-x86_64.a | grep -q /; then
     apt_install clang libclang-rt-14-dev || return 1
   fi
-  mkdir -p "$out/corpus"
-  cp "$ROOT"/fuzz/corpus/* "$out/corpus/"
-  clang -g -O1 -fsanitize=fuzzer,address,undefined -I"$ROOT/dll/src" -I"$ROOT/dll/include" \
-    "$ROOT/fuzz/fuzz_framing.c" "$ROOT/dll/src/core/framing.c" -o "$out/fuzz_framing" || return 1
-  # A working copy of the corpus grows here; the repository's seeds stay as they are.
-  "$out/fuzz_framing" -max_total_time="$seconds" -max_len=200000 -print_final_stats=1 \
-    -artifact_prefix="$out/" "$out/corpus" || {
-    echo "fuzz_framing failed: the input is in $out/crash-*; copy it to fuzz/crashers/" >&2
-    return 1
-  }
+  # One target at a time: framing gets half of FUZZ_SECONDS, proxy and srcaddr a quarter.
+  local core="$ROOT/dll/src/core" t secs maxlen failed=0 srcs
+  local quarter=$(( seconds / 4 > 0 ? seconds / 4 : 1 ))
+  local half=$(( seconds - 2 * quarter > 0 ? seconds - 2 * quarter : 1 ))
+  for t in framing proxy srcaddr; do
+    case $t in
+      framing) secs=$half; maxlen=200000; srcs=("$core/framing.c") ;;
+      proxy) secs=$quarter; maxlen=70000; srcs=("$core/proxy.c") ;;
+      srcaddr) secs=$quarter; maxlen=4096 # built like test_srcaddr, with the fault seam
+        srcs=(-DIOCPSRV_FAULT_INJECTION -DIOCPSRV_STATIC "$core/srcaddr.c" "$core/fault.c") ;;
+    esac
+    mkdir -p "$out/corpus/$t"
+    cp "$ROOT/fuzz/corpus/$t"/* "$out/corpus/$t/"
+    clang -g -O1 -fsanitize=fuzzer,address,undefined -I"$ROOT/dll/src" -I"$ROOT/dll/include" \
+      "$ROOT/fuzz/fuzz_$t.c" "${srcs[@]}" -o "$out/fuzz_$t" || return 1
+    # A working copy of the corpus grows here; the repository's seeds stay as they are.
+    "$out/fuzz_$t" -max_total_time="$secs" -max_len="$maxlen" -print_final_stats=1 \
+      -artifact_prefix="$out/$t-" "$out/corpus/$t" || {
+      echo "fuzz_$t failed: the input is in $out/$t-crash-*; copy it to fuzz/crashers/$t/" >&2
+      failed=1
+    }
+  done
+  return "$failed"
 }
 
 section_bench() {

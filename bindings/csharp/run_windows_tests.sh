@@ -16,13 +16,17 @@
 #                 depth 8, every echo verified; then SIGINT: a graceful StopAsync, its
 #                 "stopped:" line with the totals, exit status 0
 #   4. echo       examples/Echo under Wine, the same with 100 connections
+#   5. xunit      for information, never a gate (IOCPSRV_WINE_XUNIT=0 skips it): the xunit
+#                 suite published win-x64 self-contained as one .exe that runs its own tests
+#                 (tests/Iocpsrv.Tests/WineRunner.cs, -p:IocpsrvWineRunner=true) and run under
+#                 Wine; its counts are printed, its failures are not counted
 #
 # Wine (see /work/shared/DESIGN.md, ".NET on Windows"): a private prefix
 # build/wineprefix-dotnet (IOCPSRV_DOTNET_WINEPREFIX overrides), WINEDEBUG=-all,
 # WINEDLLOVERRIDES="mshtml=" (NOT mscoree: .NET apps need it), DOTNET_EnableWriteXorExecute=0
 # (avoids an internal CLR error under Wine 8). The apps are stopped with SIGINT (SIGTERM kills
 # a Wine process without a clean stop), and wineserver -k ends the prefix's processes at the
-# end. The xunit suite is not run under Wine: Wine 8's sockets give .NET clients false
+# end. The xunit suite under Wine is no gate: Wine 8's sockets give .NET clients false
 # end-of-stream reads even without iocpsrv, so the gate is flood (a Linux client) against
 # .NET servers.
 #
@@ -176,6 +180,23 @@ fi
 step "examples/Echo (win-x64, self-contained) under Wine"
 if [ -e "$ECHO/Echo.exe" ]; then
   wine_serve echo "$ECHO/Echo.exe" 100 500 --port 0 --quiet
+fi
+
+# ---- 5. the xunit suite under Wine, for information --------------------------------------------
+step "xunit suite (win-x64) under Wine: for information, not a gate"
+if [ "${IOCPSRV_WINE_XUNIT:-1}" = 0 ]; then
+  echo "csharp-windows: skipped (IOCPSRV_WINE_XUNIT=0)"
+elif ! timeout 600 dotnet publish "$HERE/tests/Iocpsrv.Tests/Iocpsrv.Tests.csproj" -c Release -r win-x64 \
+       --self-contained true -p:IocpsrvWineRunner=true -o "$TMP/xunit-win" -v q >"$TMP/xunit-publish.log" 2>&1; then
+  cat "$TMP/xunit-publish.log"
+  echo "csharp-windows: NOTE: could not publish the xunit suite for win-x64 (not a gate)"
+else
+  timeout 300 "$WINE" "$TMP/xunit-win/Iocpsrv.Tests.exe" >"$TMP/xunit-wine.log" 2>&1
+  xrc=$?
+  grep -E '^\[FAIL\]' "$TMP/xunit-wine.log"
+  xline=$(grep '^wine-xunit: ' "$TMP/xunit-wine.log" | tail -n1)
+  echo "csharp-windows: xunit under Wine (not a gate): exit status $xrc; ${xline:-no result line (see below)}"
+  [ -n "$xline" ] || tail -n 20 "$TMP/xunit-wine.log"
 fi
 
 summary

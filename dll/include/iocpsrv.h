@@ -449,7 +449,7 @@ IOCPSRV_API int IOCPSRV_CALL iocpsrv_sendv(iocpsrv_t *server, iocpsrv_conn_id_t 
                                            const iocpsrv_buf_t *bufs, int count);
 
 /* Send one packet to every open connection. Returns how many took it (connections
- * whose queue was full are skipped) or a negative code: IOCPSRV_ETOOBIG for a packet
+ * whose queue was full, or for which memory ran out, are skipped) or a negative code: IOCPSRV_ETOOBIG for a packet
  * above the maximum size, with or without connections. */
 IOCPSRV_API int IOCPSRV_CALL iocpsrv_broadcast(iocpsrv_t *server, const void *data,
                                                size_t len);

@@ -82,7 +82,6 @@ void pullq_destroy(pullq_t *q) {
   free_list(q->head);
   free_list(q->batch);
   free(q->waiters);
-  free(q->eof_ids);
   srv_waitable_destroy(&q->waitable);
   srv_cond_destroy(&q->nonempty);
   srv_mutex_destroy(&q->lock);
@@ -205,9 +204,7 @@ static int take_batch(pullq_t *q, iocpsrv_event_t *events, int max) {
     tail = &node->next;
     q->events--;
     if (node->ev.type == PULLQ_EOF_MARK) {
-      /* If it cannot be recorded the connection closes when its idle timeout or the
-       * stop comes; nothing is lost, the host just cannot reply early. */
-      add_id(&q->eof_ids, &q->neof, &q->capeof, node->ev.conn);
+      q->neof++; /* acted on from the batch itself (run_eof_marks): no allocation */
       continue;
     }
     events[n++] = node->ev;
@@ -220,14 +217,17 @@ static int take_batch(pullq_t *q, iocpsrv_event_t *events, int max) {
 /* Hand the end-of-stream marks taken so far to on_eof; lock held, dropped meanwhile. */
 static void run_eof_marks(pullq_t *q) {
   if (!q->neof) return;
-  iocpsrv_conn_id_t *ids = q->eof_ids;
-  size_t n = q->neof;
-  q->eof_ids = NULL;
-  q->neof = q->capeof = 0;
-  srv_mutex_unlock(&q->lock);
-  q->on_eof(q->room_ctx, ids, n);
-  free(ids);
-  srv_mutex_lock(&q->lock);
+  q->neof = 0;
+  /* The batch is the consumer's alone (one poll at a time): walking it unlocked while
+   * on_eof runs is safe; each mark is spent so that it is acted on once. */
+  for (pullq_node_t *n = q->batch; n; n = n->next) {
+    if (n->ev.type != PULLQ_EOF_MARK) continue;
+    n->ev.type = 0;
+    iocpsrv_conn_id_t id = n->ev.conn;
+    srv_mutex_unlock(&q->lock);
+    q->on_eof(q->room_ctx, &id, 1);
+    srv_mutex_lock(&q->lock);
+  }
 }
 
 int pullq_poll(pullq_t *q, iocpsrv_event_t *events, int max, int timeout_ms) {
@@ -237,9 +237,9 @@ int pullq_poll(pullq_t *q, iocpsrv_event_t *events, int max, int timeout_ms) {
     return IOCPSRV_EBUSY;
   }
   q->polling = 1;
+  run_eof_marks(q); /* the host has handled the batch that held them */
   release_list(q, q->batch);
   q->batch = NULL;
-  run_eof_marks(q); /* the host has handled the batch that held them */
   int64_t deadline = timeout_ms < 0 ? -1 : srv_now_ms() + timeout_ms;
   int n;
   for (;;) {

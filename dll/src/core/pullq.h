@@ -36,8 +36,7 @@ typedef struct pullq_s {
   pullq_room_fn on_room;
   pullq_room_fn on_eof;
   void *room_ctx;
-  iocpsrv_conn_id_t *eof_ids; /* marks taken by the last poll */
-  size_t neof, capeof;
+  size_t neof;                /* end-of-stream marks on `batch` not acted on yet */
   pullq_node_t *spare;        /* large nodes kept for reuse (see pullq.c) */
   size_t spare_bytes;
 } pullq_t;
