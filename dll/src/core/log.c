@@ -1,0 +1,41 @@
+/* The host's log callback, plain and throttled, and the shared counters. */
+#include "core/internal.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+
+void engine_log(iocpsrv_t *srv, int level, const char *fmt, ...) {
+  SRV_ASSERT_NO_LOCKS();
+  if (!srv->on_log) return;
+  char msg[256];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  srv->on_log(srv, level, msg);
+}
+
+void engine_log_throttled(iocpsrv_t *srv, log_gate_t *g, int level, const char *fmt, ...) {
+  SRV_ASSERT_NO_LOCKS();
+  int64_t now = srv_now_ms();
+  int64_t next = atomic_load(&g->next_ms);
+  if (now < next || !atomic_compare_exchange_strong(&g->next_ms, &next, now + 1000)) {
+    atomic_fetch_add(&g->suppressed, 1);
+    return;
+  }
+  uint64_t more = atomic_exchange(&g->suppressed, 0);
+  if (!srv->on_log) return;
+  char msg[256];
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  if (more && n >= 0 && (size_t)n < sizeof msg)
+    snprintf(msg + n, sizeof msg - (size_t)n, " (and %llu more in the last second)",
+             (unsigned long long)more);
+  srv->on_log(srv, level, msg);
+}
+
+void engine_stat_add(atomic_uint_fast64_t *s, uint64_t n) {
+  atomic_fetch_add_explicit(s, n, memory_order_relaxed);
+}

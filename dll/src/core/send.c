@@ -1,0 +1,196 @@
+/* The send path: the queue limit, own-callback sends gathered per turn, flushing, drain. */
+#include "core/internal.h"
+
+void engine_sent_locked(iocpsrv_t *srv, conn_t *c, size_t n) {
+  c->bytes_out += (uint64_t)n;
+  if (engine_in_worker_of(srv)) tls_worker->bytes_out += (uint64_t)n;
+  else engine_stat_add(&srv->stats.bytes_out, (uint64_t)n);
+  size_t pending = bk_conn_pending_locked(c);
+  size_t limit = (size_t)srv->opt.send_queue_limit;
+  if (c->want_drain && pending < limit / 2 && (pending == 0 || pending + c->drain_need <= limit)) {
+    c->want_drain = 0;
+    c->drain_need = 0;
+    engine_schedule_locked(srv, c, NOTE_DRAIN);
+  }
+  if (c->state == CONN_CLOSING && c->close_mode == CLOSE_GRACEFUL && !c->wr_shut &&
+      pending == 0) {
+    bk_conn_shutdown_write(c);
+    c->wr_shut = 1;
+    if (c->rd_eof) engine_schedule_locked(srv, c, NOTE_CLOSE); /* both FINs: done */
+  }
+}
+
+void engine_write_failed_locked(iocpsrv_t *srv, conn_t *c) {
+  /* The peer is gone: drop what is queued and let the token holder close. The failed
+   * write took the socket's error, so a read may now see a plain end of stream: the
+   * reset is recorded here. */
+  sendbuf_free(&c->out);
+  if (c->state == CONN_OPEN) request_close_locked(srv, c, 1, IOCPSRV_REASON_PEER_RESET);
+  else if (c->close_reason == IOCPSRV_REASON_PEER_CLOSED)
+    c->close_reason = IOCPSRV_REASON_PEER_RESET;
+  engine_schedule_locked(srv, c, NOTE_ERROR);
+}
+
+static int in_poll_batch(iocpsrv_t *srv) {
+  return srv->opt.pull_batch_sends && tls_batch_srv == srv &&
+         tls_batch_seq == atomic_load(&srv->poll_seq);
+}
+
+/* Write now, or once for a whole batch: after the worker's callbacks for this
+ * connection, or, in pull mode, at the consumer's next iocpsrv_poll. Lock held.
+ *
+ * Only the connection whose token this worker holds is deferred: a send to another
+ * connection from a callback is written at once, since the callback may block next
+ * and must not hold that connection's bytes (or, through flush_queued, its own
+ * replies made on other workers) back (contract point 7). */
+static void flush_soon_locked(iocpsrv_t *srv, conn_t *c) {
+  worker_t *w = tls_worker;
+  if (engine_in_worker_of(srv) && w->running == c) {
+    if (c->flush_queued) return;
+    c->flush_queued = 1;
+    c->next_flush = w->flush_head;
+    w->flush_head = c;
+  } else if (!engine_in_worker_of(srv) && in_poll_batch(srv)) {
+    if (c->flush_queued) return;
+    c->flush_queued = 1;
+    srv_mutex_lock(&srv->poll_flush_lock);
+    c->next_flush = srv->poll_flush_head;
+    srv->poll_flush_head = c;
+    srv_mutex_unlock(&srv->poll_flush_lock);
+  } else {
+    bk_conn_flush_locked(srv, c);
+  }
+}
+
+void flush_poll_batch(iocpsrv_t *srv) {
+  srv_mutex_lock(&srv->poll_flush_lock);
+  conn_t *c = srv->poll_flush_head;
+  srv->poll_flush_head = NULL;
+  srv_mutex_unlock(&srv->poll_flush_lock);
+  while (c) {
+    conn_t *next;
+    srv_mutex_lock(&c->slot.lock);
+    next = c->next_flush;
+    c->flush_queued = 0;
+    if (c->state == CONN_OPEN || c->state == CONN_CLOSING) bk_conn_flush_locked(c->srv, c);
+    srv_mutex_unlock(&c->slot.lock);
+    c = next;
+  }
+}
+
+void flush_deferred(worker_t *w) {
+  while (w->flush_head) {
+    conn_t *c = w->flush_head;
+    srv_mutex_lock(&c->slot.lock);
+    w->flush_head = c->next_flush;
+    c->flush_queued = 0;
+    if (c->state == CONN_OPEN || c->state == CONN_CLOSING) bk_conn_flush_locked(c->srv, c);
+    srv_mutex_unlock(&c->slot.lock);
+  }
+}
+
+/* Whether a queue holding `queued` bytes refuses `framed` more: an empty queue takes
+ * any one packet, a busy one stays within the limit. */
+static int queue_refuses(const iocpsrv_t *srv, size_t queued, size_t framed) {
+  return queued && queued + framed > (size_t)srv->opt.send_queue_limit;
+}
+
+static void refused_locked(conn_t *c, size_t framed) {
+  c->want_drain = 1;
+  if (framed > c->drain_need) c->drain_need = framed;
+}
+
+conn_t *own_conn(iocpsrv_t *srv, iocpsrv_conn_id_t id) {
+  worker_t *w = tls_worker;
+  if (!w || w->srv != srv || !w->running) return NULL;
+  return w->running->slot.id == id ? w->running : NULL; /* the token holder's to read */
+}
+
+/* An own send looks refused by the queue as the turn found it (out_seen). That view
+ * may be stale: the queue may have drained since (an "empty queue always takes one
+ * packet" must hold). So refusals, rare by nature, are judged again under the lock
+ * against the real queue; a refusal sets want_drain there, at once, so the drain
+ * check of the very next write sees it. Returns 1 if refused. */
+static int own_refusal(iocpsrv_t *srv, conn_t *c, size_t framed) {
+  srv_mutex_lock(&c->slot.lock);
+  c->out_seen = bk_conn_pending_locked(c);
+  int refuse = queue_refuses(srv, c->out_seen + sendbuf_pending(&c->own), framed);
+  if (refuse) refused_locked(c, framed);
+  srv_mutex_unlock(&c->slot.lock);
+  if (refuse) engine_stat_add(&srv->stats.send_queue_rejections, 1);
+  return refuse;
+}
+
+/* A send from the connection's own callback: into `own`, no lock (merge_own_locked
+ * moves it at the end of the turn). The queue limit counts `out` as the turn found it. */
+static int send_own(iocpsrv_t *srv, conn_t *c, const iocpsrv_buf_t *bufs, int count,
+                    size_t total) {
+  if (!atomic_load_explicit(&c->send_open, memory_order_relaxed)) return IOCPSRV_ENOTCONN;
+  size_t framed = srv->framing.header_bytes + total;
+  fault_point(FAULT_POINT_SEND_OWN, c->slot.id);
+  if (queue_refuses(srv, c->out_seen + sendbuf_pending(&c->own), framed) &&
+      own_refusal(srv, c, framed))
+    return IOCPSRV_EQUEUEFULL;
+  if (sendbuf_append(&c->own, &srv->framing, bufs, count, total)) {
+    engine_stat_add(&srv->stats.alloc_failures, 1);
+    return IOCPSRV_ENOMEM;
+  }
+  c->own_packets++;
+  tls_worker->packets_out++;
+  return 0;
+}
+
+/* End of a turn (lock held, token still held): the own sends join the queue, in order
+ * after what other threads queued before, and go out with the worker's flush. Returns
+ * -1 when out of memory (the connection is aborted): the caller logs it once the lock
+ * is released, since no host callback may run under an engine lock. */
+int merge_own_locked(iocpsrv_t *srv, conn_t *c) {
+  if (!sendbuf_pending(&c->own)) return 0;
+  if (c->state != CONN_OPEN && c->state != CONN_CLOSING) {
+    sendbuf_free(&c->own);
+  } else if (sendbuf_take(&c->out, &c->own)) {
+    sendbuf_free(&c->own);
+    c->own_packets = 0;
+    engine_stat_add(&srv->stats.alloc_failures, 1);
+    request_close_locked(srv, c, 1, IOCPSRV_REASON_OUT_OF_MEMORY);
+    return -1;
+  }
+  c->packets_out += c->own_packets;
+  c->own_packets = 0;
+  flush_soon_locked(srv, c);
+  return 0;
+}
+
+void log_merge_nomem(iocpsrv_t *srv, conn_t *c) {
+  engine_log(srv, 0, "connection %s: out of memory queueing packets", c->peer);
+}
+
+int send_packet(iocpsrv_t *srv, iocpsrv_conn_id_t id, const iocpsrv_buf_t *bufs,
+                       int count, size_t total) {
+  if (srv_state(srv) != SRV_RUNNING) return IOCPSRV_ESTOPPED;
+  if (total > srv->framing.max_packet) return IOCPSRV_ETOOBIG; /* raw mode: per send */
+  conn_t *own = own_conn(srv, id);
+  if (own) return send_own(srv, own, bufs, count, total);
+  conn_t *c = conn_lock_id(srv, id);
+  if (!c) return IOCPSRV_ENOTCONN;
+  int rc = 0;
+  size_t pending = bk_conn_pending_locked(c);
+  size_t framed = srv->framing.header_bytes + total;
+  if (c->state != CONN_OPEN) {
+    rc = IOCPSRV_ENOTCONN;
+  } else if (queue_refuses(srv, pending, framed)) {
+    refused_locked(c, framed);
+    engine_stat_add(&srv->stats.send_queue_rejections, 1);
+    rc = IOCPSRV_EQUEUEFULL;
+  } else if (sendbuf_append(&c->out, &srv->framing, bufs, count, total)) {
+    engine_stat_add(&srv->stats.alloc_failures, 1);
+    rc = IOCPSRV_ENOMEM;
+  } else {
+    c->packets_out++;
+    if (engine_in_worker_of(srv)) tls_worker->packets_out++;
+    else engine_stat_add(&srv->stats.packets_out, 1);
+    flush_soon_locked(srv, c);
+  }
+  srv_mutex_unlock(&c->slot.lock);
+  return rc;
+}
