@@ -1136,7 +1136,7 @@ static void hostile_bad_arguments(void) {
   };
   /* Never valid: options are numbered from 1 and only appended, a few at a time. */
   static const int bad_options[] = {0, -1, -100, 100000, 0x7fff0000, INT_MAX, INT_MIN};
-  static const int bad_modes[] = {2, 3, -1, 100, INT_MAX, INT_MIN};
+  static const int bad_modes[] = {3, 4, -1, 100, INT_MAX, INT_MIN}; /* 2: IOCPSRV_CLOSE_REFUSE */
   iocpsrv_conn_id_t ids[4];
   iocpsrv_event_t ev[4];
   int i, j;

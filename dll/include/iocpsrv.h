@@ -172,7 +172,11 @@ IOCPSRV_API const char *IOCPSRV_CALL iocpsrv_reason_name(int reason);
 /* Disconnect modes. */
 typedef enum iocpsrv_close_mode_e {
   IOCPSRV_CLOSE_GRACEFUL = 0, /* send what is queued, then FIN; reason LOCAL_CLOSE */
-  IOCPSRV_CLOSE_ABORT = 1     /* drop the queue, reset (RST); reason LOCAL_ABORT */
+  IOCPSRV_CLOSE_ABORT = 1,    /* drop the queue, reset (RST); reason LOCAL_ABORT */
+  IOCPSRV_CLOSE_REFUSE = 2    /* like GRACEFUL, but the host gets no further callback or
+                                 event for it, not even its disconnect; counted in
+                                 connections_rejected. Pull mode's way to refuse a client
+                                 after its CONNECT event */
 } iocpsrv_close_mode_t;
 
 /* Framing values for IOCPSRV_OPT_FRAMING. */

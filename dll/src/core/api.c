@@ -1,6 +1,8 @@
 /* The per-connection API: send, broadcast, disconnect, flow control, info, stats, poll. */
 #include "core/internal.h"
 
+#include "core/deliver.h"
+
 int IOCPSRV_CALL iocpsrv_send(iocpsrv_t *srv, iocpsrv_conn_id_t conn, const void *data,
                               size_t len) {
   if (!srv || (!data && len)) return IOCPSRV_EINVAL;
@@ -41,14 +43,20 @@ int IOCPSRV_CALL iocpsrv_broadcast(iocpsrv_t *srv, const void *data, size_t len)
 }
 
 int IOCPSRV_CALL iocpsrv_disconnect(iocpsrv_t *srv, iocpsrv_conn_id_t conn, int mode) {
-  if (!srv || (mode != IOCPSRV_CLOSE_GRACEFUL && mode != IOCPSRV_CLOSE_ABORT))
+  if (!srv || (mode != IOCPSRV_CLOSE_GRACEFUL && mode != IOCPSRV_CLOSE_ABORT &&
+               mode != IOCPSRV_CLOSE_REFUSE))
     return IOCPSRV_EINVAL;
   if (srv_state(srv) == SRV_STOPPED) return IOCPSRV_ESTOPPED;
   conn_t *c = conn_lock_id(srv, conn);
   if (!c) return IOCPSRV_ENOTCONN;
   int abort = mode == IOCPSRV_CLOSE_ABORT;
+  if (mode == IOCPSRV_CLOSE_REFUSE && !c->refused) {
+    c->refused = 1; /* no further event or callback, not even its disconnect */
+    engine_stat_add(&srv->stats.connections_rejected, 1);
+  }
   request_close_locked(srv, c, abort,
                        abort ? IOCPSRV_REASON_LOCAL_ABORT : IOCPSRV_REASON_LOCAL_CLOSE);
+  deliver_close_locked(srv, c); /* what is queued for it is not handed over any more */
   srv_mutex_unlock(&c->slot.lock);
   return 0;
 }
@@ -61,6 +69,7 @@ static int set_paused(iocpsrv_t *srv, iocpsrv_conn_id_t conn, int paused) {
   if (c->state == CONN_OPEN && c->paused != paused) {
     c->paused = (uint8_t)paused;
     atomic_store(&c->deliver_stop, paused);
+    deliver_pause_locked(srv, c, paused); /* pull mode: queued packets wait too */
     if (paused) bk_conn_arm_locked(srv, c);
     else engine_schedule_locked(srv, c, NOTE_RESUME);
   }

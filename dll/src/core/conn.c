@@ -1,6 +1,8 @@
 /* Connection life: accept, introduction to the host, closing, the one disconnect, release. */
 #include "core/internal.h"
 
+#include "core/deliver.h"
+
 void format_addr(const struct sockaddr_storage *sa, char *out, size_t size) {
   char host[INET6_ADDRSTRLEN] = "?";
   unsigned port = 0;
@@ -56,14 +58,6 @@ void request_close_locked(iocpsrv_t *srv, conn_t *c, int abort, int reason) {
   engine_schedule_locked(srv, c, NOTE_CLOSE);
 }
 
-/* Queue a CONNECT or DRAIN event (never counted against the packet limit). 0, or -1
- * when out of memory. */
-static int deliver_event(iocpsrv_t *srv, conn_t *c, int type, const void *data, size_t len) {
-  return pullq_push(&srv->pull, type, c->slot.id, atomic_load(&c->user), 0, data, len) < 0
-             ? -1
-             : 0;
-}
-
 /* An allocation failed for this connection: it is aborted with a reason that says so
  * (its disconnect still comes, if the host knows it). Token held, no lock. */
 int conn_abort_nomem(iocpsrv_t *srv, conn_t *c, const char *what) {
@@ -95,24 +89,11 @@ int conn_finalize(iocpsrv_t *srv, conn_t *c, int reason, int abort) {
 }
 
 void engine_conn_released(iocpsrv_t *srv, conn_t *c) {
-  iocpsrv_conn_id_t id = c->slot.id;
-  int reason = c->close_reason;
-  pullq_node_t *bye = c->bye;
-  c->bye = NULL;
   if (c->src_counted) { /* before the disconnect: a client told it left may come back */
     c->src_counted = 0;
     srclimit_release(&srv->per_source, &c->src_key);
   }
-  if (c->refused || c->proxy_awaiting) {
-    /* The host never accepted it, or never heard of it: no disconnect. */
-    if (bye) pullq_unreserve(&srv->pull, bye);
-  } else if (bye) {
-    pullq_push_reserved(&srv->pull, bye, IOCPSRV_EVENT_DISCONNECT, id, atomic_load(&c->user),
-                        reason);
-  } else if (srv->on_disconnect) {
-    SRV_ASSERT_NO_LOCKS();
-    srv->on_disconnect(srv, id, atomic_load(&c->user), reason);
-  }
+  deliver_disconnect(srv, c, c->close_reason);
 
   srv_mutex_lock(&c->slot.lock);
   c->slot.id = 0;
@@ -159,19 +140,6 @@ int conn_close_step(iocpsrv_t *srv, conn_t *c) {
   framer_free(&c->in); /* nothing more is delivered */
   if (abort) return conn_finalize(srv, c, IOCPSRV_REASON_LOCAL_ABORT, 1);
   return done ? conn_finalize(srv, c, IOCPSRV_REASON_PEER_CLOSED, 0) : 0;
-}
-
-/* Returns 1 if the connection is gone (a lost drain would stall the host forever, so
- * a DRAIN event that cannot be queued aborts the connection). */
-int conn_drain(iocpsrv_t *srv, conn_t *c) {
-  if (srv->opt.pull_mode) {
-    if (deliver_event(srv, c, IOCPSRV_EVENT_DRAIN, NULL, 0))
-      return conn_abort_nomem(srv, c, "queueing a drain event");
-  } else if (srv->on_drain) {
-    SRV_ASSERT_NO_LOCKS();
-    srv->on_drain(srv, c->slot.id, atomic_load(&c->user));
-  }
-  return 0;
 }
 
 static conn_t *conn_open(iocpsrv_t *srv, worker_t *w, bk_socket_t sock,
@@ -230,38 +198,9 @@ static void conn_refuse(iocpsrv_t *srv, conn_t *c) {
 /* The connect callback (or pull CONNECT event). Returns 1 if the host refused it (the
  * connection is gone then). Token held. */
 int conn_introduce(iocpsrv_t *srv, conn_t *c) {
-  if (srv->opt.pull_mode) {
-    /* Its DISCONNECT is allocated now, so that it can never be lost later; without
-     * memory for both events the host never meets this client. */
-    c->bye = pullq_reserve(&srv->pull);
-    if (!c->bye || deliver_event(srv, c, IOCPSRV_EVENT_CONNECT, c->peer, strlen(c->peer))) {
-      srv_mutex_lock(&c->slot.lock);
-      c->refused = 1;
-      srv_mutex_unlock(&c->slot.lock);
-      conn_drop_as(srv, c, "out of memory for its connect event", 1);
-      return 1;
-    }
-  } else if (srv->on_connect) {
-    /* *conn_user starts as the current value: a callback that sets it through
-     * iocpsrv_set_conn_user instead of the out parameter keeps what it set. */
-    void *before = atomic_load(&c->user);
-    void *user = before;
-    /* Its own sends from the connect callback are gathered like a packet callback's
-     * (the token is ours), and work it queues for others wakes a worker. */
-    worker_t *w = tls_worker;
-    conn_t *outer = w->running;
-    w->running = c;
-    SRV_ASSERT_NO_LOCKS();
-    int refuse = srv->on_connect(srv, c->slot.id, c->peer, &user);
-    w->running = outer;
-    if (user != before) atomic_store(&c->user, user);
-    if (refuse) {
-      conn_refuse(srv, c);
-      return 1;
-    }
-  }
-  engine_stat_add(&srv->stats.connections_total, 1);
-  return 0;
+  int r = deliver_connect(srv, c);
+  if (r == DELIVER_REFUSED) conn_refuse(srv, c);
+  return r != DELIVER_MET;
 }
 
 void engine_accept(worker_t *w, bk_socket_t sock, const struct sockaddr_storage *sa) {

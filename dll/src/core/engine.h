@@ -94,6 +94,7 @@ typedef struct conn_s {
   uint8_t *proxy_buf;   /* a PROXY header split over receives (token holder's) */
   pullq_node_t *bye;    /* pull mode: its DISCONNECT event, allocated at introduction so
                            that it can never be lost to an allocation failure */
+  pullq_conn_t pq;      /* pull mode: its gate into the queue (under the queue's lock) */
   size_t proxy_len;
   /* Source address (core/srcaddr.h), set at accept by the token holder: */
   uint8_t src_trusted;  /* the socket's peer is in IOCPSRV_OPT_PROXY_TRUSTED */

@@ -66,7 +66,6 @@ int conn_finalize(iocpsrv_t *srv, conn_t *c, int reason, int abort);
 int conn_drop_as(iocpsrv_t *srv, conn_t *c, const char *why, int nomem);
 int conn_drop(iocpsrv_t *srv, conn_t *c, const char *why);
 int conn_close_step(iocpsrv_t *srv, conn_t *c);
-int conn_drain(iocpsrv_t *srv, conn_t *c);
 int conn_introduce(iocpsrv_t *srv, conn_t *c);
 /* admit.c */
 void refuse_socket(iocpsrv_t *srv, bk_socket_t sock);

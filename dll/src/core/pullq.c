@@ -138,12 +138,9 @@ static void node_fill(pullq_node_t *n, int type, iocpsrv_conn_id_t conn, void *c
   n->data[len] = 0;
 }
 
-/* Queue a filled node and tell whether the queue is now full for `conn`. */
-static int node_queue(pullq_t *q, pullq_node_t *n) {
-  int type = n->ev.type;
-  iocpsrv_conn_id_t conn = n->ev.conn;
-  int full = 0;
-  srv_mutex_lock(&q->lock);
+/* Appends a node to the queue proper; lock held. */
+static void queue_append_locked(pullq_t *q, pullq_node_t *n) {
+  n->next = NULL;
   if (q->tail) q->tail->next = n;
   else q->head = n;
   q->tail = n;
@@ -151,28 +148,135 @@ static int node_queue(pullq_t *q, pullq_node_t *n) {
     srv_waitable_set(&q->waitable);
     srv_cond_signal(&q->nonempty);
   }
-  if (type == IOCPSRV_EVENT_PACKET && ++q->packets >= q->limit && !q->stopped) {
+  if (n->ev.type == IOCPSRV_EVENT_PACKET) q->packets++;
+}
+
+static void held_free(pullq_t *q, pullq_conn_t *pc) { /* lock held */
+  release_list(q, pc->held);
+  pc->held = pc->held_tail = NULL;
+}
+
+/* Whether the gate keeps this event from the queue: held (appended behind the gate)
+ * or dropped (freed). The connection's last event always passes. Lock held. */
+static int gate_takes(pullq_t *q, pullq_conn_t *pc, pullq_node_t *n) {
+  int type = n->ev.type;
+  if (!pc || pc->gate == PULLQ_OPEN || type == IOCPSRV_EVENT_DISCONNECT) return 0;
+  if (pc->gate == PULLQ_HOLD && (type == IOCPSRV_EVENT_PACKET || type == PULLQ_EOF_MARK)) {
+    n->next = NULL;
+    if (pc->held_tail) pc->held_tail->next = n;
+    else pc->held = n;
+    pc->held_tail = n;
+    return 1;
+  }
+  if (pc->gate == PULLQ_DROP && type != IOCPSRV_EVENT_CONNECT) {
+    spare_or_free(q, n);
+    return 1;
+  }
+  return 0;
+}
+
+/* Queue a filled node and tell whether the queue is now full for `conn`. */
+static int node_queue(pullq_t *q, pullq_conn_t *pc, pullq_node_t *n) {
+  int full = 0;
+  srv_mutex_lock(&q->lock);
+  if (!gate_takes(q, pc, n)) {
+    queue_append_locked(q, n);
     /* If the waiter cannot be recorded, the connection just keeps reading. */
-    full = add_waiter(q, conn) == 0;
+    if (n->ev.type == IOCPSRV_EVENT_PACKET && q->packets >= q->limit && !q->stopped)
+      full = add_waiter(q, n->ev.conn) == 0;
   }
   srv_mutex_unlock(&q->lock);
   return full;
 }
 
-int pullq_push(pullq_t *q, int type, iocpsrv_conn_id_t conn, void *conn_user, int reason,
-               const void *data, size_t len) {
+/* Takes the nodes of `conn` whose type `pick` accepts out of the queue, in order, onto
+ * *out (NULL: freed). Lock held. */
+static void queue_extract_locked(pullq_t *q, iocpsrv_conn_id_t conn, int hold,
+                                 pullq_conn_t *pc) {
+  pullq_node_t **pp = &q->head, *last = NULL;
+  while (*pp) {
+    pullq_node_t *n = *pp;
+    int type = n->ev.type;
+    int take = n->ev.conn == conn &&
+               (type == IOCPSRV_EVENT_PACKET || type == PULLQ_EOF_MARK ||
+                (!hold && type == IOCPSRV_EVENT_DRAIN));
+    if (!take) {
+      last = n;
+      pp = &n->next;
+      continue;
+    }
+    *pp = n->next;
+    q->events--;
+    if (type == IOCPSRV_EVENT_PACKET) q->packets--;
+    if (hold) {
+      n->next = NULL;
+      if (pc->held_tail) pc->held_tail->next = n;
+      else pc->held = n;
+      pc->held_tail = n;
+    } else {
+      spare_or_free(q, n);
+    }
+  }
+  q->tail = last;
+}
+
+void pullq_hold(pullq_t *q, pullq_conn_t *pc, iocpsrv_conn_id_t conn) {
+  srv_mutex_lock(&q->lock);
+  if (pc->gate == PULLQ_OPEN) {
+    pc->gate = PULLQ_HOLD;
+    queue_extract_locked(q, conn, 1, pc);
+  }
+  srv_mutex_unlock(&q->lock);
+}
+
+void pullq_resume(pullq_t *q, pullq_conn_t *pc) {
+  srv_mutex_lock(&q->lock);
+  if (pc->gate == PULLQ_HOLD) {
+    pc->gate = PULLQ_OPEN;
+    pullq_node_t *n = pc->held;
+    pc->held = pc->held_tail = NULL;
+    while (n) {
+      pullq_node_t *next = n->next;
+      queue_append_locked(q, n);
+      n = next;
+    }
+  }
+  srv_mutex_unlock(&q->lock);
+}
+
+void pullq_drop(pullq_t *q, pullq_conn_t *pc, iocpsrv_conn_id_t conn) {
+  srv_mutex_lock(&q->lock);
+  pc->gate = PULLQ_DROP;
+  held_free(q, pc);
+  queue_extract_locked(q, conn, 0, pc);
+  srv_mutex_unlock(&q->lock);
+}
+
+void pullq_forget(pullq_t *q, pullq_conn_t *pc) {
+  srv_mutex_lock(&q->lock);
+  held_free(q, pc);
+  pc->gate = PULLQ_OPEN;
+  srv_mutex_unlock(&q->lock);
+}
+
+int pullq_push(pullq_t *q, pullq_conn_t *pc, int type, iocpsrv_conn_id_t conn,
+               void *conn_user, int reason, const void *data, size_t len) {
   pullq_node_t *n = node_new(q, len);
   if (!n) return -1;
   node_fill(n, type, conn, conn_user, reason, data, len);
-  return node_queue(q, n);
+  return node_queue(q, pc, n);
 }
 
 pullq_node_t *pullq_reserve(pullq_t *q) { return node_new(q, 0); }
 
-void pullq_push_reserved(pullq_t *q, pullq_node_t *n, int type, iocpsrv_conn_id_t conn,
-                         void *conn_user, int reason) {
+void pullq_push_last(pullq_t *q, pullq_conn_t *pc, pullq_node_t *n, int type,
+                     iocpsrv_conn_id_t conn, void *conn_user, int reason) {
   node_fill(n, type, conn, conn_user, reason, NULL, 0);
-  node_queue(q, n);
+  srv_mutex_lock(&q->lock);
+  held_free(q, pc); /* a connection that ends paused: what it held is never handed out */
+  pc->gate = PULLQ_OPEN;
+  queue_append_locked(q, n);
+  srv_mutex_unlock(&q->lock);
 }
 
 void pullq_unreserve(pullq_t *q, pullq_node_t *n) {

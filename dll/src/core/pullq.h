@@ -22,6 +22,18 @@ typedef void (*pullq_room_fn)(void *ctx, const iocpsrv_conn_id_t *ids, size_t n)
  * once the host has had the whole batch with those packets to reply to. */
 #define PULLQ_EOF_MARK 0x100
 
+/* A connection's gate into the queue, kept in the connection (its memory never moves)
+ * and guarded by the queue lock. The host's pause and disconnect act on the events
+ * already queued for it, so pull mode keeps the callback contract in C: after
+ * iocpsrv_pause_receive, its packets (and its end-of-stream mark) wait here, in order,
+ * until iocpsrv_resume_receive; after iocpsrv_disconnect, no packet or drain for it is
+ * handed out again. */
+enum { PULLQ_OPEN = 0, PULLQ_HOLD = 1, PULLQ_DROP = 2 };
+typedef struct pullq_conn_s {
+  int gate;                        /* PULLQ_OPEN, PULLQ_HOLD or PULLQ_DROP */
+  pullq_node_t *held, *held_tail;  /* PULLQ_HOLD: its packets, in order */
+} pullq_conn_t;
+
 typedef struct pullq_s {
   srv_mutex_t lock;
   srv_cond_t nonempty;
@@ -47,18 +59,33 @@ void pullq_destroy(pullq_t *q);
 void pullq_reset(pullq_t *q, size_t limit);
 void pullq_set_stopped(pullq_t *q);
 
-/* Queue an event (data copied). For a packet, returns 1 when the queue is now full:
- * the caller stops reading `conn` until on_room names it. 0 otherwise, -1 on OOM. */
-int pullq_push(pullq_t *q, int type, iocpsrv_conn_id_t conn, void *conn_user, int reason,
-               const void *data, size_t len);
+/* Queue an event of connection `pc` (data copied). For a packet, returns 1 when the
+ * queue is now full: the caller stops reading `conn` until on_room names it. 0
+ * otherwise (also when the gate dropped or held it), -1 on OOM. */
+int pullq_push(pullq_t *q, pullq_conn_t *pc, int type, iocpsrv_conn_id_t conn,
+               void *conn_user, int reason, const void *data, size_t len);
 
 /* A node kept aside so that an event can be queued later without allocating: every
  * pull-mode connection holds one for its DISCONNECT, which therefore can never be
  * lost to an allocation failure. NULL when out of memory. */
 pullq_node_t *pullq_reserve(pullq_t *q);
-/* Queue a reserved node as an event without payload (the queue owns it then). */
-void pullq_push_reserved(pullq_t *q, pullq_node_t *n, int type, iocpsrv_conn_id_t conn,
-                         void *conn_user, int reason);
+/* Queue a reserved node as the connection's last event (its DISCONNECT; the queue owns
+ * the node then): whatever its gate held is dropped and the gate opens for the next
+ * connection in the slot. */
+void pullq_push_last(pullq_t *q, pullq_conn_t *pc, pullq_node_t *n, int type,
+                     iocpsrv_conn_id_t conn, void *conn_user, int reason);
+/* The connection ends without a last event (the host never met it, or refused it). */
+void pullq_forget(pullq_t *q, pullq_conn_t *pc);
+
+/* iocpsrv_pause_receive: the packets queued for `conn` move behind its gate, and so do
+ * those it pushes until pullq_resume. */
+void pullq_hold(pullq_t *q, pullq_conn_t *pc, iocpsrv_conn_id_t conn);
+/* iocpsrv_resume_receive: what the gate held goes back to the end of the queue, in
+ * order. */
+void pullq_resume(pullq_t *q, pullq_conn_t *pc);
+/* iocpsrv_disconnect: the packets, drains and end-of-stream marks queued for `conn`
+ * are dropped, and so is anything it pushes later except its last event. */
+void pullq_drop(pullq_t *q, pullq_conn_t *pc, iocpsrv_conn_id_t conn);
 void pullq_unreserve(pullq_t *q, pullq_node_t *n);
 
 /* Before reading `conn`: 1 when the queue is at its limit (conn is then remembered

@@ -1,6 +1,8 @@
 /* The receive path: reads, the PROXY header, the framer and delivery to the host. */
 #include "core/internal.h"
 
+#include "core/deliver.h"
+
 typedef struct deliver_ctx_s {
   iocpsrv_t *srv;
   worker_t *w;
@@ -12,26 +14,14 @@ typedef struct deliver_ctx_s {
 static int deliver_packet(void *arg, const uint8_t *data, size_t len) {
   deliver_ctx_t *d = arg;
   conn_t *c = d->c;
-  iocpsrv_t *srv = d->srv;
   counter_add(&c->packets_in, 1);
   d->w->packets_in++;
   atomic_store_explicit(&c->last_packet_ms, d->w->now, memory_order_relaxed);
-  if (srv->opt.pull_mode) {
-    int r = pullq_push(&srv->pull, IOCPSRV_EVENT_PACKET, c->slot.id, atomic_load(&c->user), 0,
-                       data, len);
-    if (r != 0) {
-      if (r < 0) d->pull_nomem = 1;
-      else d->pull_full = 1;
-      return 1;
-    }
-  } else if (srv->on_packet && (SRV_ASSERT_NO_LOCKS(), 1) &&
-             srv->on_packet(srv, c->slot.id, atomic_load(&c->user), data, len)) {
-    srv_mutex_lock(&c->slot.lock);
-    request_close_locked(srv, c, 0, IOCPSRV_REASON_LOCAL_CLOSE);
-    srv_mutex_unlock(&c->slot.lock);
-    return 1;
-  }
-  return atomic_load_explicit(&c->deliver_stop, memory_order_relaxed);
+  int r = deliver_packet_to_host(d->srv, c, data, len);
+  if (r == DELIVER_ON) return 0;
+  if (r == DELIVER_NOMEM) d->pull_nomem = 1;
+  else if (r == DELIVER_FULL) d->pull_full = 1;
+  return 1;
 }
 
 static int after_delivery(deliver_ctx_t *d, int rc) {
@@ -56,20 +46,17 @@ static int after_delivery(deliver_ctx_t *d, int rc) {
 static int conn_peer_eof(iocpsrv_t *srv, conn_t *c) {
   srv_mutex_lock(&c->slot.lock);
   c->rd_eof = 1;
-  if (c->state != CONN_OPEN) {
-    c->notes |= NOTE_CLOSE;
-  } else if (srv->opt.pull_mode && !c->proxy_awaiting) {
-    /* The host has not seen the packets before the FIN yet: it may still reply. The
-     * close starts at its poll after the one that hands over this mark. (A client the
-     * host has not met, its PROXY header unfinished, just closes.) */
-    srv_mutex_unlock(&c->slot.lock);
-    if (pullq_push(&srv->pull, PULLQ_EOF_MARK, c->slot.id, NULL, 0, NULL, 0) < 0)
-      return conn_finalize(srv, c, IOCPSRV_REASON_PEER_CLOSED, 0);
-    return 0;
-  } else {
-    request_close_locked(srv, c, 0, IOCPSRV_REASON_PEER_CLOSED);
-  }
+  int open = c->state == CONN_OPEN;
+  if (!open) c->notes |= NOTE_CLOSE;
   srv_mutex_unlock(&c->slot.lock);
+  if (!open) return 0;
+  int now = deliver_peer_eof(srv, c);
+  if (now < 0) return conn_finalize(srv, c, IOCPSRV_REASON_PEER_CLOSED, 0);
+  if (now) {
+    srv_mutex_lock(&c->slot.lock);
+    request_close_locked(srv, c, 0, IOCPSRV_REASON_PEER_CLOSED);
+    srv_mutex_unlock(&c->slot.lock);
+  }
   return 0;
 }
 

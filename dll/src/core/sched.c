@@ -1,6 +1,8 @@
 /* Scheduling: the run queue, the callback token and the notes its holder runs (see engine.h). */
 #include "core/internal.h"
 
+#include "core/deliver.h"
+
 /* The run queue: connections with notes that no worker is running yet. Workers take
  * them one at a time, so a callback that blocks holds up only its own connection. */
 static void task_push(iocpsrv_t *srv, conn_t *c) {
@@ -76,7 +78,7 @@ static int conn_handle(iocpsrv_t *srv, worker_t *w, conn_t *c, uint32_t n) {
     if (c->read_skipped) n |= NOTE_READ; /* what arrived while paused */
   }
   if ((n & NOTE_READ) && conn_read(srv, w, c)) return 1;
-  if (n & NOTE_DRAIN) return conn_drain(srv, c);
+  if (n & NOTE_DRAIN) return deliver_drain(srv, c);
   return 0;
 }
 
