@@ -244,7 +244,7 @@ section_fuzz() {
       framing) secs=$half; maxlen=200000; srcs=("$core/framing.c") ;;
       proxy) secs=$quarter; maxlen=70000; srcs=("$core/proxy.c") ;;
       srcaddr) secs=$quarter; maxlen=4096 # built like test_srcaddr, with the fault seam
-        srcs=(-DIOCPSRV_FAULT_INJECTION -DIOCPSRV_STATIC "$core/srcaddr.c" "$core/fault.c") ;;
+        srcs=(-DIOCPSRV_FAULT_INJECTION -DIOCPSRV_STATIC "$core/srcaddr.c" "$core/fault.c" "$core/check.c") ;;
     esac
     mkdir -p "$out/corpus/$t"
     cp "$ROOT/fuzz/corpus/$t"/* "$out/corpus/$t/"

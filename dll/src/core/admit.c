@@ -49,6 +49,7 @@ int source_admit(iocpsrv_t *srv, bk_socket_t sock, const struct sockaddr_storage
  * 1 if the connection is gone (over the limit: closed unseen by the host). Token held,
  * no lock. */
 int source_admit_proxied(iocpsrv_t *srv, conn_t *c, const struct sockaddr_storage *src) {
+  ASSERT_TOKEN(c);
   int64_t max = srv->opt.max_connections_per_source;
   srcaddr_key_t key;
   if (!max || srcaddr_key_from(src, &key)) return 0;

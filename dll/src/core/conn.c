@@ -44,6 +44,7 @@ conn_t *conn_lock_id(iocpsrv_t *srv, iocpsrv_conn_id_t id) {
 }
 
 void request_close_locked(iocpsrv_t *srv, conn_t *c, int abort, int reason) {
+  ASSERT_LOCKED(c);
   if (c->state == CONN_OPEN) {
     c->state = CONN_CLOSING;
     atomic_store_explicit(&c->send_open, 0, memory_order_relaxed);
@@ -61,6 +62,8 @@ void request_close_locked(iocpsrv_t *srv, conn_t *c, int abort, int reason) {
 /* An allocation failed for this connection: it is aborted with a reason that says so
  * (its disconnect still comes, if the host knows it). Token held, no lock. */
 int conn_abort_nomem(iocpsrv_t *srv, conn_t *c, const char *what) {
+  ASSERT_TOKEN(c);
+  ASSERT_UNLOCKED(c);
   engine_stat_add(&srv->stats.alloc_failures, 1);
   engine_log(srv, 0, "connection %s: out of memory %s", c->peer, what);
   return conn_finalize(srv, c, IOCPSRV_REASON_OUT_OF_MEMORY, 1);
@@ -70,6 +73,8 @@ int conn_abort_nomem(iocpsrv_t *srv, conn_t *c, const char *what) {
  * no I/O left on it, one disconnect callback and the slot is freed. Always returns 1
  * ("the connection is gone") for the callers. */
 int conn_finalize(iocpsrv_t *srv, conn_t *c, int reason, int abort) {
+  ASSERT_TOKEN(c);
+  ASSERT_UNLOCKED(c);
   srv_mutex_lock(&c->slot.lock);
   if (c->close_reason) reason = c->close_reason;
   if (c->close_mode == CLOSE_ABORT) abort = 1;
@@ -89,6 +94,7 @@ int conn_finalize(iocpsrv_t *srv, conn_t *c, int reason, int abort) {
 }
 
 void engine_conn_released(iocpsrv_t *srv, conn_t *c) {
+  ASSERT_UNLOCKED(c);
   if (c->src_counted) { /* before the disconnect: a client told it left may come back */
     c->src_counted = 0;
     srclimit_release(&srv->per_source, &c->src_key);
@@ -109,6 +115,7 @@ void engine_conn_released(iocpsrv_t *srv, conn_t *c) {
 /* A connection that must not reach the host, closed silently: a protocol error, or
  * (nomem) no memory to meet it. */
 int conn_drop_as(iocpsrv_t *srv, conn_t *c, const char *why, int nomem) {
+  ASSERT_TOKEN(c);
   engine_stat_add(nomem ? &srv->stats.alloc_failures : &srv->stats.protocol_errors, 1);
   engine_log(srv, nomem ? 0 : 1, "connection %s: %s", c->peer, why);
   srv_mutex_lock(&c->slot.lock);
@@ -125,6 +132,7 @@ int conn_drop(iocpsrv_t *srv, conn_t *c, const char *why) {
 /* NOTE_CLOSE: abort now, or half-close once the queue is written; the connection is
  * done when both sides have sent their FIN. */
 int conn_close_step(iocpsrv_t *srv, conn_t *c) {
+  ASSERT_TOKEN(c);
   srv_mutex_lock(&c->slot.lock);
   int abort = c->close_mode == CLOSE_ABORT;
   int nomem = !abort && merge_own_locked(srv, c); /* replies sent before the close */
@@ -188,6 +196,7 @@ static conn_t *conn_open(iocpsrv_t *srv, worker_t *w, bk_socket_t sock,
 }
 
 static void conn_refuse(iocpsrv_t *srv, conn_t *c) {
+  ASSERT_TOKEN(c);
   srv_mutex_lock(&c->slot.lock);
   c->refused = 1;
   srv_mutex_unlock(&c->slot.lock);

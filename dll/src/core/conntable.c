@@ -58,6 +58,7 @@ conn_slot_t *conntable_lookup(conntable_t *t, uint64_t id) {
 
 /* Makes slot `index` usable (allocating its chunk); table lock held. */
 static conn_slot_t *grow_to(conntable_t *t, size_t index) {
+  SRV_ASSERT_HELD(&t->lock);
   size_t c = index / CONN_CHUNK;
   unsigned char *chunk = atomic_load_explicit(&t->chunks[c], memory_order_relaxed);
   if (!chunk) {
@@ -98,6 +99,8 @@ conn_slot_t *conntable_alloc(conntable_t *t, int *nomem) {
 }
 
 void conntable_release(conntable_t *t, conn_slot_t *slot) {
+  SRV_ASSERT_HELD(&slot->lock);
+  SRV_ASSERT(slot->id == 0);
   srv_mutex_lock(&t->lock);
   slot->next_free = t->free_head;
   t->free_head = slot->index;

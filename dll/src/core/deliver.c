@@ -87,12 +87,15 @@ static void pull_disconnect(iocpsrv_t *srv, conn_t *c, int reason) {
 /* ------------------------------------------------------------------ interface ---- */
 
 int deliver_connect(iocpsrv_t *srv, conn_t *c) {
+  ASSERT_TOKEN(c);
+  SRV_ASSERT(!c->proxy_awaiting);
   int r = srv->opt.pull_mode ? pull_connect(srv, c) : cb_connect(srv, c);
   if (r == DELIVER_MET) engine_stat_add(&srv->stats.connections_total, 1);
   return r;
 }
 
 int deliver_packet_to_host(iocpsrv_t *srv, conn_t *c, const uint8_t *data, size_t len) {
+  ASSERT_TOKEN(c);
   return srv->opt.pull_mode ? pull_packet(srv, c, data, len) : cb_packet(srv, c, data, len);
 }
 
@@ -116,6 +119,8 @@ int deliver_drain(iocpsrv_t *srv, conn_t *c) {
 }
 
 void deliver_disconnect(iocpsrv_t *srv, conn_t *c, int reason) {
+  SRV_ASSERT(c->state == CONN_DEAD);
+  SRV_ASSERT_NO_LOCKS();
   if (c->refused || c->proxy_awaiting) { /* refused, or never met: no last word */
     if (c->bye) pullq_unreserve(&srv->pull, c->bye);
     c->bye = NULL;
@@ -127,11 +132,13 @@ void deliver_disconnect(iocpsrv_t *srv, conn_t *c, int reason) {
 }
 
 void deliver_pause_locked(iocpsrv_t *srv, conn_t *c, int paused) {
+  ASSERT_LOCKED(c);
   if (!srv->opt.pull_mode) return; /* callbacks: deliver_stop is enough */
   if (paused) pullq_hold(&srv->pull, &c->pq, c->slot.id);
   else pullq_resume(&srv->pull, &c->pq);
 }
 
 void deliver_close_locked(iocpsrv_t *srv, conn_t *c) {
+  ASSERT_LOCKED(c);
   if (srv->opt.pull_mode) pullq_drop(&srv->pull, &c->pq, c->slot.id);
 }

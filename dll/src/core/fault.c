@@ -6,15 +6,7 @@
 
 #include "core/platform.h"
 
-#ifdef IOCPSRV_CHECKS
-_Thread_local int srv_locks_held;
 
-void srv_check_failed(const char *what, const char *file, int line) {
-  fprintf(stderr, "iocpsrv: internal check failed: %s (%s:%d)\n", what, file, line);
-  fflush(stderr);
-  abort();
-}
-#endif
 
 #ifdef IOCPSRV_FAULT_INJECTION
 

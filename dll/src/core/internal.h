@@ -37,6 +37,12 @@ static inline int srv_state(iocpsrv_t *srv) { return atomic_load(&srv->state); }
 
 static inline int64_t clock_now(void) { return tls_worker ? tls_worker->now : srv_now_ms(); }
 
+/* Preconditions (compiled in with the checks, see platform.h). The token is the
+ * holder's own: `busy` is set by whoever takes it and cleared only by its holder. */
+#define ASSERT_LOCKED(c) SRV_ASSERT_HELD(&(c)->slot.lock)
+#define ASSERT_UNLOCKED(c) SRV_ASSERT_NOT_HELD(&(c)->slot.lock)
+#define ASSERT_TOKEN(c) SRV_ASSERT((c)->busy)
+
 typedef struct src_admit_s {
   srcaddr_key_t key;
   uint8_t trusted, counted;

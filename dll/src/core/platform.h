@@ -216,31 +216,38 @@ static inline void srv_waitable_destroy(srv_waitable_t *w) {
 }
 #endif
 
-/* Lock checks (debug builds and the fault-injection test build): every engine lock a
- * thread holds is counted, so that "no host callback ever runs with an engine lock
- * held" is asserted at each call into the host (SRV_ASSERT_NO_LOCKS), not just hoped
- * for: a log callback that calls back into the API would deadlock otherwise. */
-#if defined(IOCPSRV_FAULT_INJECTION) || !defined(NDEBUG)
+/* Checks (core/check.c): compiled in for Debug builds, the asan and tsan presets
+ * (IOCPSRV_DEBUG_CHECKS) and the fault-injection test build; out of Release. They
+ * assert the preconditions the code's comments state: "lock held" (each thread notes
+ * the engine locks it holds), "token held", the connection state machine, and "no
+ * host callback runs with an engine lock held" at every call into the host. */
+#if defined(IOCPSRV_FAULT_INJECTION) || defined(IOCPSRV_DEBUG_CHECKS) || !defined(NDEBUG)
 #  define IOCPSRV_CHECKS 1
-extern _Thread_local int srv_locks_held;
 void srv_check_failed(const char *what, const char *file, int line);
+void srv_lock_noted(const void *m);
+void srv_unlock_noted(const void *m);
+int srv_lock_is_held(const void *m);
+int srv_locks_count(void);
 #  define SRV_ASSERT(cond) \
     ((cond) ? (void)0 : srv_check_failed(#cond, __FILE__, __LINE__))
 static inline void srv_mutex_lock(srv_mutex_t *m) {
   srv_mutex_lock_os(m);
-  srv_locks_held++;
+  srv_lock_noted(m);
 }
 static inline void srv_mutex_unlock(srv_mutex_t *m) {
-  SRV_ASSERT(srv_locks_held > 0);
-  srv_locks_held--;
+  srv_unlock_noted(m);
   srv_mutex_unlock_os(m);
 }
+#  define SRV_ASSERT_HELD(m) SRV_ASSERT(srv_lock_is_held(m))
+#  define SRV_ASSERT_NOT_HELD(m) SRV_ASSERT(!srv_lock_is_held(m))
+#  define SRV_ASSERT_NO_LOCKS() SRV_ASSERT(srv_locks_count() == 0)
 #else
 #  define SRV_ASSERT(cond) ((void)0)
+#  define SRV_ASSERT_HELD(m) ((void)0)
+#  define SRV_ASSERT_NOT_HELD(m) ((void)0)
+#  define SRV_ASSERT_NO_LOCKS() ((void)0)
 #  define srv_mutex_lock srv_mutex_lock_os
 #  define srv_mutex_unlock srv_mutex_unlock_os
 #endif
-/* Before every call into the host (callbacks, the log). */
-#define SRV_ASSERT_NO_LOCKS() SRV_ASSERT(srv_locks_held == 0)
 
 #endif

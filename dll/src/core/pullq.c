@@ -41,6 +41,7 @@ static void free_list(pullq_node_t *n) {
 #define SPARE_ROUND (16u * 1024)
 
 static void spare_or_free(pullq_t *q, pullq_node_t *n) { /* lock held */
+  SRV_ASSERT_HELD(&q->lock);
   if (n->cap >= SPARE_MIN && q->spare_bytes + n->cap <= SPARE_MAX_BYTES) {
     n->next = q->spare;
     q->spare = n;
@@ -51,6 +52,7 @@ static void spare_or_free(pullq_t *q, pullq_node_t *n) { /* lock held */
 }
 
 static void release_list(pullq_t *q, pullq_node_t *n) { /* lock held */
+  SRV_ASSERT_HELD(&q->lock);
   while (n) {
     pullq_node_t *next = n->next;
     spare_or_free(q, n);
@@ -140,6 +142,7 @@ static void node_fill(pullq_node_t *n, int type, iocpsrv_conn_id_t conn, void *c
 
 /* Appends a node to the queue proper; lock held. */
 static void queue_append_locked(pullq_t *q, pullq_node_t *n) {
+  SRV_ASSERT_HELD(&q->lock);
   n->next = NULL;
   if (q->tail) q->tail->next = n;
   else q->head = n;
@@ -152,6 +155,7 @@ static void queue_append_locked(pullq_t *q, pullq_node_t *n) {
 }
 
 static void held_free(pullq_t *q, pullq_conn_t *pc) { /* lock held */
+  SRV_ASSERT_HELD(&q->lock);
   release_list(q, pc->held);
   pc->held = pc->held_tail = NULL;
 }
@@ -159,6 +163,7 @@ static void held_free(pullq_t *q, pullq_conn_t *pc) { /* lock held */
 /* Whether the gate keeps this event from the queue: held (appended behind the gate)
  * or dropped (freed). The connection's last event always passes. Lock held. */
 static int gate_takes(pullq_t *q, pullq_conn_t *pc, pullq_node_t *n) {
+  SRV_ASSERT_HELD(&q->lock);
   int type = n->ev.type;
   if (!pc || pc->gate == PULLQ_OPEN || type == IOCPSRV_EVENT_DISCONNECT) return 0;
   if (pc->gate == PULLQ_HOLD && (type == IOCPSRV_EVENT_PACKET || type == PULLQ_EOF_MARK)) {
@@ -189,10 +194,11 @@ static int node_queue(pullq_t *q, pullq_conn_t *pc, pullq_node_t *n) {
   return full;
 }
 
-/* Takes the nodes of `conn` whose type `pick` accepts out of the queue, in order, onto
- * *out (NULL: freed). Lock held. */
+/* Takes the packets and end-of-stream marks of `conn` (and, unless `hold`, its drains)
+ * out of the queue: behind its gate, in order (hold), or freed. Lock held. */
 static void queue_extract_locked(pullq_t *q, iocpsrv_conn_id_t conn, int hold,
                                  pullq_conn_t *pc) {
+  SRV_ASSERT_HELD(&q->lock);
   pullq_node_t **pp = &q->head, *last = NULL;
   while (*pp) {
     pullq_node_t *n = *pp;
@@ -295,6 +301,7 @@ int pullq_wait_if_full(pullq_t *q, iocpsrv_conn_id_t conn) {
 
 /* Takes up to max queued events into the batch; lock held. */
 static int take_batch(pullq_t *q, iocpsrv_event_t *events, int max) {
+  SRV_ASSERT_HELD(&q->lock);
   /* Appended: a poll that took only end-of-stream marks waits and takes again, and
    * the marks' nodes stay on the batch until the next poll releases it. */
   pullq_node_t **tail = &q->batch;
@@ -320,6 +327,7 @@ static int take_batch(pullq_t *q, iocpsrv_event_t *events, int max) {
 
 /* Hand the end-of-stream marks taken so far to on_eof; lock held, dropped meanwhile. */
 static void run_eof_marks(pullq_t *q) {
+  SRV_ASSERT_HELD(&q->lock);
   if (!q->neof) return;
   q->neof = 0;
   /* The batch is the consumer's alone (one poll at a time): walking it unlocked while
@@ -341,6 +349,7 @@ int pullq_poll(pullq_t *q, iocpsrv_event_t *events, int max, int timeout_ms) {
     return IOCPSRV_EBUSY;
   }
   q->polling = 1;
+  SRV_ASSERT(q->polling); /* the batch is this consumer's alone */
   run_eof_marks(q); /* the host has handled the batch that held them */
   release_list(q, q->batch);
   q->batch = NULL;

@@ -44,6 +44,8 @@ static int after_delivery(deliver_ctx_t *d, int rc) {
 /* The peer sent its FIN. Replies still queued (a client that half-closed and waits
  * for them) are written before the connection ends. */
 static int conn_peer_eof(iocpsrv_t *srv, conn_t *c) {
+  ASSERT_TOKEN(c);
+  ASSERT_UNLOCKED(c);
   srv_mutex_lock(&c->slot.lock);
   c->rd_eof = 1;
   int open = c->state == CONN_OPEN;
@@ -65,6 +67,8 @@ static int conn_peer_eof(iocpsrv_t *srv, conn_t *c) {
  * 1 if the connection is gone. */
 int conn_read_proxy(iocpsrv_t *srv, worker_t *w, conn_t *c, const uint8_t *p,
                            size_t n) {
+  ASSERT_TOKEN(c);
+  SRV_ASSERT(c->proxy_awaiting);
   if (c->proxy_len + n > PROXY_MAX_HEADER + n || !(c->proxy_len || n)) return 0;
   const uint8_t *data = p;
   size_t len = n;
@@ -137,6 +141,8 @@ enum { READ_DRAINED = 0, READ_GONE = 1, READ_FULL = 2 };
 /* One receive into the framer's own space (a large packet's body) or the worker's
  * buffer, and delivery of the whole packets it completes. */
 static int conn_read_once(iocpsrv_t *srv, worker_t *w, conn_t *c, int closing, int hup) {
+  ASSERT_TOKEN(c);
+  ASSERT_UNLOCKED(c);
   uint8_t *p = NULL;
   size_t room = closing || c->proxy_awaiting ? 0 : framer_direct_space(&c->in, &srv->framing, &p);
   if (!room) {
@@ -168,6 +174,7 @@ static int conn_read_once(iocpsrv_t *srv, worker_t *w, conn_t *c, int closing, i
  * reads (or delivers what it holds): checked before every read, the queue overshoots
  * by at most one packet per worker, not one per connection. Token held, no lock. */
 static int pull_full(iocpsrv_t *srv, conn_t *c) {
+  ASSERT_TOKEN(c);
   if (!srv->opt.pull_mode || c->proxy_awaiting ||
       !pullq_wait_if_full(&srv->pull, c->slot.id))
     return 0;
@@ -181,6 +188,8 @@ static int pull_full(iocpsrv_t *srv, conn_t *c) {
  * receiving is paused, or the turn is used up. A read skipped while paused is made up
  * at resume; a turn used up goes to the back of the run queue (read_more). */
 int conn_read(iocpsrv_t *srv, worker_t *w, conn_t *c) {
+  ASSERT_TOKEN(c);
+  SRV_ASSERT(w == tls_worker);
   for (int i = 0; i < READS_PER_TURN; i++) {
     srv_mutex_lock(&c->slot.lock);
     int closing = c->state == CONN_CLOSING;
@@ -201,6 +210,7 @@ int conn_read(iocpsrv_t *srv, worker_t *w, conn_t *c) {
 }
 
 int conn_resume(iocpsrv_t *srv, worker_t *w, conn_t *c, uint32_t notes) {
+  ASSERT_TOKEN(c);
   srv_mutex_lock(&c->slot.lock);
   if (notes & NOTE_ROOM) c->pull_blocked = 0;
   int go = c->state == CONN_OPEN && !c->paused && !c->pull_blocked;

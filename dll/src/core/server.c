@@ -23,6 +23,8 @@ static void begin_stop(iocpsrv_t *srv, int timeout_ms) {
 /* Second half, on a thread that is not a worker: wait for the connections, abort the
  * stragglers at the deadline, join the workers. life_lock held. */
 static void finish_stop(iocpsrv_t *srv) {
+  SRV_ASSERT_HELD(&srv->life_lock);
+  SRV_ASSERT(!engine_in_worker_of(srv)); /* it joins the workers */
   int aborted = srv->stop_abort;
   srv_mutex_lock(&srv->count_lock);
   while (atomic_load(&srv->open_count) > 0) {

@@ -8,6 +8,8 @@
  * (no allocation per packet); this runs only from the sweep. Lock held, token free:
  * nobody else is touching the framer. */
 static void trim_locked(conn_t *c) {
+  ASSERT_LOCKED(c);
+  SRV_ASSERT(!c->busy); /* nobody is touching the framer */
   if (sendbuf_pending(&c->out) == 0 && c->out.buf) sendbuf_free(&c->out);
   if (sendbuf_pending(&c->own) == 0 && c->own.buf) sendbuf_free(&c->own);
   if (framer_buffered(&c->in) == 0 && c->in.buf) framer_free(&c->in);
