@@ -82,6 +82,7 @@ consumer_publish() {
 ci_cleanup() {
   if [ -n "$PKG_VERSION" ] && [ -n "$GLOBAL_PACKAGES" ]; then
     rm -rf "${GLOBAL_PACKAGES%/}/iocpsrv/$PKG_VERSION"
+    rmdir "${GLOBAL_PACKAGES%/}/iocpsrv" 2>/dev/null || true   # only if no other version is there
   fi
 }
 

@@ -19,20 +19,38 @@
  *   - Memory the engine hands out (packet pointers, event payloads) is owned by the
  *     engine; the host never frees it.
  *
- * THREADING CONTRACT (every binding documents the same and the tests check each line)
+ * THREADING CONTRACT (every binding documents the same). Each point ends with the
+ * tests that check it: a file in tests/ and, in parentheses, its sub-tests (the
+ * functions it passes to TEST_RUN). test_contract.c runs twice: as test_contract and,
+ * with a dynamic pool that grows and shrinks eagerly, as test_contract_pool. The echo
+ * server most tests drive (tests/support/echo.c) also fails a test on any breach of
+ * points 2 and 4 that it sees.
  *   1. Callbacks (connect, packet, disconnect, drain, worker hooks, log) run on the
  *      engine's worker threads.
+ *      Tested by: test_lifecycle.c (lifecycle_worker_hooks).
  *   2. For one connection, callbacks are serialized and ordered: connect, then packets
  *      in arrival order (drain callbacks interleave between them), then exactly one
  *      disconnect, last. Different connections run concurrently on different workers.
+ *      Tested by: test_contract.c (contract_order_many_clients,
+ *      contract_send_queue_full, contract_pull_same_as_callbacks), test_framing.c
+ *      (framing_many_in_one_write).
  *   3. The packet pointer is valid only until the packet callback returns; copy what
  *      you keep.
+ *      Tested by: test_framing.c (framing_header_split, framing_many_in_one_write: the
+ *      payload is whole and intact while the callback runs).
  *   4. The connect callback may refuse the client (non-zero return); a refused client
  *      gets no further callback, not even disconnect. The packet callback may ask to
  *      close the connection (non-zero return): queued sends are flushed first.
+ *      Tested by: test_contract.c (contract_refuse, contract_close_from_callback).
  *   5. send, sendv, broadcast, disconnect, pause/resume, pending, info, list and stats
  *      are thread-safe, never block on the network, and may be called from inside any
  *      callback, including for other connections.
+ *      Tested by: test_contract.c (contract_send_anywhere, contract_send_queue_full,
+ *      contract_pause_resume, contract_info_and_list), test_races.c
+ *      (races_restart_raises_max_connections,
+ *      races_disconnect_graceful_from_blocked_callback,
+ *      races_resume_from_blocked_callback), test_fault_paths.c
+ *      (fault_log_callback_may_call_api_when_queue_cannot_grow).
  *   6. iocpsrv_stop() may be called from any thread, including a callback, where it
  *      starts the stop and returns at once instead of joining its own thread. When
  *      stop returns on a thread that is not a worker, no callback is running or will
@@ -40,11 +58,19 @@
  *      then closes every connection; each still gets its one disconnect (reason
  *      IOCPSRV_REASON_SERVER_STOPPED). iocpsrv_destroy() is never called from a
  *      callback.
+ *      Tested by: test_lifecycle.c (lifecycle_stop_from_callback,
+ *      lifecycle_stop_under_load, lifecycle_destroy_running), test_stress.c
+ *      (stop_under_load_graceful, stop_under_load_pull, start_stop_cycles),
+ *      test_api_edges.c (edge_stop_without_limit_waits_for_the_peer).
  *   7. A callback that blocks delays only the thread it runs on: another worker takes
  *      over the other connections (on Linux within a millisecond: one worker waits for
  *      events and a spare takes its place when it is stuck; on Windows the completion
  *      port wakes an idle worker). With the dynamic pool on, workers are added while all
  *      of them are stuck.
+ *      Tested by: test_contract.c (contract_blocking_callback), test_races.c
+ *      (races_send_to_other_then_block, races_broadcast_then_block), test_send_queue.c
+ *      (send_queue_drain_after_refusal_in_blocking_callback), test_pool.c
+ *      (pool_serves_new_client_while_callbacks_block, pool_never_exceeds_max).
  *
  * FRAMING
  *   Default: a 4-byte little-endian unsigned length, then that many payload bytes (the
@@ -189,95 +215,226 @@ typedef enum iocpsrv_framing_e {
 } iocpsrv_framing_t;
 
 /* ---- Options ----
- * Set with iocpsrv_set_option() while the server is not running (before the first
- * iocpsrv_listen or after iocpsrv_stop). Values are int64, except the string options
- * (IOCPSRV_OPT_PROXY_TRUSTED), set with iocpsrv_set_option_str(). Appended only. */
+ * Integer options are set with iocpsrv_set_option() and read with iocpsrv_get_option()
+ * (int64_t values); the one string option, IOCPSRV_OPT_PROXY_TRUSTED, with
+ * iocpsrv_set_option_str() and iocpsrv_get_option_str(). Options are appended only.
+ *
+ * Each option's block gives what it does, its type and unit, default and range, and
+ * platform differences. Rules common to all of them:
+ *   - "Set while stopped": an option may be set only while the server is not running:
+ *     before the first iocpsrv_listen, or after iocpsrv_stop has returned on a thread
+ *     that is not a worker (a stop started from a callback counts once iocpsrv_stop
+ *     has been called again from such a thread). While the server runs, or from one of
+ *     its callbacks, setting returns IOCPSRV_ESTATE and the option keeps its value.
+ *   - A value outside the range returns IOCPSRV_ERANGE and the option keeps its value.
+ *   - iocpsrv_get_option returns the value as set: 0 where 0 means "a default chosen
+ *     at iocpsrv_listen" (2 x CPUs, SOMAXCONN, ...) reads back as 0. */
 typedef enum iocpsrv_option_e {
-  IOCPSRV_OPT_WORKER_THREADS = 1,   /* default 0 = 2 x CPUs (the article's rule); 1..1024 */
-  IOCPSRV_OPT_CONCURRENCY = 2,      /* IOCP NumberOfConcurrentThreads, default 0 = CPUs;
-                                       ignored by epoll and by Wine */
-  IOCPSRV_OPT_LISTEN_BACKLOG = 3,   /* default 0 = SOMAXCONN */
-  IOCPSRV_OPT_ACCEPTS_POSTED = 4,   /* pre-posted AcceptEx (Windows), default 32; on epoll,
-                                       the most accepts per readiness event */
-  IOCPSRV_OPT_MAX_CONNECTIONS = 5,  /* default 10000; 1..16777215. Clients past it are
-                                       closed at once and counted in connections_refused */
-  IOCPSRV_OPT_MAX_PACKET_SIZE = 6,  /* payload bytes, default 1 MiB; at most 1 GiB. Applies
-                                       to received and sent packets (raw mode: to each
-                                       send) */
-  IOCPSRV_OPT_FRAMING = 7,          /* an iocpsrv_framing_t, default LEN32_LE */
-  IOCPSRV_OPT_SEND_QUEUE_LIMIT = 8, /* bytes queued per connection before send returns
-                                       IOCPSRV_EQUEUEFULL, default 4 MiB. An empty queue
-                                       always takes one packet, however large */
-  IOCPSRV_OPT_IDLE_TIMEOUT_MS = 9,  /* close a connection that completed no packet for this
-                                       long (trickling bytes does not count), default 0 =
-                                       off; reason IDLE_TIMEOUT */
-  IOCPSRV_OPT_KEEPALIVE_MS = 10,    /* TCP keep-alive idle time, default 0 = off */
-  IOCPSRV_OPT_NODELAY = 11,         /* TCP_NODELAY, default 1 */
-  IOCPSRV_OPT_RCVBUF = 12,          /* SO_RCVBUF, default 0 = OS default */
-  IOCPSRV_OPT_SNDBUF = 13,          /* SO_SNDBUF, default 0 = OS default. These four only
-                                       tune each accepted socket: one the OS refuses is
-                                       logged (warning, a line a second at most) and the
-                                       client is served without it */
-  IOCPSRV_OPT_READ_BUFFER = 14,     /* bytes read per receive, default 65536; 512..16 MiB */
-  IOCPSRV_OPT_PULL_MODE = 15,       /* 1 = queue events for iocpsrv_poll instead of calling
-                                       the connect/packet/disconnect/drain callbacks */
-  IOCPSRV_OPT_PULL_QUEUE_LIMIT = 16,/* packets queued in pull mode before the engine stops
-                                       reading sockets, default 8192 */
-  IOCPSRV_OPT_CLOSE_TIMEOUT_MS = 17,/* how long a graceful close may wait for the queue to
-                                       drain and the peer's FIN, default 5000 */
-  IOCPSRV_OPT_IPV6_ONLY = 18,       /* for a "::" listener: 1 = IPv6 only, default 0 = dual */
+  /* IOCPSRV_OPT_WORKER_THREADS: worker threads, which wait for I/O and run the
+   * callbacks. With the dynamic pool off this is the fixed number of workers; with it
+   * on, the default of IOCPSRV_OPT_POOL_MIN. Each worker owns a read buffer of
+   * IOCPSRV_OPT_READ_BUFFER bytes.
+   * Integer, threads. Default 0 = 2 x the number of CPUs (the article's rule).
+   * Range 0..1024. Set while stopped. */
+  IOCPSRV_OPT_WORKER_THREADS = 1,
 
-  /* Dynamic worker pool (the article's m_nThreadPoolMin/Max, built). Off by default: a
+  /* IOCPSRV_OPT_CONCURRENCY: the completion port's NumberOfConcurrentThreads: how many
+   * workers the port lets run at once; a worker blocked in a callback does not count,
+   * so the port wakes another (contract point 7).
+   * Integer, threads. Default 0 = the number of CPUs. Range 0..1024. Set while
+   * stopped. Windows only: ignored on Linux (epoll). */
+  IOCPSRV_OPT_CONCURRENCY = 2,
+
+  /* IOCPSRV_OPT_LISTEN_BACKLOG: the backlog given to listen(): how many connections
+   * the kernel queues before the engine accepts them (the OS may lower it).
+   * Integer, connections. Default 0 = SOMAXCONN. Range 0..65535. Set while stopped. */
+  IOCPSRV_OPT_LISTEN_BACKLOG = 3,
+
+  /* IOCPSRV_OPT_ACCEPTS_POSTED: Windows: how many AcceptEx calls are kept posted on
+   * the listener. Linux (epoll): the most connections a worker accepts for one
+   * readiness event of the listener.
+   * Integer. Default 32. Range 1..1024. Set while stopped. */
+  IOCPSRV_OPT_ACCEPTS_POSTED = 4,
+
+  /* IOCPSRV_OPT_MAX_CONNECTIONS: the most connections the server holds at once. A
+   * client past it is closed at once, before the host hears of it (no connect, no
+   * disconnect), and counted in stats.connections_refused.
+   * Integer, connections. Default 10000. Range 1..16777215. Set while stopped. */
+  IOCPSRV_OPT_MAX_CONNECTIONS = 5,
+
+  /* IOCPSRV_OPT_MAX_PACKET_SIZE: the largest payload, received or sent. A received
+   * header that claims more closes the connection with IOCPSRV_REASON_PROTOCOL_ERROR
+   * (the claimed size is never allocated); a larger send, sendv or broadcast returns
+   * IOCPSRV_ETOOBIG. In raw mode it limits each send. The 16-bit framings cap it at
+   * 65535.
+   * Integer, bytes. Default 1048576 (1 MiB). Range 1..1073741824 (1 GiB). Set while
+   * stopped. */
+  IOCPSRV_OPT_MAX_PACKET_SIZE = 6,
+
+  /* IOCPSRV_OPT_FRAMING: how the byte stream is cut into packets, both ways: an
+   * iocpsrv_framing_t (see FRAMING at the top of this file).
+   * Integer. Default IOCPSRV_FRAMING_LEN32_LE. Range IOCPSRV_FRAMING_LEN32_LE ..
+   * IOCPSRV_FRAMING_RAW (0..4). Set while stopped. */
+  IOCPSRV_OPT_FRAMING = 7,
+
+  /* IOCPSRV_OPT_SEND_QUEUE_LIMIT: bytes (headers included) queued for one connection
+   * past which iocpsrv_send and iocpsrv_sendv return IOCPSRV_EQUEUEFULL, and a drain
+   * callback follows once there is room (see iocpsrv_drain_cb); iocpsrv_broadcast
+   * skips the connection. An empty queue always takes one packet, however large.
+   * Integer, bytes. Default 4194304 (4 MiB). Range 1..2^40. Set while stopped. */
+  IOCPSRV_OPT_SEND_QUEUE_LIMIT = 8,
+
+  /* IOCPSRV_OPT_IDLE_TIMEOUT_MS: a connection that completed no packet for this long
+   * (bytes that trickle in without completing one do not count) is aborted with reason
+   * IOCPSRV_REASON_IDLE_TIMEOUT and counted in stats.idle_timeouts. Checked every
+   * quarter of the timeout, but no more often than every 10 ms and at least every
+   * 250 ms.
+   * Integer, milliseconds. Default 0 = off. Range 0..2^40. Set while stopped. */
+  IOCPSRV_OPT_IDLE_TIMEOUT_MS = 9,
+
+  /* Socket tuning: the next four options only tune each accepted socket. One the OS
+   * refuses is logged (a warning, at most a line a second) and the client is served
+   * without it. */
+
+  /* IOCPSRV_OPT_KEEPALIVE_MS: TCP keep-alive: the idle time before the first probe,
+   * and the interval between probes.
+   * Integer, milliseconds. Default 0 = off. Range 0..2^31. Set while stopped.
+   * Linux rounds it up to whole seconds (TCP_KEEPIDLE, TCP_KEEPINTVL); Windows takes
+   * milliseconds (SIO_KEEPALIVE_VALS). */
+  IOCPSRV_OPT_KEEPALIVE_MS = 10,
+
+  /* IOCPSRV_OPT_NODELAY: 1 = TCP_NODELAY (Nagle's algorithm off); 0 = the OS default.
+   * Integer, boolean. Default 1. Range 0..1. Set while stopped. */
+  IOCPSRV_OPT_NODELAY = 11,
+
+  /* IOCPSRV_OPT_RCVBUF: SO_RCVBUF, the kernel's receive buffer.
+   * Integer, bytes. Default 0 = the OS default. Range 0..1073741824 (1 GiB). Set
+   * while stopped. */
+  IOCPSRV_OPT_RCVBUF = 12,
+
+  /* IOCPSRV_OPT_SNDBUF: SO_SNDBUF, the kernel's send buffer.
+   * Integer, bytes. Default 0 = the OS default. Range 0..1073741824 (1 GiB). Set
+   * while stopped. */
+  IOCPSRV_OPT_SNDBUF = 13,
+
+  /* IOCPSRV_OPT_READ_BUFFER: the most bytes one receive takes from a socket. Each
+   * worker owns one buffer of this size.
+   * Integer, bytes. Default 65536. Range 512..16777216 (16 MiB). Set while stopped. */
+  IOCPSRV_OPT_READ_BUFFER = 14,
+
+  /* IOCPSRV_OPT_PULL_MODE: 1 = queue connect, packet, disconnect and drain events for
+   * iocpsrv_poll instead of calling those callbacks (see "Pull mode" below).
+   * Integer, boolean. Default 0. Range 0..1. Set while stopped. */
+  IOCPSRV_OPT_PULL_MODE = 15,
+
+  /* IOCPSRV_OPT_PULL_QUEUE_LIMIT: pull mode: packets queued for iocpsrv_poll past
+   * which the engine stops reading sockets (TCP pushes back on clients) until the
+   * consumer polls. The queue may hold one more packet per worker thread (each checks
+   * the limit before it reads); no event is ever dropped.
+   * Integer, packets. Default 8192. Range 1..16777216. Set while stopped. */
+  IOCPSRV_OPT_PULL_QUEUE_LIMIT = 16,
+
+  /* IOCPSRV_OPT_CLOSE_TIMEOUT_MS: how long a graceful close (either side's) may wait
+   * for the queue to be written and the peer's FIN before it is turned into an abort;
+   * the disconnect reason stays the same. Also how long a PROXY header may take to
+   * arrive (see iocpsrv_proxy_mode_t). While iocpsrv_stop runs, its timeout governs
+   * every closing connection instead.
+   * Integer, milliseconds. Default 5000. Range 0..2^31. Set while stopped. */
+  IOCPSRV_OPT_CLOSE_TIMEOUT_MS = 17,
+
+  /* IOCPSRV_OPT_IPV6_ONLY: for an IPv6 listener such as "::": 1 = IPv6 clients only;
+   * 0 = IPv4 clients too (dual stack).
+   * Integer, boolean. Default 0. Range 0..1. Set while stopped. */
+  IOCPSRV_OPT_IPV6_ONLY = 18,
+
+  /* Dynamic worker pool (the article's m_nThreadPoolMin/Max). Off by default: a
    * fixed pool of IOCPSRV_OPT_WORKER_THREADS. Turn it on (POOL_MAX > 0) when callbacks
    * block: database calls, file I/O, a managed runtime's GC pauses. The engine then
    * adds a worker when every worker has been inside a callback for POOL_BUSY_MS, up to
    * POOL_MAX, and retires one when spare workers sat idle for POOL_IDLE_MS, down to
-   * POOL_MIN. The threading contract is the same either way. On IOCP the port's
+   * POOL_MIN. The threading contract is the same either way. On Windows the port's
    * concurrency value (IOCPSRV_OPT_CONCURRENCY, default CPUs) still caps how many
-   * workers run at once while the others may be blocked, as the article advises; Wine
-   * ignores that value. */
-  IOCPSRV_OPT_POOL_MIN = 19,        /* workers kept, default 0 = WORKER_THREADS (>= 1) */
-  IOCPSRV_OPT_POOL_MAX = 20,        /* default 0 = no dynamic pool; else >= POOL_MIN */
-  IOCPSRV_OPT_POOL_BUSY_MS = 21,    /* all workers busy this long -> one more, default 200 */
-  IOCPSRV_OPT_POOL_IDLE_MS = 22,    /* spare workers idle this long -> one fewer, default 5000 */
-  IOCPSRV_OPT_POOL_CPU_HIGH = 23,   /* system CPU percent at or above which the pool does not
-                                       grow (adding threads cannot help a saturated CPU);
-                                       default 0 = no CPU check */
-  IOCPSRV_OPT_POOL_CPU_LOW = 24,    /* once vetoed, growth resumes only at or below this CPU
-                                       percent (hysteresis), default 0 = same as CPU_HIGH */
-  IOCPSRV_OPT_PULL_BATCH_SENDS = 25,/* pull mode: 1 = sends the consumer makes while handling
-                                       the events of its last iocpsrv_poll are written at
-                                       its next iocpsrv_poll (or iocpsrv_stop), one write per
-                                       connection per batch instead of one per send. For
-                                       consumers that poll in a loop (the bindings' pumps);
-                                       default 0 = written at once */
-  IOCPSRV_OPT_PROXY_PROTOCOL = 26,  /* an iocpsrv_proxy_mode_t: the listener expects HAProxy's
-                                       PROXY protocol header (v1 text or v2 binary, TLVs
-                                       skipped) before the first packet. Default OFF */
-  IOCPSRV_OPT_REUSEPORT = 27,       /* 1 = SO_REUSEPORT on the listener (Linux): several
-                                       processes listen on one port and the kernel spreads
-                                       new connections over them. Windows has no
-                                       equivalent (its SO_REUSEADDR lets a second socket
-                                       steal the port, it does not balance): listen returns
-                                       IOCPSRV_ENOTSUP there. Default 0 */
-  IOCPSRV_OPT_PROXY_TRUSTED = 28,   /* a STRING option (iocpsrv_set_option_str): the peers
-                                       whose PROXY headers are believed, e.g.
-                                       "10.0.0.0/8, 127.0.0.1, ::1, fd00::/8": IPv4 and
-                                       IPv6 addresses and CIDR ranges separated by commas
-                                       and/or spaces ("::/0" trusts everyone). Default
-                                       NULL = nothing trusted: with PROXY_PROTOCOL on, set
-                                       it to your balancers' addresses. See
-                                       iocpsrv_proxy_mode_t for what happens to others */
-  IOCPSRV_OPT_MAX_CONNECTIONS_PER_SOURCE = 29 /* connections one client address may hold
-                                       at once, default 0 = no limit; 0..16777215. The
-                                       address is the socket's peer, or the client a
-                                       trusted PROXY header names (a balancer's own
-                                       address is never counted for what it relays).
-                                       Clients past it are closed at once before the host
-                                       hears of them (no connect, no disconnect) and
-                                       counted in connections_refused and
-                                       source_refusals. The port is ignored; an
-                                       IPv4-mapped IPv6 peer counts as its IPv4 address */
+   * workers run at once while the others may be blocked, as the article advises. */
+
+  /* IOCPSRV_OPT_POOL_MIN: the workers the dynamic pool starts with and keeps.
+   * Integer, threads. Default 0 = the IOCPSRV_OPT_WORKER_THREADS count (at least 1).
+   * Range 0..1024. Set while stopped. */
+  IOCPSRV_OPT_POOL_MIN = 19,
+
+  /* IOCPSRV_OPT_POOL_MAX: the most workers; above 0 it turns the dynamic pool on. It
+   * must be at least the pool's minimum (IOCPSRV_OPT_POOL_MIN, or the
+   * IOCPSRV_OPT_WORKER_THREADS count when that is 0): iocpsrv_listen returns
+   * IOCPSRV_ERANGE otherwise.
+   * Integer, threads. Default 0 = no dynamic pool. Range 0..1024. Set while stopped. */
+  IOCPSRV_OPT_POOL_MAX = 20,
+
+  /* IOCPSRV_OPT_POOL_BUSY_MS: when every worker has been busy (inside callbacks) this
+   * long, one more is added; the next one needs another full period.
+   * Integer, milliseconds. Default 200. Range 1..3600000 (1 hour). Set while
+   * stopped. */
+  IOCPSRV_OPT_POOL_BUSY_MS = 21,
+
+  /* IOCPSRV_OPT_POOL_IDLE_MS: when spare workers sat idle this long, one is retired;
+   * the next one needs another full period.
+   * Integer, milliseconds. Default 5000. Range 1..86400000 (1 day). Set while
+   * stopped. */
+  IOCPSRV_OPT_POOL_IDLE_MS = 22,
+
+  /* IOCPSRV_OPT_POOL_CPU_HIGH: the system CPU percent at or above which the pool does
+   * not grow (adding threads cannot help a saturated CPU).
+   * Integer, percent. Default 0 = no CPU check. Range 0..100. Set while stopped. */
+  IOCPSRV_OPT_POOL_CPU_HIGH = 23,
+
+  /* IOCPSRV_OPT_POOL_CPU_LOW: once IOCPSRV_OPT_POOL_CPU_HIGH has vetoed growth, it
+   * resumes only at or below this CPU percent (hysteresis).
+   * Integer, percent. Default 0 = the same as IOCPSRV_OPT_POOL_CPU_HIGH. Range
+   * 0..100. Set while stopped. */
+  IOCPSRV_OPT_POOL_CPU_LOW = 24,
+
+  /* IOCPSRV_OPT_PULL_BATCH_SENDS: pull mode: 1 = sends the consumer makes while
+   * handling the events of its last iocpsrv_poll are written at its next iocpsrv_poll
+   * (or iocpsrv_stop), one write per connection per batch instead of one per send.
+   * For consumers that poll in a loop (the bindings' pumps). Sends from other threads
+   * are written at once.
+   * Integer, boolean. Default 0 = every send written at once. Range 0..1. Set while
+   * stopped. */
+  IOCPSRV_OPT_PULL_BATCH_SENDS = 25,
+
+  /* IOCPSRV_OPT_PROXY_PROTOCOL: an iocpsrv_proxy_mode_t: whether connections start
+   * with HAProxy's PROXY protocol header (v1 text or v2 binary, TLVs skipped) before
+   * the first packet. See iocpsrv_proxy_mode_t below for what changes, and for trust.
+   * Integer. Default IOCPSRV_PROXY_OFF. Range IOCPSRV_PROXY_OFF ..
+   * IOCPSRV_PROXY_OPTIONAL (0..2). Set while stopped. */
+  IOCPSRV_OPT_PROXY_PROTOCOL = 26,
+
+  /* IOCPSRV_OPT_REUSEPORT: 1 = SO_REUSEPORT on the listener: several processes listen
+   * on one port and the kernel spreads new connections over them.
+   * Integer, boolean. Default 0. Range 0..1. Set while stopped.
+   * Linux only. Windows has no equivalent (its SO_REUSEADDR lets a second socket steal
+   * the port, it does not balance): there iocpsrv_listen returns IOCPSRV_ENOTSUP when
+   * it is 1. */
+  IOCPSRV_OPT_REUSEPORT = 27,
+
+  /* IOCPSRV_OPT_PROXY_TRUSTED: the peers whose PROXY headers are believed, e.g.
+   * "10.0.0.0/8, 127.0.0.1, ::1, fd00::/8": IPv4 and IPv6 addresses and CIDR ranges
+   * separated by commas and/or spaces ("::/0" trusts everyone). With
+   * IOCPSRV_OPT_PROXY_PROTOCOL on, set it to your balancers' addresses. See
+   * iocpsrv_proxy_mode_t for what happens to other peers.
+   * String: set with iocpsrv_set_option_str (NULL or "" clears it), read with
+   * iocpsrv_get_option_str; iocpsrv_set_option and iocpsrv_get_option return
+   * IOCPSRV_EINVAL for it. Default empty = nothing trusted. A malformed value returns
+   * IOCPSRV_EINVAL and the list stays as it was. Set while stopped. */
+  IOCPSRV_OPT_PROXY_TRUSTED = 28,
+
+  /* IOCPSRV_OPT_MAX_CONNECTIONS_PER_SOURCE: connections one client address may hold
+   * at once. The address is the socket's peer, or the client a trusted PROXY header
+   * names (a balancer's own address is never counted for what it relays). The port is
+   * ignored; an IPv4-mapped IPv6 peer counts as its IPv4 address. Clients past it are
+   * closed at once before the host hears of them (no connect, no disconnect) and
+   * counted in stats.connections_refused and stats.source_refusals.
+   * Integer, connections. Default 0 = no limit. Range 0..16777215. Set while
+   * stopped. */
+  IOCPSRV_OPT_MAX_CONNECTIONS_PER_SOURCE = 29
 } iocpsrv_option_t;
 
 /* Values for IOCPSRV_OPT_PROXY_PROTOCOL. With a PROXY header the connect callback,

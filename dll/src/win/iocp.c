@@ -18,7 +18,10 @@
  * completion, so no completion ever touches a reused slot.
  *
  * Stop posts one quit packet per worker (closing the port does not wake waiters under
- * Wine), and cancels the listener's accepts with CancelIoEx. */
+ * Wine), and cancels the listener's accepts with CancelIoEx.
+ *
+ * IOCPSRV_OPT_CONCURRENCY is the port's NumberOfConcurrentThreads; Wine ignores that
+ * value, so there it caps neither the fixed nor the dynamic pool. */
 #include <limits.h>
 #include <stddef.h>
 #include <stdio.h>
