@@ -615,16 +615,22 @@ IOCPSRV_API int IOCPSRV_CALL iocpsrv_sendv(iocpsrv_t *server, iocpsrv_conn_id_t 
 IOCPSRV_API int IOCPSRV_CALL iocpsrv_broadcast(iocpsrv_t *server, const void *data,
                                                size_t len);
 
-/* Close a connection, IOCPSRV_CLOSE_GRACEFUL or IOCPSRV_CLOSE_ABORT. Its disconnect
- * callback follows on a worker. No packet callback starts for it after this returns
- * on the thread running its callbacks. An abort upgrades a pending graceful close. */
+/* Close a connection: IOCPSRV_CLOSE_GRACEFUL, IOCPSRV_CLOSE_ABORT or
+ * IOCPSRV_CLOSE_REFUSE. Its disconnect callback (pull mode: DISCONNECT event) follows,
+ * except after REFUSE. No packet callback starts for it after this returns on the
+ * thread running its callbacks; in pull mode no packet or drain event already queued
+ * for it is handed out by a later iocpsrv_poll. An abort upgrades a pending graceful
+ * close. Tested by: test_pull_contract.c, test_contract.c (contract_disconnect_modes). */
 IOCPSRV_API int IOCPSRV_CALL iocpsrv_disconnect(iocpsrv_t *server, iocpsrv_conn_id_t conn,
                                                 int mode);
 
 /* Flow control: stop / restart reading from a connection. While paused, packets
  * already received wait in the engine and TCP pushes back on the client. Called from
  * the connection's own callback, no packet callback follows until resume; from
- * another thread, one already starting may still run. */
+ * another thread, one already starting may still run. In pull mode the packets
+ * already queued for it wait too: no later iocpsrv_poll hands one out until resume,
+ * which hands them out in order (a connection that ends paused never does). Tested by:
+ * test_pull_contract.c, test_contract.c (contract_pause_resume). */
 IOCPSRV_API int IOCPSRV_CALL iocpsrv_pause_receive(iocpsrv_t *server,
                                                    iocpsrv_conn_id_t conn);
 IOCPSRV_API int IOCPSRV_CALL iocpsrv_resume_receive(iocpsrv_t *server,
@@ -723,8 +729,10 @@ IOCPSRV_API int IOCPSRV_CALL iocpsrv_stats(iocpsrv_t *server, iocpsrv_stats_t *s
  * aside when it connects; a client for which even that fails is closed before the
  * host hears of it, counted in stats.alloc_failures).
  * Connect and disconnect events are always queued. The same per-connection order
- * holds: connect, packets, exactly one disconnect. Pull-mode connections cannot be
- * refused at connect time: call iocpsrv_disconnect instead. */
+ * holds: connect, packets, exactly one disconnect. The host's later calls act on what
+ * is already queued (see iocpsrv_disconnect and iocpsrv_pause_receive). To refuse a
+ * client after its CONNECT event, call iocpsrv_disconnect with IOCPSRV_CLOSE_REFUSE: no
+ * further event comes for it, not even DISCONNECT. */
 typedef enum iocpsrv_event_type_e {
   IOCPSRV_EVENT_CONNECT = 1,    /* data/len: the peer address text (NUL-terminated) */
   IOCPSRV_EVENT_PACKET = 2,     /* data/len: the payload */
