@@ -16,6 +16,10 @@
 #                    self-contained (so it runs on the .NET 8 runtime); each serves one echo
 #   4. echo          examples/Echo under iocpsrv-flood: 100 pipelining clients, every echo verified
 #
+# IOCPSRV_BUILD_DIR=DIR uses another CMake build tree of the Linux library instead of
+# build/linux (DIR/dll/libiocpsrv.so, DIR/samples/iocpsrv-flood), e.g. one configured with
+# cmake -S . -B DIR.
+#
 # Exits non-zero if any step failed. The last line is "csharp: N passed, N failed" (xunit
 # tests plus this script's checks).
 set -uo pipefail
@@ -23,9 +27,12 @@ set -uo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
 NAME=csharp
-LINUX_LIB="$ROOT/build/linux/dll/libiocpsrv.so"
+LINUX_BUILD="${IOCPSRV_BUILD_DIR:-$ROOT/build/linux}"
+LINUX_LIB="$LINUX_BUILD/dll/libiocpsrv.so"
+# MSBuild reads it as the property that Directory.Build.props otherwise sets to build/linux.
+export IocpsrvLinuxNative="$LINUX_LIB"
 WIN_DLL="${IOCPSRV_WINDOWS_DLL:-$ROOT/build/windows/dll/iocpsrv.dll}"   # override for another build
-FLOOD="$ROOT/build/linux/samples/iocpsrv-flood"
+FLOOD="$LINUX_BUILD/samples/iocpsrv-flood"
 
 TMP=$(mktemp -d)
 ECHO_PID=""

@@ -8,7 +8,8 @@
 # python3-pytest, installing them with apt-get when they are missing. The native library
 # is found as the package finds it (IOCPSRV_LIBRARY, a copy in the package, or the CMake
 # build tree build/linux/dll: build it first with cmake --preset linux && cmake --build
-# --preset linux).
+# --preset linux). IOCPSRV_BUILD_DIR=DIR tests against another CMake build tree instead:
+# DIR/dll/libiocpsrv.so (unless IOCPSRV_LIBRARY is set) and DIR/samples/iocpsrv-flood.
 #
 # Exit status: pytest's, except that "no test collected" (pytest's 5) is a failure too,
 # and so is a missing library or missing Python packages.
@@ -40,6 +41,10 @@ if ! "$PYTHON" -c 'import cffi, pytest' 2>/dev/null; then
 fi
 
 export PYTHONPATH="$HERE${PYTHONPATH:+:$PYTHONPATH}"
+if [ -n "${IOCPSRV_BUILD_DIR:-}" ]; then
+  export IOCPSRV_LIBRARY="${IOCPSRV_LIBRARY:-$IOCPSRV_BUILD_DIR/dll/libiocpsrv.so}"
+  export IOCPSRV_FLOOD="${IOCPSRV_FLOOD:-$IOCPSRV_BUILD_DIR/samples/iocpsrv-flood}"
+fi
 
 # Fail early, with the loader's own list of places it looked, if there is no library.
 if ! "$PYTHON" -c 'import iocpsrv, sys; print("iocpsrv", iocpsrv.version_string(), "from", iocpsrv.library_path())'; then

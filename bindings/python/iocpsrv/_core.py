@@ -1,12 +1,15 @@
 """What the threaded and the asyncio servers share: the native handle, the calls that
-are thread-safe in C (send, disconnect, info, ...), and the per-connection bookkeeping
-that gives pull mode the callback-mode guarantees:
+are thread-safe in C (send, disconnect, info, ...), and the little that pull mode leaves
+to the binding.
 
-* after disconnect(conn) returns, or after a callback for conn raised, no packet
-  callback starts for conn (packets the engine had already queued are dropped);
-* after pause(conn), packets already queued for conn are held back in Python and
-  delivered, in order, after resume(conn);
-* a connection refused by on_connect gets no further callback, not even on_disconnect.
+The engine keeps the callback contract in pull mode: after iocpsrv_disconnect no
+packet or drain of that connection is handed out by a later iocpsrv_poll; after
+iocpsrv_pause_receive its packets wait in the engine, in order, until
+iocpsrv_resume_receive; IOCPSRV_CLOSE_REFUSE closes a client with no further event, not
+even its DISCONNECT. What the engine cannot reach are the events the binding has already
+taken from it: the rest of the batch being dispatched and, for ``async for``, the events
+buffered for the iterator. For those, and only those, the binding applies disconnect()
+and pause() itself (_closing, _held).
 """
 
 from __future__ import annotations
@@ -62,7 +65,8 @@ def timeout_ms(timeout) -> int:
 
 
 class _Held:
-    """A paused connection's packets that were already queued when it was paused."""
+    """A paused connection's events that the binding had already taken from the engine
+    when it was paused (the engine holds the rest), delivered in order after resume()."""
 
     __slots__ = ("paused", "backlog")
 
@@ -121,62 +125,91 @@ class ServerBase:
         self._send = lib.iocpsrv_send
         self._reset_bookkeeping()
 
-    # ---- bookkeeping -----------------------------------------------------------------
+    # ---- events already taken from the engine ----------------------------------------
 
     def _reset_bookkeeping(self) -> None:
-        # conn -> deliver on_disconnect? (True: closing at the host's request or after a
-        # raising callback; False: refused in on_connect, no further callback at all)
-        self._closing: dict[int, bool] = {}
+        # Connections the host is closing (disconnect(), a False return, a raising
+        # callback): their packets and drains still in hand are skipped. An entry goes
+        # at the connection's DISCONNECT.
+        self._closing: set[int] = set()
+        # Paused connections, and resumed ones whose held events are not delivered yet.
         self._held: dict[int, _Held] = {}
         self._resumed: set[int] = set()
         self._flow = threading.Lock()
 
-    def _hold(self, conn: int, data: bytes) -> bool:
-        """Queue a packet behind a paused connection's backlog. False if not held."""
+    def _hold(self, conn: int, item) -> bool:
+        """Put an event in hand behind conn's held ones if conn is paused (or resumed with
+        held events not delivered yet). False: deliver it now."""
         with self._flow:
             e = self._held.get(conn)
             if e is None:
                 return False
-            e.backlog.append(data)
+            e.backlog.append(item)
             return True
 
-    def _next_backlog(self, conn: int):
-        """The next held packet of a resumed connection, or None (entry then cleared)."""
+    def _next_held(self):
+        """(conn, event) of a resumed connection's held events, in order, or None."""
         with self._flow:
-            e = self._held.get(conn)
-            if e is None or e.paused:
-                return None
-            if not e.backlog or conn in self._closing:
-                del self._held[conn]
-                return None
-            return e.backlog.popleft()
+            while self._resumed:
+                conn = next(iter(self._resumed))
+                e = self._held.get(conn)
+                if e is not None and not e.paused and e.backlog:
+                    item = e.backlog.popleft()
+                    if not e.backlog:  # what follows in hand may be delivered directly
+                        del self._held[conn]
+                        self._resumed.discard(conn)
+                    return conn, item
+                self._resumed.discard(conn)
+                if e is not None and not e.paused:
+                    del self._held[conn]
+        return None
 
-    def _take_resumed(self) -> list:
+    def _release(self, conn: int) -> collections.deque | tuple:
+        """At conn's DISCONNECT: its held events to deliver before it (it was resumed), or
+        () (it ended paused: they are dropped, as the engine drops those it held)."""
         with self._flow:
-            conns = list(self._resumed)
-            self._resumed.clear()
-        return conns
+            e = self._held.pop(conn, None)
+            self._resumed.discard(conn)
+        if e is None or e.paused:
+            return ()
+        return e.backlog
 
-    def _forget(self, conn: int):
-        """A connection's disconnect event: drop its state. Returns (deliver, backlog):
-        whether to call on_disconnect, and held packets to deliver before it (those of a
-        resumed connection; a still-paused connection's are dropped)."""
-        deliver = self._closing.pop(conn, True)
-        backlog = ()
+    def _forget(self, conn: int) -> None:
+        """conn's DISCONNECT has been delivered: nothing of it is in hand any more."""
+        self._closing.discard(conn)
         if self._held:
             with self._flow:
-                e = self._held.pop(conn, None)
+                self._held.pop(conn, None)
                 self._resumed.discard(conn)
-            if e is not None and e.backlog:
-                if deliver and not e.paused:
-                    backlog = list(e.backlog)
-                else:
-                    log.debug("connection %d closed while paused: %d held packet(s) "
-                              "dropped", conn, len(e.backlog))
-        return deliver, backlog
 
-    def _callback_failed(self, what: str, conn: int, deliver_disconnect: bool) -> None:
-        """Exception policy: log it, abort the connection, keep serving the others.
+    def _close(self, conn: int, mode: int) -> int:
+        """iocpsrv_disconnect; its events in hand are dropped as the engine drops those it
+        still has. Returns the library's code."""
+        closing = self._closing
+        added = conn not in closing
+        closing.add(conn)
+        rc = self._lib.iocpsrv_disconnect(self._h, conn, mode)
+        if rc:
+            if added:
+                closing.discard(conn)
+        elif self._held:
+            with self._flow:
+                self._held.pop(conn, None)
+                self._resumed.discard(conn)
+        return rc
+
+    def _refuse(self, conn: int, abort: bool = False) -> None:
+        """Refuse a client after its CONNECT (IOCPSRV_CLOSE_REFUSE: no further event, not
+        even its DISCONNECT); abort: reset it too. The dispatchers skip what is in hand
+        for it (they never registered it)."""
+        lib, h = self._lib, self._h
+        if lib.iocpsrv_disconnect(h, conn, n.IOCPSRV_CLOSE_REFUSE) == 0 and abort:
+            lib.iocpsrv_disconnect(h, conn, n.IOCPSRV_CLOSE_ABORT)
+
+    def _callback_failed(self, what: str, conn: int, met: bool = True) -> None:
+        """Exception policy: log it, abort the connection, keep serving the others. met:
+        the connection had been accepted (False for on_connect: it is refused, with no
+        further callback).
 
         Called from an ``except`` block. One exception is expected rather than a bug:
         ServerStopped from a send made while the server is stopping (the dispatcher only
@@ -186,28 +219,20 @@ class ServerBase:
         try:
             if isinstance(exc, ServerStopped):
                 log.debug("%s for connection %d: %s (the server is stopping)", what, conn, exc)
-                if not deliver_disconnect:
-                    self._closing[conn] = False  # never accepted: no further callback
                 return
             log.exception(
                 "%s callback raised for connection %d; the connection is aborted "
                 "and the server goes on", what, conn)
         except BaseException:  # noqa: BLE001 - a broken log handler must not kill us
             pass
-        if deliver_disconnect:
-            self._closing.setdefault(conn, True)
+        if met:
+            self._close(conn, n.IOCPSRV_CLOSE_ABORT)
         else:
-            self._closing[conn] = False
-        self._lib.iocpsrv_disconnect(self._h, conn, n.IOCPSRV_CLOSE_ABORT)
-
-    def _refuse(self, conn: int) -> None:
-        self._closing[conn] = False
-        self._lib.iocpsrv_disconnect(self._h, conn, n.IOCPSRV_CLOSE_GRACEFUL)
+            self._refuse(conn, abort=True)
 
     def _close_requested(self, conn: int) -> None:
         """A packet callback returned False: close gracefully, as in the C contract."""
-        self._closing.setdefault(conn, True)
-        self._lib.iocpsrv_disconnect(self._h, conn, n.IOCPSRV_CLOSE_GRACEFUL)
+        self._close(conn, n.IOCPSRV_CLOSE_GRACEFUL)
 
     # ---- errors ----------------------------------------------------------------------
 
@@ -261,14 +286,9 @@ class ServerBase:
         """Close a connection: graceful (queued sends are written first, then FIN) or
         abortive (queue dropped, RST). No packet callback starts for it after this
         returns; its on_disconnect follows."""
-        added = conn not in self._closing
-        if added:
-            self._closing[conn] = True
         mode = n.IOCPSRV_CLOSE_GRACEFUL if graceful else n.IOCPSRV_CLOSE_ABORT
-        rc = self._lib.iocpsrv_disconnect(self._h, conn, mode)
+        rc = self._close(conn, mode)
         if rc:
-            if added:
-                self._closing.pop(conn, None)
             raise self._error(rc, f"disconnect connection {conn}")
 
     def pause(self, conn: int) -> None:

@@ -206,11 +206,12 @@ class Server(ServerBase):
         buf = ffi.buffer
         closing = self._closing
         held = self._held
+        met: set[int] = set()  # connections accepted by on_connect (a refused one never is)
         reasons = REASONS
         try:
             while True:
                 if self._resumed:
-                    self._deliver_backlogs()
+                    self._deliver_held()
                 # While a connection is paused with held packets, resume() from another
                 # thread cannot interrupt the poll: wait less so they follow promptly.
                 k = poll(h, evs, nmax, short_ms if held else wait_ms)
@@ -225,7 +226,7 @@ class Server(ServerBase):
                     t = ev.type
                     conn = ev.conn
                     if t == _PACKET:
-                        if closing and conn in closing:
+                        if conn not in met or (closing and conn in closing):
                             continue
                         data = buf(ev.data, ev.len)[:]
                         if held and self._hold(conn, data):
@@ -235,29 +236,34 @@ class Server(ServerBase):
                         try:
                             r = on_packet(conn, data)
                         except BaseException:
-                            self._callback_failed("on_packet", conn, True)
+                            self._callback_failed("on_packet", conn)
                             continue
                         if r is False:
                             self._close_requested(conn)
                     elif t == _CONNECT:
                         cb = self.on_connect
                         if cb is None:
+                            met.add(conn)
                             continue
                         peer = buf(ev.data, ev.len)[:].rstrip(b"\0").decode("utf-8", "replace")
                         try:
                             r = cb(conn, peer)
                         except BaseException:
-                            self._callback_failed("on_connect", conn, False)
+                            self._callback_failed("on_connect", conn, met=False)
                             continue
                         if r is False:
                             self._refuse(conn)
+                        else:
+                            met.add(conn)
                     elif t == _DISCONNECT:
-                        deliver, backlog = self._forget(conn)
-                        if not deliver:
-                            continue
-                        for data in backlog:
-                            if not self._deliver_packet(conn, data):
-                                break
+                        if conn not in met:
+                            continue  # refused: no callback at all
+                        met.discard(conn)
+                        if held:
+                            for data in self._release(conn):
+                                if not self._deliver_packet(conn, data):
+                                    break
+                        self._forget(conn)
                         cb = self.on_disconnect
                         if cb is None:
                             continue
@@ -271,12 +277,12 @@ class Server(ServerBase):
                                 pass
                     elif t == _DRAIN:
                         cb = self.on_drain
-                        if cb is None or conn in closing:
+                        if cb is None or conn not in met or conn in closing:
                             continue
                         try:
                             cb(conn)
                         except BaseException:
-                            self._callback_failed("on_drain", conn, True)
+                            self._callback_failed("on_drain", conn)
         finally:
             self._done.set()
 
@@ -288,17 +294,13 @@ class Server(ServerBase):
         try:
             r = cb(conn, data)
         except BaseException:
-            self._callback_failed("on_packet", conn, True)
+            self._callback_failed("on_packet", conn)
             return False
         if r is False:
             self._close_requested(conn)
             return False
         return True
 
-    def _deliver_backlogs(self) -> None:
-        for conn in self._take_resumed():
-            while True:
-                data = self._next_backlog(conn)
-                if data is None:
-                    break
-                self._deliver_packet(conn, data)
+    def _deliver_held(self) -> None:
+        while (x := self._next_held()) is not None:
+            self._deliver_packet(*x)

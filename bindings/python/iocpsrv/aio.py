@@ -309,8 +309,8 @@ class Server(ServerBase):
         nmax = 1 if flush_only and not self._reading else self._batch_size
         protocol_mode = self._factory is not None
         queue = self._queue
-        if self._resumed:
-            self._deliver_backlogs()
+        if self._resumed and protocol_mode:
+            self._deliver_held()
         self._dispatching = True
         try:
             batches = 0
@@ -420,42 +420,32 @@ class Server(ServerBase):
             return
         try:
             if _in_loop_thread(loop):
-                loop.call_soon(self._deliver_backlogs)
+                loop.call_soon(self._deliver_held)
             else:
-                loop.call_soon_threadsafe(self._deliver_backlogs)
+                loop.call_soon_threadsafe(self._deliver_held)
         except RuntimeError:  # loop closed
             pass
 
     # -- event iteration
 
     def _dispatch_events(self, evs, k: int) -> None:
+        # Everything goes to the iterator's buffer; __anext__ applies disconnect() and
+        # pause() to what is buffered when they are called.
         buf = ffi.buffer
         append = self._queue.append
-        closing = self._closing
-        held = self._held
         for ev in evs[0:k]:
             t = ev.type
             conn = ev.conn
             if t == _PACKET:
-                if closing and conn in closing:
-                    continue
-                data = buf(ev.data, ev.len)[:]
-                if held and self._hold(conn, data):
-                    continue
-                append(Event(EventType.PACKET, conn, data))
+                append(Event(EventType.PACKET, conn, buf(ev.data, ev.len)[:]))
             elif t == _CONNECT:
                 peer = buf(ev.data, ev.len)[:].rstrip(b"\0").decode("utf-8", "replace")
                 append(Event(EventType.CONNECT, conn, b"", peer))
             elif t == _DISCONNECT:
-                deliver, backlog = self._forget(conn)
-                for data in backlog:
-                    append(Event(EventType.PACKET, conn, data))
-                if deliver:
-                    append(Event(EventType.DISCONNECT, conn, b"", None,
-                                 REASONS.get(ev.reason, ev.reason)))
+                append(Event(EventType.DISCONNECT, conn, b"", None,
+                             REASONS.get(ev.reason, ev.reason)))
             elif t == _DRAIN:
-                if conn not in closing:
-                    append(Event(EventType.DRAIN, conn))
+                append(Event(EventType.DRAIN, conn))
 
     def _wake_consumer(self) -> None:
         w = self._waiter
@@ -469,17 +459,37 @@ class Server(ServerBase):
 
     async def __anext__(self) -> Event:
         q = self._queue
+        closing = self._closing
+        held = self._held
         while True:
+            if self._resumed:
+                x = self._next_held()
+                if x is not None:
+                    ev = x[1]
+                    if ev.type is EventType.DISCONNECT:
+                        self._forget(ev.conn)
+                    return ev
             while q:
                 ev = q.popleft()
                 if not self._reading and self._running and len(q) <= self._max_buffered // 2:
                     self._add_reader()
-                if ev.type is EventType.PACKET:
-                    conn = ev.conn
-                    if self._closing and conn in self._closing:
-                        continue  # disconnect() was called after it was queued
-                    if self._held and self._hold(conn, ev.data):
-                        continue  # paused after it was queued: delivered after resume
+                t = ev.type
+                conn = ev.conn
+                if t is EventType.PACKET:
+                    if closing and conn in closing:
+                        continue  # disconnect() was called after it was buffered
+                    if held and self._hold(conn, ev):
+                        continue  # paused after it was buffered: delivered after resume
+                elif t is EventType.DISCONNECT:
+                    if held:
+                        backlog = self._release(conn)
+                        if backlog:  # resumed, its held packets not read yet: they first
+                            q.extendleft(reversed([*backlog, ev]))
+                            continue
+                    self._forget(conn)
+                elif t is EventType.DRAIN:
+                    if closing and conn in closing:
+                        continue
                 return ev
             if not self._running:
                 raise StopAsyncIteration
@@ -493,25 +503,23 @@ class Server(ServerBase):
 
     def _dispatch_protocols(self, evs, k: int) -> None:
         buf = ffi.buffer
-        conns = self._conns
+        conns = self._conns  # accepted by connection_made (a refused client never is)
         closing = self._closing
         held = self._held
         for ev in evs[0:k]:
             t = ev.type
             conn = ev.conn
             if t == _PACKET:
-                if closing and conn in closing:
+                c = conns.get(conn)
+                if c is None or (closing and conn in closing):
                     continue
                 data = buf(ev.data, ev.len)[:]
                 if held and self._hold(conn, data):
                     continue
-                c = conns.get(conn)
-                if c is None:
-                    continue
                 try:
                     r = c.protocol.packet_received(data)
                 except BaseException:
-                    self._callback_failed("packet_received", conn, True)
+                    self._callback_failed("packet_received", conn)
                     continue
                 if r is False:
                     self._close_requested(conn)
@@ -522,20 +530,21 @@ class Server(ServerBase):
                     c.protocol = p = self._factory()
                     r = p.connection_made(c)
                 except BaseException:
-                    self._callback_failed("connection_made", conn, False)
+                    self._callback_failed("connection_made", conn, met=False)
                     continue
                 if r is False:
                     self._refuse(conn)
                     continue
                 conns[conn] = c
             elif t == _DISCONNECT:
-                deliver, backlog = self._forget(conn)
                 c = conns.pop(conn, None)
-                if c is None or not deliver:
-                    continue
-                for data in backlog:
-                    if not self._deliver_packet(c, data):
-                        break
+                if c is None:
+                    continue  # refused: no callback at all
+                if held:
+                    for data in self._release(conn):
+                        if not self._deliver_packet(c, data):
+                            break
+                self._forget(conn)
                 try:
                     c.protocol.connection_lost(REASONS.get(ev.reason, ev.reason))
                 except BaseException:
@@ -550,33 +559,30 @@ class Server(ServerBase):
                 try:
                     c.protocol.drained()
                 except BaseException:
-                    self._callback_failed("drained", conn, True)
+                    self._callback_failed("drained", conn)
 
     def _deliver_packet(self, c: Connection, data: bytes) -> bool:
         try:
             r = c.protocol.packet_received(data)
         except BaseException:
-            self._callback_failed("packet_received", c.id, True)
+            self._callback_failed("packet_received", c.id)
             return False
         if r is False:
             self._close_requested(c.id)
             return False
         return True
 
-    def _deliver_backlogs(self) -> None:
-        for conn in self._take_resumed():
-            while True:
-                data = self._next_backlog(conn)
-                if data is None:
-                    break
-                if self._factory is None:
-                    self._queue.append(Event(EventType.PACKET, conn, data))
-                    continue
-                c = self._conns.get(conn)
-                if c is not None:
-                    self._deliver_packet(c, data)
-        if self._factory is None and self._queue:
+    def _deliver_held(self) -> None:
+        """Held packets of resumed connections: through their protocol, or (``async
+        for``) read by the iterator, which is woken."""
+        if self._factory is None:
             self._wake_consumer()
+            return
+        while (x := self._next_held()) is not None:
+            conn, data = x
+            c = self._conns.get(conn)
+            if c is not None:
+                self._deliver_packet(c, data)
 
 
 class _Done:

@@ -311,6 +311,53 @@ def test_pause_and_resume_in_async_for():
     assert run(main()) == [b"%d" % i for i in range(10)]
 
 
+def test_pause_resume_and_disconnect_apply_to_buffered_events():
+    """Events already buffered for the iterator when the consumer pauses or disconnects a
+    connection: a paused one's packets wait (in order, also across an await after
+    resume()), a disconnected one's packets are dropped and its DISCONNECT still comes."""
+    async def main():
+        async with aio.Server(worker_threads=2) as srv:
+            async def until(pred):
+                while not pred():
+                    await asyncio.sleep(0.01)
+                await asyncio.sleep(0.1)  # the loop drains them into the buffer
+
+            a = await AClient.connect(srv.port)
+            a.w.write(b"".join(HDR.pack(2) + b"a%d" % i for i in range(5)))
+            await until(lambda: srv.stats().packets_in >= 5)
+            b = await AClient.connect(srv.port)
+            await until(lambda: srv.stats().connections_now == 2)
+            a.w.write(b"".join(HDR.pack(2) + b"a%d" % i for i in range(5, 10)))
+            b.w.write(b"".join(HDR.pack(2) + b"b%d" % i for i in range(3)))
+            await until(lambda: srv.stats().packets_in >= 13)
+
+            got, b_conn, b_reason = [], None, None
+            async for ev in srv:
+                if ev.type is EventType.CONNECT and got:  # b's, behind a0..a4
+                    b_conn = ev.conn
+                    srv.resume(a_conn)
+                    await asyncio.sleep(0.05)
+                elif ev.type is EventType.PACKET:
+                    got.append(ev.data)
+                    if ev.data == b"a0":
+                        a_conn = ev.conn
+                        srv.pause(a_conn)
+                    elif ev.data == b"b0":
+                        srv.disconnect(ev.conn)
+                elif ev.type is EventType.DISCONNECT and ev.conn == b_conn:
+                    b_reason = ev.reason
+                if b_reason is not None and len(got) == 11:
+                    break
+            await a.close()
+            await b.close()
+            return got, b_reason
+
+    got, b_reason = run(main())
+    assert [p for p in got if p[:1] == b"a"] == [b"a%d" % i for i in range(10)]
+    assert [p for p in got if p[:1] == b"b"] == [b"b0"]
+    assert b_reason is Reason.LOCAL_CLOSE
+
+
 def test_restart_and_errors():
     async def main():
         srv = aio.Server(worker_threads=1)

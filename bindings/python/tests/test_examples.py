@@ -11,7 +11,10 @@ import pytest
 
 from conftest import PKG_ROOT, REPO_ROOT, TIMEOUT, Client
 
-FLOOD = os.path.join(REPO_ROOT, "build", "linux", "samples", "iocpsrv-flood")
+# IOCPSRV_FLOOD: the flood client of another build tree (run_tests.sh sets it from
+# IOCPSRV_BUILD_DIR).
+FLOOD = os.environ.get("IOCPSRV_FLOOD") or os.path.join(
+    REPO_ROOT, "build", "linux", "samples", "iocpsrv-flood")
 
 
 class Example:

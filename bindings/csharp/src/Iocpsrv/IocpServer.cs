@@ -15,7 +15,7 @@ namespace Iocpsrv;
 /// Threading contract (the library's, see README.md): handlers run on worker threads; for
 /// one connection they are serialized and ordered (Connected, packets in arrival order,
 /// exactly one Disconnected, last); the payload span is valid only during the call; Send,
-/// Disconnect, Pause/Resume, GetInfo, Connections and Stats are thread-safe and may be
+/// Disconnect, Refuse, Pause/Resume, GetInfo, Connections and Stats are thread-safe and may be
 /// called from any handler; Stop and Dispose may be called from a handler (they then start
 /// the stop and finish it on the thread pool). An exception thrown by a handler never
 /// reaches native code: it is reported through <see cref="UnhandledCallbackException"/>.
@@ -99,7 +99,7 @@ public sealed unsafe partial class IocpServer : IDisposable, IAsyncDisposable
     }
     private TaskCompletionSource _stopped;
 
-    private Channel<ServerEvent> _channel;
+    private PullEvents _events;                 // this run's event stream (pull mode)
     private Thread? _pump;
     private CancellationTokenSource? _pumpCts;
 
@@ -113,7 +113,7 @@ public sealed unsafe partial class IocpServer : IDisposable, IAsyncDisposable
             throw new ArgumentOutOfRangeException(nameof(options), "PullChannelCapacity must be at least 1.");
         _pullMode = options.PullMode;
         _pullCapacity = options.PullChannelCapacity;
-        _channel = NewChannel();
+        _events = new PullEvents(_pullCapacity);
         _stopped = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         _stopped.SetResult();
 
@@ -483,7 +483,7 @@ public sealed unsafe partial class IocpServer : IDisposable, IAsyncDisposable
             {
                 info.StructSize = (uint)sizeof(ConnectionInfo);
                 if (Native.iocpsrv_conn_info(_ptr, ids[i], &info) == 0 && (info.Flags & ConnectionFlags.Closing) != 0)
-                    Native.iocpsrv_disconnect(_ptr, ids[i], 1);
+                    Native.iocpsrv_disconnect(_ptr, ids[i], Native.CloseAbort);
             }
         }
         catch (ObjectDisposedException)
@@ -527,7 +527,7 @@ public sealed unsafe partial class IocpServer : IDisposable, IAsyncDisposable
             _pumpCts?.Dispose();
             _pumpCts = null;
             _pump = null;
-            _channel.Writer.TryComplete();
+            _events.Writer.TryComplete();
             _handle.Dispose(); // iocpsrv_destroy, then the user GCHandle is freed
             OnStopped();
         }
@@ -671,28 +671,46 @@ public sealed unsafe partial class IocpServer : IDisposable, IAsyncDisposable
     /// <summary>Closes a connection: graceful (queued sends written first; reason
     /// LocalClose) or abortive (reset; reason LocalAbort). Its Disconnected follows on a
     /// worker. Returns false if the id is unknown, closed or stale, or the server is not
-    /// running (every connection has ended then).</summary>
+    /// running (every connection has ended then). In pull mode, no Packet or Drained event of
+    /// it is read after this returns (its Disconnected still comes).</summary>
     public bool Disconnect(ConnectionId connection, bool graceful = true)
+        => Close(connection, graceful ? Native.CloseGraceful : Native.CloseAbort);
+
+    /// <summary>Refuses a client: closes it gracefully (queued sends written first) and no
+    /// further handler or event comes for it, not even Disconnected; counted in
+    /// <see cref="ServerStats.ConnectionsRejected"/>. Pull mode's way to refuse a client after
+    /// its Connected event (a handler sets <see cref="ConnectedEventArgs.Refuse"/> instead).
+    /// Returns false if the id is unknown, closed or stale, or the server is not running: a
+    /// connection that had already ended still gets its Disconnected.</summary>
+    public bool Refuse(ConnectionId connection) => Close(connection, Native.CloseRefuse);
+
+    private bool Close(ConnectionId connection, int mode)
     {
         using var r = Use();
-        int rc = Native.iocpsrv_disconnect(r.P, connection.Value, graceful ? 0 : 1);
+        int rc = Native.iocpsrv_disconnect(r.P, connection.Value, mode);
         if (rc == (int)IocpsrvError.NotConnected || rc == (int)IocpsrvError.Stopped) return false;
         Check(rc, "iocpsrv_disconnect");
+        if (_pullMode) Volatile.Read(ref _events).Closed(connection.Value);
         return true;
     }
 
-    /// <summary>Stops reading from a connection (TCP then pushes back on the client).</summary>
+    /// <summary>Stops reading from a connection (TCP then pushes back on the client). In pull
+    /// mode, no Packet event of it is read from when this returns until <see cref="Resume"/>;
+    /// those already received are held, in order.</summary>
     public void Pause(ConnectionId connection)
     {
         using var r = Use();
         Check(Native.iocpsrv_pause_receive(r.P, connection.Value), "iocpsrv_pause_receive");
+        if (_pullMode) Volatile.Read(ref _events).Paused(connection.Value);
     }
 
-    /// <summary>Restarts reading from a paused connection.</summary>
+    /// <summary>Restarts reading from a paused connection; in pull mode its held packets are
+    /// read first, in order.</summary>
     public void Resume(ConnectionId connection)
     {
         using var r = Use();
         Check(Native.iocpsrv_resume_receive(r.P, connection.Value), "iocpsrv_resume_receive");
+        if (_pullMode) Volatile.Read(ref _events).Resumed(connection.Value);
     }
 
     /// <summary>Bytes queued for the connection and not yet handed to the kernel.</summary>
@@ -737,14 +755,16 @@ public sealed unsafe partial class IocpServer : IDisposable, IAsyncDisposable
     /// <summary>Pull mode: the events of the current run (or the next, before Start), each with
     /// its payload copied into an owned array. Completes after the server stops and every
     /// event of the run has been read. One consumer at a time keeps the per-connection
-    /// order.</summary>
+    /// order. <see cref="Disconnect"/>, <see cref="Refuse"/> and <see cref="Pause"/> apply to
+    /// the events not read yet when they return, including those already buffered
+    /// here.</summary>
     public ChannelReader<ServerEvent> Events
     {
         get
         {
             ThrowIfDisposed();
             if (!_pullMode) throw new InvalidOperationException("Events need a server created with IocpServerOptions.PullMode = true.");
-            return Volatile.Read(ref _channel).Reader;
+            return Volatile.Read(ref _events);
         }
     }
 
@@ -753,16 +773,8 @@ public sealed unsafe partial class IocpServer : IDisposable, IAsyncDisposable
     public IAsyncEnumerable<ServerEvent> ReadEventsAsync(CancellationToken cancellationToken = default)
         => Events.ReadAllAsync(cancellationToken);
 
-    private Channel<ServerEvent> NewChannel() => Channel.CreateBounded<ServerEvent>(
-        new BoundedChannelOptions(_pullCapacity)
-        {
-            SingleWriter = true,
-            FullMode = BoundedChannelFullMode.Wait,
-            AllowSynchronousContinuations = false,
-        });
-
-    // Under _gate, before listen: the previous run's pump must be gone and its channel
-    // completed; this run gets a fresh channel. A channel never pumped is kept (a reader may
+    // Under _gate, before listen: the previous run's pump must be gone and its stream
+    // completed; this run gets a fresh one. A stream never pumped is kept (a reader may
     // already wait on it).
     private void ResetPump()
     {
@@ -775,15 +787,15 @@ public sealed unsafe partial class IocpServer : IDisposable, IAsyncDisposable
         _pumpCts!.Dispose();
         _pumpCts = null;
         _pump = null;
-        _channel.Writer.TryComplete();
-        Volatile.Write(ref _channel, NewChannel());
+        _events.Writer.TryComplete();
+        Volatile.Write(ref _events, new PullEvents(_pullCapacity));
     }
 
     private void StartPump()
     {
         var cts = new CancellationTokenSource();
-        var channel = _channel;
-        var thread = new Thread(() => Pump(channel.Writer, cts.Token))
+        var events = _events;
+        var thread = new Thread(() => Pump(events, cts.Token))
         {
             IsBackground = true,
             Name = "iocpsrv-pull",
@@ -795,22 +807,24 @@ public sealed unsafe partial class IocpServer : IDisposable, IAsyncDisposable
 
     private const int PollBatch = 256;
 
-    private void Pump(ChannelWriter<ServerEvent> writer, CancellationToken ct)
+    private void Pump(PullEvents events, CancellationToken ct)
     {
         bool added = false;
         NativeEvent* evs = null;
-        var batch = new ServerEvent[PollBatch];
+        var writer = events.Writer;
+        var batch = new PulledEvent[PollBatch];
         try
         {
             _handle.DangerousAddRef(ref added);
             evs = (NativeEvent*)NativeMemory.Alloc((nuint)(PollBatch * sizeof(NativeEvent)));
             while (!ct.IsCancellationRequested)
             {
+                long poll = events.NextPoll();
                 int n = Native.iocpsrv_poll(_ptr, evs, PollBatch, 100);
                 if (n == (int)IocpsrvError.Stopped) break;
                 if (n < 0) throw new IocpsrvException(n, "iocpsrv_poll");
                 // Copy every event before the next poll: its memory is the engine's until then.
-                for (int i = 0; i < n; i++) batch[i] = Convert(in evs[i]);
+                for (int i = 0; i < n; i++) batch[i] = new PulledEvent(Convert(in evs[i]), poll);
                 for (int i = 0; i < n; i++)
                 {
                     if (!writer.TryWrite(batch[i]))

@@ -120,6 +120,8 @@ internal static unsafe partial class Native
     [LibraryImport(Lib)] internal static partial int iocpsrv_destroy(nint server);
 
     // ---- Sending and connection control ----
+    // iocpsrv_disconnect modes (iocpsrv_close_mode_t).
+    internal const int CloseGraceful = 0, CloseAbort = 1, CloseRefuse = 2;
     [LibraryImport(Lib)] internal static partial int iocpsrv_send(nint server, ulong conn, byte* data, nuint len);
     [LibraryImport(Lib)] internal static partial int iocpsrv_sendv(nint server, ulong conn, NativeBuf* bufs, int count);
     [LibraryImport(Lib)] internal static partial int iocpsrv_broadcast(nint server, byte* data, nuint len);

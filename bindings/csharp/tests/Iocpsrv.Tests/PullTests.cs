@@ -79,7 +79,7 @@ public class PullTests
         ev = await reader.ReadAsync().AsTask().Within();
         Assert.Equal(ServerEventType.Packet, ev.Type);
         Assert.Empty(ev.Payload);
-        // Pull mode cannot refuse at connect time: the consumer disconnects instead.
+        // The consumer closes it (Refuse would close it without its Disconnected).
         Assert.True(server.Disconnect(ev.Connection));
         Assert.True(await c.ClosedByServerAsync());
         ev = await reader.ReadAsync().AsTask().Within();
@@ -138,6 +138,137 @@ public class PullTests
         }
         await send;
         Assert.Equal(Packets, next);
+    }
+
+    // The contract's guarantees in pull mode, for events not read yet when the call returns:
+    // those still in the engine (it keeps them) and those the pump already buffered (the
+    // reader keeps them). A small channel splits a client's packets between the two.
+
+    private static byte[] Frames(Client c, int from, int to)
+    {
+        var frames = new List<byte>();
+        for (int k = from; k < to; k++)
+        {
+            var p = new byte[4];
+            BinaryPrimitives.WriteInt32LittleEndian(p, k);
+            frames.AddRange(c.Frame(p));
+        }
+        return frames.ToArray();
+    }
+
+    private static int Seq(ServerEvent ev) => BinaryPrimitives.ReadInt32LittleEndian(ev.Payload);
+
+    [Fact]
+    public async Task NoPacketIsReadAfterDisconnectReturns()
+    {
+        const int Packets = 600; // more than the pump takes in one poll (256)
+        using var server = new IocpServer(new IocpServerOptions { PullMode = true, WorkerThreads = 2, PullChannelCapacity = 4 });
+        server.Start();
+        var reader = server.Events;
+        using var c = await Client.ConnectAsync(server.Port);
+        await c.SendRawAsync(Frames(c, 0, Packets));
+        Assert.Equal(ServerEventType.Connected, (await reader.ReadAsync().AsTask().Within()).Type);
+        await T.Eventually(() => server.Stats.PacketsIn >= Packets, "every packet queued");
+        var first = await reader.ReadAsync().AsTask().Within();
+        Assert.Equal(0, Seq(first));
+        Assert.True(server.Stats.PullQueueDepth > 0); // some still in the engine, the rest taken by the pump
+        Assert.True(server.Disconnect(first.Connection));
+        var next = await reader.ReadAsync().AsTask().Within();
+        Assert.Equal(ServerEventType.Disconnected, next.Type); // no packet before it
+        Assert.Equal(DisconnectReason.LocalClose, next.Reason);
+        Assert.True(await c.ClosedByServerAsync());
+        server.Stop(TimeSpan.FromSeconds(5));
+        await foreach (var ev in reader.ReadAllAsync().WithCancellation(new CancellationTokenSource(T.Wait).Token))
+            Assert.Fail($"unexpected {ev}");
+    }
+
+    [Fact]
+    public async Task PauseHoldsThePacketsNotReadYetUntilResumeInOrder()
+    {
+        const int Packets = 20;
+        using var server = new IocpServer(new IocpServerOptions { PullMode = true, WorkerThreads = 2, PullChannelCapacity = 4 });
+        server.Start();
+        var reader = server.Events;
+        using var c = await Client.ConnectAsync(server.Port);
+        await c.SendRawAsync(Frames(c, 0, Packets));
+        Assert.Equal(ServerEventType.Connected, (await reader.ReadAsync().AsTask().Within()).Type);
+        await T.Eventually(() => server.Stats.PacketsIn >= Packets, "every packet queued");
+        var first = await reader.ReadAsync().AsTask().Within();
+        Assert.Equal(0, Seq(first));
+        var conn = first.Connection;
+        server.Pause(conn);
+        await c.SendRawAsync(Frames(c, Packets, Packets + 1)); // one more while paused
+
+        // Nothing of it is read while it is paused (a negative check needs a little time).
+        using (var quiet = new CancellationTokenSource(TimeSpan.FromMilliseconds(300)))
+            await Assert.ThrowsAnyAsync<OperationCanceledException>(() => reader.ReadAsync(quiet.Token).AsTask());
+        Assert.True(server.GetInfo(conn).Flags.HasFlag(ConnectionFlags.Paused));
+
+        // A reader waiting meanwhile is woken by Resume (from another thread).
+        var waiting = reader.ReadAsync().AsTask();
+        await Task.Delay(100);
+        Assert.False(waiting.IsCompleted);
+        await Task.Run(() => server.Resume(conn));
+        var got = new List<int> { 0, Seq(await waiting.Within()) };
+        while (got.Count < Packets + 1)
+        {
+            var ev = await reader.ReadAsync().AsTask().Within();
+            Assert.Equal(ServerEventType.Packet, ev.Type);
+            got.Add(Seq(ev));
+        }
+        Assert.Equal(Enumerable.Range(0, Packets + 1), got);
+    }
+
+    [Fact]
+    public async Task PauseThenEndWhilePausedDropsTheHeldPacketsAndDisconnectedStillComes()
+    {
+        using var server = new IocpServer(new IocpServerOptions { PullMode = true, WorkerThreads = 2, PullChannelCapacity = 4 });
+        server.Start();
+        var reader = server.Events;
+        using var c = await Client.ConnectAsync(server.Port);
+        await c.SendRawAsync(Frames(c, 0, 20));
+        Assert.Equal(ServerEventType.Connected, (await reader.ReadAsync().AsTask().Within()).Type);
+        await T.Eventually(() => server.Stats.PacketsIn >= 20, "every packet queued");
+        var first = await reader.ReadAsync().AsTask().Within();
+        server.Pause(first.Connection);
+        server.Stop(TimeSpan.Zero);
+        var rest = new List<ServerEvent>();
+        await foreach (var ev in reader.ReadAllAsync().WithCancellation(new CancellationTokenSource(T.Wait).Token)) rest.Add(ev);
+        var last = Assert.Single(rest);
+        Assert.Equal(ServerEventType.Disconnected, last.Type);
+        Assert.Equal(DisconnectReason.ServerStopped, last.Reason);
+        Assert.True(reader.Completion.IsCompleted);
+    }
+
+    [Fact]
+    public async Task RefuseGivesNoFurtherEventNotEvenDisconnected()
+    {
+        using var server = new IocpServer(new IocpServerOptions { PullMode = true, WorkerThreads = 2, PullChannelCapacity = 4 });
+        server.Start();
+        var reader = server.Events;
+        using var refused = await Client.ConnectAsync(server.Port);
+        await refused.SendRawAsync(Frames(refused, 0, 10));
+        var hello = await reader.ReadAsync().AsTask().Within();
+        Assert.Equal(ServerEventType.Connected, hello.Type);
+        await T.Eventually(() => server.Stats.PacketsIn >= 10, "every packet queued");
+        Assert.True(server.Refuse(hello.Connection));
+        Assert.True(await refused.ClosedByServerAsync());
+        refused.Dispose();
+        await T.Eventually(() => server.Stats.ConnectionsNow == 0, "connections_now == 0");
+        Assert.Equal(1UL, server.Stats.ConnectionsRejected);
+        Assert.False(server.Refuse(hello.Connection)); // gone
+        Assert.False(server.Disconnect(hello.Connection));
+
+        using var ok = await Client.ConnectAsync(server.Port);
+        await ok.SendAsync(Encoding.ASCII.GetBytes("served"));
+        await T.Eventually(() => server.Stats.PacketsIn >= 11, "the packet read");
+        ok.ShutdownSend();
+        server.Stop(TimeSpan.FromSeconds(5));
+        var rest = new List<ServerEvent>();
+        await foreach (var ev in reader.ReadAllAsync().WithCancellation(new CancellationTokenSource(T.Wait).Token)) rest.Add(ev);
+        Assert.DoesNotContain(rest, e => e.Connection == hello.Connection);
+        Assert.Equal(new[] { ServerEventType.Connected, ServerEventType.Packet, ServerEventType.Disconnected },
+            rest.Select(e => e.Type));
     }
 
     [Fact]
