@@ -27,14 +27,14 @@ zip_list() {
 }
 
 # pack_binding [MSBUILD-ARG...]: packs src/Iocpsrv into $TMP/pkg under a version of its own
-# (1.0.0-ci.TIME.PID), so that no restore can pick up a stale copy of the package from NuGet's
+# (1.1.0-ci.TIME.PID), so that no restore can pick up a stale copy of the package from NuGet's
 # global folder; that version's folder there is removed again by ci_cleanup. Sets PKG_DIR,
 # PKG_VERSION and NUPKG (empty on failure).
 PKG_DIR="" PKG_VERSION="" NUPKG="" GLOBAL_PACKAGES=""
 pack_binding() {
   local base
   base=$(sed -n 's:.*<Version>\(.*\)</Version>.*:\1:p' "$HERE/src/Iocpsrv/Iocpsrv.csproj" | head -n1)
-  PKG_VERSION="${base:-1.0.0}-ci.$(date +%s).$$"
+  PKG_VERSION="${base:-1.1.0}-ci.$(date +%s).$$"
   PKG_DIR="$TMP/pkg"
   GLOBAL_PACKAGES=$(dotnet nuget locals global-packages --list 2>/dev/null | sed -n 's/^global-packages: *//p')
   NUPKG=""

@@ -40,7 +40,7 @@ from ._native import (
 from ._server import Server
 from ._types import OPTIONS, ConnInfo, EventType, Framing, ProxyMode, Reason, Stats
 
-__version__ = "1.0.0"
+__version__ = "1.1.0"
 
 __all__ = [
     "Server",

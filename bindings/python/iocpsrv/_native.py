@@ -146,7 +146,7 @@ ffi.cdef(CDEF)
 # ---- constants (the header's macros and enums) ---------------------------------------
 
 IOCPSRV_VERSION_MAJOR = 1
-IOCPSRV_VERSION_MINOR = 0
+IOCPSRV_VERSION_MINOR = 1
 IOCPSRV_VERSION_PATCH = 0
 IOCPSRV_VERSION_HEX = (IOCPSRV_VERSION_MAJOR << 16) | (IOCPSRV_VERSION_MINOR << 8) | IOCPSRV_VERSION_PATCH
 
