@@ -3,6 +3,7 @@
 #ifndef IOCPSRV_CORE_INTERNAL_H
 #define IOCPSRV_CORE_INTERNAL_H
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
