@@ -29,8 +29,8 @@
 #include "core/framing.h"
 #include "core/options.h"
 #include "core/platform.h"
-#include "core/pool.h"
 #include "core/pullq.h"
+#include "core/worker.h"
 #include "core/sendbuf.h"
 #include "core/srcaddr.h"
 #include "iocpsrv.h"
@@ -52,8 +52,6 @@ enum { CLOSE_NONE = 0, CLOSE_GRACEFUL = 1, CLOSE_ABORT = 2 };
 #define BK_EOF 0
 #define BK_AGAIN (-1)
 #define BK_ERROR (-2)
-
-typedef struct worker_s worker_t;
 
 typedef struct conn_s {
   conn_slot_t slot; /* id + lock; must stay first */
@@ -102,22 +100,6 @@ typedef struct conn_s {
   bk_conn_t bk;
 } conn_t;
 
-struct worker_s {
-  iocpsrv_t *srv;
-  int index;
-  srv_thread_t thread;
-  atomic_int state;  /* WORKER_FREE, WORKER_RUNNING, WORKER_EXITED (not joined yet) */
-  int retired;       /* left through the dynamic pool (already counted out) */
-  uint8_t *rbuf;
-  size_t rbuf_size;
-  int64_t now;
-  conn_t *flush_head;
-  conn_t *running;   /* the connection whose token this worker holds, if any */
-  int defer_notify; /* queue connection work instead of running it (see bk_worker_loop) */
-  uint64_t packets_in, bytes_in, packets_out, bytes_out; /* published once per batch */
-  bk_worker_t bk;
-};
-
 /* engine_log_throttled's state: when the next line may go out, and how many were
  * skipped since the last. */
 typedef struct log_gate_s {
@@ -155,7 +137,7 @@ struct iocpsrv_s {
   int port;
   int sweep_period_ms;
   atomic_int_fast64_t next_sweep_ms;
-  worker_t *workers;       /* nslots of them; see core/pool.c */
+  worker_t *workers;       /* nslots of them; see core/worker.c */
   int nslots;
   atomic_int running_workers;
   atomic_int idle_workers; /* waiting for events: the ones a task wake-up may reach */
