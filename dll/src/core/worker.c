@@ -1,5 +1,5 @@
-/* Worker threads: the thread locals, the per-batch bookkeeping, the thread body and the
- * pool that runs them.
+/* Worker threads: the thread locals, the one worker loop every backend shares (wait,
+ * act on the batch, run the queued work), the thread body and the pool that runs them.
  *
  * The pool. Fixed (the default): IOCPSRV_OPT_WORKER_THREADS workers for the server's run.
  *
@@ -15,8 +15,8 @@
  * the callback path. Slots of retired workers are joined and reused by the monitor.
  *
  * Where overlapped I/O may die with the thread that issued it (Wine cancels it; old
- * Windows did too), a retired worker parks instead of exiting (BK_PARK_RETIRED) and
- * growth wakes a parked worker before it starts a new one. */
+ * Windows did too: bk_caps.io_dies_with_thread), a retired worker parks instead of
+ * exiting, and growth wakes a parked worker before it starts a new one. */
 #include "core/internal.h"
 
 ENGINE_TLS worker_t *tls_worker;
@@ -33,7 +33,9 @@ static void publish_stats(iocpsrv_t *srv, worker_t *w) {
   w->packets_in = w->bytes_in = w->packets_out = w->bytes_out = 0;
 }
 
-int engine_after_batch(worker_t *w) {
+/* After each batch of events: deferred flushes, stats, the periodic sweep. Returns
+ * how long the worker may wait for the next event, in ms. */
+static int after_batch(worker_t *w) {
   iocpsrv_t *srv = w->srv;
   flush_deferred(w);
   publish_stats(srv, w);
@@ -43,7 +45,7 @@ int engine_after_batch(worker_t *w) {
 }
 
 /* Called by a worker after each wait: non-zero means "retire now". */
-static int pool_worker_should_retire(worker_t *w) {
+static int should_retire(worker_t *w) {
   pool_t *p = &w->srv->pool;
   int want = atomic_load(&p->retire_requests);
   while (want > 0) {
@@ -58,7 +60,59 @@ static int pool_worker_should_retire(worker_t *w) {
   return 0;
 }
 
-int engine_worker_should_retire(worker_t *w) { return pool_worker_should_retire(w); }
+static int dispatch(worker_t *w, const bk_event_t *e) {
+  if (e->kind == BK_CONN) conn_event(w, e);
+  return e->kind == BK_QUIT; /* BK_WAKE: engine_run_tasks follows every batch */
+}
+
+/* One batch from the wait. Events 2..n only queue their connection's work, the first
+ * runs here (see engine_run_tasks); with accepted clients in the batch, the first
+ * client's connect callback runs here and every connection event is queued, like the
+ * other clients, so none waits behind a connect callback. Queued work is this worker's
+ * to run next, or another's if this one gets stuck. Returns 1 if the batch told this
+ * worker to quit. */
+static int run_batch(worker_t *w, const bk_event_t *ev, int n) {
+  int quit = 0, first = -1, rest = n;
+  for (int i = 0; i < n; i++)
+    if (ev[i].kind == BK_ACCEPT && first < 0) first = i;
+  w->defer_notify = 1;
+  for (int i = 1; i < n; i++) quit |= dispatch(w, &ev[i]);
+  w->defer_notify = first >= 0;
+  if (n > 0) quit |= dispatch(w, &ev[0]);
+  /* The other clients go to the run queue before the first one's connect callback
+   * runs (while it is full, they are served here after all). */
+  for (int i = first + 1; first >= 0 && i < n && rest == n; i++)
+    if (ev[i].kind == BK_ACCEPT && accept_push(w->srv, &ev[i])) rest = i;
+  w->defer_notify = 0;
+  if (first >= 0) engine_accept(w, ev[first].sock, &ev[first].peer);
+  for (int i = rest; i < n; i++)
+    if (ev[i].kind == BK_ACCEPT) engine_accept(w, ev[i].sock, &ev[i].peer);
+  return quit;
+}
+
+/* The worker loop, the same on every backend: wait, act on the batch, run the queued
+ * work, publish, sweep, until the wait says quit or the pool retires this worker. */
+static void worker_loop(worker_t *w) {
+  iocpsrv_t *srv = w->srv;
+  int wait_ms = after_batch(w);
+  for (;;) {
+    if (!worker_may_sleep(w)) {
+      engine_run_tasks(w);
+      wait_ms = after_batch(w);
+      continue;
+    }
+    int n = bk_wait(&srv->bk, w->events, w->nevents, wait_ms);
+    worker_woke(w);
+    if (n < 0) return;
+    w->now = srv_now_ms();
+    int quit = run_batch(w, w->events, n);
+    engine_run_tasks(w);
+    wait_ms = after_batch(w);
+    if (quit || should_retire(w)) return;
+  }
+}
+
+#define ACCEPTED_MAX 4096 /* accepted clients queued at most (accept_push) */
 
 static int fixed_count(iocpsrv_t *srv) {
   return srv->opt.worker_threads ? (int)srv->opt.worker_threads : 2 * srv_cpu_count();
@@ -102,8 +156,8 @@ static void worker_main(void *arg) {
   w->now = srv_now_ms();
   if (srv->on_worker_start) srv->on_worker_start(srv, w->index);
   do {
-    bk_worker_loop(w);
-  } while (w->retired && BK_PARK_RETIRED && pool_park(w));
+    worker_loop(w);
+  } while (w->retired && bk_caps.io_dies_with_thread && pool_park(w));
   if (srv->on_worker_stop) srv->on_worker_stop(srv, w->index);
   flush_deferred(w);
   publish_stats(srv, w);
@@ -126,8 +180,10 @@ static int spawn(iocpsrv_t *srv) {
     w->index = i;
     w->retired = 0;
     w->rbuf_size = (size_t)srv->opt.read_buffer;
+    w->nevents = BK_WAIT_EVENTS + (int)srv->opt.accepts_posted;
     if (!w->rbuf) w->rbuf = srv_malloc(w->rbuf_size);
-    if (!w->rbuf) return -1;
+    if (!w->events) w->events = srv_malloc((size_t)w->nevents * sizeof *w->events);
+    if (!w->rbuf || !w->events) return -1;
     atomic_store(&w->state, WORKER_RUNNING);
     unsigned n = (unsigned)atomic_fetch_add(&srv->running_workers, 1) + 1;
     /* The peak before the thread can serve anyone: a client it serves sees it counted. */
@@ -213,8 +269,21 @@ int pool_start(iocpsrv_t *srv) {
   atomic_store(&p->retire_requests, 0);
   atomic_store(&p->peak, 0);
   srv->nslots = p->max;
+  /* Room for what every worker's batch may leave queued (accept_push); a full queue
+   * only means a worker serves its clients itself. */
+  int cap = p->max * (int)srv->opt.accepts_posted;
+  cap = cap < BK_WAIT_EVENTS ? BK_WAIT_EVENTS : cap > ACCEPTED_MAX ? ACCEPTED_MAX : cap;
   srv->workers = srv_calloc((size_t)srv->nslots, sizeof *srv->workers);
-  if (!srv->workers) return IOCPSRV_ENOMEM;
+  srv->accepted = srv_calloc((size_t)cap, sizeof *srv->accepted);
+  if (!srv->workers || !srv->accepted) {
+    free(srv->workers);
+    free(srv->accepted);
+    srv->workers = NULL;
+    srv->accepted = NULL;
+    return IOCPSRV_ENOMEM;
+  }
+  srv->accepted_cap = cap;
+  srv->accepted_head = srv->accepted_count = 0;
   atomic_store(&srv->running_workers, 0);
   srv_mutex_init(&p->lock);
   srv_cond_init(&p->wake);
@@ -241,15 +310,24 @@ void pool_stop(iocpsrv_t *srv) {
   if (p->monitor_running) srv_thread_join(p->monitor); /* no worker starts after this */
   p->monitor_running = 0;
   p->dynamic = 0;
-  bk_quit_workers(srv);
+  bk_quit(&srv->bk, srv->nslots); /* every worker's wait says BK_QUIT */
   for (int i = 0; i < srv->nslots; i++) {
     worker_t *w = &srv->workers[i];
     if (atomic_load(&w->state) != WORKER_FREE) srv_thread_join(w->thread);
     free(w->rbuf);
+    free(w->events);
   }
   free(srv->workers);
   srv->workers = NULL;
   srv->nslots = 0;
+  /* Clients queued for a worker that quit first: refused, as a stopping server does. */
+  for (; srv->accepted_count > 0; srv->accepted_count--) {
+    refuse_socket(srv, srv->accepted[srv->accepted_head].sock);
+    srv->accepted_head = (srv->accepted_head + 1) % srv->accepted_cap;
+  }
+  free(srv->accepted);
+  srv->accepted = NULL;
+  srv->accepted_cap = 0;
   srv_cond_destroy(&p->unpark);
   srv_cond_destroy(&p->wake);
   srv_mutex_destroy(&p->lock);

@@ -7,7 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "backend_types.h"
+#include "core/backend.h"
 #include "core/platform.h"
 
 typedef struct iocpsrv_s iocpsrv_t;
@@ -23,12 +23,13 @@ typedef struct worker_s {
   int retired;       /* left through the dynamic pool (already counted out) */
   uint8_t *rbuf;
   size_t rbuf_size;
+  bk_event_t *events; /* what bk_wait fills: nevents of them */
+  int nevents;
   int64_t now;
   conn_t *flush_head;
   conn_t *running;   /* the connection whose token this worker holds, if any */
-  int defer_notify; /* queue connection work instead of running it (see bk_worker_loop) */
+  int defer_notify; /* queue connection work instead of running it (see run_batch) */
   uint64_t packets_in, bytes_in, packets_out, bytes_out; /* published once per batch */
-  bk_worker_t bk;
 } worker_t;
 
 /* The worker pool: a fixed set of workers, or, with IOCPSRV_OPT_POOL_MAX, a dynamic
@@ -41,7 +42,7 @@ typedef struct pool_s {
   int monitor_running;
   srv_mutex_t lock;           /* with wake: the monitor's sleep, and quit */
   srv_cond_t wake;
-  srv_cond_t unpark;          /* parked workers wait here (BK_PARK_RETIRED) */
+  srv_cond_t unpark;          /* parked workers wait here (bk_caps.io_dies_with_thread) */
   int quit;
   atomic_int retire_requests; /* workers asked to retire, not yet gone */
   atomic_uint peak;
