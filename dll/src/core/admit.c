@@ -2,7 +2,7 @@
 #include "core/internal.h"
 
 void refuse_socket(iocpsrv_t *srv, bk_socket_t sock) {
-  bk_close_socket(sock);
+  bk_close(NULL, sock, 0);
   engine_stat_add(&srv->stats.connections_refused, 1);
 }
 
@@ -20,7 +20,7 @@ int source_admit(iocpsrv_t *srv, bk_socket_t sock, const struct sockaddr_storage
   char who[64];
   if (proxy == IOCPSRV_PROXY_REQUIRED && !a->trusted) {
     /* Whatever it would send, its header would not be believed: closed at once. */
-    bk_close_socket(sock);
+    bk_close(NULL, sock, 0);
     engine_stat_add(&srv->stats.protocol_errors, 1);
     engine_stat_add(&srv->stats.proxy_untrusted, 1);
     format_addr(sa, who, sizeof who);

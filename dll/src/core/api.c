@@ -70,7 +70,7 @@ static int set_paused(iocpsrv_t *srv, iocpsrv_conn_id_t conn, int paused) {
     c->paused = (uint8_t)paused;
     atomic_store(&c->deliver_stop, paused);
     deliver_pause_locked(srv, c, paused); /* pull mode: queued packets wait too */
-    if (paused) bk_conn_arm_locked(srv, c);
+    if (paused) conn_arm_locked(srv, c);
     else engine_schedule_locked(srv, c, NOTE_RESUME);
   }
   srv_mutex_unlock(&c->slot.lock);
@@ -89,7 +89,7 @@ int64_t IOCPSRV_CALL iocpsrv_pending_bytes(iocpsrv_t *srv, iocpsrv_conn_id_t con
   if (!srv) return IOCPSRV_EINVAL;
   conn_t *c = conn_lock_id(srv, conn);
   if (!c) return srv_state(srv) == SRV_STOPPED ? IOCPSRV_ESTOPPED : IOCPSRV_ENOTCONN;
-  int64_t n = (int64_t)bk_conn_pending_locked(c);
+  int64_t n = (int64_t)conn_pending_locked(c);
   srv_mutex_unlock(&c->slot.lock);
   if (own_conn(srv, conn) == c) n += (int64_t)sendbuf_pending(&c->own); /* not merged yet */
   return n;
@@ -122,11 +122,11 @@ int IOCPSRV_CALL iocpsrv_conn_info(iocpsrv_t *srv, iocpsrv_conn_id_t conn,
   v.bytes_out = c->bytes_out;
   v.packets_in = atomic_load(&c->packets_in);
   v.packets_out = c->packets_out;
-  v.pending_send_bytes = bk_conn_pending_locked(c);
+  v.pending_send_bytes = conn_pending_locked(c);
   snprintf(v.peer, sizeof v.peer, "%s", c->peer);
   snprintf(v.proxy, sizeof v.proxy, "%s", c->proxy);
   struct sockaddr_storage sa;
-  if (bk_local_addr(c, &sa) == 0) format_addr(&sa, v.local, sizeof v.local);
+  if (bk_sockname(c->sock, &sa) == 0) format_addr(&sa, v.local, sizeof v.local);
   srv_mutex_unlock(&c->slot.lock);
   memcpy(info, &v, v.struct_size);
   return 0;

@@ -89,7 +89,7 @@ int conn_finalize(iocpsrv_t *srv, conn_t *c, int reason, int abort) {
   free(c->proxy_buf);
   c->proxy_buf = NULL;
   c->proxy_len = 0;
-  if (!bk_conn_close(srv, c, abort)) engine_conn_released(srv, c);
+  if (!conn_close_socket(srv, c, abort)) engine_conn_released(srv, c);
   return 1;
 }
 
@@ -137,9 +137,9 @@ int conn_close_step(iocpsrv_t *srv, conn_t *c) {
   int abort = c->close_mode == CLOSE_ABORT;
   int nomem = !abort && merge_own_locked(srv, c); /* replies sent before the close */
   if (nomem) abort = 1;
-  if (!abort) bk_conn_flush_locked(srv, c); /* it may sit on a deferred list */
-  if (!abort && !c->wr_shut && bk_conn_pending_locked(c) == 0) {
-    bk_conn_shutdown_write(c);
+  if (!abort) conn_flush_locked(srv, c); /* it may sit on a deferred list */
+  if (!abort && !c->wr_shut && conn_pending_locked(c) == 0) {
+    bk_shutdown(c->sock);
     c->wr_shut = 1;
   }
   int done = c->wr_shut && c->rd_eof;
@@ -178,7 +178,7 @@ static conn_t *conn_open(iocpsrv_t *srv, worker_t *w, bk_socket_t sock,
   c->bye = NULL;
   c->out_seen = 0;
   /* Before anyone can see the id: sends from other threads may start at once. */
-  int reg_err = bk_conn_register(srv, c);
+  int reg_err = conn_watch_locked(srv, c);
   if (reg_err) c->notes |= NOTE_ERROR;
   c->bytes_out = c->packets_out = 0;
   atomic_store(&c->deliver_stop, 0);
@@ -244,7 +244,7 @@ void engine_accept(worker_t *w, bk_socket_t sock, const struct sockaddr_storage 
     conn_finalize(srv, c, IOCPSRV_REASON_PEER_RESET, 1);
     return;
   }
-  bk_tune_socket(srv, sock);
+  bk_tune(&srv->bk, sock);
   if (srv->opt.proxy_protocol) {
     /* The host meets this client once its PROXY header names it (conn_read_proxy). */
     srv_mutex_lock(&c->slot.lock);

@@ -44,14 +44,60 @@ static inline int64_t clock_now(void) { return tls_worker ? tls_worker->now : sr
 #define ASSERT_UNLOCKED(c) SRV_ASSERT_NOT_HELD(&(c)->slot.lock)
 #define ASSERT_TOKEN(c) SRV_ASSERT((c)->busy)
 
+/* Bytes queued or handed to the backend and not yet written (lock held). */
+static inline size_t conn_pending_locked(const conn_t *c) {
+  return sendbuf_pending(&c->out) + sendbuf_pending(&c->held);
+}
+
 typedef struct src_admit_s {
   srcaddr_key_t key;
   uint8_t trusted, counted;
 } src_admit_t;
 
+/* log.c */
+/* The host's log callback. Never with an engine lock held: the callback may call any
+ * thread-safe API function. */
+void engine_log(iocpsrv_t *srv, int level, const char *fmt, ...);
+/* Like engine_log, at most once a second per gate; the lines skipped in between are
+ * counted in the next one. For failures that can repeat at line rate (accept). */
+void engine_log_throttled(iocpsrv_t *srv, log_gate_t *g, int level, const char *fmt, ...);
+void engine_stat_add(atomic_uint_fast64_t *s, uint64_t n);
+/* worker.c */
+int engine_in_worker_of(iocpsrv_t *srv);
 /* sched.c */
 void conn_run(iocpsrv_t *srv, worker_t *w, conn_t *c);
+/* Work for the token holder; lock held. */
+void engine_schedule_locked(iocpsrv_t *srv, conn_t *c, uint32_t note);
+/* Before waiting for events: returns 0 if work is queued (run it instead of waiting).
+ * Otherwise the worker counts as idle until worker_woke. */
+int worker_may_sleep(worker_t *w);
+void worker_woke(worker_t *w);
+/* Queue an accepted client (BK_ACCEPT) for any worker; -1 when the queue is full. */
+int accept_push(iocpsrv_t *srv, const bk_event_t *e);
+/* A BK_CONN event from the wait. */
+void conn_event(worker_t *w, const bk_event_t *e);
+/* Run queued connection work, one connection at a time, until none is left.
+ *
+ * A worker that took a batch of k events must not sit on k-1 of them while a callback
+ * for the first one blocks (contract point 7). So the worker loop dispatches events
+ * 2..k with w->defer_notify set, which queues their work here, then the first inline,
+ * then runs this. Only the first event's connection is tied to this thread. */
+void engine_run_tasks(worker_t *w);
+/* Start watching a fresh connection's socket; lock held. 0 or a negative IOCPSRV_E. */
+int conn_watch_locked(iocpsrv_t *srv, conn_t *c);
+/* Arm the connection for reading if it wants to read; lock held, token not held. */
+void conn_arm_locked(iocpsrv_t *srv, conn_t *c);
 /* send.c */
+/* Hand queued bytes to the backend without blocking; lock held. */
+void conn_flush_locked(iocpsrv_t *srv, conn_t *c);
+/* BK_WRITE: the socket is writable again, or the held write ended (`bytes` of it
+ * written, or `failed`); lock held. */
+void conn_write_done_locked(iocpsrv_t *srv, conn_t *c, size_t bytes, int failed);
+/* Close the connection's socket (the token holder, the connection dead). Returns 1 if
+ * I/O is still running: a BK_RELEASED event follows its end. */
+int conn_close_socket(iocpsrv_t *srv, conn_t *c, int abort);
+/* Release the memory a quiet connection keeps for sending; lock held, token free. */
+void conn_trim_send_locked(conn_t *c);
 void flush_poll_batch(iocpsrv_t *srv);
 void flush_deferred(worker_t *w);
 conn_t *own_conn(iocpsrv_t *srv, iocpsrv_conn_id_t id);
@@ -65,6 +111,11 @@ int conn_read_proxy(iocpsrv_t *srv, worker_t *w, conn_t *c, const uint8_t *p,
 int conn_read(iocpsrv_t *srv, worker_t *w, conn_t *c);
 int conn_resume(iocpsrv_t *srv, worker_t *w, conn_t *c, uint32_t notes);
 /* conn.c */
+/* A new client socket (BK_ACCEPT). */
+void engine_accept(worker_t *w, bk_socket_t sock, const struct sockaddr_storage *peer);
+/* Its last I/O done (bk_close said none runs, or BK_RELEASED): the one disconnect
+ * callback, then the slot is freed. */
+void engine_conn_released(iocpsrv_t *srv, conn_t *c);
 void format_addr(const struct sockaddr_storage *sa, char *out, size_t size);
 conn_t *conn_lock_id(iocpsrv_t *srv, iocpsrv_conn_id_t id);
 void request_close_locked(iocpsrv_t *srv, conn_t *c, int abort, int reason);

@@ -81,6 +81,14 @@ static inline int64_t srv_unix_ms(void) {
   return (int64_t)(t / 10000 - UINT64_C(11644473600000));
 }
 
+/* Winsock, for the core's own name and address calls as much as for the backend's
+ * sockets: once per server (create, destroy). */
+static inline int srv_net_init(void) {
+  WSADATA wsa;
+  return WSAStartup(MAKEWORD(2, 2), &wsa) == 0 ? 0 : -1;
+}
+static inline void srv_net_cleanup(void) { WSACleanup(); }
+
 /* Pull mode's waitable: a manual-reset event. */
 typedef struct srv_waitable_s { HANDLE event; } srv_waitable_t;
 static inline int srv_waitable_init(srv_waitable_t *w) {
@@ -192,6 +200,9 @@ static inline void srv_cond_wait_ms(srv_cond_t *c, srv_mutex_t *m, int64_t timeo
   }
   pthread_cond_timedwait(c, m, &ts);
 }
+
+static inline int srv_net_init(void) { return 0; }
+static inline void srv_net_cleanup(void) {}
 
 /* Pull mode's waitable: an eventfd, readable while events wait. */
 typedef struct srv_waitable_s { int fd; } srv_waitable_t;

@@ -149,7 +149,7 @@ static int conn_read_once(iocpsrv_t *srv, worker_t *w, conn_t *c, int closing, i
     p = w->rbuf;
     room = w->rbuf_size;
   }
-  long n = bk_conn_recv(c, p, room);
+  long n = bk_read(c->sock, p, room);
   if (n == BK_EOF) return conn_peer_eof(srv, c) ? READ_GONE : READ_DRAINED;
   if (n == BK_AGAIN) return READ_DRAINED;
   if (n < 0) return conn_finalize(srv, c, IOCPSRV_REASON_PEER_RESET, 1), READ_GONE;

@@ -1,11 +1,13 @@
 /* The send path: the queue limit, own-callback sends gathered per turn, flushing, drain. */
 #include "core/internal.h"
 
-void engine_sent_locked(iocpsrv_t *srv, conn_t *c, size_t n) {
+/* Bytes left the send queue (taken by the kernel); lock held. Checks drain and the
+ * graceful half-close. */
+static void sent_locked(iocpsrv_t *srv, conn_t *c, size_t n) {
   c->bytes_out += (uint64_t)n;
   if (engine_in_worker_of(srv)) tls_worker->bytes_out += (uint64_t)n;
   else engine_stat_add(&srv->stats.bytes_out, (uint64_t)n);
-  size_t pending = bk_conn_pending_locked(c);
+  size_t pending = conn_pending_locked(c);
   size_t limit = (size_t)srv->opt.send_queue_limit;
   if (c->want_drain && pending < limit / 2 && (pending == 0 || pending + c->drain_need <= limit)) {
     c->want_drain = 0;
@@ -14,21 +16,83 @@ void engine_sent_locked(iocpsrv_t *srv, conn_t *c, size_t n) {
   }
   if (c->state == CONN_CLOSING && c->close_mode == CLOSE_GRACEFUL && !c->wr_shut &&
       pending == 0) {
-    bk_conn_shutdown_write(c);
+    bk_shutdown(c->sock);
     c->wr_shut = 1;
     if (c->rd_eof) engine_schedule_locked(srv, c, NOTE_CLOSE); /* both FINs: done */
   }
 }
 
-void engine_write_failed_locked(iocpsrv_t *srv, conn_t *c) {
+/* A write failed: the connection is dead. Lock held; no write is outstanding. */
+static void write_failed_locked(iocpsrv_t *srv, conn_t *c) {
   /* The peer is gone: drop what is queued and let the token holder close. The failed
    * write took the socket's error, so a read may now see a plain end of stream: the
    * reset is recorded here. */
   sendbuf_free(&c->out);
+  sendbuf_free(&c->held);
   if (c->state == CONN_OPEN) request_close_locked(srv, c, 1, IOCPSRV_REASON_PEER_RESET);
   else if (c->close_reason == IOCPSRV_REASON_PEER_CLOSED)
     c->close_reason = IOCPSRV_REASON_PEER_RESET;
   engine_schedule_locked(srv, c, NOTE_ERROR);
+}
+
+/* Write until the queue is empty or the backend says BK_AGAIN. `done`: bytes a held
+ * write finished (BK_WRITE), counted with the rest. A backend whose writes hold their
+ * bytes (bk_caps.write_holds_bytes) writes from `held`, which stays put until its
+ * BK_WRITE; new sends meanwhile go to `out`, swapped in once `held` is written. */
+static void flush_locked(iocpsrv_t *srv, conn_t *c, size_t done) {
+  if (c->write_wait) return; /* BK_WRITE goes on */
+  size_t sent = done;
+  while (!c->write_wait) {
+    sendbuf_t *b = &c->out;
+    if (bk_caps.write_holds_bytes) {
+      if (!sendbuf_pending(&c->held)) {
+        if (!sendbuf_pending(&c->out)) break;
+        sendbuf_t t = c->held; /* swap: new sends go to an empty buffer */
+        c->held = c->out;
+        c->out = t;
+      }
+      b = &c->held;
+    }
+    size_t len = sendbuf_write_len(b);
+    if (!len) break;
+    long n = bk_write(&c->bk, c->sock, sendbuf_data(b), len);
+    if (n >= 0) {
+      sendbuf_consume(b, (size_t)n);
+      sent += (size_t)n;
+    } else if (n == BK_AGAIN) {
+      c->write_wait = 1; /* until BK_WRITE */
+    } else {
+      write_failed_locked(srv, c);
+      return;
+    }
+  }
+  sent_locked(srv, c, sent);
+}
+
+void conn_flush_locked(iocpsrv_t *srv, conn_t *c) { flush_locked(srv, c, 0); }
+
+void conn_write_done_locked(iocpsrv_t *srv, conn_t *c, size_t bytes, int failed) {
+  c->write_wait = 0;
+  if (c->state != CONN_OPEN && c->state != CONN_CLOSING) return; /* closed meanwhile */
+  if (failed) {
+    write_failed_locked(srv, c);
+    return;
+  }
+  if (bytes) sendbuf_consume(&c->held, bytes);
+  flush_locked(srv, c, bytes);
+}
+
+int conn_close_socket(iocpsrv_t *srv, conn_t *c, int abort) {
+  int running = bk_close(&c->bk, c->sock, abort);
+  c->sock = BK_INVALID_SOCKET;
+  if (!running) sendbuf_free(&c->held); /* else the OS still reads it: BK_RELEASED frees */
+  return running;
+}
+
+void conn_trim_send_locked(conn_t *c) {
+  if (sendbuf_pending(&c->out) == 0 && c->out.buf) sendbuf_free(&c->out);
+  if (sendbuf_pending(&c->own) == 0 && c->own.buf) sendbuf_free(&c->own);
+  if (!c->write_wait && sendbuf_pending(&c->held) == 0 && c->held.buf) sendbuf_free(&c->held);
 }
 
 static int in_poll_batch(iocpsrv_t *srv) {
@@ -58,7 +122,7 @@ static void flush_soon_locked(iocpsrv_t *srv, conn_t *c) {
     srv->poll_flush_head = c;
     srv_mutex_unlock(&srv->poll_flush_lock);
   } else {
-    bk_conn_flush_locked(srv, c);
+    conn_flush_locked(srv, c);
   }
 }
 
@@ -72,7 +136,7 @@ void flush_poll_batch(iocpsrv_t *srv) {
     srv_mutex_lock(&c->slot.lock);
     next = c->next_flush;
     c->flush_queued = 0;
-    if (c->state == CONN_OPEN || c->state == CONN_CLOSING) bk_conn_flush_locked(c->srv, c);
+    if (c->state == CONN_OPEN || c->state == CONN_CLOSING) conn_flush_locked(c->srv, c);
     srv_mutex_unlock(&c->slot.lock);
     c = next;
   }
@@ -84,7 +148,7 @@ void flush_deferred(worker_t *w) {
     srv_mutex_lock(&c->slot.lock);
     w->flush_head = c->next_flush;
     c->flush_queued = 0;
-    if (c->state == CONN_OPEN || c->state == CONN_CLOSING) bk_conn_flush_locked(c->srv, c);
+    if (c->state == CONN_OPEN || c->state == CONN_CLOSING) conn_flush_locked(c->srv, c);
     srv_mutex_unlock(&c->slot.lock);
   }
 }
@@ -113,7 +177,7 @@ conn_t *own_conn(iocpsrv_t *srv, iocpsrv_conn_id_t id) {
  * check of the very next write sees it. Returns 1 if refused. */
 static int own_refusal(iocpsrv_t *srv, conn_t *c, size_t framed) {
   srv_mutex_lock(&c->slot.lock);
-  c->out_seen = bk_conn_pending_locked(c);
+  c->out_seen = conn_pending_locked(c);
   int refuse = queue_refuses(srv, c->out_seen + sendbuf_pending(&c->own), framed);
   if (refuse) refused_locked(c, framed);
   srv_mutex_unlock(&c->slot.lock);
@@ -174,7 +238,7 @@ int send_packet(iocpsrv_t *srv, iocpsrv_conn_id_t id, const iocpsrv_buf_t *bufs,
   conn_t *c = conn_lock_id(srv, id);
   if (!c) return IOCPSRV_ENOTCONN;
   int rc = 0;
-  size_t pending = bk_conn_pending_locked(c);
+  size_t pending = conn_pending_locked(c);
   size_t framed = srv->framing.header_bytes + total;
   if (c->state != CONN_OPEN) {
     rc = IOCPSRV_ENOTCONN;

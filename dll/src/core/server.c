@@ -16,7 +16,7 @@ static void begin_stop(iocpsrv_t *srv, int timeout_ms) {
   if (!atomic_compare_exchange_strong(&srv->state, &expected, SRV_STOPPING)) return;
   srv->stop_abort = timeout_ms == 0;
   atomic_store(&srv->stop_deadline, timeout_ms < 0 ? INT64_MAX : srv_now_ms() + timeout_ms);
-  bk_stop_accepting(srv);
+  bk_quit(&srv->bk, 0);
   close_all(srv, srv->stop_abort);
 }
 
@@ -41,7 +41,7 @@ static void finish_stop(iocpsrv_t *srv) {
   }
   srv_mutex_unlock(&srv->count_lock);
   pool_stop(srv);
-  bk_release(srv);
+  bk_release(&srv->bk);
   if (srv->opt.pull_mode) pullq_set_stopped(&srv->pull);
   srv->need_join = 0;
   atomic_store(&srv->state, SRV_STOPPED);
@@ -54,11 +54,10 @@ int IOCPSRV_CALL iocpsrv_create(iocpsrv_t **out, void *user) {
   if (!srv) return IOCPSRV_ENOMEM;
   srv->user = user;
   srv_options_init(&srv->opt);
-  srv->listen_sock = BK_INVALID_SOCKET;
   int rc = IOCPSRV_ENOMEM;
   if (conntable_init(&srv->table, sizeof(conn_t))) goto err_free;
   rc = IOCPSRV_ESYSTEM;
-  if (bk_global_init()) goto err_table;
+  if (srv_net_init()) goto err_table;
   if (pullq_init(&srv->pull, NULL, srv)) goto err_global;
   srv_mutex_init(&srv->life_lock);
   srv_mutex_init(&srv->count_lock);
@@ -68,7 +67,7 @@ int IOCPSRV_CALL iocpsrv_create(iocpsrv_t **out, void *user) {
   *out = srv;
   return 0;
 err_global:
-  bk_global_cleanup();
+  srv_net_cleanup();
 err_table:
   conntable_destroy(&srv->table);
 err_free:
@@ -149,7 +148,9 @@ static void on_pull_eof(void *ctx, const iocpsrv_conn_id_t *ids, size_t n) {
   }
 }
 
-int engine_bind_listener(iocpsrv_t *srv, const char *host, int port) {
+/* Resolve `host` (NULL or "": every interface) and listen on the first address that
+ * works. 0 or a negative IOCPSRV_E code. */
+static int bind_listener(iocpsrv_t *srv, const char *host, int port) {
   /* No host: all interfaces, dual stack, falling back to IPv4 where IPv6 is off. */
   int any = host == NULL || host[0] == 0;
   const char *candidates[2] = {any ? "::" : host, any ? "0.0.0.0" : NULL};
@@ -164,7 +165,7 @@ int engine_bind_listener(iocpsrv_t *srv, const char *host, int port) {
     hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
     if (getaddrinfo(candidates[k], service, &hints, &res) != 0) continue;
     for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
-      err = bk_listen_on(srv, ai);
+      err = bk_listen(&srv->bk, ai, &srv->port);
       if (err == 0) break;
     }
     freeaddrinfo(res);
@@ -202,7 +203,8 @@ int IOCPSRV_CALL iocpsrv_listen(iocpsrv_t *srv, const char *host, int port) {
   int64_t period = srv->opt.idle_timeout_ms ? srv->opt.idle_timeout_ms / 4 : 250;
   srv->sweep_period_ms = (int)(period > 250 ? 250 : period < 10 ? 10 : period);
   atomic_store(&srv->next_sweep_ms, srv_now_ms() + srv->sweep_period_ms);
-  if (!rc) rc = bk_start(srv, host, port);
+  if (!rc) rc = bk_open(&srv->bk, srv, &srv->opt);
+  if (!rc) rc = bind_listener(srv, host, port);
   if (!rc) {
     srv->pull.on_room = on_pull_room;
     srv->pull.on_eof = on_pull_eof;
@@ -212,7 +214,7 @@ int IOCPSRV_CALL iocpsrv_listen(iocpsrv_t *srv, const char *host, int port) {
     rc = pool_start(srv);
     if (rc) atomic_store(&srv->state, SRV_STOPPED);
   }
-  if (rc) bk_release(srv);
+  if (rc) bk_release(&srv->bk);
   else srv->need_join = 1;
   srv_mutex_unlock(&srv->life_lock);
   if (!rc && trust_warning)
@@ -262,6 +264,6 @@ int IOCPSRV_CALL iocpsrv_destroy(iocpsrv_t *srv) {
   srv_mutex_destroy(&srv->count_lock);
   srv_mutex_destroy(&srv->life_lock);
   free(srv);
-  bk_global_cleanup();
+  srv_net_cleanup();
   return 0;
 }

@@ -10,10 +10,8 @@
 static void trim_locked(conn_t *c) {
   ASSERT_LOCKED(c);
   SRV_ASSERT(!c->busy); /* nobody is touching the framer */
-  if (sendbuf_pending(&c->out) == 0 && c->out.buf) sendbuf_free(&c->out);
-  if (sendbuf_pending(&c->own) == 0 && c->own.buf) sendbuf_free(&c->own);
+  conn_trim_send_locked(c);
   if (framer_buffered(&c->in) == 0 && c->in.buf) framer_free(&c->in);
-  bk_conn_trim_locked(c);
 }
 
 void sweep(iocpsrv_t *srv, worker_t *w) {
@@ -55,6 +53,6 @@ void sweep_if_due(iocpsrv_t *srv, worker_t *w) {
   if (w->now < due) return;
   if (atomic_compare_exchange_strong(&srv->next_sweep_ms, &due, w->now + srv->sweep_period_ms)) {
     sweep(srv, w);
-    bk_periodic(srv, w->now);
+    bk_periodic(&srv->bk, w->now);
   }
 }

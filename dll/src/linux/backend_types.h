@@ -1,8 +1,9 @@
-/* What the epoll backend keeps inside the core's structs (see core/engine.h). */
+/* What the epoll backend keeps inside the core's structs (see core/backend.h). */
 #ifndef IOCPSRV_LINUX_BACKEND_TYPES_H
 #define IOCPSRV_LINUX_BACKEND_TYPES_H
 
 #include <arpa/inet.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -12,8 +13,13 @@
 typedef int bk_socket_t;
 #define BK_INVALID_SOCKET (-1)
 
+typedef struct iocpsrv_s iocpsrv_t;
+typedef struct srv_options_s srv_options_t;
+
+/* Nothing per connection: each socket is registered once, edge-triggered, with the
+ * connection id as its epoll data. (C wants a member.) */
 typedef struct bk_conn_s {
-  uint8_t want_write; /* a send would block: the next EPOLLOUT edge flushes */
+  uint8_t unused;
 } bk_conn_t;
 
 /* The poll gate (linux/epoll.c): one worker waits in epoll_wait, one watches. */
@@ -27,8 +33,11 @@ typedef struct bk_gate_s {
 } bk_gate_t;
 
 typedef struct bk_server_s {
-  int ready; /* bk_start ran: there is something to release */
-  int epfd, task_fd, quit_fd;
+  iocpsrv_t *srv;            /* for the core's log and counters */
+  const srv_options_t *opt;
+  int ready;                 /* bk_open ran: there is something to release */
+  int listen_fd, epfd, task_fd, quit_fd;
+  atomic_int accepting;      /* cleared by bk_quit: the listener is not re-armed */
   bk_gate_t gate;
   /* Descriptor exhaustion (linux/epoll.c, accept_batch and bk_periodic): */
   atomic_int reserve_fd;          /* the spare descriptor given up to drop waiting
@@ -37,16 +46,5 @@ typedef struct bk_server_s {
   atomic_int_fast64_t resume_ms;
   atomic_int backoff_ms;          /* the last pause; 0 after an accept succeeded */
 } bk_server_t;
-
-/* What the dynamic pool does with a retired worker: a worker thread owns no I/O: retired workers exit. */
-#define BK_PARK_RETIRED 0
-
-/* Work a worker queues for others (the rest of a batch) wakes nobody: the gate's
- * watcher brings in a spare worker when the one holding it is stuck. */
-#define BK_WAKE_FOR_WORKER_TASKS 0
-
-typedef struct bk_worker_s {
-  int unused;
-} bk_worker_t;
 
 #endif

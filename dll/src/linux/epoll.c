@@ -18,9 +18,8 @@
  * the others by about a tick, as IOCP's concurrency limit would, without a wake-up
  * per event. The watcher ticks only while the server is busy.
  *
- * Sends are plain non-blocking send() calls of the whole contiguous send buffer; one
- * that would block sets want_write, and the next EPOLLOUT edge lets the token holder
- * finish it. */
+ * Sends are plain non-blocking send() calls; one that would block says BK_AGAIN, and
+ * the next EPOLLOUT edge (BK_WRITE) lets the core go on. */
 #define _GNU_SOURCE /* accept4 */
 #include <errno.h>
 #include <fcntl.h>
@@ -32,18 +31,20 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
-#include "core/engine.h"
+#include "core/backend.h"
 #include "core/fault.h"
+#include "core/platform.h"
 
 /* epoll data values that are not connection ids (ids are >= 1 << 24). */
 #define TAG_LISTEN 1u
 #define TAG_TASK 2u
 #define TAG_QUIT 3u
 
-#define EVENTS_PER_WAIT 64
-
-int bk_global_init(void) { return 0; }
-void bk_global_cleanup(void) {}
+const bk_caps_t bk_caps = {
+    .write_holds_bytes = 0,   /* send() copies */
+    .io_dies_with_thread = 0, /* a worker thread owns no I/O: retired workers exit */
+    .wait_takes_over = 1,     /* the poll gate's watcher */
+};
 
 static int os_error(int e) {
   switch (e) {
@@ -106,8 +107,8 @@ static int gate_watch(bk_gate_t *g, int wait_ms) {
 
 /* Before waiting for events: poll, watch or sleep. wait_ms bounds every wait so the
  * sweep and the dynamic pool's retiring still run. */
-static int gate_enter(iocpsrv_t *srv, int wait_ms) {
-  bk_gate_t *g = &srv->bk.gate;
+static int gate_enter(bk_server_t *b, int wait_ms) {
+  bk_gate_t *g = &b->gate;
   int r;
   srv_mutex_lock(&g->lock);
   if (g->quit) {
@@ -127,8 +128,8 @@ static int gate_enter(iocpsrv_t *srv, int wait_ms) {
 
 /* Back from epoll_wait: the next batch is anyone's; a sleeping watcher wakes, since
  * the poller is about to be busy. */
-static void gate_leave(iocpsrv_t *srv) {
-  bk_gate_t *g = &srv->bk.gate;
+static void gate_leave(bk_server_t *b) {
+  bk_gate_t *g = &b->gate;
   srv_mutex_lock(&g->lock);
   g->poller = 0;
   g->batches++;
@@ -139,8 +140,8 @@ static void gate_leave(iocpsrv_t *srv) {
   srv_mutex_unlock(&g->lock);
 }
 
-static void gate_quit(iocpsrv_t *srv) {
-  bk_gate_t *g = &srv->bk.gate;
+static void gate_quit(bk_server_t *b) {
+  bk_gate_t *g = &b->gate;
   srv_mutex_lock(&g->lock);
   g->quit = 1;
   srv_cond_broadcast(&g->watch);
@@ -150,20 +151,50 @@ static void gate_quit(iocpsrv_t *srv) {
 
 /* ------------------------------------------------------------------ listener ---- */
 
-int bk_listen_on(iocpsrv_t *srv, const struct addrinfo *ai) {
+static int add_watch(bk_server_t *b, int fd, uint32_t events, uint64_t tag) {
+  struct epoll_event e = {.events = events, .data.u64 = tag};
+  return epoll_ctl(b->epfd, EPOLL_CTL_ADD, fd, &e);
+}
+
+static int open_reserve(void);
+
+int bk_open(bk_server_t *b, iocpsrv_t *srv, const srv_options_t *opt) {
+  b->srv = srv;
+  b->opt = opt;
+  b->listen_fd = b->epfd = b->task_fd = b->quit_fd = -1;
+  atomic_store(&b->reserve_fd, -1);
+  atomic_store(&b->accept_paused, 0);
+  atomic_store(&b->backoff_ms, 0);
+  atomic_store(&b->accepting, 1);
+  gate_init(&b->gate);
+  b->ready = 1;
+  b->epfd = epoll_create1(EPOLL_CLOEXEC);
+  b->task_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  b->quit_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (b->epfd < 0 || b->task_fd < 0 || b->quit_fd < 0) return os_error(errno);
+  /* The task eventfd is edge-triggered so one write wakes one worker; quit is
+   * level-triggered so it wakes them all. */
+  if (add_watch(b, b->task_fd, EPOLLIN | EPOLLET, TAG_TASK) ||
+      add_watch(b, b->quit_fd, EPOLLIN, TAG_QUIT))
+    return os_error(errno);
+  return 0;
+}
+
+int bk_listen(bk_server_t *b, const struct addrinfo *ai, int *port) {
   int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) return os_error(errno);
-  int one = 1, v6only = (int)srv->opt.ipv6_only;
+  int one = 1, v6only = (int)b->opt->ipv6_only;
   setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  if (srv->opt.reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) {
+  if (b->opt->reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) {
     int err = os_error(errno);
     close(fd);
     return err;
   }
   if (ai->ai_family == AF_INET6)
     setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, sizeof v6only);
-  int backlog = srv->opt.listen_backlog ? (int)srv->opt.listen_backlog : SOMAXCONN;
-  if (bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, backlog) != 0) {
+  int backlog = b->opt->listen_backlog ? (int)b->opt->listen_backlog : SOMAXCONN;
+  if (bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, backlog) != 0 ||
+      add_watch(b, fd, EPOLLIN | EPOLLONESHOT, TAG_LISTEN) != 0) {
     int err = os_error(errno);
     close(fd);
     return err;
@@ -171,50 +202,13 @@ int bk_listen_on(iocpsrv_t *srv, const struct addrinfo *ai) {
   struct sockaddr_storage sa;
   socklen_t len = sizeof sa;
   getsockname(fd, (struct sockaddr *)&sa, &len);
-  srv->port = ntohs(sa.ss_family == AF_INET ? ((struct sockaddr_in *)&sa)->sin_port
-                                            : ((struct sockaddr_in6 *)&sa)->sin6_port);
-  srv->listen_sock = fd;
-  return 0;
-}
-
-
-static int add_watch(iocpsrv_t *srv, int fd, uint32_t events, uint64_t tag) {
-  struct epoll_event e = {.events = events, .data.u64 = tag};
-  return epoll_ctl(srv->bk.epfd, EPOLL_CTL_ADD, fd, &e);
-}
-
-static int open_reserve(void);
-
-int bk_start(iocpsrv_t *srv, const char *host, int port) {
-  bk_server_t *b = &srv->bk;
-  b->epfd = b->task_fd = b->quit_fd = -1;
-  atomic_store(&b->reserve_fd, -1);
-  atomic_store(&b->accept_paused, 0);
-  atomic_store(&b->backoff_ms, 0);
-  gate_init(&b->gate);
-  b->ready = 1;
-  int rc = engine_bind_listener(srv, host, port);
-  if (rc) return rc;
-  b->epfd = epoll_create1(EPOLL_CLOEXEC);
-  b->task_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-  b->quit_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-  if (b->epfd < 0 || b->task_fd < 0 || b->quit_fd < 0) return os_error(errno);
-  /* The task eventfd is edge-triggered so one write wakes one worker; quit is
-   * level-triggered so it wakes them all. */
-  if (add_watch(srv, srv->listen_sock, EPOLLIN | EPOLLONESHOT, TAG_LISTEN) ||
-      add_watch(srv, b->task_fd, EPOLLIN | EPOLLET, TAG_TASK) ||
-      add_watch(srv, b->quit_fd, EPOLLIN, TAG_QUIT))
-    return os_error(errno);
+  *port = ntohs(sa.ss_family == AF_INET ? ((struct sockaddr_in *)&sa)->sin_port
+                                        : ((struct sockaddr_in6 *)&sa)->sin6_port);
+  b->listen_fd = fd;
   /* Last, and not required: without it, exhaustion pauses accepting (accept_batch);
    * bk_periodic tries again. No log here: life_lock is held. */
   atomic_store(&b->reserve_fd, open_reserve());
   return 0;
-}
-
-void bk_stop_accepting(iocpsrv_t *srv) {
-  /* shutdown, not close: a worker may be inside accept4 on this fd right now. */
-  epoll_ctl(srv->bk.epfd, EPOLL_CTL_DEL, srv->listen_sock, NULL);
-  shutdown(srv->listen_sock, SHUT_RDWR);
 }
 
 static void close_fd(int *fd) {
@@ -222,15 +216,15 @@ static void close_fd(int *fd) {
   *fd = -1;
 }
 
-void bk_release(iocpsrv_t *srv) {
-  close_fd(&srv->listen_sock);
-  if (!srv->bk.ready) return; /* bk_start never ran: nothing else is open */
-  srv->bk.ready = 0;
-  gate_destroy(&srv->bk.gate);
-  close_fd(&srv->bk.epfd);
-  close_fd(&srv->bk.task_fd);
-  close_fd(&srv->bk.quit_fd);
-  int reserve = atomic_exchange(&srv->bk.reserve_fd, -1);
+void bk_release(bk_server_t *b) {
+  if (!b->ready) return; /* bk_open never ran: nothing is open */
+  b->ready = 0;
+  close_fd(&b->listen_fd);
+  gate_destroy(&b->gate);
+  close_fd(&b->epfd);
+  close_fd(&b->task_fd);
+  close_fd(&b->quit_fd);
+  int reserve = atomic_exchange(&b->reserve_fd, -1);
   if (reserve >= 0) close(reserve);
 }
 
@@ -240,11 +234,19 @@ static void signal_fd(int fd) {
   (void)r; /* EAGAIN only if the counter is saturated: it is readable either way */
 }
 
-void bk_quit_workers(iocpsrv_t *srv) {
-  signal_fd(srv->bk.quit_fd); /* the poller */
-  gate_quit(srv);              /* the watcher and the sleepers */
+void bk_quit(bk_server_t *b, int waiters) {
+  if (waiters == 0) {
+    atomic_store(&b->accepting, 0);
+    /* shutdown, not close: a worker may be inside accept4 on this fd right now. */
+    epoll_ctl(b->epfd, EPOLL_CTL_DEL, b->listen_fd, NULL);
+    shutdown(b->listen_fd, SHUT_RDWR);
+    return;
+  }
+  signal_fd(b->quit_fd); /* the poller: level-triggered, so every later one too */
+  gate_quit(b);          /* the watcher and the sleepers */
 }
-void bk_wake_tasks(iocpsrv_t *srv) { signal_fd(srv->bk.task_fd); }
+
+void bk_wake(bk_server_t *b) { signal_fd(b->task_fd); }
 
 /* ------------------------------------------------------ descriptor exhaustion ---- */
 
@@ -259,8 +261,8 @@ void bk_wake_tasks(iocpsrv_t *srv) { signal_fd(srv->bk.task_fd); }
  * disarmed and bk_periodic re-arms it after a backoff that doubles from
  * ACCEPT_BACKOFF_MIN_MS to ACCEPT_BACKOFF_MAX_MS and starts over once an accept
  * succeeds; meanwhile the clients wait in the backlog and are served once descriptors
- * free up. Every failed accept4 counts in accept_errors and is logged through
- * srv->accept_log (at most a line a second). Existing connections are not touched. */
+ * free up. Every failed accept4 counts in accept_errors and is logged under
+ * BK_LOG_ACCEPT (at most a line a second). Existing connections are not touched. */
 #define ACCEPT_BACKOFF_MIN_MS 50
 #define ACCEPT_BACKOFF_MAX_MS 1000
 #define ACCEPT_DROP_MAX 4096 /* clients dropped per use of the spare (then come back) */
@@ -268,20 +270,20 @@ void bk_wake_tasks(iocpsrv_t *srv) { signal_fd(srv->bk.task_fd); }
 static int open_reserve(void) { return open("/dev/null", O_RDONLY | O_CLOEXEC); }
 
 /* Put a freshly opened spare in place unless another worker did. */
-static void keep_reserve(iocpsrv_t *srv, int fd) {
+static void keep_reserve(bk_server_t *b, int fd) {
   int none = -1;
-  if (fd >= 0 && !atomic_compare_exchange_strong(&srv->bk.reserve_fd, &none, fd)) close(fd);
+  if (fd >= 0 && !atomic_compare_exchange_strong(&b->reserve_fd, &none, fd)) close(fd);
 }
 
 /* accept4 through the fault seam: an injected failure is EMFILE, the client stays in
  * the backlog. */
-static int accept_one(iocpsrv_t *srv, struct sockaddr_storage *sa) {
+static int accept_one(bk_server_t *b, struct sockaddr_storage *sa) {
   if (fault_os(FAULT_ACCEPT)) {
     errno = EMFILE;
     return -1;
   }
   socklen_t len = sizeof *sa;
-  return accept4(srv->listen_sock, (struct sockaddr *)sa, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+  return accept4(b->listen_fd, (struct sockaddr *)sa, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
 }
 
 /* Errors that belong to one client (accept(2): pending network errors of the new
@@ -306,16 +308,16 @@ static int client_error(int e) {
  * back. 1 when the backlog was emptied (or ACCEPT_DROP_MAX clients went), else 0: no
  * spare, or accepting still failed (*err gets that error). *dropped counts the closed
  * clients. */
-static int drop_waiting(iocpsrv_t *srv, unsigned *dropped, int *err) {
-  int spare = atomic_exchange(&srv->bk.reserve_fd, -1);
+static int drop_waiting(bk_server_t *b, unsigned *dropped, int *err) {
+  int spare = atomic_exchange(&b->reserve_fd, -1);
   if (spare < 0) return 0;
   close(spare);
   int emptied = 1;
   for (unsigned i = 0; i < ACCEPT_DROP_MAX; i++) {
     struct sockaddr_storage sa;
-    int fd = accept_one(srv, &sa);
+    int fd = accept_one(b, &sa);
     if (fd >= 0) {
-      engine_stat_add(&srv->stats.connections_refused, 1); /* before the client sees it */
+      engine_count(b->srv, BK_COUNT_REFUSED, 1); /* before the client sees it */
       close(fd);
       (*dropped)++;
       continue;
@@ -324,17 +326,16 @@ static int drop_waiting(iocpsrv_t *srv, unsigned *dropped, int *err) {
     if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINVAL) {
       emptied = 0;
       *err = errno;
-      engine_stat_add(&srv->stats.accept_errors, 1);
+      engine_count(b->srv, BK_COUNT_ACCEPT_ERRORS, 1);
     }
     break;
   }
-  keep_reserve(srv, open_reserve());
+  keep_reserve(b, open_reserve());
   return emptied;
 }
 
 /* Stop accepting for a while; bk_periodic re-arms the listener. Returns the pause. */
-static int pause_accepting(iocpsrv_t *srv, int64_t now) {
-  bk_server_t *b = &srv->bk;
+static int pause_accepting(bk_server_t *b, int64_t now) {
   int backoff = atomic_load(&b->backoff_ms);
   backoff = backoff <= 0 ? ACCEPT_BACKOFF_MIN_MS
             : backoff >= ACCEPT_BACKOFF_MAX_MS / 2 ? ACCEPT_BACKOFF_MAX_MS
@@ -342,83 +343,79 @@ static int pause_accepting(iocpsrv_t *srv, int64_t now) {
   atomic_store(&b->backoff_ms, backoff);
   atomic_store(&b->resume_ms, now + backoff);
   struct epoll_event e = {.events = EPOLLONESHOT, .data.u64 = TAG_LISTEN}; /* no EPOLLIN */
-  epoll_ctl(b->epfd, EPOLL_CTL_MOD, srv->listen_sock, &e);
+  epoll_ctl(b->epfd, EPOLL_CTL_MOD, b->listen_fd, &e);
   /* Set after the disarm: a bk_periodic that clears it re-arms after this disarm, and
    * one that came before it leaves it set for the next pass. */
   atomic_store(&b->accept_paused, 1);
   return backoff;
 }
 
-void bk_periodic(iocpsrv_t *srv, int64_t now) {
-  bk_server_t *b = &srv->bk;
-  if (atomic_load(&b->reserve_fd) < 0) keep_reserve(srv, open_reserve());
+void bk_periodic(bk_server_t *b, int64_t now) {
+  if (atomic_load(&b->reserve_fd) < 0) keep_reserve(b, open_reserve());
   if (!atomic_load(&b->accept_paused) || now < atomic_load(&b->resume_ms)) return;
   if (!atomic_exchange(&b->accept_paused, 0)) return;
   /* After a stop, the listener is out of the set and this fails harmlessly. */
-  if (atomic_load(&srv->state) == SRV_RUNNING) {
+  if (atomic_load(&b->accepting)) {
     struct epoll_event e = {.events = EPOLLIN | EPOLLONESHOT, .data.u64 = TAG_LISTEN};
-    epoll_ctl(b->epfd, EPOLL_CTL_MOD, srv->listen_sock, &e);
+    epoll_ctl(b->epfd, EPOLL_CTL_MOD, b->listen_fd, &e);
   }
 }
 
-static void accept_batch(worker_t *w) {
-  iocpsrv_t *srv = w->srv;
-  bk_server_t *b = &srv->bk;
+/* The listener is readable: accept up to IOCPSRV_OPT_ACCEPTS_POSTED clients into ev
+ * (room for `room`) as BK_ACCEPT events. Returns how many. */
+static int accept_batch(bk_server_t *b, bk_event_t *ev, int room) {
   /* Paused: an event from before the pause; bk_periodic re-arms. */
-  if (atomic_load(&b->accept_paused)) return;
+  if (atomic_load(&b->accept_paused)) return 0;
   /* Re-arm first: another worker may accept while connect callbacks run here. */
-  if (atomic_load(&srv->state) == SRV_RUNNING) {
+  if (atomic_load(&b->accepting)) {
     struct epoll_event e = {.events = EPOLLIN | EPOLLONESHOT, .data.u64 = TAG_LISTEN};
-    epoll_ctl(b->epfd, EPOLL_CTL_MOD, srv->listen_sock, &e);
+    epoll_ctl(b->epfd, EPOLL_CTL_MOD, b->listen_fd, &e);
   }
-  int err = 0, paused_ms = 0;
+  int err = 0, paused_ms = 0, k = 0;
   unsigned dropped = 0;
-  for (int i = 0; i < srv->opt.accepts_posted; i++) {
-    struct sockaddr_storage sa;
-    int fd = accept_one(srv, &sa);
+  for (int i = 0; i < b->opt->accepts_posted && k < room; i++) {
+    int fd = accept_one(b, &ev[k].peer);
     if (fd >= 0) {
       if (atomic_load_explicit(&b->backoff_ms, memory_order_relaxed))
         atomic_store(&b->backoff_ms, 0);
-      engine_accept(w, fd, &sa);
+      ev[k].kind = BK_ACCEPT;
+      ev[k++].sock = fd;
       continue;
     }
     if (errno == EINTR || errno == ECONNABORTED) continue;
     if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINVAL) break;
     err = errno;
-    engine_stat_add(&srv->stats.accept_errors, 1);
+    engine_count(b->srv, BK_COUNT_ACCEPT_ERRORS, 1);
     if (client_error(err)) continue;
-    if ((err == EMFILE || err == ENFILE) && drop_waiting(srv, &dropped, &err)) break;
+    if ((err == EMFILE || err == ENFILE) && drop_waiting(b, &dropped, &err)) break;
     /* No spare, the spare did not help, or another shortage (ENOBUFS, ENOMEM) or an
      * error we do not know: stop for a while rather than retry at once. */
-    paused_ms = pause_accepting(srv, w->now);
+    paused_ms = pause_accepting(b, srv_now_ms());
     break;
   }
-  if (!err) return;
+  if (!err) return k;
   /* No lock is held here: the log callback may call into the API. */
   if (paused_ms)
-    engine_log_throttled(srv, &srv->accept_log, 0,
-                         "accept failed: %s; not accepting for %d ms", strerror(err),
-                         paused_ms);
+    engine_log_topic(b->srv, BK_LOG_ACCEPT, 0, "accept failed: %s; not accepting for %d ms",
+                     strerror(err), paused_ms);
   else if (dropped)
-    engine_log_throttled(srv, &srv->accept_log, 0,
-                         "accept failed: %s; closed %u waiting client%s at once",
-                         strerror(err), dropped, dropped == 1 ? "" : "s");
+    engine_log_topic(b->srv, BK_LOG_ACCEPT, 0,
+                     "accept failed: %s; closed %u waiting client%s at once", strerror(err),
+                     dropped, dropped == 1 ? "" : "s");
   else
-    engine_log_throttled(srv, &srv->accept_log, 0, "accept failed: %s", strerror(err));
+    engine_log_topic(b->srv, BK_LOG_ACCEPT, 0, "accept failed: %s", strerror(err));
+  return k;
 }
 
-/* ------------------------------------------------------------------- workers ---- */
+/* ---------------------------------------------------------------------- wait ---- */
 
-static void on_conn_event(worker_t *w, uint64_t id, uint32_t ev) {
-  conn_t *c = engine_conn_lock_id_event(w->srv, id);
-  if (!c) return;
-  if (ev & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) c->hup = 1; /* read on to the end */
-  uint32_t notes = 0;
-  if (ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) notes |= NOTE_READ;
-  /* Most edges report EPOLLOUT (the socket is writable); it matters only after a send
-   * would have blocked. want_write is set under this lock, so none is missed. */
-  if ((ev & (EPOLLOUT | EPOLLHUP | EPOLLERR)) && c->bk.want_write) notes |= NOTE_WRITE;
-  engine_conn_notify_locked(w, c, notes);
+static uint8_t conn_notes(uint32_t ev) {
+  uint8_t notes = 0;
+  if (ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) notes |= BK_READ;
+  if (ev & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) notes |= BK_HUP; /* read on to the end */
+  /* Most edges report EPOLLOUT; the core acts on it only after a write said BK_AGAIN. */
+  if (ev & (EPOLLOUT | EPOLLHUP | EPOLLERR)) notes |= BK_WRITE;
+  return notes;
 }
 
 static void drain_fd(int fd) {
@@ -427,66 +424,51 @@ static void drain_fd(int fd) {
   (void)r; /* EAGAIN: another worker read it */
 }
 
-typedef struct batch_flags_s {
-  int accept, quit;
-} batch_flags_t;
-
-static void dispatch(worker_t *w, const struct epoll_event *e, batch_flags_t *f) {
-  uint64_t tag = e->data.u64;
-  if (tag == TAG_LISTEN) f->accept = 1;
-  else if (tag == TAG_QUIT) f->quit = 1;
-  else if (tag == TAG_TASK) drain_fd(w->srv->bk.task_fd); /* engine_run_tasks follows */
-  else on_conn_event(w, tag, e->events);
-}
-
-void bk_worker_loop(worker_t *w) {
-  iocpsrv_t *srv = w->srv;
-  struct epoll_event evs[EVENTS_PER_WAIT];
-  int wait_ms = engine_after_batch(w);
-  for (;;) {
-    if (!engine_worker_may_sleep(w)) {
-      engine_run_tasks(w);
-      wait_ms = engine_after_batch(w);
-      continue;
-    }
-    int gate = gate_enter(srv, wait_ms);
-    if (gate != GATE_POLL) {
-      engine_worker_woke(w);
-      if (gate == GATE_QUIT || engine_worker_should_retire(w)) return;
-      engine_run_tasks(w);
-      wait_ms = engine_after_batch(w);
-      continue;
-    }
-    int n = epoll_wait(srv->bk.epfd, evs, EVENTS_PER_WAIT, wait_ms);
-    gate_leave(srv);
-    engine_worker_woke(w);
-    if (n < 0 && errno != EINTR) {
-      engine_log(srv, 0, "epoll_wait failed: %s", strerror(errno));
-      return;
-    }
-    w->now = srv_now_ms();
-    batch_flags_t f = {0, 0};
-    /* Events 2..n go to the run queue, the first is run here (see engine_run_tasks);
-     * when the listener is in the batch, its connect callbacks run here and every
-     * connection event is queued, so none waits behind a connect callback. Queued
-     * work is this worker's to run next, or the watcher's if this one gets stuck. */
-    w->defer_notify = 1;
-    for (int i = 1; i < n; i++) dispatch(w, &evs[i], &f);
-    w->defer_notify = f.accept;
-    if (n > 0) dispatch(w, &evs[0], &f);
-    w->defer_notify = 0;
-    if (f.accept) accept_batch(w);
-    engine_run_tasks(w);
-    wait_ms = engine_after_batch(w);
-    if (f.quit || engine_worker_should_retire(w)) return;
+int bk_wait(bk_server_t *b, bk_event_t *ev, int max, int timeout_ms) {
+  int gate = gate_enter(b, timeout_ms);
+  if (gate == GATE_QUIT) {
+    ev[0].kind = BK_QUIT;
+    return 1;
   }
+  if (gate != GATE_POLL) return 0; /* around: run what the stuck poller queued */
+  struct epoll_event evs[BK_WAIT_EVENTS];
+  int n = epoll_wait(b->epfd, evs, BK_WAIT_EVENTS, timeout_ms);
+  gate_leave(b);
+  if (n < 0) {
+    if (errno == EINTR) return 0;
+    engine_log_topic(b->srv, BK_LOG_ALWAYS, 0, "epoll_wait failed: %s", strerror(errno));
+    return -1;
+  }
+  int k = 0, listener = 0;
+  for (int i = 0; i < n; i++) {
+    uint64_t tag = evs[i].data.u64;
+    bk_event_t *e = &ev[k];
+    if (tag == TAG_LISTEN) {
+      listener = 1; /* accepted after the rest: its clients go last */
+      continue;
+    }
+    if (tag == TAG_QUIT) {
+      e->kind = BK_QUIT;
+    } else if (tag == TAG_TASK) {
+      drain_fd(b->task_fd);
+      e->kind = BK_WAKE;
+    } else {
+      e->kind = BK_CONN;
+      e->id = tag;
+      e->notes = conn_notes(evs[i].events);
+      e->bytes = 0;
+    }
+    k++;
+  }
+  if (listener) k += accept_batch(b, ev + k, max - k);
+  return k;
 }
 
 /* --------------------------------------------------------------- connections ---- */
 
 /* One option of an accepted socket: a refusal is logged (at most a line a second) and
  * otherwise ignored, since every option here only tunes the connection. */
-static void tune(iocpsrv_t *srv, int fd, int level, int name, int value, const char *what) {
+static void tune(bk_server_t *b, int fd, int level, int name, int value, const char *what) {
   int rc;
   if (fault_os(FAULT_SETSOCKOPT)) {
     errno = ENOBUFS;
@@ -495,99 +477,76 @@ static void tune(iocpsrv_t *srv, int fd, int level, int name, int value, const c
     rc = setsockopt(fd, level, name, &value, sizeof value);
   }
   if (rc != 0)
-    engine_log_throttled(srv, &srv->sockopt_log, 1, "cannot set %s on a client socket: %s",
-                         what, strerror(errno));
+    engine_log_topic(b->srv, BK_LOG_SOCKOPT, 1, "cannot set %s on a client socket: %s", what,
+                     strerror(errno));
 }
 
-void bk_tune_socket(iocpsrv_t *srv, bk_socket_t fd) {
-  const srv_options_t *o = &srv->opt;
-  if (o->nodelay) tune(srv, fd, IPPROTO_TCP, TCP_NODELAY, 1, "TCP_NODELAY");
+void bk_tune(bk_server_t *b, bk_socket_t fd) {
+  const srv_options_t *o = b->opt;
+  if (o->nodelay) tune(b, fd, IPPROTO_TCP, TCP_NODELAY, 1, "TCP_NODELAY");
   if (o->keepalive_ms) {
     int secs = (int)((o->keepalive_ms + 999) / 1000);
-    tune(srv, fd, SOL_SOCKET, SO_KEEPALIVE, 1, "SO_KEEPALIVE");
-    tune(srv, fd, IPPROTO_TCP, TCP_KEEPIDLE, secs, "TCP_KEEPIDLE");
-    tune(srv, fd, IPPROTO_TCP, TCP_KEEPINTVL, secs, "TCP_KEEPINTVL");
+    tune(b, fd, SOL_SOCKET, SO_KEEPALIVE, 1, "SO_KEEPALIVE");
+    tune(b, fd, IPPROTO_TCP, TCP_KEEPIDLE, secs, "TCP_KEEPIDLE");
+    tune(b, fd, IPPROTO_TCP, TCP_KEEPINTVL, secs, "TCP_KEEPINTVL");
   }
-  if (o->rcvbuf) tune(srv, fd, SOL_SOCKET, SO_RCVBUF, (int)o->rcvbuf, "SO_RCVBUF");
-  if (o->sndbuf) tune(srv, fd, SOL_SOCKET, SO_SNDBUF, (int)o->sndbuf, "SO_SNDBUF");
+  if (o->rcvbuf) tune(b, fd, SOL_SOCKET, SO_RCVBUF, (int)o->rcvbuf, "SO_RCVBUF");
+  if (o->sndbuf) tune(b, fd, SOL_SOCKET, SO_SNDBUF, (int)o->sndbuf, "SO_SNDBUF");
 }
 
-int bk_conn_register(iocpsrv_t *srv, conn_t *c) {
-  c->bk.want_write = 0;
-  struct epoll_event e = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
-                          .data.u64 = c->slot.id};
-  if (fault_os(FAULT_EPOLL_CTL)) {
-    errno = ENOMEM;
-    return os_error(errno);
-  }
-  /* No log here: the connection's lock is held (the engine logs the code). */
-  return epoll_ctl(srv->bk.epfd, EPOLL_CTL_ADD, c->sock, &e) == 0 ? 0 : os_error(errno);
+int bk_register(bk_server_t *b, bk_conn_t *c, bk_socket_t fd, uint64_t id) {
+  (void)c;
+  struct epoll_event e = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.u64 = id};
+  if (fault_os(FAULT_EPOLL_CTL)) return os_error(ENOMEM);
+  /* No log here: the connection's lock is held (the core logs the code). */
+  return epoll_ctl(b->epfd, EPOLL_CTL_ADD, fd, &e) == 0 ? 0 : os_error(errno);
 }
 
 /* Edge-triggered: the registration stays as it is for the connection's life. */
-void bk_conn_arm_locked(iocpsrv_t *srv, conn_t *c) { (void)srv, (void)c; }
-
-void bk_conn_flush_locked(iocpsrv_t *srv, conn_t *c) {
-  if (c->bk.want_write) return; /* EPOLLOUT will flush */
-  size_t sent = 0;
-  while (sendbuf_pending(&c->out)) {
-    ssize_t n;
-    if (fault_os(FAULT_SEND_POST)) { /* as the kernel fails a send it has no buffer for */
-      errno = ENOBUFS;
-      n = -1;
-    } else {
-      n = send(c->sock, sendbuf_data(&c->out), sendbuf_pending(&c->out), MSG_NOSIGNAL);
-    }
-    if (n > 0) {
-      sendbuf_consume(&c->out, (size_t)n);
-      sent += (size_t)n;
-      continue;
-    }
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      c->bk.want_write = 1; /* the EPOLLOUT edge brings NOTE_WRITE */
-      break;
-    }
-    engine_write_failed_locked(srv, c);
-    return;
-  }
-  engine_sent_locked(srv, c, sent);
+int bk_arm(bk_conn_t *c, bk_socket_t fd) {
+  (void)c, (void)fd;
+  return 0;
 }
 
-void bk_conn_on_writable_locked(iocpsrv_t *srv, conn_t *c) {
-  c->bk.want_write = 0;
-  bk_conn_flush_locked(srv, c);
-}
-
-size_t bk_conn_pending_locked(const conn_t *c) { return sendbuf_pending(&c->out); }
-
-void bk_conn_trim_locked(conn_t *c) { (void)c; /* nothing per connection beyond the core's */ }
-
-long bk_conn_recv(conn_t *c, void *buf, size_t len) {
+long bk_read(bk_socket_t fd, void *buf, size_t len) {
   for (;;) {
-    ssize_t n = recv(c->sock, buf, len, 0);
+    ssize_t n = recv(fd, buf, len, 0);
     if (n >= 0) return (long)n;
     if (errno == EINTR) continue;
     return errno == EAGAIN || errno == EWOULDBLOCK ? BK_AGAIN : BK_ERROR;
   }
 }
 
-void bk_conn_shutdown_write(conn_t *c) { shutdown(c->sock, SHUT_WR); }
+long bk_write(bk_conn_t *c, bk_socket_t fd, const void *data, size_t len) {
+  (void)c;
+  for (;;) {
+    ssize_t n;
+    if (fault_os(FAULT_SEND_POST)) { /* as the kernel fails a send it has no buffer for */
+      errno = ENOBUFS;
+      n = -1;
+    } else {
+      n = send(fd, data, len, MSG_NOSIGNAL);
+    }
+    if (n > 0) return (long)n;
+    if (n < 0 && errno == EINTR) continue;
+    /* Would block: the EPOLLOUT edge brings BK_WRITE. */
+    return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) ? BK_AGAIN : BK_ERROR;
+  }
+}
 
-int bk_conn_close(iocpsrv_t *srv, conn_t *c, int abort) {
-  (void)srv;
+void bk_shutdown(bk_socket_t fd) { shutdown(fd, SHUT_WR); }
+
+int bk_close(bk_conn_t *c, bk_socket_t fd, int abort) {
+  (void)c;
   if (abort) {
     struct linger lg = {1, 0}; /* RST instead of FIN */
-    setsockopt(c->sock, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
   }
-  close(c->sock); /* also drops the epoll registration: the fd is never duplicated */
-  c->sock = -1;
+  close(fd); /* also drops the epoll registration: the fd is never duplicated */
   return 0;
 }
 
-void bk_close_socket(bk_socket_t sock) { close(sock); }
-
-int bk_local_addr(conn_t *c, struct sockaddr_storage *sa) {
+int bk_sockname(bk_socket_t fd, struct sockaddr_storage *sa) {
   socklen_t len = sizeof *sa;
-  return getsockname(c->sock, (struct sockaddr *)sa, &len);
+  return getsockname(fd, (struct sockaddr *)sa, &len);
 }

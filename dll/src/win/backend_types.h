@@ -1,4 +1,4 @@
-/* What the IOCP backend keeps inside the core's structs (see core/engine.h). */
+/* What the IOCP backend keeps inside the core's structs (see core/backend.h). */
 #ifndef IOCPSRV_WIN_BACKEND_TYPES_H
 #define IOCPSRV_WIN_BACKEND_TYPES_H
 
@@ -12,10 +12,11 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
-#include "core/sendbuf.h"
-
 typedef SOCKET bk_socket_t;
 #define BK_INVALID_SOCKET INVALID_SOCKET
+
+typedef struct iocpsrv_s iocpsrv_t;
+typedef struct srv_options_s srv_options_t;
 
 /* One overlapped operation; the completion leads back to it with container_of. */
 typedef struct bk_io_s {
@@ -25,18 +26,21 @@ typedef struct bk_io_s {
 
 typedef struct bk_conn_s {
   bk_io_t recv_io, send_io;
-  sendbuf_t inflight;   /* the bytes the outstanding WSASend is writing */
-  int io_pending;       /* overlapped operations not yet completed */
-  uint8_t recv_posted, send_posted;
-  uint8_t skip_inline;  /* FILE_SKIP_COMPLETION_PORT_ON_SUCCESS is on for this socket */
-  uint8_t closed;       /* socket closed; the slot is released after the last completion */
+  uint64_t id;         /* the connection's, for its events */
+  atomic_uint io;      /* operations not yet completed, | BK_IO_CLOSED once closed */
+  uint8_t skip_inline; /* FILE_SKIP_COMPLETION_PORT_ON_SUCCESS is on for this socket */
 } bk_conn_t;
 
 typedef struct bk_accept_s bk_accept_t;
 
 typedef struct bk_server_s {
+  iocpsrv_t *srv;            /* for the core's log and counters */
+  const srv_options_t *opt;
+  int ready;                 /* bk_open ran: there is something to release */
   HANDLE port;
+  SOCKET listen_sock;
   int family;
+  atomic_int accepting;      /* cleared by bk_quit: completed accepts are closed */
   bk_accept_t *accepts;
   int naccepts;
   LPFN_ACCEPTEX accept_ex;
@@ -45,18 +49,7 @@ typedef struct bk_server_s {
   atomic_int retries;             /* slots waiting */
   atomic_int_fast64_t retry_ms;   /* when bk_periodic tries next */
   atomic_int backoff_ms;          /* the last wait; 0 once every slot is posted */
-  atomic_int unlogged;            /* a failure bk_start counted but could not log */
+  atomic_int unlogged;            /* a failure bk_listen counted but could not log */
 } bk_server_t;
-
-/* What the dynamic pool does with a retired worker: overlapped I/O may die with its thread (Wine): retired workers park. */
-#define BK_PARK_RETIRED 1
-
-/* Work a worker queues for others (the rest of a batch) wakes an idle worker at once:
- * a worker blocked in a callback is seen by nobody else. */
-#define BK_WAKE_FOR_WORKER_TASKS 1
-
-typedef struct bk_worker_s {
-  int unused;
-} bk_worker_t;
 
 #endif
