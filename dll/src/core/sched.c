@@ -82,6 +82,7 @@ int worker_may_sleep(worker_t *w) {
 void worker_woke(worker_t *w) { atomic_fetch_sub(&w->srv->idle_workers, 1); }
 
 void engine_schedule_locked(iocpsrv_t *srv, conn_t *c, uint32_t note) {
+  ASSERT_LOCKED(c);
   c->notes |= note;
   if (c->busy || c->queued) return;
   c->queued = 1;
@@ -90,6 +91,7 @@ void engine_schedule_locked(iocpsrv_t *srv, conn_t *c, uint32_t note) {
 
 /* Whether the connection wants to receive now (lock held). */
 static int reading_wanted(const conn_t *c) {
+  ASSERT_LOCKED(c);
   if (c->rd_eof) return 0;
   return c->state == CONN_CLOSING || (!c->paused && !c->pull_blocked);
 }
@@ -100,6 +102,7 @@ int conn_watch_locked(iocpsrv_t *srv, conn_t *c) {
 }
 
 void conn_arm_locked(iocpsrv_t *srv, conn_t *c) {
+  ASSERT_LOCKED(c);
   if (c->busy || c->read_armed || !reading_wanted(c)) return;
   if (c->state != CONN_OPEN && c->state != CONN_CLOSING) return;
   int r = bk_arm(&c->bk, c->sock);
@@ -108,6 +111,8 @@ void conn_arm_locked(iocpsrv_t *srv, conn_t *c) {
 }
 
 static int conn_handle(iocpsrv_t *srv, worker_t *w, conn_t *c, uint32_t n) {
+  ASSERT_TOKEN(c);
+  ASSERT_UNLOCKED(c);
   if (n & NOTE_ERROR) return conn_finalize(srv, c, IOCPSRV_REASON_PEER_RESET, 1);
   if ((n & NOTE_CLOSE) && conn_close_step(srv, c)) return 1;
   if (n & (NOTE_RESUME | NOTE_ROOM)) {
@@ -122,6 +127,8 @@ static int conn_handle(iocpsrv_t *srv, worker_t *w, conn_t *c, uint32_t n) {
 /* Run notes while holding the token; called with the lock held and busy set, returns
  * with the lock released. */
 static void conn_run_notes(iocpsrv_t *srv, worker_t *w, conn_t *c) {
+  ASSERT_LOCKED(c);
+  ASSERT_TOKEN(c);
   conn_t *outer = w->running;
   w->running = c;
   int nomem = 0;
@@ -173,6 +180,7 @@ static conn_t *lock_id_event(iocpsrv_t *srv, uint64_t id) {
 /* Add notes and run them if no one holds the token. Called with the lock held; returns
  * with it released. */
 static void conn_notify_locked(worker_t *w, conn_t *c, uint32_t notes) {
+  ASSERT_LOCKED(c);
   c->notes |= notes;
   if (c->busy || !c->notes || c->state == CONN_DEAD || c->state == CONN_FREE) {
     srv_mutex_unlock(&c->slot.lock);

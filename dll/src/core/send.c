@@ -4,6 +4,7 @@
 /* Bytes left the send queue (taken by the kernel); lock held. Checks drain and the
  * graceful half-close. */
 static void sent_locked(iocpsrv_t *srv, conn_t *c, size_t n) {
+  ASSERT_LOCKED(c);
   c->bytes_out += (uint64_t)n;
   if (engine_in_worker_of(srv)) tls_worker->bytes_out += (uint64_t)n;
   else engine_stat_add(&srv->stats.bytes_out, (uint64_t)n);
@@ -24,6 +25,7 @@ static void sent_locked(iocpsrv_t *srv, conn_t *c, size_t n) {
 
 /* A write failed: the connection is dead. Lock held; no write is outstanding. */
 static void write_failed_locked(iocpsrv_t *srv, conn_t *c) {
+  ASSERT_LOCKED(c);
   /* The peer is gone: drop what is queued and let the token holder close. The failed
    * write took the socket's error, so a read may now see a plain end of stream: the
    * reset is recorded here. */
@@ -40,6 +42,7 @@ static void write_failed_locked(iocpsrv_t *srv, conn_t *c) {
  * bytes (bk_caps.write_holds_bytes) writes from `held`, which stays put until its
  * BK_WRITE; new sends meanwhile go to `out`, swapped in once `held` is written. */
 static void flush_locked(iocpsrv_t *srv, conn_t *c, size_t done) {
+  ASSERT_LOCKED(c);
   if (c->write_wait) return; /* BK_WRITE goes on */
   size_t sent = done;
   while (!c->write_wait) {
@@ -72,6 +75,7 @@ static void flush_locked(iocpsrv_t *srv, conn_t *c, size_t done) {
 void conn_flush_locked(iocpsrv_t *srv, conn_t *c) { flush_locked(srv, c, 0); }
 
 void conn_write_done_locked(iocpsrv_t *srv, conn_t *c, size_t bytes, int failed) {
+  ASSERT_LOCKED(c);
   c->write_wait = 0;
   if (c->state != CONN_OPEN && c->state != CONN_CLOSING) return; /* closed meanwhile */
   if (failed) {
@@ -90,6 +94,7 @@ int conn_close_socket(iocpsrv_t *srv, conn_t *c, int abort) {
 }
 
 void conn_trim_send_locked(conn_t *c) {
+  ASSERT_LOCKED(c);
   if (sendbuf_pending(&c->out) == 0 && c->out.buf) sendbuf_free(&c->out);
   if (sendbuf_pending(&c->own) == 0 && c->own.buf) sendbuf_free(&c->own);
   if (!c->write_wait && sendbuf_pending(&c->held) == 0 && c->held.buf) sendbuf_free(&c->held);
@@ -108,6 +113,7 @@ static int in_poll_batch(iocpsrv_t *srv) {
  * and must not hold that connection's bytes (or, through flush_queued, its own
  * replies made on other workers) back (contract point 7). */
 static void flush_soon_locked(iocpsrv_t *srv, conn_t *c) {
+  ASSERT_LOCKED(c);
   worker_t *w = tls_worker;
   if (engine_in_worker_of(srv) && w->running == c) {
     if (c->flush_queued) return;
@@ -160,6 +166,7 @@ static int queue_refuses(const iocpsrv_t *srv, size_t queued, size_t framed) {
 }
 
 static void refused_locked(conn_t *c, size_t framed) {
+  ASSERT_LOCKED(c);
   c->want_drain = 1;
   if (framed > c->drain_need) c->drain_need = framed;
 }
@@ -176,6 +183,8 @@ conn_t *own_conn(iocpsrv_t *srv, iocpsrv_conn_id_t id) {
  * against the real queue; a refusal sets want_drain there, at once, so the drain
  * check of the very next write sees it. Returns 1 if refused. */
 static int own_refusal(iocpsrv_t *srv, conn_t *c, size_t framed) {
+  ASSERT_TOKEN(c);
+  ASSERT_UNLOCKED(c);
   srv_mutex_lock(&c->slot.lock);
   c->out_seen = conn_pending_locked(c);
   int refuse = queue_refuses(srv, c->out_seen + sendbuf_pending(&c->own), framed);
@@ -209,6 +218,8 @@ static int send_own(iocpsrv_t *srv, conn_t *c, const iocpsrv_buf_t *bufs, int co
  * -1 when out of memory (the connection is aborted): the caller logs it once the lock
  * is released, since no host callback may run under an engine lock. */
 int merge_own_locked(iocpsrv_t *srv, conn_t *c) {
+  ASSERT_LOCKED(c);
+  ASSERT_TOKEN(c);
   if (!sendbuf_pending(&c->own)) return 0;
   if (c->state != CONN_OPEN && c->state != CONN_CLOSING) {
     sendbuf_free(&c->own);
