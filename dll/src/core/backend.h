@@ -121,10 +121,11 @@ void bk_periodic(bk_server_t *b, int64_t now);
 
 /* ---- The socket set ---- */
 
-/* Listen on one resolved address and attach the listener to the poller. 0 with *port
- * the bound port, or a negative IOCPSRV_E code (then the core tries its next address).
- * Called under the server's lifecycle lock: no log. */
-int bk_listen(bk_server_t *b, const struct addrinfo *ai, int *port);
+/* Listen on one resolved address and attach the listener to the poller. 0 with *bound
+ * the address it is bound to (the port the OS picked), or a negative IOCPSRV_E code
+ * (then the core tries its next address). Called under the server's lifecycle lock:
+ * no log. */
+int bk_listen(bk_server_t *b, const struct addrinfo *ai, struct sockaddr_storage *bound);
 /* The socket options (IOCPSRV_OPT_NODELAY, KEEPALIVE, RCVBUF, SNDBUF) of an accepted
  * socket. Each only tunes the connection: one the OS refuses is logged (a line a
  * second at most) and the client is served anyway. */
@@ -156,5 +157,9 @@ void engine_log_topic(iocpsrv_t *srv, int topic, int level, const char *fmt, ...
 enum { BK_COUNT_ACCEPT_ERRORS = 0, BK_COUNT_REFUSED = 1 };
 /* Add to the server's accept_errors or connections_refused. */
 void engine_count(iocpsrv_t *srv, int counter, uint64_t n);
+
+/* How long to stop accepting after a failure that would repeat at once (descriptors
+ * or memory ran out), given the last pause (0: none): 50 ms, doubling up to 1 s. */
+int engine_accept_backoff(int last_ms);
 
 #endif
