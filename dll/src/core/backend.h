@@ -17,9 +17,10 @@
  * connection after its last completion inside bk_arm, bk_write, bk_close and bk_wait.
  * Where the core must act differently for a backend, the backend says so in bk_caps.
  *
- * Threads and locks. Calls that name a connection (bk_arm, bk_write) are made under
- * that connection's lock and must neither block nor log. bk_register is made under the
- * lock too. Everything else is called with no engine lock held. */
+ * Threads and locks. bk_register, bk_arm and bk_write are called under the
+ * connection's lock and must neither block nor log; bk_read and bk_close by the
+ * connection's token holder, no lock held. Everything else is called with no engine
+ * lock held. */
 #ifndef IOCPSRV_CORE_BACKEND_H
 #define IOCPSRV_CORE_BACKEND_H
 
@@ -35,7 +36,7 @@ typedef struct iocpsrv_s iocpsrv_t;
 
 enum {
   BK_CONN = 1,   /* news for the connection `id` (notes below) */
-  BK_ACCEPT = 2, /* a new client: `sock` (non-blocking, attached to the poller) from `peer` */
+  BK_ACCEPT = 2, /* a new client: `sock` (non-blocking, for bk_register) from `peer` */
   BK_WAKE = 3,   /* bk_wake was called: queued work waits */
   BK_QUIT = 4    /* bk_quit: this worker's loop ends */
 };
@@ -97,7 +98,7 @@ int bk_open(bk_server_t *b, iocpsrv_t *srv, const srv_options_t *opt);
  * bk_open never ran or failed half way. */
 void bk_release(bk_server_t *b);
 /* Start watching a fresh client socket for connection `id` (lock held: no log). 0 or
- * a negative IOCPSRV_E code; the socket is the backend's to close either way. */
+ * a negative IOCPSRV_E code (the core then closes the connection, bk_close). */
 int bk_register(bk_server_t *b, bk_conn_t *c, bk_socket_t s, uint64_t id);
 /* The connection wants to read and has no BK_READ to come: arrange one. 0: an event
  * will come; 1: readable now (no event comes); BK_ERROR: the connection is dead. Lock
