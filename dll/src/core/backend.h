@@ -17,9 +17,10 @@
  * connection after its last completion inside bk_arm, bk_write, bk_close and bk_wait.
  * Where the core must act differently for a backend, the backend says so in bk_caps.
  *
- * Threads and locks. Calls that name a connection (bk_arm, bk_write) are made under
- * that connection's lock and must neither block nor log. bk_register is made under the
- * lock too. Everything else is called with no engine lock held. */
+ * Threads and locks. bk_register, bk_arm and bk_write are called under the
+ * connection's lock and must neither block nor log; bk_read and bk_close by the
+ * connection's token holder, no lock held. Everything else is called with no engine
+ * lock held. */
 #ifndef IOCPSRV_CORE_BACKEND_H
 #define IOCPSRV_CORE_BACKEND_H
 
@@ -35,7 +36,7 @@ typedef struct iocpsrv_s iocpsrv_t;
 
 enum {
   BK_CONN = 1,   /* news for the connection `id` (notes below) */
-  BK_ACCEPT = 2, /* a new client: `sock` (non-blocking, attached to the poller) from `peer` */
+  BK_ACCEPT = 2, /* a new client: `sock` (non-blocking, for bk_register) from `peer` */
   BK_WAKE = 3,   /* bk_wake was called: queued work waits */
   BK_QUIT = 4    /* bk_quit: this worker's loop ends */
 };
@@ -97,7 +98,7 @@ int bk_open(bk_server_t *b, iocpsrv_t *srv, const srv_options_t *opt);
  * bk_open never ran or failed half way. */
 void bk_release(bk_server_t *b);
 /* Start watching a fresh client socket for connection `id` (lock held: no log). 0 or
- * a negative IOCPSRV_E code; the socket is the backend's to close either way. */
+ * a negative IOCPSRV_E code (the core then closes the connection, bk_close). */
 int bk_register(bk_server_t *b, bk_conn_t *c, bk_socket_t s, uint64_t id);
 /* The connection wants to read and has no BK_READ to come: arrange one. 0: an event
  * will come; 1: readable now (no event comes); BK_ERROR: the connection is dead. Lock
@@ -121,10 +122,11 @@ void bk_periodic(bk_server_t *b, int64_t now);
 
 /* ---- The socket set ---- */
 
-/* Listen on one resolved address and attach the listener to the poller. 0 with *port
- * the bound port, or a negative IOCPSRV_E code (then the core tries its next address).
- * Called under the server's lifecycle lock: no log. */
-int bk_listen(bk_server_t *b, const struct addrinfo *ai, int *port);
+/* Listen on one resolved address and attach the listener to the poller. 0 with *bound
+ * the address it is bound to (the port the OS picked), or a negative IOCPSRV_E code
+ * (then the core tries its next address). Called under the server's lifecycle lock:
+ * no log. */
+int bk_listen(bk_server_t *b, const struct addrinfo *ai, struct sockaddr_storage *bound);
 /* The socket options (IOCPSRV_OPT_NODELAY, KEEPALIVE, RCVBUF, SNDBUF) of an accepted
  * socket. Each only tunes the connection: one the OS refuses is logged (a line a
  * second at most) and the client is served anyway. */
@@ -156,5 +158,9 @@ void engine_log_topic(iocpsrv_t *srv, int topic, int level, const char *fmt, ...
 enum { BK_COUNT_ACCEPT_ERRORS = 0, BK_COUNT_REFUSED = 1 };
 /* Add to the server's accept_errors or connections_refused. */
 void engine_count(iocpsrv_t *srv, int counter, uint64_t n);
+
+/* How long to stop accepting after a failure that would repeat at once (descriptors
+ * or memory ran out), given the last pause (0: none): 50 ms, doubling up to 1 s. */
+int engine_accept_backoff(int last_ms);
 
 #endif

@@ -1,5 +1,5 @@
-/* The host's log callback, plain and throttled, and the shared counters; the log and
- * counters a backend may use (core/backend.h). */
+/* The host's log callback, plain and throttled, and the shared counters; what a backend
+ * may use of them, and the accept backoff both backends follow (core/backend.h). */
 #include "core/internal.h"
 
 #include <stdarg.h>
@@ -57,6 +57,15 @@ void engine_log_topic(iocpsrv_t *srv, int topic, int level, const char *fmt, ...
 
 void engine_stat_add(atomic_uint_fast64_t *s, uint64_t n) {
   atomic_fetch_add_explicit(s, n, memory_order_relaxed);
+}
+
+#define ACCEPT_BACKOFF_MIN_MS 50
+#define ACCEPT_BACKOFF_MAX_MS 1000
+
+int engine_accept_backoff(int last_ms) {
+  return last_ms <= 0 ? ACCEPT_BACKOFF_MIN_MS
+         : last_ms >= ACCEPT_BACKOFF_MAX_MS / 2 ? ACCEPT_BACKOFF_MAX_MS
+                                                : last_ms * 2;
 }
 
 void engine_count(iocpsrv_t *srv, int counter, uint64_t n) {

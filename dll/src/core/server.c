@@ -148,6 +148,12 @@ static void on_pull_eof(void *ctx, const iocpsrv_conn_id_t *ids, size_t n) {
   }
 }
 
+/* The port of a bound address (the one the OS picked for port 0). */
+static int bound_port(const struct sockaddr_storage *sa) {
+  return ntohs(sa->ss_family == AF_INET6 ? ((const struct sockaddr_in6 *)sa)->sin6_port
+                                         : ((const struct sockaddr_in *)sa)->sin_port);
+}
+
 /* Resolve `host` (NULL or "": every interface) and listen on the first address that
  * works. 0 or a negative IOCPSRV_E code. */
 static int bind_listener(iocpsrv_t *srv, const char *host, int port) {
@@ -165,8 +171,13 @@ static int bind_listener(iocpsrv_t *srv, const char *host, int port) {
     hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
     if (getaddrinfo(candidates[k], service, &hints, &res) != 0) continue;
     for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
-      err = bk_listen(&srv->bk, ai, &srv->port);
-      if (err == 0) break;
+      struct sockaddr_storage bound;
+      memset(&bound, 0, sizeof bound);
+      err = bk_listen(&srv->bk, ai, &bound);
+      if (err == 0) {
+        srv->port = bound_port(&bound);
+        break;
+      }
     }
     freeaddrinfo(res);
     if (err == 0) return 0;

@@ -180,7 +180,7 @@ int bk_open(bk_server_t *b, iocpsrv_t *srv, const srv_options_t *opt) {
   return 0;
 }
 
-int bk_listen(bk_server_t *b, const struct addrinfo *ai, int *port) {
+int bk_listen(bk_server_t *b, const struct addrinfo *ai, struct sockaddr_storage *bound) {
   int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) return os_error(errno);
   int one = 1, v6only = (int)b->opt->ipv6_only;
@@ -199,11 +199,8 @@ int bk_listen(bk_server_t *b, const struct addrinfo *ai, int *port) {
     close(fd);
     return err;
   }
-  struct sockaddr_storage sa;
-  socklen_t len = sizeof sa;
-  getsockname(fd, (struct sockaddr *)&sa, &len);
-  *port = ntohs(sa.ss_family == AF_INET ? ((struct sockaddr_in *)&sa)->sin_port
-                                        : ((struct sockaddr_in6 *)&sa)->sin6_port);
+  socklen_t len = sizeof *bound;
+  getsockname(fd, (struct sockaddr *)bound, &len);
   b->listen_fd = fd;
   /* Last, and not required: without it, exhaustion pauses accepting (accept_batch);
    * bk_periodic tries again. No log here: life_lock is held. */
@@ -258,13 +255,11 @@ void bk_wake(bk_server_t *b) { signal_fd(b->task_fd); }
  * counts in connections_refused, like a client past max connections), and the spare
  * is taken back. When that does not help (no spare, accepting still fails, or the
  * failure is not one the spare can cure) nginx's way: stop accepting. The listener is
- * disarmed and bk_periodic re-arms it after a backoff that doubles from
- * ACCEPT_BACKOFF_MIN_MS to ACCEPT_BACKOFF_MAX_MS and starts over once an accept
- * succeeds; meanwhile the clients wait in the backlog and are served once descriptors
- * free up. Every failed accept4 counts in accept_errors and is logged under
- * BK_LOG_ACCEPT (at most a line a second). Existing connections are not touched. */
-#define ACCEPT_BACKOFF_MIN_MS 50
-#define ACCEPT_BACKOFF_MAX_MS 1000
+ * disarmed and bk_periodic re-arms it after a backoff (engine_accept_backoff: 50 ms,
+ * doubling up to 1 s) that starts over once an accept succeeds; meanwhile the clients
+ * wait in the backlog and are served once descriptors free up. Every failed accept4
+ * counts in accept_errors and is logged under BK_LOG_ACCEPT (at most a line a
+ * second). Existing connections are not touched. */
 #define ACCEPT_DROP_MAX 4096 /* clients dropped per use of the spare (then come back) */
 
 static int open_reserve(void) { return open("/dev/null", O_RDONLY | O_CLOEXEC); }
@@ -336,10 +331,7 @@ static int drop_waiting(bk_server_t *b, unsigned *dropped, int *err) {
 
 /* Stop accepting for a while; bk_periodic re-arms the listener. Returns the pause. */
 static int pause_accepting(bk_server_t *b, int64_t now) {
-  int backoff = atomic_load(&b->backoff_ms);
-  backoff = backoff <= 0 ? ACCEPT_BACKOFF_MIN_MS
-            : backoff >= ACCEPT_BACKOFF_MAX_MS / 2 ? ACCEPT_BACKOFF_MAX_MS
-                                                   : backoff * 2;
+  int backoff = engine_accept_backoff(atomic_load(&b->backoff_ms));
   atomic_store(&b->backoff_ms, backoff);
   atomic_store(&b->resume_ms, now + backoff);
   struct epoll_event e = {.events = EPOLLONESHOT, .data.u64 = TAG_LISTEN}; /* no EPOLLIN */

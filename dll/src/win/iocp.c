@@ -99,17 +99,14 @@ static SOCKET new_socket(int family) {
  * Posting an accept can fail (WSASocket or AcceptEx: WSAEMFILE, WSAENOBUFS when
  * sockets or memory run out), and so can a posted one's completion. A slot that fails
  * is not posted again at once, which would loop as long as the cause lasts: it waits
- * for bk_periodic, which posts the waiting slots again after a backoff that doubles
- * from ACCEPT_BACKOFF_MIN_MS to ACCEPT_BACKOFF_MAX_MS and starts over once they are
+ * for bk_periodic, which posts the waiting slots again after a backoff
+ * (engine_accept_backoff: 50 ms, doubling up to 1 s) that starts over once they are
  * all posted. Clients meanwhile wait in the listen backlog and are served once posting
  * works again. A failed completion is posted again at once the first time (a client
  * that reset before its accept completed), and waits if it fails again in a row.
  * Every failure counts in accept_errors and is logged under BK_LOG_ACCEPT (a line a
  * second at most), never with a lock held: bk_listen runs under life_lock, so its
  * failures are logged by the next bk_periodic. */
-#define ACCEPT_BACKOFF_MIN_MS 50
-#define ACCEPT_BACKOFF_MAX_MS 1000
-
 enum { POST_WSASOCKET = 1, POST_ACCEPTEX = 2 };
 
 static const char *post_step_name(int step) {
@@ -163,7 +160,8 @@ static void defer_accept(bk_server_t *b, bk_accept_t *a) {
   atomic_store(&a->retry, 1);
   if (atomic_fetch_add(&b->retries, 1) == 0) {
     int backoff = atomic_load(&b->backoff_ms);
-    atomic_store(&b->retry_ms, srv_now_ms() + (backoff > 0 ? backoff : ACCEPT_BACKOFF_MIN_MS));
+    if (backoff <= 0) backoff = engine_accept_backoff(0);
+    atomic_store(&b->retry_ms, srv_now_ms() + backoff);
   }
 }
 
@@ -205,10 +203,7 @@ void bk_periodic(bk_server_t *b, int64_t now) {
     atomic_store(&b->backoff_ms, 0);
     return;
   }
-  int backoff = atomic_load(&b->backoff_ms);
-  backoff = backoff <= 0 ? ACCEPT_BACKOFF_MIN_MS
-            : backoff >= ACCEPT_BACKOFF_MAX_MS / 2 ? ACCEPT_BACKOFF_MAX_MS
-                                                   : backoff * 2;
+  int backoff = engine_accept_backoff(atomic_load(&b->backoff_ms));
   atomic_store(&b->backoff_ms, backoff);
   atomic_store(&b->retry_ms, now + backoff);
   char why[256];
@@ -256,7 +251,7 @@ static int load_extensions(bk_server_t *b, SOCKET s) {
   return 0;
 }
 
-int bk_listen(bk_server_t *b, const struct addrinfo *ai, int *port) {
+int bk_listen(bk_server_t *b, const struct addrinfo *ai, struct sockaddr_storage *bound) {
   SOCKET s = new_socket(ai->ai_family);
   if (s == INVALID_SOCKET) return os_error(WSAGetLastError());
   /* Exclusive: no other process can bind the same port and steal connections. */
@@ -277,11 +272,8 @@ int bk_listen(bk_server_t *b, const struct addrinfo *ai, int *port) {
     closesocket(s);
     return err;
   }
-  struct sockaddr_storage sa;
-  int len = sizeof sa;
-  getsockname(s, (struct sockaddr *)&sa, &len);
-  *port = ntohs(sa.ss_family == AF_INET ? ((struct sockaddr_in *)&sa)->sin_port
-                                        : ((struct sockaddr_in6 *)&sa)->sin6_port);
+  int len = sizeof *bound;
+  getsockname(s, (struct sockaddr *)bound, &len);
   b->listen_sock = s;
   b->family = ai->ai_family;
   for (int i = 0; i < b->naccepts; i++) {
