@@ -40,6 +40,7 @@ typedef struct bk_server_s {
   atomic_int accepting;      /* cleared by bk_quit: the listener is not re-armed */
   bk_gate_t gate;
   /* Descriptor exhaustion (linux/epoll.c, accept_batch and bk_periodic): */
+  atomic_int dropping;            /* the spare is given up right now (drop_waiting) */
   atomic_int reserve_fd;          /* the spare descriptor given up to drop waiting
                                      clients when accept4 says EMFILE; -1: none */
   atomic_int accept_paused;       /* the listener is disarmed until resume_ms */

@@ -163,6 +163,7 @@ int bk_open(bk_server_t *b, iocpsrv_t *srv, const srv_options_t *opt) {
   b->opt = opt;
   b->listen_fd = b->epfd = b->task_fd = b->quit_fd = -1;
   atomic_store(&b->reserve_fd, -1);
+  atomic_store(&b->dropping, 0);
   atomic_store(&b->accept_paused, 0);
   atomic_store(&b->backoff_ms, 0);
   atomic_store(&b->accepting, 1);
@@ -306,6 +307,9 @@ static int client_error(int e) {
 static int drop_waiting(bk_server_t *b, unsigned *dropped, int *err) {
   int spare = atomic_exchange(&b->reserve_fd, -1);
   if (spare < 0) return 0;
+  /* Before the close: a worker accepting at the same moment must not keep the spare's
+   * descriptor for a client, or the spare could not be taken back (accept_batch). */
+  atomic_store(&b->dropping, 1);
   close(spare);
   int emptied = 1;
   for (unsigned i = 0; i < ACCEPT_DROP_MAX; i++) {
@@ -326,6 +330,7 @@ static int drop_waiting(bk_server_t *b, unsigned *dropped, int *err) {
     break;
   }
   keep_reserve(b, open_reserve());
+  atomic_store(&b->dropping, 0);
   return emptied;
 }
 
@@ -367,6 +372,13 @@ static int accept_batch(bk_server_t *b, bk_event_t *ev, int room) {
   unsigned dropped = 0;
   for (int i = 0; i < b->opt->accepts_posted && k < room; i++) {
     int fd = accept_one(b, &ev[k].peer);
+    if (fd >= 0 && atomic_load(&b->dropping)) {
+      /* The descriptor another worker freed to drop waiting clients: this client is
+       * one of them (served, it would take the spare's place for good). */
+      engine_count(b->srv, BK_COUNT_REFUSED, 1);
+      close(fd);
+      continue;
+    }
     if (fd >= 0) {
       if (atomic_load_explicit(&b->backoff_ms, memory_order_relaxed))
         atomic_store(&b->backoff_ms, 0);
