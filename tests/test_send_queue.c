@@ -43,9 +43,11 @@ static int fill_hook(echo_server_t *es, echo_conn_t *c, const uint8_t *d, size_t
   int refused = 0;
   int64_t bad = -1;
   while (sent < want) {
+    /* Read before the send: nobody else adds to this queue, it can only shrink (the
+     * kernel takes bytes meanwhile), so a legitimate refusal needs this much already. */
+    int64_t pending = iocpsrv_pending_bytes(es->srv, c->id);
     int rc = iocpsrv_send(es->srv, c->id, chunk, CHUNK);
     if (rc == IOCPSRV_EQUEUEFULL) {
-      int64_t pending = iocpsrv_pending_bytes(es->srv, c->id);
       if (pending <= 0 || pending + CHUNK + 4 <= LIMIT) bad = pending;
       refused = 1;
       if (f->block_ms) tt_sleep_ms(f->block_ms); /* the host's own blocking work */
