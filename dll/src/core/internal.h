@@ -102,7 +102,10 @@ void flush_poll_batch(iocpsrv_t *srv);
 void flush_deferred(worker_t *w);
 conn_t *own_conn(iocpsrv_t *srv, iocpsrv_conn_id_t id);
 int merge_own_locked(iocpsrv_t *srv, conn_t *c);
+/* After merge_own_locked failed; no lock held. _of: the peer name copied under the
+ * lock, for a caller whose connection may be gone by then. */
 void log_merge_nomem(iocpsrv_t *srv, conn_t *c);
+void log_merge_nomem_of(iocpsrv_t *srv, const char *peer);
 int send_packet(iocpsrv_t *srv, iocpsrv_conn_id_t id, const iocpsrv_buf_t *bufs,
                        int count, size_t total);
 /* recv.c */

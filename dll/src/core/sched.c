@@ -132,6 +132,9 @@ static void conn_run_notes(iocpsrv_t *srv, worker_t *w, conn_t *c) {
   conn_t *outer = w->running;
   w->running = c;
   int nomem = 0;
+  /* Logged once the lock is gone, when the slot may already serve another client: the
+   * name is copied under the lock. */
+  char peer[sizeof c->peer];
   do { /* the merge may leave notes (a close, a drain): run them too */
     while (c->notes) {
       uint32_t n = c->notes;
@@ -140,12 +143,15 @@ static void conn_run_notes(iocpsrv_t *srv, worker_t *w, conn_t *c) {
       srv_mutex_unlock(&c->slot.lock);
       if (conn_handle(srv, w, c, n)) {
         w->running = outer;
-        if (nomem) log_merge_nomem(srv, c);
+        if (nomem) log_merge_nomem_of(srv, peer);
         return;
       }
       srv_mutex_lock(&c->slot.lock);
     }
-    if (merge_own_locked(srv, c)) nomem = 1;
+    if (merge_own_locked(srv, c) && !nomem) {
+      nomem = 1;
+      memcpy(peer, c->peer, sizeof peer);
+    }
   } while (c->notes);
   w->running = outer;
   c->busy = 0;
@@ -156,7 +162,7 @@ static void conn_run_notes(iocpsrv_t *srv, worker_t *w, conn_t *c) {
     conn_arm_locked(srv, c);
   }
   srv_mutex_unlock(&c->slot.lock);
-  if (nomem) log_merge_nomem(srv, c); /* c's slot stays valid: its close is only queued */
+  if (nomem) log_merge_nomem_of(srv, peer);
 }
 
 void conn_run(iocpsrv_t *srv, worker_t *w, conn_t *c) {

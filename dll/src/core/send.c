@@ -236,9 +236,11 @@ int merge_own_locked(iocpsrv_t *srv, conn_t *c) {
   return 0;
 }
 
-void log_merge_nomem(iocpsrv_t *srv, conn_t *c) {
-  engine_log(srv, 0, "connection %s: out of memory queueing packets", c->peer);
+void log_merge_nomem_of(iocpsrv_t *srv, const char *peer) {
+  engine_log(srv, 0, "connection %s: out of memory queueing packets", peer);
 }
+
+void log_merge_nomem(iocpsrv_t *srv, conn_t *c) { log_merge_nomem_of(srv, c->peer); }
 
 int send_packet(iocpsrv_t *srv, iocpsrv_conn_id_t id, const iocpsrv_buf_t *bufs,
                        int count, size_t total) {
