@@ -2,8 +2,8 @@
 #include "core/internal.h"
 
 void refuse_socket(iocpsrv_t *srv, bk_socket_t sock) {
+  engine_stat_add(&srv->stats.connections_refused, 1); /* before the client sees it */
   bk_close(NULL, sock, 0);
-  engine_stat_add(&srv->stats.connections_refused, 1);
 }
 
 /* A fresh client, before it takes a slot: is its peer a trusted PROXY sender, and
@@ -20,9 +20,9 @@ int source_admit(iocpsrv_t *srv, bk_socket_t sock, const struct sockaddr_storage
   char who[64];
   if (proxy == IOCPSRV_PROXY_REQUIRED && !a->trusted) {
     /* Whatever it would send, its header would not be believed: closed at once. */
-    bk_close(NULL, sock, 0);
-    engine_stat_add(&srv->stats.protocol_errors, 1);
+    engine_stat_add(&srv->stats.protocol_errors, 1); /* before the client sees it */
     engine_stat_add(&srv->stats.proxy_untrusted, 1);
+    bk_close(NULL, sock, 0);
     format_addr(sa, who, sizeof who);
     engine_log_throttled(srv, &srv->trust_log, 1,
                          "connection %s: closed: PROXY protocol required and the peer is "
@@ -36,8 +36,9 @@ int source_admit(iocpsrv_t *srv, bk_socket_t sock, const struct sockaddr_storage
     a->counted = 1;
     return 0;
   }
-  refuse_socket(srv, sock);
+  /* Counted before the close: a client that sees it finds the stats moved. */
   engine_stat_add(r == SRCLIMIT_FULL ? &srv->stats.source_refusals : &srv->stats.alloc_failures, 1);
+  refuse_socket(srv, sock);
   format_addr(sa, who, sizeof who);
   engine_log_throttled(srv, &srv->trust_log, 1, "connection %s: refused: %s", who,
                        r == SRCLIMIT_FULL ? "its address holds IOCPSRV_OPT_MAX_CONNECTIONS_PER_SOURCE"
