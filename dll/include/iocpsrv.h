@@ -149,7 +149,8 @@ IOCPSRV_API const char *IOCPSRV_CALL iocpsrv_version_string(void);
   X(RANGE, -13, "option value out of range")                                          \
   X(INCALLBACK, -14, "not allowed from inside a callback")                            \
   X(SYSTEM, -15, "operating system error")                                            \
-  X(ACCES, -16, "permission denied")
+  X(ACCES, -16, "permission denied")                                                 \
+  X(NOSPACE, -17, "buffer too small for the next event")
 
 typedef enum iocpsrv_errno_e {
 #define IOCPSRV_ERRNO_ENUM_(name, value, text) IOCPSRV_E##name = value,
@@ -493,6 +494,27 @@ typedef int(IOCPSRV_CALL *iocpsrv_packet_cb)(iocpsrv_t *server, iocpsrv_conn_id_
 /* The connection is gone; its id is dead from now on. Called exactly once for every
  * accepted connection, after its last packet callback. `reason` is an
  * iocpsrv_reason_t. */
+/* Opt-in alternative to the packet callback (iocpsrv_set_packet_batch_cb): the whole
+ * packets one receive completed for one connection, in order, in one call. Each
+ * packets[i] (base, len) views one payload, valid until the callback returns (base is
+ * never NULL); count >= 1. Sends to `conn` from inside are gathered exactly as from a
+ * packet callback (written once after the batch). What the callback does applies
+ * from the next batch on: after iocpsrv_pause_receive or iocpsrv_disconnect no later
+ * batch comes (the packets of this one were already handed over). Return 0 to go on,
+ * non-zero to close gracefully as the packet callback does. A receive that completes
+ * more than IOCPSRV_BATCH_MAX packets comes in several calls; packets that spanned
+ * receives may come in a call of their own. Tested by: test_batch.c. */
+#define IOCPSRV_BATCH_MAX 64
+/* A view of bytes: one packet of a batch, or one gathered buffer for iocpsrv_sendv. */
+typedef struct iocpsrv_buf_s {
+  const void *base;
+  size_t len;
+} iocpsrv_buf_t;
+typedef int(IOCPSRV_CALL *iocpsrv_packet_batch_cb)(iocpsrv_t *server, iocpsrv_conn_id_t conn,
+                                                   void *conn_user,
+                                                   const iocpsrv_buf_t *packets,
+                                                   int count);
+
 typedef void(IOCPSRV_CALL *iocpsrv_disconnect_cb)(iocpsrv_t *server,
                                                   iocpsrv_conn_id_t conn,
                                                   void *conn_user, int reason);
@@ -552,6 +574,10 @@ IOCPSRV_API int64_t IOCPSRV_CALL iocpsrv_get_option_str(iocpsrv_t *server, int o
 IOCPSRV_API int IOCPSRV_CALL iocpsrv_set_connect_cb(iocpsrv_t *server,
                                                     iocpsrv_connect_cb cb);
 IOCPSRV_API int IOCPSRV_CALL iocpsrv_set_packet_cb(iocpsrv_t *server, iocpsrv_packet_cb cb);
+/* Deliver packets in batches instead (NULL: back to the packet callback). Callback
+ * mode only: pull mode batches with iocpsrv_poll_packed. */
+IOCPSRV_API int IOCPSRV_CALL iocpsrv_set_packet_batch_cb(iocpsrv_t *server,
+                                                         iocpsrv_packet_batch_cb cb);
 IOCPSRV_API int IOCPSRV_CALL iocpsrv_set_disconnect_cb(iocpsrv_t *server,
                                                        iocpsrv_disconnect_cb cb);
 IOCPSRV_API int IOCPSRV_CALL iocpsrv_set_drain_cb(iocpsrv_t *server, iocpsrv_drain_cb cb);
@@ -597,12 +623,6 @@ IOCPSRV_API int IOCPSRV_CALL iocpsrv_destroy(iocpsrv_t *server);
  * IOCPSRV_EINVAL, IOCPSRV_ENOMEM (nothing queued; the connection stays open). */
 IOCPSRV_API int IOCPSRV_CALL iocpsrv_send(iocpsrv_t *server, iocpsrv_conn_id_t conn,
                                           const void *data, size_t len);
-
-/* One gathered buffer for iocpsrv_sendv. */
-typedef struct iocpsrv_buf_s {
-  const void *base;
-  size_t len;
-} iocpsrv_buf_t;
 
 /* Like iocpsrv_send for one packet whose payload is the concatenation of `count`
  * buffers (a header and a body, say) without the host joining them first. */
@@ -757,6 +777,67 @@ typedef struct iocpsrv_event_s {
  * queued at stop (disconnects included) can be polled after it. */
 IOCPSRV_API int IOCPSRV_CALL iocpsrv_poll(iocpsrv_t *server, iocpsrv_event_t *events,
                                           int max, int timeout_ms);
+
+/* ---- Packed batches: one call per batch, both ways ----
+ * For hosts where each crossing costs (cffi, P/Invoke): events come out, and sends go
+ * in, as records packed into one byte buffer. Every record is a fixed header followed
+ * by its payload, padded with zero bytes to a multiple of 8; the next record starts
+ * right after the padding. Integers are in the machine's byte order (little-endian on
+ * every supported target). Records start at multiples of 8 from the buffer's start,
+ * so in a buffer aligned to 8 the headers can be read in place; the engine itself
+ * reads and writes with memcpy, so any buffer alignment works. */
+#define IOCPSRV_PACKED_ALIGN(len) (((size_t)(len) + 7u) & ~(size_t)7u)
+
+/* An event record of iocpsrv_poll_packed: 24 bytes, then `len` payload bytes.
+ * CONNECT: the peer address text (no NUL); PACKET: the payload; DISCONNECT and DRAIN:
+ * none. */
+typedef struct iocpsrv_record_s {
+  uint32_t len;         /* payload bytes after this header */
+  uint16_t type;        /* iocpsrv_event_type_t */
+  uint16_t reason;      /* DISCONNECT: an iocpsrv_reason_t; else 0 */
+  iocpsrv_conn_id_t conn;
+  uint64_t conn_user;   /* the conn_user pointer as an integer */
+} iocpsrv_record_t;
+#define IOCPSRV_RECORD_SIZE(len) (sizeof(iocpsrv_record_t) + IOCPSRV_PACKED_ALIGN(len))
+
+/* Like iocpsrv_poll, but the events are copied as records into buf[0..cap): as many
+ * whole records as fit (nothing stays pinned: buf is the host's and the payloads are
+ * in it). Returns the bytes written (a multiple of 8), 0 on timeout, IOCPSRV_ENOSPACE
+ * when the first waiting event alone does not fit (it stays queued: a buffer of
+ * IOCPSRV_RECORD_SIZE(IOCPSRV_OPT_MAX_PACKET_SIZE) always takes one), and otherwise
+ * the errors of iocpsrv_poll. Mixing it with iocpsrv_poll is allowed (one consumer at
+ * a time). Tested by: test_packed.c. */
+IOCPSRV_API int64_t IOCPSRV_CALL iocpsrv_poll_packed(iocpsrv_t *server, void *buf,
+                                                     size_t cap, int timeout_ms);
+
+/* A send record of iocpsrv_send_packed: 16 bytes, then `len` payload bytes. */
+typedef struct iocpsrv_send_record_s {
+  iocpsrv_conn_id_t conn;
+  uint32_t len;         /* payload bytes after this header */
+  uint32_t flags;       /* must be 0 */
+} iocpsrv_send_record_t;
+#define IOCPSRV_SEND_RECORD_SIZE(len) \
+  (sizeof(iocpsrv_send_record_t) + IOCPSRV_PACKED_ALIGN(len))
+
+/* One refused record of iocpsrv_send_packed. */
+typedef struct iocpsrv_send_result_s {
+  uint32_t index;       /* the record's position in the buffer, 0-based */
+  int32_t error;        /* what iocpsrv_send would have returned for it */
+} iocpsrv_send_result_t;
+
+/* Queue every record of buf[0..size) as iocpsrv_send would, in order. The whole buffer
+ * is checked first: a malformed one (size not a multiple of 8, a record running past
+ * the end, non-zero flags or padding) returns IOCPSRV_EINVAL with nothing queued.
+ * Otherwise returns how many records were refused (0: all queued); the first
+ * `max_refused` of them are described in `refused` (NULL when max_refused is 0).
+ * Once a record for a connection is refused, the later records for that connection
+ * in the same buffer are refused too (same error), so a connection never receives a
+ * later packet without an earlier one. IOCPSRV_ESTOPPED when the server is not
+ * running. Tested by: test_packed.c, fuzz/fuzz_send_records.c. */
+IOCPSRV_API int IOCPSRV_CALL iocpsrv_send_packed(iocpsrv_t *server, const void *buf,
+                                                 size_t size,
+                                                 iocpsrv_send_result_t *refused,
+                                                 int max_refused);
 
 /* A waitable object that is signalled while events wait (and once the server has
  * stopped): a Linux eventfd (add it to epoll/select, asyncio's add_reader) or a

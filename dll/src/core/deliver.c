@@ -38,6 +38,19 @@ static int cb_packet(iocpsrv_t *srv, conn_t *c, const uint8_t *data, size_t len)
                                                                        : DELIVER_ON;
 }
 
+static int cb_packet_batch(iocpsrv_t *srv, conn_t *c, const iocpsrv_buf_t *views, int n) {
+  SRV_ASSERT(n > 0 && n <= IOCPSRV_BATCH_MAX);
+  SRV_ASSERT_NO_LOCKS();
+  if (srv->on_packet_batch(srv, c->slot.id, atomic_load(&c->user), views, n)) {
+    srv_mutex_lock(&c->slot.lock);
+    request_close_locked(srv, c, 0, IOCPSRV_REASON_LOCAL_CLOSE);
+    srv_mutex_unlock(&c->slot.lock);
+    return DELIVER_STOP;
+  }
+  return atomic_load_explicit(&c->deliver_stop, memory_order_relaxed) ? DELIVER_STOP
+                                                                       : DELIVER_ON;
+}
+
 static void cb_drain(iocpsrv_t *srv, conn_t *c) {
   if (!srv->on_drain) return;
   SRV_ASSERT_NO_LOCKS();
@@ -97,6 +110,16 @@ int deliver_connect(iocpsrv_t *srv, conn_t *c) {
 int deliver_packet_to_host(iocpsrv_t *srv, conn_t *c, const uint8_t *data, size_t len) {
   ASSERT_TOKEN(c);
   return srv->opt.pull_mode ? pull_packet(srv, c, data, len) : cb_packet(srv, c, data, len);
+}
+
+int deliver_batches(const iocpsrv_t *srv) {
+  return !srv->opt.pull_mode && srv->on_packet_batch != NULL;
+}
+
+int deliver_batch_to_host(iocpsrv_t *srv, conn_t *c, const iocpsrv_buf_t *views, int n) {
+  ASSERT_TOKEN(c);
+  SRV_ASSERT(deliver_batches(srv));
+  return cb_packet_batch(srv, c, views, n);
 }
 
 int deliver_peer_eof(iocpsrv_t *srv, conn_t *c) {

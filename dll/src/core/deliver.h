@@ -28,6 +28,12 @@ enum { DELIVER_MET = 0, DELIVER_REFUSED = 1, DELIVER_GONE = 2 };
 int deliver_connect(iocpsrv_t *srv, conn_t *c);
 /* One whole packet. */
 int deliver_packet_to_host(iocpsrv_t *srv, conn_t *c, const uint8_t *data, size_t len);
+/* Whether packets go to the host in batches (the packet-batch callback is set in
+ * callback mode); then the caller gathers them and uses deliver_batch_to_host. */
+int deliver_batches(const iocpsrv_t *srv);
+/* Up to IOCPSRV_BATCH_MAX whole packets of one connection, in order: DELIVER_ON or
+ * DELIVER_STOP. */
+int deliver_batch_to_host(iocpsrv_t *srv, conn_t *c, const iocpsrv_buf_t *views, int n);
 /* The peer's FIN arrived while open: 1 when the close starts now (callbacks: the host
  * has had every packet before it), 0 when it waits for the host to poll past it, -1
  * when that wait cannot be recorded (close now as well). */

@@ -119,6 +119,7 @@ struct iocpsrv_s {
   framing_cfg_t framing;
   iocpsrv_connect_cb on_connect;
   iocpsrv_packet_cb on_packet;
+  iocpsrv_packet_batch_cb on_packet_batch; /* instead of on_packet when set */
   iocpsrv_disconnect_cb on_disconnect;
   iocpsrv_drain_cb on_drain;
   iocpsrv_worker_cb on_worker_start, on_worker_stop;

@@ -299,30 +299,79 @@ int pullq_wait_if_full(pullq_t *q, iocpsrv_conn_id_t conn) {
   return full;
 }
 
-/* Takes up to max queued events into the batch; lock held. */
-static int take_batch(pullq_t *q, iocpsrv_event_t *events, int max) {
+/* Where a poll puts what it takes: iocpsrv_event_t structs pointing into the batch,
+ * or records packed into the host's buffer (iocpsrv_poll_packed). */
+typedef struct pullq_sink_s {
+  iocpsrv_event_t *events; /* struct mode when non-NULL */
+  int max;
+  uint8_t *buf;            /* packed mode */
+  size_t cap, used;
+  pullq_node_t *first;     /* packed: the first node taken by this poll */
+  int nospace;             /* packed: the next event did not fit an empty buffer */
+} pullq_sink_t;
+
+/* Whether the sink has room for one more event like `ev`; reserves it. */
+static int sink_take(pullq_sink_t *k, const iocpsrv_event_t *ev, int n) {
+  if (k->events) {
+    if (n >= k->max) return 0;
+    k->events[n] = *ev;
+    return 1;
+  }
+  size_t need = IOCPSRV_RECORD_SIZE(ev->len);
+  if (ev->len > UINT32_MAX || need > k->cap - k->used) {
+    k->nospace = n == 0;
+    return 0;
+  }
+  k->used += need;
+  return 1;
+}
+
+/* Takes queued events into the batch while the sink has room; lock held. */
+static int take_batch(pullq_t *q, pullq_sink_t *k) {
   SRV_ASSERT_HELD(&q->lock);
   /* Appended: a poll that took only end-of-stream marks waits and takes again, and
    * the marks' nodes stay on the batch until the next poll releases it. */
   pullq_node_t **tail = &q->batch;
   while (*tail) tail = &(*tail)->next;
   int n = 0;
-  while (n < max && q->head) {
+  k->nospace = 0;
+  while (q->head) {
     pullq_node_t *node = q->head;
+    int eof = node->ev.type == PULLQ_EOF_MARK;
+    if (!eof && !sink_take(k, &node->ev, n)) break;
     q->head = node->next;
     node->next = NULL;
     *tail = node;
+    if (!k->first) k->first = node;
     tail = &node->next;
     q->events--;
-    if (node->ev.type == PULLQ_EOF_MARK) {
+    if (eof) {
       q->neof++; /* acted on from the batch itself (run_eof_marks): no allocation */
       continue;
     }
-    events[n++] = node->ev;
+    n++;
     if (node->ev.type == IOCPSRV_EVENT_PACKET) q->packets--;
   }
   if (!q->head) q->tail = NULL;
   return n;
+}
+
+/* Packed mode, lock not held: the records of the events taken. The batch is the
+ * consumer's alone, so it is read without the lock. */
+static void sink_pack(pullq_sink_t *k) {
+  uint8_t *p = k->buf;
+  for (pullq_node_t *n = k->first; n; n = n->next) {
+    if (n->ev.type == PULLQ_EOF_MARK || n->ev.type == 0) continue;
+    iocpsrv_record_t r = {(uint32_t)n->ev.len, (uint16_t)n->ev.type, (uint16_t)n->ev.reason,
+                          n->ev.conn, (uint64_t)(uintptr_t)n->ev.conn_user};
+    memcpy(p, &r, sizeof r);
+    p += sizeof r;
+    if (n->ev.len) memcpy(p, n->data, n->ev.len);
+    size_t pad = IOCPSRV_PACKED_ALIGN(n->ev.len) - n->ev.len;
+    memset(p + n->ev.len, 0, pad);
+    p += n->ev.len + pad;
+  }
+  SRV_ASSERT((size_t)(p - k->buf) == k->used);
 }
 
 /* Hand the end-of-stream marks taken so far to on_eof; lock held, dropped meanwhile. */
@@ -342,7 +391,27 @@ static void run_eof_marks(pullq_t *q) {
   }
 }
 
-int pullq_poll(pullq_t *q, iocpsrv_event_t *events, int max, int timeout_ms) {
+/* Waits for events and takes a batch into the sink; lock held. Returns the count or a
+ * negative code. */
+static int wait_and_take(pullq_t *q, pullq_sink_t *k, int timeout_ms) {
+  SRV_ASSERT_HELD(&q->lock);
+  int64_t deadline = timeout_ms < 0 ? -1 : srv_now_ms() + timeout_ms;
+  for (;;) {
+    while (!q->head && !q->stopped) {
+      int64_t left = deadline < 0 ? -1 : deadline - srv_now_ms();
+      if (deadline >= 0 && left <= 0) break;
+      srv_cond_wait_ms(&q->nonempty, &q->lock, left);
+    }
+    int n = q->head ? take_batch(q, k) : (q->stopped ? IOCPSRV_ESTOPPED : 0);
+    if (n == 0 && k->nospace) return IOCPSRV_ENOSPACE;
+    if (n != 0 || q->neof == 0) return n;
+    /* Only end-of-stream marks: the host has handled everything queued before them,
+     * so they are acted on now, and the wait goes on (they are not events). */
+    run_eof_marks(q);
+  }
+}
+
+static int poll_sink(pullq_t *q, pullq_sink_t *k, int timeout_ms) {
   srv_mutex_lock(&q->lock);
   if (q->polling) {
     srv_mutex_unlock(&q->lock);
@@ -353,20 +422,7 @@ int pullq_poll(pullq_t *q, iocpsrv_event_t *events, int max, int timeout_ms) {
   run_eof_marks(q); /* the host has handled the batch that held them */
   release_list(q, q->batch);
   q->batch = NULL;
-  int64_t deadline = timeout_ms < 0 ? -1 : srv_now_ms() + timeout_ms;
-  int n;
-  for (;;) {
-    while (!q->head && !q->stopped) {
-      int64_t left = deadline < 0 ? -1 : deadline - srv_now_ms();
-      if (deadline >= 0 && left <= 0) break;
-      srv_cond_wait_ms(&q->nonempty, &q->lock, left);
-    }
-    n = q->head ? take_batch(q, events, max) : (q->stopped ? IOCPSRV_ESTOPPED : 0);
-    if (n != 0 || q->neof == 0) break;
-    /* Only end-of-stream marks: the host has handled everything queued before them,
-     * so they are acted on now, and the wait goes on (they are not events). */
-    run_eof_marks(q);
-  }
+  int n = wait_and_take(q, k, timeout_ms);
   /* Signalled while events wait, or while end-of-stream marks taken now wait for the
    * next poll to act on them (an event loop that polls only when the handle fires must
    * come back), or once stopped. */
@@ -380,11 +436,31 @@ int pullq_poll(pullq_t *q, iocpsrv_event_t *events, int max, int timeout_ms) {
     q->waiters = NULL;
     q->nwaiters = q->capwaiters = 0;
   }
-  q->polling = 0;
+  if (n > 0 && !k->events) {
+    srv_mutex_unlock(&q->lock);
+    sink_pack(k); /* unlocked: workers go on queueing meanwhile */
+    srv_mutex_lock(&q->lock);
+  }
+  q->polling = 0; /* after the copy: the next poll frees the batch */
   srv_mutex_unlock(&q->lock);
   if (nwaiters) q->on_room(q->room_ctx, waiters, nwaiters);
   free(waiters);
   return n;
+}
+
+int pullq_poll(pullq_t *q, iocpsrv_event_t *events, int max, int timeout_ms) {
+  pullq_sink_t k = {0};
+  k.events = events;
+  k.max = max;
+  return poll_sink(q, &k, timeout_ms);
+}
+
+int64_t pullq_poll_packed(pullq_t *q, void *buf, size_t cap, int timeout_ms) {
+  pullq_sink_t k = {0};
+  k.buf = buf;
+  k.cap = cap;
+  int n = poll_sink(q, &k, timeout_ms);
+  return n > 0 ? (int64_t)k.used : n;
 }
 
 size_t pullq_depth(pullq_t *q) {

@@ -95,6 +95,8 @@ int pullq_wait_if_full(pullq_t *q, iocpsrv_conn_id_t conn);
 
 /* iocpsrv_poll. */
 int pullq_poll(pullq_t *q, iocpsrv_event_t *events, int max, int timeout_ms);
+/* iocpsrv_poll_packed: bytes written, 0 on timeout, or a negative code. */
+int64_t pullq_poll_packed(pullq_t *q, void *buf, size_t cap, int timeout_ms);
 
 size_t pullq_depth(pullq_t *q);
 

@@ -9,7 +9,42 @@ typedef struct deliver_ctx_s {
   conn_t *c;
   int pull_full;
   int pull_nomem; /* a packet could not be queued: the connection is aborted */
+  /* The packet-batch callback: packets lying in [stable, stable_end) stay valid until
+   * the caller's batch_flush, so they are gathered in w->batch; any other packet (in
+   * the framer's stash, which the framer may move once deliver returns) is handed
+   * over at once with those gathered before it. */
+  int batching, gathered;
+  const uint8_t *stable, *stable_end;
 } deliver_ctx_t;
+
+static void ctx_init(deliver_ctx_t *d, iocpsrv_t *srv, worker_t *w, conn_t *c,
+                     const uint8_t *stable, size_t stable_len) {
+  d->srv = srv;
+  d->w = w;
+  d->c = c;
+  d->pull_full = d->pull_nomem = 0;
+  d->batching = deliver_batches(srv);
+  d->gathered = 0;
+  d->stable = stable;
+  d->stable_end = stable ? stable + stable_len : NULL;
+}
+
+/* Hands the gathered packets over: 0 to go on, 1 to stop delivering. */
+static int batch_flush(deliver_ctx_t *d) {
+  int n = d->gathered;
+  if (!n) return 0;
+  d->gathered = 0;
+  return deliver_batch_to_host(d->srv, d->c, d->w->batch, n) != DELIVER_ON;
+}
+
+static int gather_packet(deliver_ctx_t *d, const uint8_t *data, size_t len) {
+  iocpsrv_buf_t *v = &d->w->batch[d->gathered++];
+  v->base = data;
+  v->len = len;
+  int stable = data >= d->stable && data + len <= d->stable_end;
+  if (stable && d->gathered < IOCPSRV_BATCH_MAX) return 0;
+  return batch_flush(d);
+}
 
 static int deliver_packet(void *arg, const uint8_t *data, size_t len) {
   deliver_ctx_t *d = arg;
@@ -17,6 +52,7 @@ static int deliver_packet(void *arg, const uint8_t *data, size_t len) {
   counter_add(&c->packets_in, 1);
   d->w->packets_in++;
   atomic_store_explicit(&c->last_packet_ms, d->w->now, memory_order_relaxed);
+  if (d->batching) return gather_packet(d, data, len);
   int r = deliver_packet_to_host(d->srv, c, data, len);
   if (r == DELIVER_ON) return 0;
   if (r == DELIVER_NOMEM) d->pull_nomem = 1;
@@ -25,6 +61,7 @@ static int deliver_packet(void *arg, const uint8_t *data, size_t len) {
 }
 
 static int after_delivery(deliver_ctx_t *d, int rc) {
+  batch_flush(d); /* what the framer delivered before it stopped or failed */
   if (rc == FRAMER_PROTOCOL_ERROR) {
     engine_stat_add(&d->srv->stats.protocol_errors, 1);
     engine_log(d->srv, 1, "connection %s: packet header above the maximum packet size",
@@ -123,13 +160,15 @@ int conn_read_proxy(iocpsrv_t *srv, worker_t *w, conn_t *c, const uint8_t *p,
   if (conn_introduce(srv, c)) return 1;
   fault_point(FAULT_POINT_PROXY_INTRODUCED, c->slot.id);
   int rc = FRAMER_OK;
-  deliver_ctx_t d = {srv, w, c, 0, 0};
+  deliver_ctx_t d;
+  ctx_init(&d, srv, w, c, data + used, len - used);
   if (len > used)
     rc = framer_feed(&c->in, &srv->framing, data + used, len - used, deliver_packet, &d);
+  int gone = after_delivery(&d, rc); /* before the free: a batch may view the buffer */
   free(c->proxy_buf); /* the framer copied what it keeps */
   c->proxy_buf = NULL;
   c->proxy_len = 0;
-  return after_delivery(&d, rc);
+  return gone;
 }
 
 /* Reads per turn of the token: enough to drain a burst, few enough that one fast
@@ -161,7 +200,8 @@ static int conn_read_once(iocpsrv_t *srv, worker_t *w, conn_t *c, int closing, i
   if (closing) return more; /* draining towards the peer's FIN */
   if (c->proxy_awaiting) return conn_read_proxy(srv, w, c, p, (size_t)n) ? READ_GONE : more;
 
-  deliver_ctx_t d = {srv, w, c, 0, 0};
+  deliver_ctx_t d;
+  ctx_init(&d, srv, w, c, p == w->rbuf ? p : NULL, (size_t)n);
   int rc = p == w->rbuf ? framer_feed(&c->in, &srv->framing, p, (size_t)n, deliver_packet, &d)
                         : framer_direct_commit(&c->in, &srv->framing, (size_t)n,
                                                deliver_packet, &d);
@@ -216,6 +256,7 @@ int conn_resume(iocpsrv_t *srv, worker_t *w, conn_t *c, uint32_t notes) {
   int go = c->state == CONN_OPEN && !c->paused && !c->pull_blocked;
   srv_mutex_unlock(&c->slot.lock);
   if (!go || (c->in.held && pull_full(srv, c))) return 0;
-  deliver_ctx_t d = {srv, w, c, 0, 0};
+  deliver_ctx_t d;
+  ctx_init(&d, srv, w, c, NULL, 0);
   return after_delivery(&d, framer_resume(&c->in, &srv->framing, deliver_packet, &d));
 }

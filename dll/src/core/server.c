@@ -121,6 +121,10 @@ int IOCPSRV_CALL iocpsrv_set_packet_cb(iocpsrv_t *srv, iocpsrv_packet_cb cb) {
   WITH_STOPPED_SERVER(srv, srv->on_packet = cb);
 }
 
+int IOCPSRV_CALL iocpsrv_set_packet_batch_cb(iocpsrv_t *srv, iocpsrv_packet_batch_cb cb) {
+  WITH_STOPPED_SERVER(srv, srv->on_packet_batch = cb);
+}
+
 int IOCPSRV_CALL iocpsrv_set_disconnect_cb(iocpsrv_t *srv, iocpsrv_disconnect_cb cb) {
   WITH_STOPPED_SERVER(srv, srv->on_disconnect = cb);
 }

@@ -30,6 +30,7 @@ typedef struct worker_s {
   conn_t *running;   /* the connection whose token this worker holds, if any */
   int defer_notify; /* queue connection work instead of running it (see run_batch) */
   uint64_t packets_in, bytes_in, packets_out, bytes_out; /* published once per batch */
+  iocpsrv_buf_t batch[IOCPSRV_BATCH_MAX]; /* packets gathered for the packet-batch callback */
 } worker_t;
 
 /* The worker pool: a fixed set of workers, or, with IOCPSRV_OPT_POOL_MAX, a dynamic
