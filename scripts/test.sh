@@ -235,14 +235,16 @@ section_fuzz() {
      ! clang -print-file-name=libclang_rt.fuzzer-x86_64.a | grep -q /; then
     apt_install clang libclang-rt-14-dev || return 1
   fi
-  # One target at a time: framing gets half of FUZZ_SECONDS, proxy and srcaddr a quarter.
+  # One target at a time: framing gets 2/5 of FUZZ_SECONDS, the others 1/5 each.
   local core="$ROOT/dll/src/core" t secs maxlen failed=0 srcs
-  local quarter=$(( seconds / 4 > 0 ? seconds / 4 : 1 ))
-  local half=$(( seconds - 2 * quarter > 0 ? seconds - 2 * quarter : 1 ))
-  for t in framing proxy srcaddr; do
+  local fifth=$(( seconds / 5 > 0 ? seconds / 5 : 1 ))
+  local half=$(( seconds - 3 * fifth > 0 ? seconds - 3 * fifth : 1 ))
+  local quarter=$fifth
+  for t in framing proxy srcaddr send_records; do
     case $t in
       framing) secs=$half; maxlen=200000; srcs=("$core/framing.c") ;;
       proxy) secs=$quarter; maxlen=70000; srcs=("$core/proxy.c") ;;
+      send_records) secs=$quarter; maxlen=4096; srcs=(-DIOCPSRV_STATIC "$core/records.c") ;;
       srcaddr) secs=$quarter; maxlen=4096 # built like test_srcaddr, with the fault seam
         srcs=(-DIOCPSRV_FAULT_INJECTION -DIOCPSRV_STATIC "$core/srcaddr.c" "$core/fault.c" "$core/check.c") ;;
     esac

@@ -696,8 +696,8 @@ static void lifecycle_strings(void) {
     for (j = 0; j < i; j++) CHECK_NE(err_rows[j].code, err_rows[i].code);
   }
   CHECK_EQ(IOCPSRV_EINVAL, -1);
-  CHECK_EQ(NOPTS(err_rows), 16);
-  static const int unknown[] = {1, 42, -17, -1000, 0x7fffffff, -0x7fffffff - 1};
+  CHECK_EQ(NOPTS(err_rows), 17);
+  static const int unknown[] = {1, 42, -18, -1000, 0x7fffffff, -0x7fffffff - 1};
   for (i = 0; i < NOPTS(unknown); i++) {
     const char *t = iocpsrv_strerror(unknown[i]);
     CHECK(t != NULL);

@@ -3,7 +3,7 @@
  *
  *   iocpsrv-echo --port N [--host H] [--threads N] [--verbose]
  *                [--proxy-protocol off|required|optional] [--proxy-trusted LIST]
- *                [--max-per-source N] [--reuseport]
+ *                [--max-per-source N] [--reuseport] [--batch]
  *
  * It prints "listening on HOST:PORT" once clients can connect (port 0 picks a free port and
  * the real one is printed), serves until SIGINT or SIGTERM (Ctrl+C or Ctrl+Break on
@@ -25,6 +25,8 @@
  *     --max-per-source caps the connections one client address may hold
  *     (IOCPSRV_OPT_MAX_CONNECTIONS_PER_SOURCE). --reuseport lets several processes
  *     share one port on Linux, the kernel spreading new connections over them.
+ *   - --batch takes the packets through the packet-batch callback: every packet one
+ *     read completed, in one call (iocpsrv_set_packet_batch_cb).
  */
 #include <iocpsrv.h>
 
@@ -54,10 +56,11 @@ static unsigned long g_errors;
 
 static int g_verbose;
 
-/* Per-connection state: the one packet whose echo the send queue refused. */
+/* Per-connection state: the echoes the send queue refused, kept in order until the
+ * drain callback, each as a 4-byte native length then the payload. */
 typedef struct conn_state_s {
   uint8_t *held;
-  size_t held_len;
+  size_t held_len, held_off; /* bytes kept; the first not yet resent */
   int holding;
 } conn_state_t;
 
@@ -66,6 +69,7 @@ static void usage(FILE *out) {
           "usage: iocpsrv-echo --port N [--host H] [--threads N] [--max-connections N]\n"
           "                    [--verbose] [--proxy-protocol off|required|optional]\n"
           "                    [--proxy-trusted LIST] [--max-per-source N] [--reuseport]\n"
+          "                    [--batch]\n"
           "\n"
           "Echo every length-prefixed packet (4-byte little-endian length + payload)\n"
           "back to its sender.\n"
@@ -92,6 +96,8 @@ static void usage(FILE *out) {
           "  --reuseport   SO_REUSEPORT: several processes may listen on the same port and\n"
           "                the kernel spreads new connections over them (Linux; not on\n"
           "                Windows)\n"
+          "  --batch       take packets through the packet-batch callback: all the\n"
+          "                packets one read completed in one call\n"
           "  --help        this text\n"
           "\n"
           "Prints \"listening on HOST:PORT\" when ready. SIGINT or SIGTERM stops the server\n"
@@ -127,28 +133,32 @@ static int IOCPSRV_CALL on_connect(iocpsrv_t *server, iocpsrv_conn_id_t conn,
   return 0;
 }
 
-/* Keep a refused packet until the drain callback. Called on the connection's own
- * callback thread, so pausing here guarantees no packet callback runs before resume. */
-static int hold_packet(iocpsrv_t *server, iocpsrv_conn_id_t conn, conn_state_t *st,
-                       const uint8_t *data, size_t len) {
-  uint8_t *copy = (uint8_t *)malloc(len ? len : 1);
-  if (copy == NULL) return 1; /* cannot keep it: close rather than lose an echo */
-  memcpy(copy, data, len);
-  st->held = copy;
-  st->held_len = len;
+/* Keep refused echoes (and the ones after them) until the drain callback. Called on
+ * the connection's own callback thread, so pausing here guarantees no packet callback
+ * runs before resume. */
+static int hold_packets(iocpsrv_t *server, iocpsrv_conn_id_t conn, conn_state_t *st,
+                        const iocpsrv_buf_t *packets, int count) {
+  size_t need = 0;
+  uint8_t *grown;
+  int i;
+  for (i = 0; i < count; i++) need += 4 + packets[i].len;
+  grown = (uint8_t *)realloc(st->held, st->held_len + need);
+  if (grown == NULL) return 1; /* cannot keep them: close rather than lose an echo */
+  st->held = grown;
+  for (i = 0; i < count; i++) {
+    uint32_t len = (uint32_t)packets[i].len;
+    memcpy(st->held + st->held_len, &len, 4);
+    if (len) memcpy(st->held + st->held_len + 4, packets[i].base, len);
+    st->held_len += 4 + len;
+  }
   st->holding = 1;
   /* An error here means the connection is closing: nothing more arrives for it. */
   (void)iocpsrv_pause_receive(server, conn);
   return 0;
 }
 
-static int IOCPSRV_CALL on_packet(iocpsrv_t *server, iocpsrv_conn_id_t conn,
-                                  void *conn_user, const uint8_t *data, size_t len) {
-  conn_state_t *st = (conn_state_t *)conn_user;
-  int rc = iocpsrv_send(server, conn, data, len);
-  if (rc == 0) return 0;
-  if (rc == IOCPSRV_EQUEUEFULL && st != NULL && !st->holding)
-    return hold_packet(server, conn, st, data, len);
+/* A send failed for a reason other than a full queue: 1 (close the connection). */
+static int send_failed(iocpsrv_conn_id_t conn, int rc) {
   if (rc != IOCPSRV_ENOTCONN && rc != IOCPSRV_ESTOPPED) {
     COUNT_ERROR();
     fprintf(stderr, "iocpsrv-echo: send to %llu: %s\n", (unsigned long long)conn,
@@ -157,22 +167,56 @@ static int IOCPSRV_CALL on_packet(iocpsrv_t *server, iocpsrv_conn_id_t conn,
   return 1; /* the echo is lost: close instead of silently skipping a packet */
 }
 
+/* Echo `count` packets; what the queue refuses is held, in order, with the rest. */
+static int echo_packets(iocpsrv_t *server, iocpsrv_conn_id_t conn, conn_state_t *st,
+                        const iocpsrv_buf_t *packets, int count) {
+  int i, rc;
+  for (i = 0; i < count; i++) {
+    rc = iocpsrv_send(server, conn, packets[i].base, packets[i].len);
+    if (rc == 0) continue;
+    if (rc == IOCPSRV_EQUEUEFULL && st != NULL && !st->holding)
+      return hold_packets(server, conn, st, packets + i, count - i);
+    return send_failed(conn, rc);
+  }
+  return 0;
+}
+
+static int IOCPSRV_CALL on_packet(iocpsrv_t *server, iocpsrv_conn_id_t conn,
+                                  void *conn_user, const uint8_t *data, size_t len) {
+  iocpsrv_buf_t packet;
+  packet.base = data;
+  packet.len = len;
+  return echo_packets(server, conn, (conn_state_t *)conn_user, &packet, 1);
+}
+
+/* --batch: every packet one read completed, in one call. */
+static int IOCPSRV_CALL on_packet_batch(iocpsrv_t *server, iocpsrv_conn_id_t conn,
+                                        void *conn_user, const iocpsrv_buf_t *packets,
+                                        int count) {
+  return echo_packets(server, conn, (conn_state_t *)conn_user, packets, count);
+}
+
 static void IOCPSRV_CALL on_drain(iocpsrv_t *server, iocpsrv_conn_id_t conn,
                                   void *conn_user) {
   conn_state_t *st = (conn_state_t *)conn_user;
-  int rc;
+  int rc = 0;
   if (st == NULL || !st->holding) return;
-  rc = iocpsrv_send(server, conn, st->held, st->held_len);
-  if (rc == IOCPSRV_EQUEUEFULL) return; /* another drain follows this refusal */
+  while (st->held_off < st->held_len) {
+    uint32_t len;
+    memcpy(&len, st->held + st->held_off, 4);
+    rc = iocpsrv_send(server, conn, st->held + st->held_off + 4, len);
+    if (rc == IOCPSRV_EQUEUEFULL) return; /* another drain follows this refusal */
+    if (rc != 0) break;
+    st->held_off += 4 + len;
+  }
   free(st->held);
   st->held = NULL;
+  st->held_len = st->held_off = 0;
   st->holding = 0;
   if (rc == 0) {
     iocpsrv_resume_receive(server, conn);
-  } else if (rc != IOCPSRV_ENOTCONN && rc != IOCPSRV_ESTOPPED) {
-    COUNT_ERROR();
-    fprintf(stderr, "iocpsrv-echo: send to %llu: %s\n", (unsigned long long)conn,
-            iocpsrv_strerror(rc));
+  } else {
+    send_failed(conn, rc);
     iocpsrv_disconnect(server, conn, IOCPSRV_CLOSE_GRACEFUL);
   }
 }
@@ -262,7 +306,7 @@ static int parse_proxy_mode(const char *text) {
 int main(int argc, char **argv) {
   const char *host = "127.0.0.1";
   long port = -1, threads = 0, max_conns = 0;
-  int proxy_mode = IOCPSRV_PROXY_OFF, reuseport = 0;
+  int proxy_mode = IOCPSRV_PROXY_OFF, reuseport = 0, batch = 0;
   const char *proxy_trusted = NULL;
   long max_per_source = 0;
   iocpsrv_t *server = NULL;
@@ -325,6 +369,8 @@ int main(int argc, char **argv) {
       i++;
     } else if (strcmp(a, "--reuseport") == 0) {
       reuseport = 1;
+    } else if (strcmp(a, "--batch") == 0) {
+      batch = 1;
     } else {
       fprintf(stderr, "iocpsrv-echo: unknown argument '%s'\n\n", a);
       usage(stderr);
@@ -377,6 +423,7 @@ int main(int argc, char **argv) {
   }
   iocpsrv_set_connect_cb(server, on_connect);
   iocpsrv_set_packet_cb(server, on_packet);
+  if (batch) iocpsrv_set_packet_batch_cb(server, on_packet_batch);
   iocpsrv_set_drain_cb(server, on_drain);
   iocpsrv_set_disconnect_cb(server, on_disconnect);
   iocpsrv_set_log_cb(server, on_log);
