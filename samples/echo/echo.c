@@ -167,33 +167,36 @@ static int send_failed(iocpsrv_conn_id_t conn, int rc) {
   return 1; /* the echo is lost: close instead of silently skipping a packet */
 }
 
-/* Echo `count` packets; what the queue refuses is held, in order, with the rest. */
-static int echo_packets(iocpsrv_t *server, iocpsrv_conn_id_t conn, conn_state_t *st,
-                        const iocpsrv_buf_t *packets, int count) {
-  int i, rc;
-  for (i = 0; i < count; i++) {
-    rc = iocpsrv_send(server, conn, packets[i].base, packets[i].len);
-    if (rc == 0) continue;
-    if (rc == IOCPSRV_EQUEUEFULL && st != NULL && !st->holding)
-      return hold_packets(server, conn, st, packets + i, count - i);
-    return send_failed(conn, rc);
-  }
-  return 0;
+/* packets[0] was refused with `rc`: hold it and the rest if the queue was full. */
+static int echo_refused(iocpsrv_t *server, iocpsrv_conn_id_t conn, conn_state_t *st,
+                        const iocpsrv_buf_t *packets, int count, int rc) {
+  if (rc == IOCPSRV_EQUEUEFULL && st != NULL && !st->holding)
+    return hold_packets(server, conn, st, packets, count);
+  return send_failed(conn, rc);
 }
 
 static int IOCPSRV_CALL on_packet(iocpsrv_t *server, iocpsrv_conn_id_t conn,
                                   void *conn_user, const uint8_t *data, size_t len) {
   iocpsrv_buf_t packet;
+  int rc = iocpsrv_send(server, conn, data, len);
+  if (rc == 0) return 0;
   packet.base = data;
   packet.len = len;
-  return echo_packets(server, conn, (conn_state_t *)conn_user, &packet, 1);
+  return echo_refused(server, conn, (conn_state_t *)conn_user, &packet, 1, rc);
 }
 
-/* --batch: every packet one read completed, in one call. */
+/* --batch: every packet one read completed, in one call; what the queue refuses is
+ * held, in order, with the rest. */
 static int IOCPSRV_CALL on_packet_batch(iocpsrv_t *server, iocpsrv_conn_id_t conn,
                                         void *conn_user, const iocpsrv_buf_t *packets,
                                         int count) {
-  return echo_packets(server, conn, (conn_state_t *)conn_user, packets, count);
+  int i, rc;
+  for (i = 0; i < count; i++) {
+    rc = iocpsrv_send(server, conn, packets[i].base, packets[i].len);
+    if (rc != 0)
+      return echo_refused(server, conn, (conn_state_t *)conn_user, packets + i, count - i, rc);
+  }
+  return 0;
 }
 
 static void IOCPSRV_CALL on_drain(iocpsrv_t *server, iocpsrv_conn_id_t conn,

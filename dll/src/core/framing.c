@@ -27,30 +27,11 @@ int framing_cfg_from_option(framing_cfg_t *cfg, int64_t framing, int64_t max_pac
   return 0;
 }
 
-size_t framing_write_header(const framing_cfg_t *cfg, uint8_t out[4], size_t len) {
-  unsigned n = cfg->header_bytes;
-  for (unsigned i = 0; i < n; i++) {
-    unsigned shift = 8 * (cfg->big_endian ? n - 1 - i : i);
-    out[i] = (uint8_t)(len >> shift);
-  }
-  return n;
-}
-
-static uint32_t read_length(const framing_cfg_t *cfg, const uint8_t *p) {
-  uint32_t v = 0;
-  unsigned n = cfg->header_bytes;
-  for (unsigned i = 0; i < n; i++) {
-    unsigned shift = 8 * (cfg->big_endian ? n - 1 - i : i);
-    v |= (uint32_t)p[i] << shift;
-  }
-  return v;
-}
-
 /* Total size of the frame starting at p: 0 while the header is incomplete, -1 above
  * the maximum. */
 static int64_t frame_total(const framing_cfg_t *cfg, const uint8_t *p, size_t have) {
   if (have < cfg->header_bytes) return 0;
-  uint32_t len = read_length(cfg, p);
+  uint32_t len = framing_read_length(cfg, p);
   if (len > cfg->max_packet) return -1;
   return (int64_t)cfg->header_bytes + len;
 }

@@ -9,6 +9,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 typedef struct framing_cfg_s {
   unsigned header_bytes; /* 0 = raw, 2 or 4 */
@@ -35,8 +36,45 @@ enum {
 /* Translate an iocpsrv framing option value; 0 or -1 for an unknown value. */
 int framing_cfg_from_option(framing_cfg_t *cfg, int64_t framing, int64_t max_packet);
 
+/* The 4-byte little-endian header, the common case, is read and written with one
+ * unaligned 32-bit access where the machine is little-endian (every supported target);
+ * the others go byte by byte. Per packet both ways, so inline. */
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__ || defined(_WIN32)
+#  define FRAMING_LE_HOST 1
+#else
+#  define FRAMING_LE_HOST 0
+#endif
+
 /* The header for a payload of `len` bytes into out[]; returns the header's size. */
-size_t framing_write_header(const framing_cfg_t *cfg, uint8_t out[4], size_t len);
+static inline size_t framing_write_header(const framing_cfg_t *cfg, uint8_t out[4], size_t len) {
+  unsigned n = cfg->header_bytes;
+  if (FRAMING_LE_HOST && n == 4 && !cfg->big_endian) {
+    uint32_t v = (uint32_t)len;
+    memcpy(out, &v, 4);
+    return 4;
+  }
+  for (unsigned i = 0; i < n; i++) {
+    unsigned shift = 8 * (cfg->big_endian ? n - 1 - i : i);
+    out[i] = (uint8_t)(len >> shift);
+  }
+  return n;
+}
+
+/* The payload length a header announces. */
+static inline uint32_t framing_read_length(const framing_cfg_t *cfg, const uint8_t *p) {
+  unsigned n = cfg->header_bytes;
+  if (FRAMING_LE_HOST && n == 4 && !cfg->big_endian) {
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
+  }
+  uint32_t v = 0;
+  for (unsigned i = 0; i < n; i++) {
+    unsigned shift = 8 * (cfg->big_endian ? n - 1 - i : i);
+    v |= (uint32_t)p[i] << shift;
+  }
+  return v;
+}
 
 /* The stream continues with data[0..len). Delivers every whole packet. */
 int framer_feed(framer_t *f, const framing_cfg_t *cfg, const uint8_t *data, size_t len,

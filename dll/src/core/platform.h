@@ -6,6 +6,13 @@
 
 #include <stdint.h>
 
+/* A slow path kept out of line, so the hot path around it needs fewer registers. */
+#if defined(__GNUC__)
+#  define SRV_COLD __attribute__((noinline, cold))
+#else
+#  define SRV_COLD
+#endif
+
 #include "core/fault.h" /* srv_malloc, fault_os(FAULT_THREAD) */
 
 #if defined(_WIN32)

@@ -182,7 +182,7 @@ conn_t *own_conn(iocpsrv_t *srv, iocpsrv_conn_id_t id) {
  * packet" must hold). So refusals, rare by nature, are judged again under the lock
  * against the real queue; a refusal sets want_drain there, at once, so the drain
  * check of the very next write sees it. Returns 1 if refused. */
-static int own_refusal(iocpsrv_t *srv, conn_t *c, size_t framed) {
+SRV_COLD static int own_refusal(iocpsrv_t *srv, conn_t *c, size_t framed) {
   ASSERT_TOKEN(c);
   ASSERT_UNLOCKED(c);
   srv_mutex_lock(&c->slot.lock);
@@ -192,6 +192,11 @@ static int own_refusal(iocpsrv_t *srv, conn_t *c, size_t framed) {
   srv_mutex_unlock(&c->slot.lock);
   if (refuse) engine_stat_add(&srv->stats.send_queue_rejections, 1);
   return refuse;
+}
+
+SRV_COLD static int send_nomem(iocpsrv_t *srv) {
+  engine_stat_add(&srv->stats.alloc_failures, 1);
+  return IOCPSRV_ENOMEM;
 }
 
 /* A send from the connection's own callback: into `own`, no lock (merge_own_locked
@@ -204,10 +209,7 @@ static int send_own(iocpsrv_t *srv, conn_t *c, const iocpsrv_buf_t *bufs, int co
   if (queue_refuses(srv, c->out_seen + sendbuf_pending(&c->own), framed) &&
       own_refusal(srv, c, framed))
     return IOCPSRV_EQUEUEFULL;
-  if (sendbuf_append(&c->own, &srv->framing, bufs, count, total)) {
-    engine_stat_add(&srv->stats.alloc_failures, 1);
-    return IOCPSRV_ENOMEM;
-  }
+  if (sendbuf_append(&c->own, &srv->framing, bufs, count, total)) return send_nomem(srv);
   c->own_packets++;
   tls_worker->packets_out++;
   return 0;

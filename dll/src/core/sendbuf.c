@@ -38,8 +38,8 @@ static uint8_t *sendbuf_reserve(sendbuf_t *b, size_t need) {
   return b->buf + b->len;
 }
 
-int sendbuf_append(sendbuf_t *b, const framing_cfg_t *cfg, const iocpsrv_buf_t *bufs,
-                   int count, size_t total) {
+int sendbuf_append_slow(sendbuf_t *b, const framing_cfg_t *cfg, const iocpsrv_buf_t *bufs,
+                        int count, size_t total) {
   if (total > SIZE_MAX / 4) return -1;
   size_t need = cfg->header_bytes + total;
   uint8_t *w = sendbuf_reserve(b, need);

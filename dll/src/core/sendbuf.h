@@ -6,6 +6,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "core/framing.h"
 #include "iocpsrv.h"
@@ -30,8 +31,20 @@ static inline size_t sendbuf_write_len(const sendbuf_t *b) {
 
 /* Appends one packet: the header for `total` payload bytes, then the buffers. Returns
  * 0 or -1 when out of memory (nothing appended then). */
-int sendbuf_append(sendbuf_t *b, const framing_cfg_t *cfg, const iocpsrv_buf_t *bufs,
-                   int count, size_t total);
+int sendbuf_append_slow(sendbuf_t *b, const framing_cfg_t *cfg, const iocpsrv_buf_t *bufs,
+                        int count, size_t total);
+static inline int sendbuf_append(sendbuf_t *b, const framing_cfg_t *cfg,
+                                 const iocpsrv_buf_t *bufs, int count, size_t total) {
+  /* The hot case, one buffer that fits in the room already there: inline. */
+  size_t need = cfg->header_bytes + total;
+  if (count != 1 || total > b->cap || b->cap - b->len < need)
+    return sendbuf_append_slow(b, cfg, bufs, count, total);
+  uint8_t *w = b->buf + b->len;
+  w += framing_write_header(cfg, w, total);
+  if (total) memcpy(w, bufs[0].base, total);
+  b->len += need;
+  return 0;
+}
 
 /* Moves everything pending in `from` to the end of `b` (swapping buffers when `b` is
  * empty). Returns 0, or -1 when out of memory (both unchanged then). */
