@@ -721,9 +721,12 @@ def targets(results, present, left_out, workloads, specs=None):
              "label": label, "cells": {}, "missing": None}
         gone = [k for k in (skey, bkey) if k not in present]
         if gone:
-            t["missing"] = "; ".join(
-                f"{k} left out: {left_out[k][1]}" if k in left_out else
-                f"{k} not measured in this run" for k in gone)
+            why = [f"{k} left out: {left_out[k][1]}" for k in gone if k in left_out]
+            absent = [k for k in gone if k not in left_out]
+            if absent:
+                why.append("not in this run: " + ", ".join(absent))
+            t["missing"] = "; ".join(why)
+            t["left_out"] = any(k in left_out for k in gone)
         else:
             for w in workloads:
                 v, n = paired_ratio(results, skey, bkey, w, field)
@@ -836,9 +839,10 @@ def write_report(a, servers, workloads, results, summary, prof, meta, elapsed_to
                      "(a full `bench/run` measures 3).")
     else:
         L.append("(no target could be evaluated: a server is missing)")
-    for t in trows:
-        if t["missing"]:
-            L.append("")
+    missing = [t for t in trows if t["missing"]]
+    if missing:
+        L.append("")
+        for t in missing:
             L.append(f"- {t['label']}: not measured ({t['missing']}).")
     if wkeys and len(wkeys) < len(THROUGHPUT_WORKLOADS):
         L.append("")
@@ -1203,7 +1207,7 @@ def main():
     for t in targets(results, present, a.left_out, wkeys) + \
             targets(results, present, a.left_out, wkeys, INFO_TARGETS):
         info = " (informational)" if t["server"] == "iocpsrv-batch" else ""
-        if t["missing"] and t["missing"] not in noted:
+        if t["missing"] and t.get("left_out") and t["missing"] not in noted:
             noted.add(t["missing"])
             h.log(f"  not measured: {t['server']} against {t['base']}{info}: {t['missing']}")
         for w, (v, n, ok) in t["cells"].items():
