@@ -33,6 +33,22 @@ static inline size_t sendbuf_write_len(const sendbuf_t *b) {
  * 0 or -1 when out of memory (nothing appended then). */
 int sendbuf_append_slow(sendbuf_t *b, const framing_cfg_t *cfg, const iocpsrv_buf_t *bufs,
                         int count, size_t total);
+/* Copies n bytes; small payloads (the common chat or game message) without a call. */
+static inline void sendbuf_copy(uint8_t *d, const void *src, size_t n) {
+  const uint8_t *s = (const uint8_t *)src;
+  if (n > 16) {
+    memcpy(d, s, n);
+  } else if (n >= 8) { /* two overlapping 8-byte moves */
+    uint64_t head, tail;
+    memcpy(&head, s, 8);
+    memcpy(&tail, s + n - 8, 8);
+    memcpy(d, &head, 8);
+    memcpy(d + n - 8, &tail, 8);
+  } else {
+    for (size_t i = 0; i < n; i++) d[i] = s[i];
+  }
+}
+
 static inline int sendbuf_append(sendbuf_t *b, const framing_cfg_t *cfg,
                                  const iocpsrv_buf_t *bufs, int count, size_t total) {
   /* The hot case, one buffer that fits in the room already there: inline. */
@@ -41,7 +57,7 @@ static inline int sendbuf_append(sendbuf_t *b, const framing_cfg_t *cfg,
     return sendbuf_append_slow(b, cfg, bufs, count, total);
   uint8_t *w = b->buf + b->len;
   w += framing_write_header(cfg, w, total);
-  if (total) memcpy(w, bufs[0].base, total);
+  sendbuf_copy(w, bufs[0].base, total);
   b->len += need;
   return 0;
 }
