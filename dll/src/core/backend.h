@@ -138,6 +138,13 @@ long bk_read(bk_socket_t s, void *buf, size_t len);
  * the write has started and holds the bytes until then), or BK_ERROR: the connection
  * is dead. Never called again before that BK_WRITE. */
 long bk_write(bk_conn_t *c, bk_socket_t s, const void *data, size_t len);
+/* Write head then body straight from the caller's memory, at once, without blocking
+ * (lock held, no write outstanding, nothing queued): the core's path for a large send
+ * to an idle connection, which then needs no copy. Returns the bytes written now, 0
+ * when none (the socket is full, or the backend never writes from memory it does not
+ * own: IOCP's WSASend reads its buffer until the completion), or BK_ERROR. */
+long bk_write_now(bk_socket_t s, const void *head, size_t hlen, const void *body,
+                  size_t blen);
 /* Send our FIN (the write side only). */
 void bk_shutdown(bk_socket_t s);
 /* Close a socket, with a reset instead of a FIN when `abort`. `c` the registered

@@ -11,6 +11,8 @@
 #define FRAMER_KEEP_CAP 4096
 /* A packet with at least this much payload still missing is received in place. */
 #define FRAMER_DIRECT_MIN 16384
+/* After a large packet, a receive at a frame boundary asks for this much at once. */
+#define FRAMER_LARGE_READ 65536
 
 int framing_cfg_from_option(framing_cfg_t *cfg, int64_t framing, int64_t max_packet) {
   cfg->big_endian = framing == IOCPSRV_FRAMING_LEN32_BE || framing == IOCPSRV_FRAMING_LEN16_BE;
@@ -63,7 +65,9 @@ static int stash_append(framer_t *f, const uint8_t *data, size_t len) {
 static void stash_clear(framer_t *f) {
   f->off = f->len = 0;
   f->held = 0;
-  if (f->cap > FRAMER_KEEP_CAP) {
+  /* Large packets keep their stash for the next one (the sweep frees an idle
+   * connection's); a burst of small ones does not pin it. */
+  if (f->cap > FRAMER_KEEP_CAP && !f->large) {
     free(f->buf);
     f->buf = NULL;
     f->cap = 0;
@@ -72,7 +76,7 @@ static void stash_clear(framer_t *f) {
 
 /* Delivers the whole frames of p[0..n) in place; *used = bytes consumed. An
  * incomplete trailing frame is left unconsumed, but its header is checked. */
-static int deliver_frames(const framing_cfg_t *cfg, const uint8_t *p, size_t n,
+static int deliver_frames(framer_t *f, const framing_cfg_t *cfg, const uint8_t *p, size_t n,
                           size_t *used, framer_deliver_fn deliver, void *ctx) {
   size_t pos = 0;
   int rc = FRAMER_OK;
@@ -81,8 +85,10 @@ static int deliver_frames(const framing_cfg_t *cfg, const uint8_t *p, size_t n,
     if (total < 0) { rc = FRAMER_PROTOCOL_ERROR; break; }
     if (total == 0 || (size_t)total > n - pos) break;
     const uint8_t *payload = p + pos + cfg->header_bytes;
+    size_t len = (size_t)total - cfg->header_bytes;
     pos += (size_t)total;
-    if (deliver(ctx, payload, (size_t)total - cfg->header_bytes)) { rc = FRAMER_STOPPED; break; }
+    f->large = len >= FRAMER_DIRECT_MIN;
+    if (deliver(ctx, payload, len)) { rc = FRAMER_STOPPED; break; }
   }
   *used = pos;
   return rc;
@@ -112,6 +118,7 @@ static int complete_stashed_frame(framer_t *f, const framing_cfg_t *cfg,
     *len -= take;
   }
   size_t have = f->len - f->off;
+  f->large = have - cfg->header_bytes >= FRAMER_DIRECT_MIN;
   int r = deliver(ctx, f->buf + f->off + cfg->header_bytes, have - cfg->header_bytes);
   stash_clear(f);
   return r ? FRAMER_STOPPED : FRAMER_OK;
@@ -135,7 +142,7 @@ int framer_feed(framer_t *f, const framing_cfg_t *cfg, const uint8_t *data, size
     if (len == 0) return FRAMER_OK;
   }
   size_t used;
-  int rc = deliver_frames(cfg, data, len, &used, deliver, ctx);
+  int rc = deliver_frames(f, cfg, data, len, &used, deliver, ctx);
   if (rc == FRAMER_PROTOCOL_ERROR) return rc;
   if (used < len) {
     if (stash_append(f, data + used, len - used)) return FRAMER_NOMEM;
@@ -148,7 +155,7 @@ int framer_resume(framer_t *f, const framing_cfg_t *cfg, framer_deliver_fn deliv
                   void *ctx) {
   if (!f->held) return FRAMER_OK;
   size_t used;
-  int rc = deliver_frames(cfg, f->buf + f->off, f->len - f->off, &used, deliver, ctx);
+  int rc = deliver_frames(f, cfg, f->buf + f->off, f->len - f->off, &used, deliver, ctx);
   if (rc == FRAMER_PROTOCOL_ERROR) return rc;
   f->off += used;
   if (rc == FRAMER_STOPPED && framer_buffered(f)) return rc;
@@ -165,33 +172,48 @@ int framer_resume(framer_t *f, const framing_cfg_t *cfg, framer_deliver_fn deliv
   return rc;
 }
 
-size_t framer_direct_space(framer_t *f, const framing_cfg_t *cfg, uint8_t **where) {
-  if (cfg->header_bytes == 0 || f->held) return 0;
+/* How much the next direct receive asks for. A first large packet: the rest of it.
+ * After a large packet (the next is likely large too), a read buffer's worth past
+ * what the frame in progress misses: a read that stopped exactly at a frame boundary
+ * would look full and cost another receive to learn that nothing more waits; the
+ * frames it completes are delivered in place, a partial one stays where it is. 0: no
+ * direct receive. */
+static size_t direct_want(const framer_t *f, const framing_cfg_t *cfg) {
   size_t have = framer_buffered(f);
   int64_t total = frame_total(cfg, f->buf + f->off, have);
-  if (total <= 0 || (size_t)total - have < FRAMER_DIRECT_MIN) return 0;
+  if (total < 0) return 0; /* a bad header: framer_feed reports it */
+  if (!total) return f->large ? 2 * FRAMER_LARGE_READ - have : 0; /* a boundary */
+  size_t missing = (size_t)total - have;
+  if (f->large) return missing + FRAMER_LARGE_READ;
+  return missing >= FRAMER_DIRECT_MIN ? missing : 0;
+}
+
+size_t framer_direct_space(framer_t *f, const framing_cfg_t *cfg, uint8_t **where) {
+  if (cfg->header_bytes == 0 || f->held) return 0;
+  size_t want = direct_want(f, cfg);
+  if (!want) return 0;
   /* Grow with what actually arrives, never straight to the claimed size: a client that
    * announces a large packet and trickles costs memory in proportion to what it sent. */
-  size_t missing = (size_t)total - have;
   size_t room = f->cap - f->len;
-  if (room < FRAMER_DIRECT_MIN) {
-    size_t grow = f->cap > 65536 ? f->cap : 65536;
-    if (stash_reserve(f, grow < missing ? grow : missing)) return 0;
+  if (room < want && room < FRAMER_LARGE_READ) { /* a read buffer's worth at least */
+    size_t grow = f->cap > 2 * FRAMER_LARGE_READ ? f->cap : 2 * FRAMER_LARGE_READ;
+    if (stash_reserve(f, grow < want ? grow : want)) return 0;
     room = f->cap - f->len;
   }
   *where = f->buf + f->len;
-  return room < missing ? room : missing;
+  return room < want ? room : want;
 }
 
 int framer_direct_commit(framer_t *f, const framing_cfg_t *cfg, size_t n,
                          framer_deliver_fn deliver, void *ctx) {
   f->len += n;
-  size_t have = framer_buffered(f);
-  int64_t total = frame_total(cfg, f->buf + f->off, have);
-  if (total <= 0 || (size_t)total != have) return FRAMER_OK;
-  int r = deliver(ctx, f->buf + f->off + cfg->header_bytes, have - cfg->header_bytes);
-  stash_clear(f);
-  return r ? FRAMER_STOPPED : FRAMER_OK;
+  size_t used;
+  int rc = deliver_frames(f, cfg, f->buf + f->off, framer_buffered(f), &used, deliver, ctx);
+  if (rc == FRAMER_PROTOCOL_ERROR) return rc;
+  f->off += used;
+  if (!framer_buffered(f)) stash_clear(f);
+  else if (rc == FRAMER_STOPPED) f->held = 1; /* whole packets may wait: framer_resume */
+  return rc;
 }
 
 void framer_free(framer_t *f) {

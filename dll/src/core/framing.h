@@ -21,6 +21,7 @@ typedef struct framer_s {
   uint8_t *buf;  /* stash: bytes [off, len) not yet delivered */
   size_t off, len, cap;
   int held;      /* the stash holds bytes left over by a stop, maybe whole packets */
+  int large;     /* the last packet was large: reads go straight into the stash */
 } framer_t;
 
 /* Returns 0 to go on, non-zero to stop delivering (receive paused, connection closing). */
@@ -84,12 +85,14 @@ int framer_feed(framer_t *f, const framing_cfg_t *cfg, const uint8_t *data, size
 int framer_resume(framer_t *f, const framing_cfg_t *cfg, framer_deliver_fn deliver,
                   void *ctx);
 
-/* For a large packet still arriving: where the next receive may write directly (so a
- * payload far larger than the read buffer is copied once, by the kernel). Returns the
- * room (0 = read into the backend's own buffer and use framer_feed). */
+/* For a large packet still arriving, or after one (the next is likely large too):
+ * where the next receive may write directly, so a large payload is copied once, by the
+ * kernel, and delivered in place. Returns the room (0 = read into the backend's own
+ * buffer and use framer_feed). */
 size_t framer_direct_space(framer_t *f, const framing_cfg_t *cfg, uint8_t **where);
 
-/* `n` bytes were received at the pointer framer_direct_space returned. */
+/* `n` bytes were received at the pointer framer_direct_space returned: every whole
+ * packet in the stash is delivered in place. */
 int framer_direct_commit(framer_t *f, const framing_cfg_t *cfg, size_t n,
                          framer_deliver_fn deliver, void *ctx);
 

@@ -199,6 +199,60 @@ SRV_COLD static int send_nomem(iocpsrv_t *srv) {
   return IOCPSRV_ENOMEM;
 }
 
+/* Own sends of at least this many payload bytes to an idle connection are written
+ * straight from the host's memory (where the backend can: bk_write_now), saving the
+ * copy into the queue that dominates a large echo's user-space cost. */
+#define SEND_NOW_MIN (16u * 1024)
+
+enum { SENT_NOW = 0, NOT_NOW = 1 };
+
+/* The rest of a packet bk_write_now took `done` bytes of goes into `out` as is, and
+ * out with the worker's flush. Lock held. Returns 0 or IOCPSRV_ENOMEM (the connection
+ * is then aborted: part of the packet is on the wire). */
+static int queue_rest_locked(iocpsrv_t *srv, conn_t *c, const uint8_t *head, size_t hlen,
+                             const void *body, size_t blen, size_t done) {
+  ASSERT_LOCKED(c);
+  static const framing_cfg_t raw = {0, 0, UINT32_MAX};
+  iocpsrv_buf_t rest[2] = {{head + (done < hlen ? done : hlen), done < hlen ? hlen - done : 0},
+                           {(const uint8_t *)body + (done > hlen ? done - hlen : 0),
+                            done > hlen ? blen - (done - hlen) : blen}};
+  if (sendbuf_append(&c->out, &raw, rest, 2, rest[0].len + rest[1].len) == 0) {
+    flush_soon_locked(srv, c);
+    return 0;
+  }
+  engine_stat_add(&srv->stats.alloc_failures, 1);
+  request_close_locked(srv, c, 1, IOCPSRV_REASON_OUT_OF_MEMORY);
+  return IOCPSRV_ENOMEM;
+}
+
+/* A large own send to a connection with nothing queued, written now from the host's
+ * buffer; what the socket does not take is queued. NOT_NOW when the queue is not
+ * idle (the caller then copies as usual), else SENT_NOW with *rc the send's result. */
+static int send_now(iocpsrv_t *srv, conn_t *c, const void *data, size_t len, int *rc) {
+  ASSERT_TOKEN(c);
+  srv_mutex_lock(&c->slot.lock);
+  c->out_seen = conn_pending_locked(c); /* the limit's view, fresh while we are here */
+  if (c->state != CONN_OPEN || c->write_wait || c->out_seen) {
+    srv_mutex_unlock(&c->slot.lock);
+    return NOT_NOW;
+  }
+  uint8_t head[4];
+  size_t hlen = framing_write_header(&srv->framing, head, len);
+  long n = bk_write_now(c->sock, head, hlen, data, len);
+  *rc = 0;
+  if (n == BK_ERROR) {
+    write_failed_locked(srv, c); /* as a queued packet whose write failed */
+  } else {
+    if ((size_t)n < hlen + len) *rc = queue_rest_locked(srv, c, head, hlen, data, len, (size_t)n);
+    if (*rc == 0) c->packets_out++;
+    if (n > 0) sent_locked(srv, c, (size_t)n);
+    c->out_seen = conn_pending_locked(c);
+  }
+  srv_mutex_unlock(&c->slot.lock);
+  if (*rc == 0) tls_worker->packets_out++;
+  return SENT_NOW;
+}
+
 /* A send from the connection's own callback: into `own`, no lock (merge_own_locked
  * moves it at the end of the turn). The queue limit counts `out` as the turn found it. */
 static int send_own(iocpsrv_t *srv, conn_t *c, const iocpsrv_buf_t *bufs, int count,
@@ -209,6 +263,10 @@ static int send_own(iocpsrv_t *srv, conn_t *c, const iocpsrv_buf_t *bufs, int co
   if (queue_refuses(srv, c->out_seen + sendbuf_pending(&c->own), framed) &&
       own_refusal(srv, c, framed))
     return IOCPSRV_EQUEUEFULL;
+  int rc;
+  if (total >= SEND_NOW_MIN && count == 1 && !bk_caps.write_holds_bytes &&
+      !sendbuf_pending(&c->own) && send_now(srv, c, bufs[0].base, total, &rc) == SENT_NOW)
+    return rc;
   if (sendbuf_append(&c->own, &srv->framing, bufs, count, total)) return send_nomem(srv);
   c->own_packets++;
   tls_worker->packets_out++;

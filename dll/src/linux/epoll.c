@@ -28,6 +28,8 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -535,6 +537,27 @@ long bk_write(bk_conn_t *c, bk_socket_t fd, const void *data, size_t len) {
     if (n < 0 && errno == EINTR) continue;
     /* Would block: the EPOLLOUT edge brings BK_WRITE. */
     return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) ? BK_AGAIN : BK_ERROR;
+  }
+}
+
+long bk_write_now(bk_socket_t fd, const void *head, size_t hlen, const void *body,
+                  size_t blen) {
+  struct iovec iov[2] = {{(void *)head, hlen}, {(void *)body, blen}};
+  struct msghdr m;
+  memset(&m, 0, sizeof m);
+  m.msg_iov = iov;
+  m.msg_iovlen = 2;
+  for (;;) {
+    ssize_t n;
+    if (fault_os(FAULT_SEND_POST)) {
+      errno = ENOBUFS;
+      n = -1;
+    } else {
+      n = sendmsg(fd, &m, MSG_NOSIGNAL);
+    }
+    if (n >= 0) return (long)n;
+    if (errno == EINTR) continue;
+    return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : BK_ERROR;
   }
 }
 
