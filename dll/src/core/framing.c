@@ -31,7 +31,7 @@ int framing_cfg_from_option(framing_cfg_t *cfg, int64_t framing, int64_t max_pac
 
 /* Total size of the frame starting at p: 0 while the header is incomplete, -1 above
  * the maximum. */
-static int64_t frame_total(const framing_cfg_t *cfg, const uint8_t *p, size_t have) {
+FRAMING_HOT int64_t frame_total(const framing_cfg_t *cfg, const uint8_t *p, size_t have) {
   if (have < cfg->header_bytes) return 0;
   uint32_t len = framing_read_length(cfg, p);
   if (len > cfg->max_packet) return -1;

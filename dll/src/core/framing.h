@@ -40,6 +40,11 @@ int framing_cfg_from_option(framing_cfg_t *cfg, int64_t framing, int64_t max_pac
 /* The 4-byte little-endian header, the common case, is read and written with one
  * unaligned 32-bit access where the machine is little-endian (every supported target);
  * the others go byte by byte. Per packet both ways, so inline. */
+#if defined(__GNUC__)
+#  define FRAMING_HOT static inline __attribute__((always_inline)) /* -O2 too */
+#else
+#  define FRAMING_HOT static inline
+#endif
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__ || defined(_WIN32)
 #  define FRAMING_LE_HOST 1
 #else
@@ -47,7 +52,7 @@ int framing_cfg_from_option(framing_cfg_t *cfg, int64_t framing, int64_t max_pac
 #endif
 
 /* The header for a payload of `len` bytes into out[]; returns the header's size. */
-static inline size_t framing_write_header(const framing_cfg_t *cfg, uint8_t out[4], size_t len) {
+FRAMING_HOT size_t framing_write_header(const framing_cfg_t *cfg, uint8_t out[4], size_t len) {
   unsigned n = cfg->header_bytes;
   if (FRAMING_LE_HOST && n == 4 && !cfg->big_endian) {
     uint32_t v = (uint32_t)len;
@@ -62,7 +67,7 @@ static inline size_t framing_write_header(const framing_cfg_t *cfg, uint8_t out[
 }
 
 /* The payload length a header announces. */
-static inline uint32_t framing_read_length(const framing_cfg_t *cfg, const uint8_t *p) {
+FRAMING_HOT uint32_t framing_read_length(const framing_cfg_t *cfg, const uint8_t *p) {
   unsigned n = cfg->header_bytes;
   if (FRAMING_LE_HOST && n == 4 && !cfg->big_endian) {
     uint32_t v;

@@ -34,7 +34,7 @@ static inline size_t sendbuf_write_len(const sendbuf_t *b) {
 int sendbuf_append_slow(sendbuf_t *b, const framing_cfg_t *cfg, const iocpsrv_buf_t *bufs,
                         int count, size_t total);
 /* Copies n bytes; small payloads (the common chat or game message) without a call. */
-static inline void sendbuf_copy(uint8_t *d, const void *src, size_t n) {
+FRAMING_HOT void sendbuf_copy(uint8_t *d, const void *src, size_t n) {
   const uint8_t *s = (const uint8_t *)src;
   if (n > 16) {
     memcpy(d, s, n);
@@ -49,7 +49,7 @@ static inline void sendbuf_copy(uint8_t *d, const void *src, size_t n) {
   }
 }
 
-static inline int sendbuf_append(sendbuf_t *b, const framing_cfg_t *cfg,
+FRAMING_HOT int sendbuf_append(sendbuf_t *b, const framing_cfg_t *cfg,
                                  const iocpsrv_buf_t *bufs, int count, size_t total) {
   /* The hot case, one buffer that fits in the room already there: inline. */
   size_t need = cfg->header_bytes + total;
