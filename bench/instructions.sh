@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# bench/instructions.sh [--flood PATH] [--count N] -- SERVER [ARGS...]
+# bench/instructions.sh [--flood PATH] [--count N] [--workload CxSxD] -- SERVER [ARGS...]
 #
 # User-space instructions per echoed message of an echo server, counted by callgrind:
-# the server runs under valgrind, iocpsrv-flood sends 8 connections x N packets of 10
-# bytes at depth 64 (every echo verified), and the total is divided by the messages.
+# the server runs under valgrind, iocpsrv-flood sends C connections x N packets of S
+# bytes at depth D (default 8x10x64: --workload 8x10x64; every echo verified), and the
+# total is divided by the messages.
 # Unlike time, an instruction count does not move with the machine's load, so it shows
 # what a change to the per-packet path bought even on a shared machine; the kernel's
 # share (the same syscalls for every server here) is not counted. Example:
@@ -13,12 +14,14 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 FLOOD="$ROOT/build/linux/samples/iocpsrv-flood"
 COUNT=20000
+WORKLOAD=8x10x64
 while [ $# -gt 0 ]; do
   case $1 in
     --flood) FLOOD=$2; shift 2 ;;
     --count) COUNT=$2; shift 2 ;;
+    --workload) WORKLOAD=$2; shift 2 ;;
     --) shift; break ;;
-    *) echo "usage: $0 [--flood PATH] [--count N] -- SERVER [ARGS...]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--flood PATH] [--count N] [--workload CxSxD] -- SERVER [ARGS...]" >&2; exit 2 ;;
   esac
 done
 [ $# -gt 0 ] || { echo "$0: name the server after --" >&2; exit 2; }
@@ -34,7 +37,9 @@ for _ in $(seq 1 200); do
   sleep 0.05 # the server has no other way to say it is ready than its first line
 done
 [ -n "$PORT" ] || { kill "$PID"; cat "$OUT/server.err" >&2; echo "$0: the server never listened" >&2; exit 1; }
-"$FLOOD" --port "$PORT" --connections 8 --size 10 --depth 64 --count "$COUNT" --json --no-progress >"$OUT/flood.json"
+IFS=x read -r CONNS SIZE DEPTH <<<"$WORKLOAD"
+"$FLOOD" --port "$PORT" --connections "$CONNS" --size "$SIZE" --depth "$DEPTH" --count "$COUNT" \
+  --json --no-progress >"$OUT/flood.json"
 kill -INT "$PID"
 wait "$PID" || true
 /usr/bin/python3 - "$OUT/flood.json" "$OUT/cg" <<'PY'
