@@ -324,6 +324,8 @@ static void framing_oversize_header(void) {
 /* ---- other header shapes ---- */
 typedef struct {
   int sent[4]; /* results of the hook's sends */
+  tt_counter_t hooked; /* the hook has stored them (its 64 KiB reply may arrive first:
+                          a large send to an idle connection is written at once) */
 } hdr_ctx_t;
 
 static int len16_hook(echo_server_t *es, echo_conn_t *c, const uint8_t *d, size_t n) {
@@ -335,6 +337,7 @@ static int len16_hook(echo_server_t *es, echo_conn_t *c, const uint8_t *d, size_
     x->sent[1] = iocpsrv_send(es->srv, c->id, big, 70000);
     x->sent[2] = iocpsrv_send(es->srv, c->id, big, 65535); /* the largest that fits */
     free(big);
+    tt_counter_add(&x->hooked, 1);
     return ECHO_SKIP;
   }
   return ECHO_DEFAULT;
@@ -343,6 +346,7 @@ static int len16_hook(echo_server_t *es, echo_conn_t *c, const uint8_t *d, size_
 static void run_header_shape(int framing, int hdr, int be) {
   hdr_ctx_t x;
   memset(&x, 1, sizeof x);
+  tt_counter_init(&x.hooked);
   echo_opt_t opts[] = {{IOCPSRV_OPT_FRAMING, framing}};
   echo_config_t cfg = {0};
   cfg.opts = opts;
@@ -385,6 +389,7 @@ static void run_header_shape(int framing, int hdr, int be) {
     CHECK_EQ(ts_send_packet_ex(s, "sendbig", 7, hdr, be), 0);
     test_fill_pattern(buf, 65535, 16);
     expect_packet_ex(s, buf, 65535, hdr, be);
+    CHECK_OK(tt_counter_wait(&x.hooked, 1, TS_WAIT_MS));
     CHECK_ERR(x.sent[0], IOCPSRV_ETOOBIG);
     CHECK_ERR(x.sent[1], IOCPSRV_ETOOBIG);
     CHECK_OK(x.sent[2]);
@@ -395,6 +400,7 @@ static void run_header_shape(int framing, int hdr, int be) {
   free(buf);
   free(stream);
   echo_finish(es);
+  tt_counter_destroy(&x.hooked);
 }
 
 static void framing_len32_be(void) { run_header_shape(IOCPSRV_FRAMING_LEN32_BE, 4, 1); }

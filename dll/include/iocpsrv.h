@@ -614,7 +614,10 @@ IOCPSRV_API int IOCPSRV_CALL iocpsrv_destroy(iocpsrv_t *server);
 /* ---- Sending and connection control (thread-safe, never block on the network) ---- */
 
 /* Copy `len` bytes, frame them and queue them for `conn`. Sends a connection's own
- * callbacks make are written once after its batch of callbacks. Every other send is
+ * callbacks make are written once after its batch of callbacks, in order; on Linux a
+ * large one (16 KiB or more) to a connection with nothing queued is written at once
+ * from `data` instead, and only what the socket does not take is copied (the peer may
+ * then see it before the callback returns). Every other send is
  * written at once (from a callback of another connection too: that callback may block
  * next, and must not hold `conn` back), except with IOCPSRV_OPT_PULL_BATCH_SENDS.
  * Returns 0, or IOCPSRV_ENOTCONN (unknown, closing or stale id), IOCPSRV_EQUEUEFULL
