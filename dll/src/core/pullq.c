@@ -60,6 +60,24 @@ static void release_list(pullq_t *q, pullq_node_t *n) { /* lock held */
   }
 }
 
+/* Like release_list, but the small nodes are returned for the caller to free once the
+ * lock is dropped: the workers queueing events wait for this lock, not for free(). */
+static pullq_node_t *release_large(pullq_t *q, pullq_node_t *n) { /* lock held */
+  SRV_ASSERT_HELD(&q->lock);
+  pullq_node_t *small = NULL;
+  while (n) {
+    pullq_node_t *next = n->next;
+    if (n->cap >= SPARE_MIN) {
+      spare_or_free(q, n);
+    } else {
+      n->next = small;
+      small = n;
+    }
+    n = next;
+  }
+  return small;
+}
+
 static pullq_node_t *node_new(pullq_t *q, size_t len) {
   if (len >= SPARE_MIN) {
     srv_mutex_lock(&q->lock);
@@ -420,7 +438,7 @@ static int poll_sink(pullq_t *q, pullq_sink_t *k, int timeout_ms) {
   q->polling = 1;
   SRV_ASSERT(q->polling); /* the batch is this consumer's alone */
   run_eof_marks(q); /* the host has handled the batch that held them */
-  release_list(q, q->batch);
+  pullq_node_t *spent = release_large(q, q->batch);
   q->batch = NULL;
   int n = wait_and_take(q, k, timeout_ms);
   /* Signalled while events wait, or while end-of-stream marks taken now wait for the
@@ -443,6 +461,7 @@ static int poll_sink(pullq_t *q, pullq_sink_t *k, int timeout_ms) {
   }
   q->polling = 0; /* after the copy: the next poll frees the batch */
   srv_mutex_unlock(&q->lock);
+  free_list(spent);
   if (nwaiters) q->on_room(q->room_ctx, waiters, nwaiters);
   free(waiters);
   return n;
