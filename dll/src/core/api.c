@@ -186,12 +186,21 @@ int IOCPSRV_CALL iocpsrv_poll(iocpsrv_t *srv, iocpsrv_event_t *events, int max,
   if (!srv || !events || max <= 0) return IOCPSRV_EINVAL;
   if (!srv->opt.pull_mode) return IOCPSRV_ENOTSUP;
   if (engine_in_worker_of(srv)) return IOCPSRV_EINCALLBACK;
-  flush_poll_batch(srv);
-  uint64_t seq = atomic_fetch_add(&srv->poll_seq, 1) + 1; /* the last batch is over */
+  uint64_t seq = poll_begin(srv);
   int n = pullq_poll(&srv->pull, events, max, timeout_ms);
+  poll_end(srv, seq);
+  return n;
+}
+
+uint64_t poll_begin(iocpsrv_t *srv) {
+  flush_poll_batch(srv); /* the sends the consumer made for the last batch */
+  return atomic_fetch_add(&srv->poll_seq, 1) + 1; /* the last batch is over */
+}
+
+void poll_end(iocpsrv_t *srv, uint64_t seq) {
+  /* Sends this thread makes from now on belong to the batch just taken. */
   tls_batch_srv = srv;
   tls_batch_seq = seq;
-  return n;
 }
 
 int64_t IOCPSRV_CALL iocpsrv_wait_handle(iocpsrv_t *srv) {

@@ -24,24 +24,10 @@ static int cb_connect(iocpsrv_t *srv, conn_t *c) {
   return refuse ? DELIVER_REFUSED : DELIVER_MET;
 }
 
-static int cb_packet(iocpsrv_t *srv, conn_t *c, const uint8_t *data, size_t len) {
-  if (srv->on_packet) {
-    SRV_ASSERT_NO_LOCKS();
-    if (srv->on_packet(srv, c->slot.id, atomic_load(&c->user), data, len)) {
-      srv_mutex_lock(&c->slot.lock);
-      request_close_locked(srv, c, 0, IOCPSRV_REASON_LOCAL_CLOSE);
-      srv_mutex_unlock(&c->slot.lock);
-      return DELIVER_STOP;
-    }
-  }
-  return atomic_load_explicit(&c->deliver_stop, memory_order_relaxed) ? DELIVER_STOP
-                                                                       : DELIVER_ON;
-}
-
-static int cb_packet_batch(iocpsrv_t *srv, conn_t *c, const iocpsrv_buf_t *views, int n) {
-  SRV_ASSERT(n > 0 && n <= IOCPSRV_BATCH_MAX);
-  SRV_ASSERT_NO_LOCKS();
-  if (srv->on_packet_batch(srv, c->slot.id, atomic_load(&c->user), views, n)) {
+/* After a packet or batch callback returned `closing`: non-zero closes gracefully
+ * (LOCAL_CLOSE); a pause or close asked for meanwhile stops delivery too. */
+static int after_packet_cb(iocpsrv_t *srv, conn_t *c, int closing) {
+  if (closing) {
     srv_mutex_lock(&c->slot.lock);
     request_close_locked(srv, c, 0, IOCPSRV_REASON_LOCAL_CLOSE);
     srv_mutex_unlock(&c->slot.lock);
@@ -49,6 +35,22 @@ static int cb_packet_batch(iocpsrv_t *srv, conn_t *c, const iocpsrv_buf_t *views
   }
   return atomic_load_explicit(&c->deliver_stop, memory_order_relaxed) ? DELIVER_STOP
                                                                        : DELIVER_ON;
+}
+
+static int cb_packet(iocpsrv_t *srv, conn_t *c, const uint8_t *data, size_t len) {
+  int closing = 0;
+  if (srv->on_packet) {
+    SRV_ASSERT_NO_LOCKS();
+    closing = srv->on_packet(srv, c->slot.id, atomic_load(&c->user), data, len);
+  }
+  return after_packet_cb(srv, c, closing);
+}
+
+static int cb_packet_batch(iocpsrv_t *srv, conn_t *c, const iocpsrv_buf_t *views, int n) {
+  SRV_ASSERT(n > 0 && n <= IOCPSRV_BATCH_MAX);
+  SRV_ASSERT_NO_LOCKS();
+  return after_packet_cb(srv, c,
+                         srv->on_packet_batch(srv, c->slot.id, atomic_load(&c->user), views, n));
 }
 
 static void cb_drain(iocpsrv_t *srv, conn_t *c) {

@@ -99,6 +99,11 @@ int conn_close_socket(iocpsrv_t *srv, conn_t *c, int abort);
 /* Release the memory a quiet connection keeps for sending; lock held, token free. */
 void conn_trim_send_locked(conn_t *c);
 void flush_poll_batch(iocpsrv_t *srv);
+/* api.c: around every poll (iocpsrv_poll, iocpsrv_poll_packed) on the consumer's
+ * thread: the last batch's sends go out, and the sends made next join the new batch
+ * (IOCPSRV_OPT_PULL_BATCH_SENDS). */
+uint64_t poll_begin(iocpsrv_t *srv);
+void poll_end(iocpsrv_t *srv, uint64_t seq);
 void flush_deferred(worker_t *w);
 conn_t *own_conn(iocpsrv_t *srv, iocpsrv_conn_id_t id);
 int merge_own_locked(iocpsrv_t *srv, conn_t *c);

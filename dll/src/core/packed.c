@@ -9,11 +9,9 @@ int64_t IOCPSRV_CALL iocpsrv_poll_packed(iocpsrv_t *srv, void *buf, size_t cap,
   if (!srv || !buf || cap == 0) return IOCPSRV_EINVAL;
   if (!srv->opt.pull_mode) return IOCPSRV_ENOTSUP;
   if (engine_in_worker_of(srv)) return IOCPSRV_EINCALLBACK;
-  flush_poll_batch(srv);
-  uint64_t seq = atomic_fetch_add(&srv->poll_seq, 1) + 1; /* the last batch is over */
+  uint64_t seq = poll_begin(srv);
   int64_t n = pullq_poll_packed(&srv->pull, buf, cap, timeout_ms);
-  tls_batch_srv = srv;
-  tls_batch_seq = seq;
+  poll_end(srv, seq);
   return n;
 }
 
