@@ -3,7 +3,12 @@
 samples/iocpsrv-flood (4-byte length framing, every echo verified).
 
     python3 bench/compare.py [--seconds 5] [--rounds 2] [--connections 8] [--depth 16]
-                             [--size 10] [--flood PATH]
+                             [--size 10] [--flood PATH] [--only NAME ...]
+
+The references are the repository's asyncio server (bench/servers/asyncio_echo.py, one
+transport.write() per read: the one the issue's targets are judged against), the same
+on uvloop when it is installed (bench/uvloop_echo.py), and this directory's
+asyncio_echo.py (one write per packet, or per read with --batch).
 
 Each server runs alone on the machine's loopback while iocpsrv-flood drives it; the
 variants alternate round by round so that a change in background load hits them alike.
@@ -27,6 +32,8 @@ PY = sys.executable
 
 VARIANTS = {
     "iocpsrv.Server (examples/echo.py)": [PY, f"{ROOT}/examples/echo.py"],
+    "iocpsrv.Server (examples/echo.py --workers 1)": [PY, f"{ROOT}/examples/echo.py",
+                                                      "--workers", "1"],
     "iocpsrv.Server, pull_batch_sends=0": [PY, f"{ROOT}/examples/echo.py",
                                            "--pull-batch-sends", "0"],
     "iocpsrv.aio Protocol (examples/aio_echo.py)": [PY, f"{ROOT}/examples/aio_echo.py"],
@@ -34,14 +41,20 @@ VARIANTS = {
                                                      "--events"],
     "asyncio Protocol, one write per packet": [PY, f"{HERE}/asyncio_echo.py"],
     "asyncio Protocol, one write per read": [PY, f"{HERE}/asyncio_echo.py", "--batch"],
+    "bench/servers/asyncio_echo.py (per read)": [PY, f"{REPO}/bench/servers/asyncio_echo.py"],
+    "uvloop (bench/uvloop_echo.py)": [PY, f"{HERE}/uvloop_echo.py"],
 }
-BASELINE = "asyncio Protocol, one write per packet"
+BASELINE = "bench/servers/asyncio_echo.py (per read)"
 
 
 def cpu_seconds(pid):
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def has_uvloop():
+    return subprocess.run([PY, "-c", "import uvloop"], capture_output=True).returncode == 0
 
 
 def run_one(cmd, args):
@@ -82,6 +95,9 @@ def main():
     args = ap.parse_args()
     variants = {k: v for k, v in VARIANTS.items()
                 if not args.only or k == BASELINE or any(o in k for o in args.only)}
+    if "uvloop (bench/uvloop_echo.py)" in variants and not has_uvloop():
+        print("uvloop is not installed: its variant is left out", flush=True)
+        del variants["uvloop (bench/uvloop_echo.py)"]
     results = {k: [] for k in variants}
     for rnd in range(args.rounds):
         for name, cmd in variants.items():
