@@ -1,0 +1,167 @@
+"""Packed batches: the record formats of iocpsrv_poll_packed and iocpsrv_send_packed,
+read and written with ``struct`` in one buffer per batch.
+
+One cffi call per batch each way is the point: every crossing costs about as much as a
+few lines of Python, so the dispatchers take a whole batch of events with one
+iocpsrv_poll_packed and hand the sends made while handling it over with one
+iocpsrv_send_packed. Nothing here touches a cffi struct per event.
+
+Formats (dll/include/iocpsrv.h, "Packed batches"; little-endian on every supported
+target; each record padded with zero bytes to a multiple of 8):
+
+- event record: ``<IHHQQ`` (len, type, reason, conn, conn_user), then ``len`` payload
+  bytes (CONNECT: the peer address text; PACKET: the payload; else none);
+- send record: ``<QII`` (conn, len, flags = 0), then ``len`` payload bytes;
+- refusal: ``<Ii`` (index of the refused send record, its error code).
+"""
+
+from __future__ import annotations
+
+import struct
+
+from . import _native as n
+from ._errors import error_from_code
+from ._native import ffi
+
+__all__ = [
+    "EVENT_HEADER",
+    "SEND_HEADER",
+    "align8",
+    "event_record_size",
+    "send_record_size",
+    "PollBuffer",
+    "iter_events",
+    "build_send_records",
+    "iter_send_records",
+    "SendRecords",
+]
+
+EVENT_HEADER = struct.Struct("<IHHQQ")
+SEND_HEADER = struct.Struct("<QII")
+REFUSAL = struct.Struct("<Ii")
+
+# Zero bytes that pad a payload of length n to a multiple of 8: PADDING[n & 7].
+PADDING = tuple(bytes(-i & 7) for i in range(8))
+
+# The smallest buffer the dispatchers poll into (a batch is whatever fits); it grows
+# (once) when an event larger than it waits.
+MIN_POLL_BYTES = 64 * 1024
+# Past this the buffer does not grow (max_packet_size is at most 1 GiB).
+MAX_POLL_BYTES = 2 << 30
+
+
+def align8(length: int) -> int:
+    return (length + 7) & ~7
+
+
+def event_record_size(length: int) -> int:
+    """Bytes one event record with `length` payload bytes takes (IOCPSRV_RECORD_SIZE)."""
+    return EVENT_HEADER.size + align8(length)
+
+
+def send_record_size(length: int) -> int:
+    """Bytes one send record takes (IOCPSRV_SEND_RECORD_SIZE)."""
+    return SEND_HEADER.size + align8(length)
+
+
+class PollBuffer:
+    """The buffer iocpsrv_poll_packed fills, with the two views the parsers read:
+    ``view`` (a memoryview, for struct.unpack_from) and ``chunks`` (the cffi buffer,
+    whose slices are ``bytes`` copies made in one step)."""
+
+    __slots__ = ("cdata", "chunks", "view", "capacity")
+
+    def __init__(self, capacity: int = MIN_POLL_BYTES):
+        self._allocate(capacity)
+
+    def _allocate(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.cdata = ffi.new("char[]", capacity)
+        self.chunks = ffi.buffer(self.cdata)
+        self.view = memoryview(self.chunks)
+
+    def poll(self, lib, handle, timeout_ms: int, max_packet_size: int,
+             limit: int | None = None) -> int:
+        """One iocpsrv_poll_packed: the bytes of records written, 0 on timeout, or a
+        negative code. On IOCPSRV_ENOSPACE (the next event is larger than the buffer)
+        the buffer grows to what the largest event needs and the poll is repeated: the
+        event stayed queued. ``limit`` caps the bytes taken, with no growth: a next
+        event that does not fit stays queued and IOCPSRV_ENOSPACE is returned."""
+        if limit is not None:
+            return int(lib.iocpsrv_poll_packed(handle, self.cdata,
+                                               min(limit, self.capacity), timeout_ms))
+        got = lib.iocpsrv_poll_packed(handle, self.cdata, self.capacity, timeout_ms)
+        while got == n.IOCPSRV_ENOSPACE:
+            # The largest packet's record always fits; raw framing's reads are bounded
+            # by read_buffer instead, hence the doubling if that was not enough.
+            need = max(event_record_size(max_packet_size), 2 * self.capacity)
+            if need > MAX_POLL_BYTES:
+                raise error_from_code(n.IOCPSRV_ENOSPACE, "iocpsrv_poll_packed")
+            self._allocate(need)
+            got = lib.iocpsrv_poll_packed(handle, self.cdata, self.capacity, timeout_ms)
+        return int(got)
+
+
+def iter_events(buf: PollBuffer, end: int):
+    """(type, reason, conn, payload bytes) of each record in buf[0:end]. The servers'
+    hot loops inline this; it serves the tests and the cold paths."""
+    unpack = EVENT_HEADER.unpack_from
+    view, chunks = buf.view, buf.chunks
+    offset = 0
+    while offset < end:
+        length, kind, reason, conn, _user = unpack(view, offset)
+        start = offset + EVENT_HEADER.size
+        offset = start + ((length + 7) & ~7)
+        yield kind, reason, conn, chunks[start:start + length]
+
+
+def build_send_records(sends) -> bytearray:
+    """The iocpsrv_send_packed buffer for (conn, payload) pairs, in order."""
+    out = bytearray()
+    pack = SEND_HEADER.pack
+    for conn, data in sends:
+        length = len(data)
+        out += pack(conn, length, 0)
+        out += data
+        out += PADDING[length & 7]
+    return out
+
+
+def iter_send_records(buf):
+    """(conn, payload bytes) of each send record in buf (tests, diagnostics)."""
+    view = memoryview(buf)
+    offset = 0
+    while offset < len(view):
+        conn, length, _flags = SEND_HEADER.unpack_from(view, offset)
+        start = offset + SEND_HEADER.size
+        yield conn, bytes(view[start:start + length])
+        offset = start + align8(length)
+
+
+class SendRecords:
+    """Hands a list of (conn, payload) sends to the engine with one
+    iocpsrv_send_packed and says which were refused."""
+
+    __slots__ = ("_results", "_capacity")
+
+    def __init__(self) -> None:
+        self._capacity = 0
+        self._results = ffi.NULL
+
+    def submit(self, lib, handle, sends: list) -> list:
+        """Queue every send in order, as iocpsrv_send would. Returns the refused ones
+        as (index in sends, error code), in order; a whole-call failure (the server
+        stopped) refuses every send with its code."""
+        count = len(sends)
+        if count > self._capacity:
+            self._capacity = max(count, 2 * self._capacity, 64)
+            self._results = ffi.new("iocpsrv_send_result_t[]", self._capacity)
+        buf = build_send_records(sends)
+        refused = lib.iocpsrv_send_packed(handle, ffi.from_buffer(buf), len(buf),
+                                          self._results, count)
+        if refused == 0:
+            return []
+        if refused < 0:
+            return [(index, refused) for index in range(count)]
+        raw = ffi.buffer(self._results, refused * REFUSAL.size)
+        return list(REFUSAL.iter_unpack(raw))
