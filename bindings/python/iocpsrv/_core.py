@@ -44,7 +44,7 @@ import weakref
 from threading import get_ident
 
 from . import _native as n
-from ._errors import SendQueueFull, ServerStopped, error_from_code
+from ._errors import IocpsrvError, SendQueueFull, ServerStopped, error_from_code
 from ._native import ffi, library
 from ._packed import MIN_POLL_BYTES, PollBuffer, SendRecords
 from ._types import (
@@ -85,6 +85,7 @@ DEFER_MAX_BYTES = 16 * 1024
 # Deferred sends are handed over early once this many wait: bounds the memory a
 # callback that sends in a loop can hold (at most DEFER_MAX_BYTES each).
 DEFER_MAX_COUNT = 1024
+_JUST_BYTES = {bytes}
 
 
 def timeout_ms(timeout) -> int:
@@ -177,9 +178,12 @@ class ServerBase:
     def _reset_sends(self) -> None:
         # Deferred sends (see the module's docstring), in the order they were made.
         self._pending: list = []
-        # Connections with deferred sends: another thread's send to one of them goes
-        # behind those (under _pending_lock, which the hand-over holds).
+        # Another thread's send to a connection with deferred sends goes behind them,
+        # under _pending_lock, which the hand-over holds. Which connections have some is
+        # worked out by those threads (_has_pending), not by the hot path: the
+        # connections of _pending[:_scanned], and those _drained() puts back.
         self._pending_conns: set[int] = set()
+        self._scanned = 0
         self._pending_lock = threading.Lock()
         # Connections whose sends on the polling thread may be deferred: accepted, not
         # closing, not stalled. Changed on the polling thread, except that _close()
@@ -335,7 +339,6 @@ class ServerBase:
             if len(data) <= self._defer_max:
                 pending = self._pending
                 pending.append((conn, data))
-                self._pending_conns.add(conn)
                 if len(pending) >= DEFER_MAX_COUNT:
                     self._flush_sends()
                 return
@@ -346,7 +349,7 @@ class ServerBase:
         deferred sends of conn."""
         if self._pump == get_ident():
             self._flush_sends()
-        elif conn in self._pending_conns and self._defer_behind(conn, bytes(data)):
+        elif self._pending and self._defer_behind(conn, data):
             return
         if conn in self._stalled:
             self._full.add(conn)
@@ -360,15 +363,25 @@ class ServerBase:
                 self._full.add(conn)
             raise self._error(rc, f"send to connection {conn}")
 
-    def _defer_behind(self, conn: int, data: bytes) -> bool:
+    def _defer_behind(self, conn: int, data) -> bool:
         """From a thread that does not poll: put the send behind the polling thread's
         deferred sends to conn, if it still has some. Its refusal, if any, is then
         reported like theirs."""
         with self._pending_lock:
-            if conn not in self._pending_conns:
+            if not self._has_pending(conn):
                 return False
-            self._pending.append((conn, data))
+            self._pending.append((conn, bytes(data)))
             return True
+
+    def _has_pending(self, conn: int) -> bool:
+        """Whether deferred sends to conn wait (_pending_lock held). The polling thread
+        only appends to _pending meanwhile (a hand-over needs the lock), so the
+        connections seen so far stay valid and only the new entries are read."""
+        pending = self._pending
+        new = pending[self._scanned:]  # one atomic copy
+        self._scanned += len(new)
+        self._pending_conns.update([c for c, _ in new])
+        return conn in self._pending_conns
 
     def _flush_sends(self) -> None:
         """Hand the deferred sends to the engine, in order, with one
@@ -381,6 +394,7 @@ class ServerBase:
             self._pending = []
             refused = self._send_records.submit(self._lib, self._h, sends)
             self._pending_conns.clear()
+            self._scanned = 0
         if refused:
             self._sends_refused(sends, refused)
 
@@ -413,9 +427,10 @@ class ServerBase:
         self._full.discard(conn)
         queue = self._stalled.get(conn)
         if queue is not None:
-            self._pending_conns.add(conn)  # before it stops counting as stalled
-            del self._stalled[conn]
+            # Put back before conn stops counting as stalled, so that another thread's
+            # send to it finds them (_has_pending) and goes behind.
             self._pending.extend([(conn, data) for data in queue])
+            del self._stalled[conn]
         if alive and conn not in self._closing:
             self._sendable.add(conn)
 
@@ -459,13 +474,56 @@ class ServerBase:
         if self._pending and self._pump == get_ident():
             self._flush_sends()
 
+    def send_many(self, sends) -> list:
+        """Queue several packets: ``sends`` is a list (or iterable) of ``(conn, data)``
+        pairs, as on_batch receives them, so ``send_many(packets)`` echoes a batch.
+
+        Like ``for conn, data in sends: send(conn, data)``, except that a refusal does
+        not stop the others: returns the refused ones as ``[(conn, data, error), ...]``
+        (error: the exception send() would have raised), in order, and [] when all were
+        taken. Once a send to a connection is refused, its later ones in ``sends`` are
+        refused too, with the same error, so a connection never gets a packet without
+        the one before it. On the polling thread the whole list is deferred in one step
+        when every connection in it is open and every payload is small bytes; otherwise,
+        and on other threads, each goes through send()."""
+        if type(sends) is not list:
+            sends = list(sends)
+        if self._pump == get_ident() and sends and self._all_deferrable(sends):
+            pending = self._pending
+            pending += sends
+            if len(pending) >= DEFER_MAX_COUNT:
+                self._flush_sends()
+            return []
+        return self._send_each(sends)
+
+    def _all_deferrable(self, sends: list) -> bool:
+        """Whether every (conn, data) may go to _pending as it is: open connections,
+        bytes payloads within the deferral limit. Checked by C loops (zip, map, set)."""
+        conns, payloads = zip(*sends)
+        return (self._sendable.issuperset(conns)
+                and max(map(len, payloads)) <= self._defer_max
+                and set(map(type, payloads)) == _JUST_BYTES)
+
+    def _send_each(self, sends: list) -> list:
+        refused = []
+        errors: dict[int, BaseException] = {}
+        for conn, data in sends:
+            error = errors.get(conn)
+            if error is None:
+                try:
+                    self.send(conn, data)
+                    continue
+                except IocpsrvError as e:
+                    error = errors[conn] = e
+            refused.append((conn, data, error))
+        return refused
+
     def sendv(self, conn: int, parts) -> None:
         """Queue one packet whose payload is the concatenation of `parts` (bytes-likes),
         without joining them in Python (iocpsrv_sendv)."""
         if self._pump == get_ident():
             self._flush_sends()
-        elif conn in self._pending_conns and self._defer_behind(
-                conn, b"".join(bytes(p) for p in parts)):
+        elif self._pending and self._defer_behind(conn, b"".join(bytes(p) for p in parts)):
             return
         if conn in self._stalled:
             self._full.add(conn)

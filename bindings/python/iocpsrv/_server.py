@@ -10,7 +10,7 @@ from . import _native as n
 from ._core import ServerBase, log, timeout_ms
 from ._errors import InCallback, InvalidState, error_from_code
 from ._native import ffi
-from ._packed import EVENT_HEADER
+from ._packed import EVENT_HEADER, RECORD_START
 from ._types import REASONS
 
 __all__ = ["Server"]
@@ -224,13 +224,13 @@ class Server(ServerBase):
         self._pump = get_ident()
         try:
             while True:
+                if self._resumed:
+                    self._deliver_held()
                 # The sends of the last batch go to the engine before this poll, which
                 # writes them (pull_batch_sends): one write per connection per batch.
                 self._flush_sends()
                 if self._send_failures:
                     self._report_send_failures()
-                if self._resumed:
-                    self._deliver_held()
                 # While a connection is paused with held packets, resume() from another
                 # thread cannot interrupt the poll: wait less so they follow promptly.
                 end = buf.poll(lib, h, short_ms if held else wait_ms, self._max_packet)
@@ -242,53 +242,81 @@ class Server(ServerBase):
                     break
                 self._dispatch(end)
         finally:
-            self._pump = -1
-            self._pending.clear()  # the server stopped: nothing can take them now
-            self._done.set()
+            try:  # (nothing waits normally: each poll is preceded by a hand-over)
+                self._flush_sends()
+                if self._send_failures:
+                    self._report_send_failures()
+            finally:
+                self._pump = -1
+                self._done.set()
 
     def _dispatch(self, end: int) -> None:
-        """Deliver the records of one poll, in order. The hot loop: packets go to
-        on_packet (or are collected for on_batch) with no call per record but the
-        user's; other events go through _dispatch_event."""
+        """Deliver the records of one poll, in order."""
+        if self.on_batch is None:
+            self._dispatch_packets(end)
+        else:
+            self._dispatch_batches(end)
+
+    def _dispatch_packets(self, end: int) -> None:
+        """The hot loop: each packet to on_packet, with no call per record but the
+        user's; other events through _dispatch_event."""
         buf = self._poll_buffer
         view, chunks = buf.view, buf.chunks
-        unpack = EVENT_HEADER.unpack_from
+        unpack = RECORD_START.unpack_from
         met, closing, held = self._met, self._closing, self._held
         on_packet = self.on_packet
-        batch = [] if self.on_batch is not None else None
         offset = 0
         while offset < end:
-            length, kind, reason, conn, _user = unpack(view, offset)
+            length, kind, conn = unpack(view, offset)
             start = offset + 24
-            offset = start + ((length + 7) & -8)
-            if kind == _PACKET:
-                if conn not in met or (closing and conn in closing):
-                    continue
+            if kind != 2:  # IOCPSRV_EVENT_PACKET
+                self._dispatch_event(offset)
+            elif conn in met and not (closing and conn in closing):
                 data = chunks[start:start + length]
                 if held and self._hold(conn, data):
-                    continue
-                if batch is not None:
-                    batch.append((conn, data))
-                    continue
-                if on_packet is None:
-                    continue
-                try:
-                    r = on_packet(conn, data)
-                except BaseException:
-                    self._callback_failed("on_packet", conn)
-                    continue
-                if r is False:
-                    self._close_requested(conn)
-            else:
+                    pass
+                elif on_packet is not None:
+                    try:
+                        if on_packet(conn, data) is False:
+                            self._close_requested(conn)
+                    except BaseException:
+                        self._callback_failed("on_packet", conn)
+            offset = start + ((length + 7) & -8)
+
+    def _dispatch_batches(self, end: int) -> None:
+        """on_batch mode: the packets between two other events, as one list."""
+        buf = self._poll_buffer
+        view, chunks = buf.view, buf.chunks
+        unpack = RECORD_START.unpack_from
+        met, closing, held = self._met, self._closing, self._held
+        batch = []
+        add = batch.append
+        offset = 0
+        while offset < end:
+            length, kind, conn = unpack(view, offset)
+            start = offset + 24
+            if kind != 2:  # IOCPSRV_EVENT_PACKET
                 if batch:  # the packets before this event are delivered before it
                     self._deliver_batch(batch)
                     batch = []
-                self._dispatch_event(kind, reason, conn, chunks[start:start + length])
+                    add = batch.append
+                self._dispatch_event(offset)
+            elif conn in met and not (closing and conn in closing):
+                data = chunks[start:start + length]
+                if not (held and self._hold(conn, data)):
+                    add((conn, data))
+            offset = start + ((length + 7) & -8)
         if batch:
             self._deliver_batch(batch)
 
-    def _dispatch_event(self, kind: int, reason: int, conn: int, payload: bytes) -> None:
-        """A CONNECT, DISCONNECT or DRAIN record."""
+    def _dispatch_event(self, offset: int) -> None:
+        """The CONNECT, DISCONNECT or DRAIN record at offset."""
+        buf = self._poll_buffer
+        length, kind, reason, conn, _user = EVENT_HEADER.unpack_from(buf.view, offset)
+        start = offset + EVENT_HEADER.size
+        self._handle_event(kind, reason, conn, buf.chunks[start:start + length])
+
+    def _handle_event(self, kind: int, reason: int, conn: int, payload: bytes) -> None:
         met = self._met
         if kind == _CONNECT:
             cb = self.on_connect

@@ -453,7 +453,6 @@ class Server(ServerBase):
             if len(data) <= self._defer_max:
                 pending = self._pending
                 pending.append((conn, data))
-                self._pending_conns.add(conn)
                 if not self._dispatching:
                     self._schedule_flush()
                 elif len(pending) >= DEFER_MAX_COUNT:
@@ -462,6 +461,14 @@ class Server(ServerBase):
         self._send_now(conn, data)
 
     send.__doc__ = ServerBase.send.__doc__
+
+    def send_many(self, sends) -> list:
+        refused = super().send_many(sends)
+        if self._pending and not self._dispatching and get_ident() == self._pump:
+            self._schedule_flush()
+        return refused
+
+    send_many.__doc__ = ServerBase.send_many.__doc__
 
     def sendv(self, conn: int, parts) -> None:
         super().sendv(conn, parts)
