@@ -32,8 +32,8 @@ PY = sys.executable
 
 VARIANTS = {
     "iocpsrv.Server (examples/echo.py)": [PY, f"{ROOT}/examples/echo.py"],
-    "iocpsrv.Server (examples/echo.py --workers 1)": [PY, f"{ROOT}/examples/echo.py",
-                                                      "--workers", "1"],
+    "iocpsrv.Server (examples/echo.py --per-packet)": [PY, f"{ROOT}/examples/echo.py",
+                                                       "--per-packet"],
     "iocpsrv.Server, pull_batch_sends=0": [PY, f"{ROOT}/examples/echo.py",
                                            "--pull-batch-sends", "0"],
     "iocpsrv.aio Protocol (examples/aio_echo.py)": [PY, f"{ROOT}/examples/aio_echo.py"],
