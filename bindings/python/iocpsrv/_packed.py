@@ -31,6 +31,7 @@ __all__ = [
     "event_record_size",
     "send_record_size",
     "PollBuffer",
+    "uniform_packets",
     "iter_events",
     "build_send_records",
     "iter_send_records",
@@ -129,6 +130,38 @@ def _small_record_packer(length: int):
 # per record instead of three (the build is the larger part of a deferred send's cost).
 SMALL_PAYLOAD = 256
 SMALL_RECORD = tuple(_small_record_packer(i) for i in range(SMALL_PAYLOAD))
+
+
+class _PairReaders(dict):
+    """length -> Struct reading one PACKET record with that payload length as
+    (conn, payload): header fields skipped, padding skipped."""
+
+    def __missing__(self, length: int):
+        reader = self[length] = struct.Struct("<8xQ8x%ds%dx" % (length, -length & 7))
+        return reader
+
+
+_PAIR_READERS = _PairReaders()
+
+
+def uniform_packets(buf: PollBuffer, end: int):
+    """The (conn, payload) pairs of buf[0:end] if its records are all PACKET records
+    with one payload length (a steady stream of same-size packets, the common case
+    under load), else None.
+
+    The check and the reading are C loops (a strided memoryview compared with the first
+    record's 8 header bytes repeated; struct.iter_unpack), so such a batch costs no
+    Python step per record."""
+    view = buf.view
+    length, kind, _conn = RECORD_START.unpack_from(view, 0)
+    step = EVENT_HEADER.size + align8(length)
+    if kind != n.IOCPSRV_EVENT_PACKET or end % step:
+        return None
+    count = end // step
+    firsts = view[0:end].cast("Q")[::step // 8]  # len, type, reason of each record
+    if firsts.tobytes() != view[0:8].tobytes() * count:
+        return None
+    return list(_PAIR_READERS[length].iter_unpack(view[0:end]))
 
 
 def build_send_records(sends) -> bytearray:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from operator import itemgetter
 from threading import get_ident
 
 from . import _core
@@ -10,7 +11,7 @@ from . import _native as n
 from ._core import ServerBase, log, timeout_ms
 from ._errors import InCallback, InvalidState, error_from_code
 from ._native import ffi
-from ._packed import EVENT_HEADER, RECORD_START
+from ._packed import EVENT_HEADER, RECORD_START, uniform_packets
 from ._types import REASONS
 
 __all__ = ["Server"]
@@ -20,6 +21,7 @@ _CONNECT = n.IOCPSRV_EVENT_CONNECT
 _DISCONNECT = n.IOCPSRV_EVENT_DISCONNECT
 _DRAIN = n.IOCPSRV_EVENT_DRAIN
 _ESTOPPED = n.IOCPSRV_ESTOPPED
+_first = itemgetter(0)
 
 
 class Server(ServerBase):
@@ -285,6 +287,10 @@ class Server(ServerBase):
 
     def _dispatch_batches(self, end: int) -> None:
         """on_batch mode: the packets between two other events, as one list."""
+        batch = uniform_packets(self._poll_buffer, end)
+        if batch is not None and self._all_deliverable(batch):
+            self._deliver_batch(batch)
+            return
         buf = self._poll_buffer
         view, chunks = buf.view, buf.chunks
         unpack = RECORD_START.unpack_from
@@ -308,6 +314,13 @@ class Server(ServerBase):
             offset = start + ((length + 7) & -8)
         if batch:
             self._deliver_batch(batch)
+
+    def _all_deliverable(self, batch: list) -> bool:
+        """Whether every packet of the batch goes to on_batch as it is: connections
+        accepted, not closing, not paused (else the record-by-record loop sorts them)."""
+        conns = set(map(_first, batch))
+        return (conns <= self._met and (not self._closing or conns.isdisjoint(self._closing))
+                and (not self._held or conns.isdisjoint(self._held)))
 
     def _dispatch_event(self, offset: int) -> None:
         """The CONNECT, DISCONNECT or DRAIN record at offset."""
