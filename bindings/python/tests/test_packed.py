@@ -560,3 +560,43 @@ def test_on_batch_pause_holds_the_connections_later_packets():
             assert wait_until(lambda: len(got) == 10)
     assert got == [b"%d" % i for i in range(10)]
     assert count <= 10
+
+
+def test_on_batch_packets_come_before_their_connections_disconnect():
+    """Packets and the DISCONNECT of their connection in one poll: the batch before the
+    event is delivered before it. (The dispatcher is held in a callback meanwhile, so
+    the clients' packets and resets pile up in the engine's queue.)"""
+    log = []
+    entered, gate = threading.Event(), threading.Event()
+
+    def on_connect(conn, peer):
+        if not entered.is_set():
+            entered.set()
+            gate.wait(TIMEOUT)
+
+    def on_batch(packets):
+        log.extend(("packet", conn) for conn, _ in packets)
+
+    def on_disconnect(conn, reason):
+        log.append(("disconnect", conn))
+
+    with iocpsrv.Server(worker_threads=2, on_connect=on_connect, on_batch=on_batch,
+                        on_disconnect=on_disconnect) as srv:
+        with Client(srv.port):
+            assert entered.wait(TIMEOUT)
+            for _ in range(10):
+                c = Client(srv.port)
+                c.send_raw(b"".join(c.frame(b"%d" % k) for k in range(20)))
+                c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                c.close()  # reset
+            # 10 CONNECT + 200 PACKET + 10 DISCONNECT queued behind the held callback
+            assert wait_until(lambda: srv.stats().pull_queue_depth >= 220)
+            gate.set()
+            assert wait_until(lambda: sum(e[0] == "disconnect" for e in log) == 10)
+    last_event = {}
+    for i, (kind, conn) in enumerate(log):
+        if kind == "packet":
+            assert conn not in last_event, "a packet after its connection's disconnect"
+        else:
+            last_event[conn] = i
+    assert sum(e[0] == "packet" for e in log) == 200
