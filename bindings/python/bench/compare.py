@@ -92,9 +92,19 @@ def main():
     ap.add_argument("--flood", default=os.path.join(REPO, "build", "linux", "samples",
                                                      "iocpsrv-flood"))
     ap.add_argument("--only", action="append", help="substring of the variants to run")
+    ap.add_argument("--before", metavar="DIR",
+                    help="also run DIR/examples/echo.py: another copy of the binding, e.g. "
+                         "git archive REV bindings/python | tar -x -C /tmp, then "
+                         "/tmp/bindings/python (it uses this tree's library)")
     args = ap.parse_args()
+    if args.before:
+        VARIANTS[f"echo.py before ({args.before})"] = [
+            PY, os.path.join(args.before, "examples", "echo.py")]
+        lib = os.path.join(REPO, "build", "linux", "dll", "libiocpsrv.so")
+        os.environ.setdefault("IOCPSRV_LIBRARY", lib)
     variants = {k: v for k, v in VARIANTS.items()
-                if not args.only or k == BASELINE or any(o in k for o in args.only)}
+                if not args.only or k == BASELINE or any(o in k for o in args.only)
+                or k.startswith("echo.py before")}
     if "uvloop (bench/uvloop_echo.py)" in variants and not has_uvloop():
         print("uvloop is not installed: its variant is left out", flush=True)
         del variants["uvloop (bench/uvloop_echo.py)"]

@@ -32,6 +32,8 @@ __all__ = [
     "send_record_size",
     "PollBuffer",
     "uniform_packets",
+    "dispatch_records",
+    "read_event",
     "iter_events",
     "build_send_records",
     "iter_send_records",
@@ -162,6 +164,43 @@ def uniform_packets(buf: PollBuffer, end: int):
     if firsts.tobytes() != view[0:8].tobytes() * count:
         return None
     return list(_PAIR_READERS[length].iter_unpack(view[0:end]))
+
+
+def dispatch_records(buf: PollBuffer, end: int, deliver, on_event) -> None:
+    """Hand the records of buf[0:end] over in order: each run of PACKET records as one
+    list of (conn, payload) pairs to deliver(pairs), every other record's offset to
+    on_event(offset). A poll of same-size packets is read by C loops
+    (uniform_packets); any other, record by record."""
+    pairs = uniform_packets(buf, end)
+    if pairs is not None:
+        deliver(pairs)
+        return
+    view, chunks = buf.view, buf.chunks
+    unpack = RECORD_START.unpack_from
+    pairs = []
+    add = pairs.append
+    offset = 0
+    while offset < end:
+        length, kind, conn = unpack(view, offset)
+        start = offset + 24
+        if kind == 2:  # IOCPSRV_EVENT_PACKET
+            add((conn, chunks[start:start + length]))
+        else:
+            if pairs:  # the packets before the event are delivered before it
+                deliver(pairs)
+                pairs = []
+                add = pairs.append
+            on_event(offset)
+        offset = start + ((length + 7) & -8)
+    if pairs:
+        deliver(pairs)
+
+
+def read_event(buf: PollBuffer, offset: int):
+    """(type, reason, conn, payload) of the record at offset."""
+    length, kind, reason, conn, _user = EVENT_HEADER.unpack_from(buf.view, offset)
+    start = offset + EVENT_HEADER.size
+    return kind, reason, conn, buf.chunks[start:start + length]
 
 
 def build_send_records(sends) -> bytearray:

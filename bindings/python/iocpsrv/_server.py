@@ -11,7 +11,7 @@ from . import _native as n
 from ._core import ServerBase, log, timeout_ms
 from ._errors import InCallback, InvalidState, error_from_code
 from ._native import ffi
-from ._packed import EVENT_HEADER, RECORD_START, uniform_packets
+from ._packed import dispatch_records, read_event
 from ._types import REASONS
 
 __all__ = ["Server"]
@@ -254,80 +254,45 @@ class Server(ServerBase):
 
     def _dispatch(self, end: int) -> None:
         """Deliver the records of one poll, in order."""
-        if self.on_batch is None:
-            self._dispatch_packets(end)
-        else:
-            self._dispatch_batches(end)
+        deliver = self._deliver_packets if self.on_batch is None else self._deliver_batches
+        dispatch_records(self._poll_buffer, end, deliver, self._dispatch_event)
 
-    def _dispatch_packets(self, end: int) -> None:
-        """The hot loop: each packet to on_packet, with no call per record but the
-        user's; other events through _dispatch_event."""
-        buf = self._poll_buffer
-        view, chunks = buf.view, buf.chunks
-        unpack = RECORD_START.unpack_from
-        met, closing, held = self._met, self._closing, self._held
+    def _deliver_packets(self, pairs: list) -> None:
+        """The hot loop: each packet to on_packet. The checks come right before each
+        call, so a disconnect() or pause() made by one applies to the next."""
         on_packet = self.on_packet
-        offset = 0
-        while offset < end:
-            length, kind, conn = unpack(view, offset)
-            start = offset + 24
-            if kind != 2:  # IOCPSRV_EVENT_PACKET
-                self._dispatch_event(offset)
-            elif conn in met and not (closing and conn in closing):
-                data = chunks[start:start + length]
-                if held and self._hold(conn, data):
-                    pass
-                elif on_packet is not None:
-                    try:
-                        if on_packet(conn, data) is False:
-                            self._close_requested(conn)
-                    except BaseException:
-                        self._callback_failed("on_packet", conn)
-            offset = start + ((length + 7) & -8)
-
-    def _dispatch_batches(self, end: int) -> None:
-        """on_batch mode: the packets between two other events, as one list."""
-        batch = uniform_packets(self._poll_buffer, end)
-        if batch is not None and self._all_deliverable(batch):
-            self._deliver_batch(batch)
+        if on_packet is None:
             return
-        buf = self._poll_buffer
-        view, chunks = buf.view, buf.chunks
-        unpack = RECORD_START.unpack_from
         met, closing, held = self._met, self._closing, self._held
-        batch = []
-        add = batch.append
-        offset = 0
-        while offset < end:
-            length, kind, conn = unpack(view, offset)
-            start = offset + 24
-            if kind != 2:  # IOCPSRV_EVENT_PACKET
-                if batch:  # the packets before this event are delivered before it
-                    self._deliver_batch(batch)
-                    batch = []
-                    add = batch.append
-                self._dispatch_event(offset)
-            elif conn in met and not (closing and conn in closing):
-                data = chunks[start:start + length]
-                if not (held and self._hold(conn, data)):
-                    add((conn, data))
-            offset = start + ((length + 7) & -8)
-        if batch:
-            self._deliver_batch(batch)
+        for conn, data in pairs:
+            if conn not in met or (closing and conn in closing):
+                continue
+            if held and self._hold(conn, data):
+                continue
+            try:
+                if on_packet(conn, data) is False:
+                    self._close_requested(conn)
+            except BaseException:
+                self._callback_failed("on_packet", conn)
 
-    def _all_deliverable(self, batch: list) -> bool:
-        """Whether every packet of the batch goes to on_batch as it is: connections
-        accepted, not closing, not paused (else the record-by-record loop sorts them)."""
-        conns = set(map(_first, batch))
+    def _deliver_batches(self, pairs: list) -> None:
+        """on_batch mode: the run's packets of accepted, open, unpaused connections (the
+        others are dropped or held, as for on_packet), as one list."""
+        if not self._all_deliverable(pairs):
+            met, closing = self._met, self._closing
+            pairs = [(conn, data) for conn, data in pairs
+                     if conn in met and conn not in closing and not self._hold(conn, data)]
+        if pairs:
+            self._deliver_batch(pairs)
+
+    def _all_deliverable(self, pairs: list) -> bool:
+        conns = set(map(_first, pairs))
         return (conns <= self._met and (not self._closing or conns.isdisjoint(self._closing))
                 and (not self._held or conns.isdisjoint(self._held)))
 
     def _dispatch_event(self, offset: int) -> None:
         """The CONNECT, DISCONNECT or DRAIN record at offset."""
-        buf = self._poll_buffer
-        length, kind, reason, conn, _user = EVENT_HEADER.unpack_from(buf.view, offset)
-        start = offset + EVENT_HEADER.size
-        self._handle_event(kind, reason, conn, buf.chunks[start:start + length])
+        self._handle_event(*read_event(self._poll_buffer, offset))
 
     def _handle_event(self, kind: int, reason: int, conn: int, payload: bytes) -> None:
         met = self._met

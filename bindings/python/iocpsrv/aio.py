@@ -42,7 +42,7 @@ from . import _native as n
 from ._core import DEFER_MAX_COUNT, ServerBase, log, timeout_ms
 from ._errors import ConnectionNotFound, InvalidState, SendQueueFull, ServerStopped, error_from_code
 from ._native import ffi
-from ._packed import EVENT_HEADER
+from ._packed import EVENT_HEADER, dispatch_records, read_event
 from ._types import REASONS, EventType, Reason
 
 __all__ = ["Server", "Protocol", "Connection", "Event", "serve"]
@@ -346,7 +346,13 @@ class Server(ServerBase):
             except (RuntimeError, ValueError, OSError):  # loop closed
                 pass
 
-    def _on_readable(self, flush_only: bool = False) -> None:
+    def _on_readable(self) -> None:
+        """The waitable handle fired: events wait."""
+        self._pump_events()
+
+    def _pump_events(self, flush_only: bool = False) -> None:
+        """Hand the deferred sends over and drain whole batches (flush_only: a poll
+        whose point is to write the sends, from _flush or _tick)."""
         lib, h = self._lib, self._h
         buf = self._poll_buffer
         protocol_mode = self._factory is not None
@@ -428,7 +434,7 @@ class Server(ServerBase):
         arrives alone needs a poll after the one that hands it over)."""
         self._tick_handle = None
         if self._running and not self._closed:
-            self._on_readable(flush_only=True)
+            self._pump_events(flush_only=True)
             if self._running:
                 self._tick_handle = self._loop.call_later(_TICK_S, self._tick)
 
@@ -440,7 +446,7 @@ class Server(ServerBase):
     def _flush(self) -> None:
         self._flush_scheduled = False
         if self._running and not self._closed:
-            self._on_readable(flush_only=True)
+            self._pump_events(flush_only=True)
 
     # ---- sending: deferred on the loop's thread (see _core), awaitable back-pressure ---
 
@@ -648,50 +654,43 @@ class Server(ServerBase):
     # -- protocols
 
     def _dispatch_protocols(self, end: int) -> None:
-        """The records of one poll to the protocols, in order. Packets for a protocol
-        with packets_received are gathered per run of one connection's packets."""
-        buf = self._poll_buffer
-        view, chunks = buf.view, buf.chunks
-        unpack = EVENT_HEADER.unpack_from
+        """The records of one poll to the protocols, in order."""
+        dispatch_records(self._poll_buffer, end, self._deliver_to_protocols,
+                         self._protocol_event_at)
+
+    def _deliver_to_protocols(self, pairs: list) -> None:
+        """A run of packets, each to its protocol's packet_received; for a protocol with
+        packets_received, each run of its connection's packets as one list. The checks
+        come right before each call, so a close() or pause_reading() made by one applies
+        to the next."""
         conns = self._conns  # accepted by connection_made (a refused client never is)
         closing = self._closing
         held = self._held
-        run = None  # [Connection, payloads] of the run being gathered
-        offset = 0
-        while offset < end:
-            length, kind, reason, conn, _user = unpack(view, offset)
-            start = offset + 24
-            offset = start + ((length + 7) & -8)
-            if kind == _PACKET:
-                c = conns.get(conn)
-                if c is None or (closing and conn in closing):
+        run = None  # [Connection, payloads] being gathered for packets_received
+        for conn, data in pairs:
+            c = conns.get(conn)
+            if c is None or (closing and conn in closing):
+                continue
+            if held and self._hold(conn, data):
+                continue
+            if c.batched:
+                if run is not None and run[0] is c:
+                    run[1].append(data)
                     continue
-                data = chunks[start:start + length]
-                if held and self._hold(conn, data):
-                    continue
-                if c.batched:
-                    if run is not None and run[0] is c:
-                        run[1].append(data)
-                        continue
-                    if run is not None:
-                        self._deliver_run(*run)
-                    run = [c, [data]]
-                    continue
-                try:
-                    r = c.protocol.packet_received(data)
-                except BaseException:
-                    self._callback_failed("packet_received", conn)
-                    continue
-                if r is False:
-                    self._close_requested(conn)
-            else:
-                if run is not None:  # delivered before the event that follows it
+                if run is not None:
                     self._deliver_run(*run)
-                    run = None
-                self._dispatch_protocol_event(kind, reason, conn,
-                                              chunks[start:start + length])
+                run = [c, [data]]
+                continue
+            try:
+                if c.protocol.packet_received(data) is False:
+                    self._close_requested(conn)
+            except BaseException:
+                self._callback_failed("packet_received", conn)
         if run is not None:
             self._deliver_run(*run)
+
+    def _protocol_event_at(self, offset: int) -> None:
+        self._dispatch_protocol_event(*read_event(self._poll_buffer, offset))
 
     def _dispatch_protocol_event(self, kind: int, reason: int, conn: int,
                                  payload: bytes) -> None:
