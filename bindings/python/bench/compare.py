@@ -37,6 +37,8 @@ VARIANTS = {
     "iocpsrv.Server, pull_batch_sends=0": [PY, f"{ROOT}/examples/echo.py",
                                            "--pull-batch-sends", "0"],
     "iocpsrv.aio Protocol (examples/aio_echo.py)": [PY, f"{ROOT}/examples/aio_echo.py"],
+    "iocpsrv.aio Protocol, batches (aio_echo.py --batch)": [PY, f"{ROOT}/examples/aio_echo.py",
+                                                            "--batch"],
     "iocpsrv.aio async for (aio_echo.py --events)": [PY, f"{ROOT}/examples/aio_echo.py",
                                                      "--events"],
     "asyncio Protocol, one write per packet": [PY, f"{HERE}/asyncio_echo.py"],
