@@ -3,7 +3,12 @@
 samples/iocpsrv-flood (4-byte length framing, every echo verified).
 
     python3 bench/compare.py [--seconds 5] [--rounds 2] [--connections 8] [--depth 16]
-                             [--size 10] [--flood PATH]
+                             [--size 10] [--flood PATH] [--only NAME ...]
+
+The references are the repository's asyncio server (bench/servers/asyncio_echo.py, one
+transport.write() per read: the one the issue's targets are judged against), the same
+on uvloop when it is installed (bench/uvloop_echo.py), and this directory's
+asyncio_echo.py (one write per packet, or per read with --batch).
 
 Each server runs alone on the machine's loopback while iocpsrv-flood drives it; the
 variants alternate round by round so that a change in background load hits them alike.
@@ -27,21 +32,31 @@ PY = sys.executable
 
 VARIANTS = {
     "iocpsrv.Server (examples/echo.py)": [PY, f"{ROOT}/examples/echo.py"],
+    "iocpsrv.Server (examples/echo.py --per-packet)": [PY, f"{ROOT}/examples/echo.py",
+                                                       "--per-packet"],
     "iocpsrv.Server, pull_batch_sends=0": [PY, f"{ROOT}/examples/echo.py",
                                            "--pull-batch-sends", "0"],
     "iocpsrv.aio Protocol (examples/aio_echo.py)": [PY, f"{ROOT}/examples/aio_echo.py"],
+    "iocpsrv.aio Protocol, batches (aio_echo.py --batch)": [PY, f"{ROOT}/examples/aio_echo.py",
+                                                            "--batch"],
     "iocpsrv.aio async for (aio_echo.py --events)": [PY, f"{ROOT}/examples/aio_echo.py",
                                                      "--events"],
     "asyncio Protocol, one write per packet": [PY, f"{HERE}/asyncio_echo.py"],
     "asyncio Protocol, one write per read": [PY, f"{HERE}/asyncio_echo.py", "--batch"],
+    "bench/servers/asyncio_echo.py (per read)": [PY, f"{REPO}/bench/servers/asyncio_echo.py"],
+    "uvloop (bench/uvloop_echo.py)": [PY, f"{HERE}/uvloop_echo.py"],
 }
-BASELINE = "asyncio Protocol, one write per packet"
+BASELINE = "bench/servers/asyncio_echo.py (per read)"
 
 
 def cpu_seconds(pid):
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def has_uvloop():
+    return subprocess.run([PY, "-c", "import uvloop"], capture_output=True).returncode == 0
 
 
 def run_one(cmd, args):
@@ -79,9 +94,22 @@ def main():
     ap.add_argument("--flood", default=os.path.join(REPO, "build", "linux", "samples",
                                                      "iocpsrv-flood"))
     ap.add_argument("--only", action="append", help="substring of the variants to run")
+    ap.add_argument("--before", metavar="DIR",
+                    help="also run DIR/examples/echo.py: another copy of the binding, e.g. "
+                         "git archive REV bindings/python | tar -x -C /tmp, then "
+                         "/tmp/bindings/python (it uses this tree's library)")
     args = ap.parse_args()
+    if args.before:
+        VARIANTS[f"echo.py before ({args.before})"] = [
+            PY, os.path.join(args.before, "examples", "echo.py")]
+        lib = os.path.join(REPO, "build", "linux", "dll", "libiocpsrv.so")
+        os.environ.setdefault("IOCPSRV_LIBRARY", lib)
     variants = {k: v for k, v in VARIANTS.items()
-                if not args.only or k == BASELINE or any(o in k for o in args.only)}
+                if not args.only or k == BASELINE or any(o in k for o in args.only)
+                or k.startswith("echo.py before")}
+    if "uvloop (bench/uvloop_echo.py)" in variants and not has_uvloop():
+        print("uvloop is not installed: its variant is left out", flush=True)
+        del variants["uvloop (bench/uvloop_echo.py)"]
     results = {k: [] for k in variants}
     for rnd in range(args.rounds):
         for name, cmd in variants.items():

@@ -2,7 +2,11 @@
 """Echo server on asyncio (iocpsrv.aio): a Protocol per connection, or --events for the
 ``async for event in server`` style. Same framing and flags as echo.py.
 
-    python3 examples/aio_echo.py --port 5150 [--events]
+    python3 examples/aio_echo.py --port 5150 [--events | --batch]
+
+--batch: the protocol takes each poll's packets as one list (packets_received) and
+echoes them with one send_many(); a client that does not read is waited for with
+``await connection.drain()`` (send_async's back-pressure) instead of pause/resume.
 """
 
 import argparse
@@ -38,6 +42,28 @@ class Echo(iocpsrv.aio.Protocol):
             self.connection.resume_reading()
 
 
+class BatchEcho(iocpsrv.aio.Protocol):
+    def connection_made(self, connection):
+        self.connection = connection
+        self.send_many = connection.server.send_many
+        self.waiting = None  # the task that resends refused echoes after a drain
+
+    def packets_received(self, packets):
+        cid = self.connection.id
+        refused = self.send_many([(cid, data) for data in packets])
+        if refused:  # the client does not read: stop reading it until there is room
+            self.connection.pause_reading()
+            self.waiting = asyncio.ensure_future(self.resend([d for _, d, _ in refused]))
+
+    async def resend(self, packets):
+        try:
+            for data in packets:
+                await self.connection.send_async(data)
+            self.connection.resume_reading()
+        except (iocpsrv.ConnectionNotFound, iocpsrv.ServerStopped):
+            pass  # the client is gone
+
+
 async def serve_events(srv):
     send = srv.send
     async for ev in srv:
@@ -46,9 +72,10 @@ async def serve_events(srv):
 
 
 async def main(args):
-    factory = None if args.events else Echo
+    factory = None if args.events else BatchEcho if args.batch else Echo
     srv = iocpsrv.aio.Server(args.host, args.port, protocol_factory=factory,
-                             worker_threads=args.workers)
+                             worker_threads=args.workers,
+                             send_queue_limit=args.send_queue_limit)
     await srv.start()
     print(f"listening on {args.host}:{srv.port}", flush=True)
     loop = asyncio.get_running_loop()
@@ -68,5 +95,8 @@ if __name__ == "__main__":
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=5150, help="0 picks a free port")
     ap.add_argument("--workers", type=int, default=0)
+    ap.add_argument("--send-queue-limit", type=int, default=4 << 20)
     ap.add_argument("--events", action="store_true", help="async for instead of a Protocol")
+    ap.add_argument("--batch", action="store_true",
+                    help="packets_received + send_many instead of packet_received + send")
     asyncio.run(main(ap.parse_args()))

@@ -8,6 +8,10 @@ by default, the protocol of samples/flood).
 Flow control: when a client does not read its echoes and its send queue fills up
 (SendQueueFull), the server stops reading from it (pause) until the queue drains
 (on_drain), so no echo is lost and memory stays bounded.
+
+By default the packets of each poll come as one list (on_batch) and are echoed with one
+send_many() call: the cheapest way through the binding. --per-packet uses one
+on_packet(conn, data) callback and one send() per packet instead.
 """
 
 import argparse
@@ -37,30 +41,44 @@ def main() -> int:
     ap.add_argument("--pull-batch-sends", type=int, choices=(0, 1), default=None,
                     help="1: one write per client per batch of events (the default when "
                          "the library has it), 0: one write per send")
+    ap.add_argument("--per-packet", action="store_true",
+                    help="on_packet + send() per packet instead of on_batch + send_many()")
     ap.add_argument("--verbose", action="store_true", help="print connects and disconnects")
     args = ap.parse_args()
 
-    stalled = {}  # conn -> the packet that did not fit, while the connection is paused
+    stalled = {}  # conn -> the packets that did not fit, while the connection is paused
     pauses = 0
+
+    def stall(conn, data):
+        nonlocal pauses
+        waiting = stalled.get(conn)
+        if waiting is None:
+            pauses += 1
+            stalled[conn] = [data]
+            srv.pause(conn)  # no more packets from conn until resume
+        else:
+            waiting.append(data)
+
+    def on_batch(packets):
+        for conn, data, error in send_many(packets):
+            if isinstance(error, iocpsrv.SendQueueFull):
+                stall(conn, data)
+            # else the connection is gone: nothing to echo to
 
     def on_packet(conn, data):
         try:
             send(conn, data)
         except iocpsrv.SendQueueFull:
-            nonlocal pauses
-            pauses += 1
-            stalled[conn] = data
-            srv.pause(conn)  # no packet callback for conn until resume
+            stall(conn, data)
 
     def on_drain(conn):
-        data = stalled.get(conn)
-        if data is None:
+        waiting = stalled.pop(conn, None)
+        if waiting is None:
             return
-        try:
-            send(conn, data)
-        except iocpsrv.SendQueueFull:
-            return  # still no room (another send came first): the next drain retries
-        del stalled[conn]
+        refused = send_many([(conn, data) for data in waiting])
+        if refused:  # still no room (another send came first): the next drain retries
+            stalled[conn] = [data for _, data, _ in refused]
+            return
         srv.resume(conn)
 
     def on_connect(conn, peer):
@@ -77,11 +95,12 @@ def main() -> int:
         extra["pull_batch_sends"] = args.pull_batch_sends
     srv = iocpsrv.Server(
         args.host, args.port, **extra,
-        on_packet=on_packet, on_drain=on_drain, on_disconnect=on_disconnect,
+        on_drain=on_drain, on_disconnect=on_disconnect,
+        **(dict(on_packet=on_packet) if args.per_packet else dict(on_batch=on_batch)),
         on_connect=on_connect if args.verbose else None,
         worker_threads=args.workers, framing=args.framing,
         max_packet_size=args.max_packet_size, send_queue_limit=args.send_queue_limit)
-    send = srv.send
+    send, send_many = srv.send, srv.send_many
 
     signal.signal(signal.SIGTERM, _interrupt)  # stop like Ctrl-C
     try:

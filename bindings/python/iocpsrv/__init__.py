@@ -14,6 +14,7 @@ See README.md for the threading contract, the exception policy and iocpsrv.aio.
 from ._errors import (
     AddressInUse,
     AddressNotAvailable,
+    BufferTooSmall,
     Busy,
     ConnectionNotFound,
     InCallback,
@@ -71,6 +72,7 @@ __all__ = [
     "InCallback",
     "SystemFailure",
     "PermissionDenied",
+    "BufferTooSmall",
     "error_from_code",
     "LibraryError",
     "LibraryNotFoundError",

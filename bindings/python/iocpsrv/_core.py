@@ -10,6 +10,27 @@ even its DISCONNECT. What the engine cannot reach are the events the binding has
 taken from it: the rest of the batch being dispatched and, for ``async for``, the events
 buffered for the iterator. For those, and only those, the binding applies disconnect()
 and pause() itself (_closing, _held).
+
+Sends made on the thread that polls (the dispatcher, or the event loop's thread) are
+deferred: collected as (conn, payload) and handed to the engine with one
+iocpsrv_send_packed before the next poll (see "Deferred sends" in README.md). A cffi
+call costs about as much as the Python around it, so one call per batch instead of one
+per send is most of what the packed API saves on the way out. What deferring changes
+for the user, and how it is kept from showing:
+
+- Errors known without the engine are raised at once, as before: a connection that is
+  unknown, closing or gone (ConnectionNotFound), a payload over max_packet_size
+  (PacketTooLarge), a connection whose earlier sends wait for room (SendQueueFull).
+- SendQueueFull found when the batch is handed over: the refused packets (and the
+  later ones of that connection, which the engine refuses too) are kept, in order, as
+  if still queued; further sends to that connection raise SendQueueFull at once; at
+  its DRAIN they are handed over again, before on_drain runs. No packet is lost and
+  the queue limit is passed by at most one batch of sends.
+- Any other refusal at hand-over (the connection ended meanwhile, out of memory, the
+  server stopped) reaches on_send_failed(conn, data, error), or the log.
+- A send from another thread to a connection the poller has deferred sends for is put
+  behind them (so it never overtakes them); every other send from another thread goes
+  to the engine at once, as before.
 """
 
 from __future__ import annotations
@@ -20,10 +41,12 @@ import logging
 import sys
 import threading
 import weakref
+from threading import get_ident
 
 from . import _native as n
-from ._errors import ServerStopped, error_from_code
+from ._errors import IocpsrvError, SendQueueFull, ServerStopped, error_from_code
 from ._native import ffi, library
+from ._packed import MIN_POLL_BYTES, PollBuffer, SendRecords
 from ._types import (
     ConnInfo,
     Stats,
@@ -53,6 +76,16 @@ def _stop_all_at_exit() -> None:
 
 def _destroy(lib, handle) -> None:
     lib.iocpsrv_destroy(handle)
+
+
+# Sends on the polling thread with a payload up to this size are deferred to the end of
+# the batch; larger ones go to the engine at once (copying them into the batch buffer
+# would cost more than the call saves).
+DEFER_MAX_BYTES = 16 * 1024
+# Deferred sends are handed over early once this many wait: bounds the memory a
+# callback that sends in a loop can hold (at most DEFER_MAX_BYTES each).
+DEFER_MAX_COUNT = 1024
+_JUST_BYTES = {bytes}
 
 
 def timeout_ms(timeout) -> int:
@@ -121,8 +154,12 @@ class ServerBase:
             self._closed = True
             raise
         self._batch_size = batch_size
-        self._events = ffi.new("iocpsrv_event_t[]", batch_size)
+        # About batch_size events of up to 1 KiB per poll (fewer if larger, more if
+        # smaller: a poll takes what fits).
+        self._poll_buffer = PollBuffer(max(MIN_POLL_BYTES, batch_size * 1024))
+        self._send_records = SendRecords()
         self._send = lib.iocpsrv_send
+        self._pump = -1  # the polling thread's id while it runs (its sends are deferred)
         self._reset_bookkeeping()
 
     # ---- events already taken from the engine ----------------------------------------
@@ -136,6 +173,31 @@ class ServerBase:
         self._held: dict[int, _Held] = {}
         self._resumed: set[int] = set()
         self._flow = threading.Lock()
+        self._reset_sends()
+
+    def _reset_sends(self) -> None:
+        # Deferred sends (see the module's docstring), in the order they were made.
+        self._pending: list = []
+        # Another thread's send to a connection with deferred sends goes behind them,
+        # under _pending_lock, which the hand-over holds. Which connections have some is
+        # worked out by those threads (_has_pending), not by the hot path: the
+        # connections of _pending[:_scanned], and those _drained() puts back.
+        self._pending_conns: set[int] = set()
+        self._scanned = 0
+        self._pending_lock = threading.Lock()
+        # Connections whose sends on the polling thread may be deferred: accepted, not
+        # closing, not stalled. Changed on the polling thread, except that _close()
+        # removes from any thread.
+        self._sendable: set[int] = set()
+        # Refused with SendQueueFull at hand-over: conn -> payloads, handed over again at
+        # its DRAIN. Changed on the polling thread only.
+        self._stalled: dict[int, collections.deque] = {}
+        # Connections refused SendQueueFull since their last DRAIN (aio's drain()).
+        self._full: set[int] = set()
+        # (conn, payload, code) refused at hand-over, to report on the polling thread.
+        self._send_failures: list = []
+        self._max_packet = self._option_or(n.IOCPSRV_OPT_MAX_PACKET_SIZE, 1 << 20)
+        self._defer_max = min(DEFER_MAX_BYTES, self._max_packet)
 
     def _hold(self, conn: int, item) -> bool:
         """Put an event in hand behind conn's held ones if conn is paused (or resumed with
@@ -177,6 +239,10 @@ class ServerBase:
     def _forget(self, conn: int) -> None:
         """conn's DISCONNECT has been delivered: nothing of it is in hand any more."""
         self._closing.discard(conn)
+        self._sendable.discard(conn)
+        self._full.discard(conn)
+        if conn in self._stalled:
+            self._drop_stalled(conn)
         if self._held:
             with self._flow:
                 self._held.pop(conn, None)
@@ -185,9 +251,15 @@ class ServerBase:
     def _close(self, conn: int, mode: int) -> int:
         """iocpsrv_disconnect; its events in hand are dropped as the engine drops those it
         still has. Returns the library's code."""
+        if self._pump == get_ident():
+            # A graceful close writes what is queued: the deferred sends first.
+            self._flush_sends()
+            if conn in self._stalled:
+                self._drop_stalled(conn)
         closing = self._closing
         added = conn not in closing
         closing.add(conn)
+        self._sendable.discard(conn)
         rc = self._lib.iocpsrv_disconnect(self._h, conn, mode)
         if rc:
             if added:
@@ -251,18 +323,212 @@ class ServerBase:
     def send(self, conn: int, data) -> None:
         """Queue one packet (bytes-like: bytes, bytearray, memoryview, ...) for conn.
 
-        Never blocks on the network; thread-safe. Raises ConnectionNotFound (unknown,
-        closing or stale id), SendQueueFull (over send_queue_limit: drop, retry after
-        on_drain, or disconnect), PacketTooLarge, ServerStopped."""
+        Never blocks on the network; thread-safe; the payload is copied (or, for bytes,
+        kept) before it returns. Raises ConnectionNotFound (unknown, closing or stale
+        id), SendQueueFull (over send_queue_limit: drop, retry after on_drain, or
+        disconnect), PacketTooLarge, ServerStopped.
+
+        On the polling thread (inside callbacks) the send is deferred to the end of the
+        batch and handed over with the batch's other sends in one call; see "Deferred
+        sends" in README.md for how a refusal found then is reported."""
+        # The hot path: on the polling thread, to a connection known to be open and not
+        # stalled, a payload small enough to copy into the batch.
+        if self._pump == get_ident() and conn in self._sendable:
+            if type(data) is not bytes:
+                data = bytes(data)  # a snapshot: the caller may change its buffer
+            if len(data) <= self._defer_max:
+                pending = self._pending
+                pending.append((conn, data))
+                if len(pending) >= DEFER_MAX_COUNT:
+                    self._flush_sends()
+                return
+        self._send_now(conn, data)
+
+    def _send_now(self, conn: int, data) -> None:
+        """A send that is not deferred: to the engine at once, in order after the
+        deferred sends of conn."""
+        if self._pump == get_ident():
+            self._flush_sends()
+        elif self._pending and self._defer_behind(conn, data):
+            return
+        if conn in self._stalled:
+            self._full.add(conn)
+            raise SendQueueFull(n.IOCPSRV_EQUEUEFULL,
+                                f"send to connection {conn} (earlier sends wait for room)")
         if type(data) is not bytes:
             data = ffi.from_buffer(data)
         rc = self._send(self._h, conn, data, len(data))
         if rc:
+            if rc == n.IOCPSRV_EQUEUEFULL:
+                self._full.add(conn)
             raise self._error(rc, f"send to connection {conn}")
+
+    def _defer_behind(self, conn: int, data) -> bool:
+        """From a thread that does not poll: put the send behind the polling thread's
+        deferred sends to conn, if it still has some. Its refusal, if any, is then
+        reported like theirs."""
+        with self._pending_lock:
+            if not self._has_pending(conn):
+                return False
+            self._pending.append((conn, bytes(data)))
+            return True
+
+    def _has_pending(self, conn: int) -> bool:
+        """Whether deferred sends to conn wait (_pending_lock held). The polling thread
+        only appends to _pending meanwhile (a hand-over needs the lock), so the
+        connections seen so far stay valid and only the new entries are read."""
+        pending = self._pending
+        new = pending[self._scanned:]  # one atomic copy
+        self._scanned += len(new)
+        self._pending_conns.update([c for c, _ in new])
+        return conn in self._pending_conns
+
+    def _flush_sends(self) -> None:
+        """Hand the deferred sends to the engine, in order, with one
+        iocpsrv_send_packed (polling thread only). The lock keeps another thread's send
+        to one of these connections from slipping in before them."""
+        if not self._pending:
+            return
+        with self._pending_lock:
+            sends = self._pending
+            self._pending = []
+            refused = self._send_records.submit(self._lib, self._h, sends)
+            self._pending_conns.clear()
+            self._scanned = 0
+        if refused:
+            self._sends_refused(sends, refused)
+
+    def _sends_refused(self, sends: list, refused: list) -> None:
+        for index, code in refused:
+            conn, data = sends[index]
+            if code == n.IOCPSRV_EQUEUEFULL:
+                self._stall(conn, data)
+            else:
+                self._send_failures.append((conn, data, code))
+
+    def _stall(self, conn: int, data: bytes) -> None:
+        """Keep a packet refused with SendQueueFull until conn's DRAIN: it counts as
+        queued, and sends to conn raise SendQueueFull meanwhile."""
+        queue = self._stalled.get(conn)
+        if queue is None:
+            queue = self._stalled[conn] = collections.deque()
+        queue.append(data)
+        self._sendable.discard(conn)
+        self._full.add(conn)
+
+    def _drop_stalled(self, conn: int) -> None:
+        """conn is closing or gone: its stalled packets will never be sent."""
+        for data in self._stalled.pop(conn, ()):
+            self._send_failures.append((conn, data, n.IOCPSRV_EQUEUEFULL))
+
+    def _drained(self, conn: int, alive: bool) -> None:
+        """conn's DRAIN (polling thread), before the user hears of it: its stalled
+        packets are handed over again, first; sends to it may be deferred again."""
+        self._full.discard(conn)
+        queue = self._stalled.get(conn)
+        if queue is not None:
+            # Put back before conn stops counting as stalled, so that another thread's
+            # send to it finds them (_has_pending) and goes behind.
+            self._pending.extend([(conn, data) for data in queue])
+            del self._stalled[conn]
+        if alive and conn not in self._closing:
+            self._sendable.add(conn)
+
+    def _report_send_failures(self) -> None:
+        """Sends refused at hand-over (other than SendQueueFull, which stalls) go to
+        on_send_failed, or to the log."""
+        failures = self._send_failures
+        self._send_failures = []
+        for conn, data, code in failures:
+            error = self._error(code, f"deferred send of {len(data)} bytes to "
+                                      f"connection {conn}")
+            try:
+                self._send_failed(conn, data, error)
+            except BaseException:  # noqa: BLE001 - same policy as every callback
+                try:
+                    log.exception("on_send_failed raised for connection %d", conn)
+                except BaseException:  # noqa: BLE001
+                    pass
+
+    on_send_failed = None
+
+    def _send_failed(self, conn: int, data: bytes, error) -> None:
+        hook = self.on_send_failed
+        if hook is not None:
+            hook(conn, data, error)
+        else:
+            self._log_send_failure(error)
+
+    @staticmethod
+    def _log_send_failure(error) -> None:
+        """What happens to a refused deferred send nobody asked to hear of: a warning,
+        or a debug line while the server stops (as for ServerStopped in callbacks)."""
+        if isinstance(error, ServerStopped):
+            log.debug("%s (the server is stopping)", error)
+        else:
+            log.warning("%s: the packet was not sent", error)
+
+    def _flush_if_polling(self) -> None:
+        """Before a call that acts on or reads the send queue, on the polling thread:
+        the deferred sends reach the engine first, so it sees calls in their order."""
+        if self._pending and self._pump == get_ident():
+            self._flush_sends()
+
+    def send_many(self, sends) -> list:
+        """Queue several packets: ``sends`` is a list (or iterable) of ``(conn, data)``
+        pairs, as on_batch receives them, so ``send_many(packets)`` echoes a batch.
+
+        Like ``for conn, data in sends: send(conn, data)``, except that a refusal does
+        not stop the others: returns the refused ones as ``[(conn, data, error), ...]``
+        (error: the exception send() would have raised), in order, and [] when all were
+        taken. Once a send to a connection is refused, its later ones in ``sends`` are
+        refused too, with the same error, so a connection never gets a packet without
+        the one before it. On the polling thread the whole list is deferred in one step
+        when every connection in it is open and every payload is small bytes; otherwise,
+        and on other threads, each goes through send()."""
+        if type(sends) is not list:
+            sends = list(sends)
+        if self._pump == get_ident() and sends and self._all_deferrable(sends):
+            pending = self._pending
+            pending += sends
+            if len(pending) >= DEFER_MAX_COUNT:
+                self._flush_sends()
+            return []
+        return self._send_each(sends)
+
+    def _all_deferrable(self, sends: list) -> bool:
+        """Whether every (conn, data) may go to _pending as it is: open connections,
+        bytes payloads within the deferral limit. Checked by C loops (zip, map, set)."""
+        conns, payloads = zip(*sends)
+        return (self._sendable.issuperset(conns)
+                and max(map(len, payloads)) <= self._defer_max
+                and set(map(type, payloads)) == _JUST_BYTES)
+
+    def _send_each(self, sends: list) -> list:
+        refused = []
+        errors: dict[int, BaseException] = {}
+        for conn, data in sends:
+            error = errors.get(conn)
+            if error is None:
+                try:
+                    self.send(conn, data)
+                    continue
+                except IocpsrvError as e:
+                    error = errors[conn] = e
+            refused.append((conn, data, error))
+        return refused
 
     def sendv(self, conn: int, parts) -> None:
         """Queue one packet whose payload is the concatenation of `parts` (bytes-likes),
         without joining them in Python (iocpsrv_sendv)."""
+        if self._pump == get_ident():
+            self._flush_sends()
+        elif self._pending and self._defer_behind(conn, b"".join(bytes(p) for p in parts)):
+            return
+        if conn in self._stalled:
+            self._full.add(conn)
+            raise SendQueueFull(n.IOCPSRV_EQUEUEFULL,
+                                f"send to connection {conn} (earlier sends wait for room)")
         keep = [ffi.from_buffer(p) for p in parts]
         bufs = ffi.new("iocpsrv_buf_t[]", max(len(keep), 1))
         for i, b in enumerate(keep):
@@ -270,11 +536,16 @@ class ServerBase:
             bufs[i].len = len(b)
         rc = self._lib.iocpsrv_sendv(self._h, conn, bufs, len(keep))
         if rc:
+            if rc == n.IOCPSRV_EQUEUEFULL:
+                self._full.add(conn)
             raise self._error(rc, f"send to connection {conn}")
 
     def broadcast(self, data) -> int:
         """Send one packet to every open connection; returns how many took it
-        (connections whose send queue is full are skipped)."""
+        (connections whose send queue is full are skipped). On the polling thread the
+        deferred sends are handed over first; from another thread it may overtake
+        them."""
+        self._flush_if_polling()
         if type(data) is not bytes:
             data = ffi.from_buffer(data)
         rc = self._lib.iocpsrv_broadcast(self._h, data, len(data))
@@ -325,6 +596,7 @@ class ServerBase:
 
     def pending(self, conn: int) -> int:
         """Bytes queued for conn and not yet handed to the kernel."""
+        self._flush_if_polling()
         rc = self._lib.iocpsrv_pending_bytes(self._h, conn)
         if rc < 0:
             raise self._error(int(rc), f"pending bytes of connection {conn}")
@@ -345,6 +617,7 @@ class ServerBase:
 
     def info(self, conn: int) -> ConnInfo:
         """A ConnInfo for conn; ConnectionNotFound for a dead or stale id."""
+        self._flush_if_polling()
         ci = ffi.new("iocpsrv_conn_info_t *")
         ci.struct_size = ffi.sizeof("iocpsrv_conn_info_t")
         rc = self._lib.iocpsrv_conn_info(self._handle(), conn, ci)
@@ -354,6 +627,7 @@ class ServerBase:
 
     def stats(self) -> Stats:
         """Server counters (Stats)."""
+        self._flush_if_polling()
         st = ffi.new("iocpsrv_stats_t *")
         st.struct_size = ffi.sizeof("iocpsrv_stats_t")
         rc = self._lib.iocpsrv_stats(self._handle(), st)

@@ -22,6 +22,7 @@ __all__ = [
     "InCallback",
     "SystemFailure",
     "PermissionDenied",
+    "BufferTooSmall",
     "error_from_code",
 ]
 
@@ -132,6 +133,13 @@ class PermissionDenied(IocpsrvError):
     code = n.IOCPSRV_EACCES
 
 
+class BufferTooSmall(IocpsrvError):
+    """The buffer given to iocpsrv_poll_packed cannot hold the next event
+    (IOCPSRV_ENOSPACE). The servers grow their buffer and never raise it."""
+
+    code = n.IOCPSRV_ENOSPACE
+
+
 _BY_CODE = {
     cls.code: cls
     for cls in (
@@ -151,6 +159,7 @@ _BY_CODE = {
         InCallback,
         SystemFailure,
         PermissionDenied,
+        BufferTooSmall,
     )
 }
 

@@ -87,6 +87,28 @@ typedef struct iocpsrv_event_s {
   size_t len;
 } iocpsrv_event_t;
 
+/* Packed batches: the binding reads and writes these records with struct (see
+ * _packed.py); the structs are declared so the layouts can be checked against the
+ * header. */
+typedef struct iocpsrv_record_s {
+  uint32_t len;
+  uint16_t type;
+  uint16_t reason;
+  iocpsrv_conn_id_t conn;
+  uint64_t conn_user;
+} iocpsrv_record_t;
+
+typedef struct iocpsrv_send_record_s {
+  iocpsrv_conn_id_t conn;
+  uint32_t len;
+  uint32_t flags;
+} iocpsrv_send_record_t;
+
+typedef struct iocpsrv_send_result_s {
+  uint32_t index;
+  int32_t error;
+} iocpsrv_send_result_t;
+
 /* Callback types: declared so the ABI is complete; the binding never passes one. */
 typedef int (*iocpsrv_connect_cb)(iocpsrv_t *, iocpsrv_conn_id_t, const char *, void **);
 typedef int (*iocpsrv_packet_cb)(iocpsrv_t *, iocpsrv_conn_id_t, void *, const uint8_t *,
@@ -95,6 +117,8 @@ typedef void (*iocpsrv_disconnect_cb)(iocpsrv_t *, iocpsrv_conn_id_t, void *, in
 typedef void (*iocpsrv_drain_cb)(iocpsrv_t *, iocpsrv_conn_id_t, void *);
 typedef void (*iocpsrv_worker_cb)(iocpsrv_t *, int);
 typedef void (*iocpsrv_log_cb)(iocpsrv_t *, int, const char *);
+typedef int (*iocpsrv_packet_batch_cb)(iocpsrv_t *, iocpsrv_conn_id_t, void *,
+                                       const iocpsrv_buf_t *, int);
 
 unsigned iocpsrv_version(void);
 const char *iocpsrv_version_string(void);
@@ -112,6 +136,7 @@ int iocpsrv_set_connect_cb(iocpsrv_t *server, iocpsrv_connect_cb cb);
 int iocpsrv_set_packet_cb(iocpsrv_t *server, iocpsrv_packet_cb cb);
 int iocpsrv_set_disconnect_cb(iocpsrv_t *server, iocpsrv_disconnect_cb cb);
 int iocpsrv_set_drain_cb(iocpsrv_t *server, iocpsrv_drain_cb cb);
+int iocpsrv_set_packet_batch_cb(iocpsrv_t *server, iocpsrv_packet_batch_cb cb);
 int iocpsrv_set_worker_hooks(iocpsrv_t *server, iocpsrv_worker_cb on_start,
                              iocpsrv_worker_cb on_stop);
 int iocpsrv_set_log_cb(iocpsrv_t *server, iocpsrv_log_cb cb);
@@ -137,6 +162,9 @@ int iocpsrv_connections(iocpsrv_t *server, iocpsrv_conn_id_t *ids, int max);
 int iocpsrv_stats(iocpsrv_t *server, iocpsrv_stats_t *stats);
 
 int iocpsrv_poll(iocpsrv_t *server, iocpsrv_event_t *events, int max, int timeout_ms);
+int64_t iocpsrv_poll_packed(iocpsrv_t *server, void *buf, size_t cap, int timeout_ms);
+int iocpsrv_send_packed(iocpsrv_t *server, const void *buf, size_t size,
+                        iocpsrv_send_result_t *refused, int max_refused);
 int64_t iocpsrv_wait_handle(iocpsrv_t *server);
 """
 
@@ -167,6 +195,7 @@ IOCPSRV_ERANGE = -13
 IOCPSRV_EINCALLBACK = -14
 IOCPSRV_ESYSTEM = -15
 IOCPSRV_EACCES = -16
+IOCPSRV_ENOSPACE = -17
 
 IOCPSRV_REASON_PEER_CLOSED = 1
 IOCPSRV_REASON_PEER_RESET = 2
@@ -228,6 +257,8 @@ IOCPSRV_EVENT_CONNECT = 1
 IOCPSRV_EVENT_PACKET = 2
 IOCPSRV_EVENT_DISCONNECT = 3
 IOCPSRV_EVENT_DRAIN = 4
+
+IOCPSRV_BATCH_MAX = 64
 
 
 # ---- loading ---------------------------------------------------------------------------

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import threading
+from operator import itemgetter
+from threading import get_ident
 
 from . import _core
 from . import _native as n
 from ._core import ServerBase, log, timeout_ms
 from ._errors import InCallback, InvalidState, error_from_code
 from ._native import ffi
+from ._packed import dispatch_records, read_event
 from ._types import REASONS
 
 __all__ = ["Server"]
@@ -18,6 +21,7 @@ _CONNECT = n.IOCPSRV_EVENT_CONNECT
 _DISCONNECT = n.IOCPSRV_EVENT_DISCONNECT
 _DRAIN = n.IOCPSRV_EVENT_DRAIN
 _ESTOPPED = n.IOCPSRV_ESTOPPED
+_first = itemgetter(0)
 
 
 class Server(ServerBase):
@@ -29,6 +33,14 @@ class Server(ServerBase):
     ``reason`` a Reason. on_connect returning False closes the client (it then gets no
     further callback); on_packet returning False closes the connection gracefully.
 
+    ``on_batch(packets)`` is the batch-level alternative to on_packet: ``packets`` is a
+    list of ``(conn, data)`` pairs, the packets of one poll in arrival order (cut short
+    by any connect, disconnect or drain event, which keep their place between batches).
+    What the callback does to a connection (disconnect, pause) applies from the next
+    batch on, as in the C API's packet-batch callback. When set, on_packet is not
+    called. ``on_send_failed(conn, data, error)`` hears of a send deferred to the end
+    of a batch that the engine refused then (see "Deferred sends" in README.md).
+
     Keyword options are the C library's IOCPSRV_OPT_* in lower case (worker_threads=,
     max_packet_size=, framing="len16_be", send_queue_limit=, idle_timeout_ms=, ...).
     ``batch_size`` is how many events one iocpsrv_poll takes, ``poll_interval`` (seconds)
@@ -37,12 +49,14 @@ class Server(ServerBase):
     Exception policy: a callback that raises is logged (logger "iocpsrv", with the
     traceback); if it was on_connect, on_packet or on_drain, that connection is aborted
     (on_disconnect still follows, except after on_connect); the server keeps serving.
+    on_batch raising is logged and aborts no connection.
     """
 
     on_connect = None
     on_packet = None
     on_disconnect = None
     on_drain = None
+    on_batch = None
 
     def __init__(
         self,
@@ -53,6 +67,8 @@ class Server(ServerBase):
         on_packet=None,
         on_disconnect=None,
         on_drain=None,
+        on_batch=None,
+        on_send_failed=None,
         batch_size: int = 256,
         poll_interval: float = 0.1,
         **options,
@@ -68,6 +84,10 @@ class Server(ServerBase):
             self.on_disconnect = on_disconnect
         if on_drain is not None:
             self.on_drain = on_drain
+        if on_batch is not None:
+            self.on_batch = on_batch
+        if on_send_failed is not None:
+            self.on_send_failed = on_send_failed
         self._poll_ms = max(1, int(poll_interval * 1000))
         self._life = threading.Lock()  # start / stop / close from outside the dispatcher
         self._state = threading.Lock()  # the few fields below
@@ -197,97 +217,148 @@ class Server(ServerBase):
     # ---- the dispatcher --------------------------------------------------------------
 
     def _run(self) -> None:
-        poll = self._lib.iocpsrv_poll
-        h = self._h
-        evs = self._events
-        nmax = self._batch_size
+        lib, h = self._lib, self._h
+        buf = self._poll_buffer
         wait_ms = self._poll_ms
         short_ms = min(wait_ms, 10)
-        buf = ffi.buffer
-        closing = self._closing
         held = self._held
-        met: set[int] = set()  # connections accepted by on_connect (a refused one never is)
-        reasons = REASONS
+        self._met = set()  # connections accepted by on_connect (a refused one never is)
+        self._pump = get_ident()
         try:
             while True:
                 if self._resumed:
                     self._deliver_held()
+                # The sends of the last batch go to the engine before this poll, which
+                # writes them (pull_batch_sends): one write per connection per batch.
+                self._flush_sends()
+                if self._send_failures:
+                    self._report_send_failures()
                 # While a connection is paused with held packets, resume() from another
                 # thread cannot interrupt the poll: wait less so they follow promptly.
-                k = poll(h, evs, nmax, short_ms if held else wait_ms)
-                if k <= 0:
-                    if k == 0:
+                end = buf.poll(lib, h, short_ms if held else wait_ms, self._max_packet)
+                if end <= 0:
+                    if end == 0:
                         continue
-                    if k != _ESTOPPED:
-                        log.error("iocpsrv_poll failed: %s", error_from_code(k))
+                    if end != _ESTOPPED:
+                        log.error("iocpsrv_poll_packed failed: %s", error_from_code(end))
                     break
-                on_packet = self.on_packet
-                for ev in evs[0:k]:
-                    t = ev.type
-                    conn = ev.conn
-                    if t == _PACKET:
-                        if conn not in met or (closing and conn in closing):
-                            continue
-                        data = buf(ev.data, ev.len)[:]
-                        if held and self._hold(conn, data):
-                            continue
-                        if on_packet is None:
-                            continue
-                        try:
-                            r = on_packet(conn, data)
-                        except BaseException:
-                            self._callback_failed("on_packet", conn)
-                            continue
-                        if r is False:
-                            self._close_requested(conn)
-                    elif t == _CONNECT:
-                        cb = self.on_connect
-                        if cb is None:
-                            met.add(conn)
-                            continue
-                        peer = buf(ev.data, ev.len)[:].rstrip(b"\0").decode("utf-8", "replace")
-                        try:
-                            r = cb(conn, peer)
-                        except BaseException:
-                            self._callback_failed("on_connect", conn, met=False)
-                            continue
-                        if r is False:
-                            self._refuse(conn)
-                        else:
-                            met.add(conn)
-                    elif t == _DISCONNECT:
-                        if conn not in met:
-                            continue  # refused: no callback at all
-                        met.discard(conn)
-                        if held:
-                            for data in self._release(conn):
-                                if not self._deliver_packet(conn, data):
-                                    break
-                        self._forget(conn)
-                        cb = self.on_disconnect
-                        if cb is None:
-                            continue
-                        try:
-                            cb(conn, reasons.get(ev.reason, ev.reason))
-                        except BaseException:
-                            try:
-                                log.exception("on_disconnect callback raised for "
-                                              "connection %d", conn)
-                            except BaseException:  # noqa: BLE001
-                                pass
-                    elif t == _DRAIN:
-                        cb = self.on_drain
-                        if cb is None or conn not in met or conn in closing:
-                            continue
-                        try:
-                            cb(conn)
-                        except BaseException:
-                            self._callback_failed("on_drain", conn)
+                self._dispatch(end)
         finally:
-            self._done.set()
+            try:  # (nothing waits normally: each poll is preceded by a hand-over)
+                self._flush_sends()
+                if self._send_failures:
+                    self._report_send_failures()
+            finally:
+                self._pump = -1
+                self._done.set()
+
+    def _dispatch(self, end: int) -> None:
+        """Deliver the records of one poll, in order."""
+        deliver = self._deliver_packets if self.on_batch is None else self._deliver_batches
+        dispatch_records(self._poll_buffer, end, deliver, self._dispatch_event)
+
+    def _deliver_packets(self, pairs: list) -> None:
+        """The hot loop: each packet to on_packet. The checks come right before each
+        call, so a disconnect() or pause() made by one applies to the next."""
+        on_packet = self.on_packet
+        if on_packet is None:
+            return
+        met, closing, held = self._met, self._closing, self._held
+        for conn, data in pairs:
+            if conn not in met or (closing and conn in closing):
+                continue
+            if held and self._hold(conn, data):
+                continue
+            try:
+                if on_packet(conn, data) is False:
+                    self._close_requested(conn)
+            except BaseException:
+                self._callback_failed("on_packet", conn)
+
+    def _deliver_batches(self, pairs: list) -> None:
+        """on_batch mode: the run's packets of accepted, open, unpaused connections (the
+        others are dropped or held, as for on_packet), as one list."""
+        if not self._all_deliverable(pairs):
+            met, closing = self._met, self._closing
+            pairs = [(conn, data) for conn, data in pairs
+                     if conn in met and conn not in closing and not self._hold(conn, data)]
+        if pairs:
+            self._deliver_batch(pairs)
+
+    def _all_deliverable(self, pairs: list) -> bool:
+        conns = set(map(_first, pairs))
+        return (conns <= self._met and (not self._closing or conns.isdisjoint(self._closing))
+                and (not self._held or conns.isdisjoint(self._held)))
+
+    def _dispatch_event(self, offset: int) -> None:
+        """The CONNECT, DISCONNECT or DRAIN record at offset."""
+        self._handle_event(*read_event(self._poll_buffer, offset))
+
+    def _handle_event(self, kind: int, reason: int, conn: int, payload: bytes) -> None:
+        met = self._met
+        if kind == _CONNECT:
+            cb = self.on_connect
+            if cb is not None:
+                peer = payload.rstrip(b"\0").decode("utf-8", "replace")
+                try:
+                    r = cb(conn, peer)
+                except BaseException:
+                    self._callback_failed("on_connect", conn, met=False)
+                    return
+                if r is False:
+                    self._refuse(conn)
+                    return
+            met.add(conn)
+            self._sendable.add(conn)
+        elif kind == _DISCONNECT:
+            if conn not in met:
+                return  # refused: no callback at all
+            met.discard(conn)
+            if self._held:
+                for data in self._release(conn):
+                    if not self._deliver_packet(conn, data):
+                        break
+            self._forget(conn)
+            cb = self.on_disconnect
+            if cb is None:
+                return
+            try:
+                cb(conn, REASONS.get(reason, reason))
+            except BaseException:
+                try:
+                    log.exception("on_disconnect callback raised for connection %d", conn)
+                except BaseException:  # noqa: BLE001
+                    pass
+        elif kind == _DRAIN:
+            if conn not in met or conn in self._closing:
+                return
+            self._drained(conn, alive=True)
+            cb = self.on_drain
+            if cb is None:
+                return
+            try:
+                cb(conn)
+            except BaseException:
+                self._callback_failed("on_drain", conn)
+
+    def _deliver_batch(self, batch: list) -> None:
+        """on_batch(batch). It may raise: logged, and no connection is aborted (which
+        one failed is unknown); the next batch is delivered as usual."""
+        try:
+            self.on_batch(batch)
+        except BaseException:
+            try:
+                log.exception("on_batch callback raised (a batch of %d packets); the "
+                              "server goes on", len(batch))
+            except BaseException:  # noqa: BLE001
+                pass
 
     def _deliver_packet(self, conn: int, data: bytes) -> bool:
-        """One held packet through on_packet; False if the connection is now closing."""
+        """One held packet through on_packet (or on_batch); False if the connection is
+        now closing."""
+        if self.on_batch is not None:
+            self._deliver_batch([(conn, data)])
+            return conn not in self._closing
         cb = self.on_packet
         if cb is None:
             return True

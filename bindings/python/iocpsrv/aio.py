@@ -35,11 +35,14 @@ import asyncio
 import collections
 import threading
 
+from threading import get_ident
+
 from . import _core
 from . import _native as n
-from ._core import ServerBase, log, timeout_ms
-from ._errors import InvalidState, error_from_code
+from ._core import DEFER_MAX_COUNT, ServerBase, log, timeout_ms
+from ._errors import ConnectionNotFound, InvalidState, SendQueueFull, ServerStopped, error_from_code
 from ._native import ffi
+from ._packed import EVENT_HEADER, dispatch_records, read_event
 from ._types import REASONS, EventType, Reason
 
 __all__ = ["Server", "Protocol", "Connection", "Event", "serve"]
@@ -49,8 +52,13 @@ _CONNECT = n.IOCPSRV_EVENT_CONNECT
 _DISCONNECT = n.IOCPSRV_EVENT_DISCONNECT
 _DRAIN = n.IOCPSRV_EVENT_DRAIN
 _ESTOPPED = n.IOCPSRV_ESTOPPED
+_ENOSPACE = n.IOCPSRV_ENOSPACE
 
 _TYPES = {int(t): t for t in EventType}
+_EV_PACKET = EventType.PACKET
+_EV_CONNECT = EventType.CONNECT
+_EV_DISCONNECT = EventType.DISCONNECT
+_EV_DRAIN = EventType.DRAIN
 _TICK_S = 0.25
 
 
@@ -85,17 +93,26 @@ class Connection:
     """A connection as a Protocol sees it (transport-like). Its methods are the
     server's, bound to this id; all are non-blocking and thread-safe."""
 
-    __slots__ = ("id", "peer", "server", "protocol", "_send")
+    __slots__ = ("id", "peer", "server", "protocol", "batched", "_send")
 
     def __init__(self, server: "Server", conn: int, peer: str):
         self.server = server
         self.id = conn
         self.peer = peer
         self.protocol = None
+        self.batched = False  # the protocol takes packets_received(list)
         self._send = server.send
 
     def send(self, data) -> None:
         self._send(self.id, data)
+
+    async def send_async(self, data) -> None:
+        """send(), waiting for room instead of raising SendQueueFull."""
+        await self.server.send_async(self.id, data)
+
+    async def drain(self) -> None:
+        """Wait until the send queue has room again (see Server.drain)."""
+        await self.server.drain(self.id)
 
     def sendv(self, parts) -> None:
         self.server.sendv(self.id, parts)
@@ -146,6 +163,22 @@ class Protocol:
     def connection_lost(self, reason: Reason):
         pass
 
+    def send_failed(self, data: bytes, error):
+        """A send deferred to the end of a batch was refused when it was handed to the
+        engine (the connection ended meanwhile, or the server stopped). By default it is
+        logged (logger "iocpsrv"). SendQueueFull never comes here: such packets are
+        kept and sent after the drain."""
+        self.connection.server._log_send_failure(error)
+
+    async def drain(self):
+        """``await self.drain()``: wait until the connection's send queue has room
+        (returns at once unless a send to it was refused with SendQueueFull)."""
+        await self.connection.drain()
+
+    # A subclass may define packets_received(self, packets) instead of packet_received:
+    # it then gets the packets of one poll for its connection as a list of bytes, in
+    # order (pause_reading() and close() called in it apply from the next list on).
+
 
 class Server(ServerBase):
     """An iocpsrv server driven by the running asyncio event loop.
@@ -155,7 +188,13 @@ class Server(ServerBase):
     receive Events. Keyword options are the C library's, as for iocpsrv.Server.
     ``max_buffered`` bounds the events waiting for the ``async for`` consumer: past it the
     server stops draining the engine, whose queue then fills and stops reading sockets
-    (TCP pushes back on the clients)."""
+    (TCP pushes back on the clients).
+
+    Sends made on the loop's thread are deferred and handed to the engine once per
+    batch (or soon after, with call_soon, when made from a coroutine);
+    ``on_send_failed(conn, data, error)`` (or, in protocol mode, the protocol's
+    send_failed) hears of one refused then. ``await srv.send_async(conn, data)`` and
+    ``await srv.drain(conn)`` wait for room instead of raising SendQueueFull."""
 
     def __init__(
         self,
@@ -166,10 +205,13 @@ class Server(ServerBase):
         batch_size: int = 256,
         max_batches: int = 8,
         max_buffered: int = 8192,
+        on_send_failed=None,
         **options,
     ):
         super().__init__(host, port, batch_size, options)
         self._factory = protocol_factory
+        if on_send_failed is not None:
+            self.on_send_failed = on_send_failed
         self._max_batches = max(1, int(max_batches))
         self._max_buffered = max(1, int(max_buffered))
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -186,6 +228,7 @@ class Server(ServerBase):
         self._dispatching = False
         self._flush_scheduled = False
         self._tick_handle: asyncio.TimerHandle | None = None
+        self._drain_waiters: dict[int, asyncio.Future] = {}
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -200,6 +243,7 @@ class Server(ServerBase):
         self._reset_bookkeeping()
         self._queue.clear()
         self._conns.clear()
+        self._drain_waiters.clear()
         rc = self._lib.iocpsrv_listen(h, self._host.encode("utf-8"), self._port_req)
         if rc < 0:
             raise error_from_code(rc, f"listen on {self._host!r} port {self._port_req}")
@@ -208,7 +252,7 @@ class Server(ServerBase):
             self._lib.iocpsrv_stop(h, 0)
             raise error_from_code(int(fd), "iocpsrv_wait_handle")
         self._loop = loop
-        self._loop_tid = threading.get_ident()
+        self._loop_tid = self._pump = get_ident()
         self._defer = bool(self._option_or(n.IOCPSRV_OPT_PULL_BATCH_SENDS, 0))
         self._dispatching = False
         self._flush_scheduled = False
@@ -302,11 +346,15 @@ class Server(ServerBase):
             except (RuntimeError, ValueError, OSError):  # loop closed
                 pass
 
-    def _on_readable(self, flush_only: bool = False) -> None:
-        poll = self._lib.iocpsrv_poll
-        h = self._h
-        evs = self._events
-        nmax = 1 if flush_only and not self._reading else self._batch_size
+    def _on_readable(self) -> None:
+        """The waitable handle fired: events wait."""
+        self._pump_events()
+
+    def _pump_events(self, flush_only: bool = False) -> None:
+        """Hand the deferred sends over and drain whole batches (flush_only: a poll
+        whose point is to write the sends, from _flush or _tick)."""
+        lib, h = self._lib, self._h
+        buf = self._poll_buffer
         protocol_mode = self._factory is not None
         queue = self._queue
         if self._resumed and protocol_mode:
@@ -316,32 +364,39 @@ class Server(ServerBase):
             batches = 0
             empty = False
             while True:
-                # Each poll also writes what was sent while handling the previous batch
-                # (pull_batch_sends) and starts the close of connections whose FIN came
-                # with it, so the loop ends with two polls that found nothing: the
-                # second acts on what the first handed over (a FIN alone is no event).
-                k = poll(h, evs, nmax, 0)
-                if k <= 0:
-                    if k < 0:
-                        if k != _ESTOPPED:
-                            log.error("iocpsrv_poll failed: %s", error_from_code(k))
+                # The sends of the last batch go to the engine first; the poll writes
+                # them (pull_batch_sends) and starts the close of connections whose FIN
+                # came with the last batch, so the loop ends with two polls that found
+                # nothing: the second acts on what the first handed over (a FIN alone
+                # is no event).
+                self._flush_sends()
+                if self._send_failures:
+                    self._report_send_failures()
+                limit = self._poll_limit(flush_only)
+                end = buf.poll(lib, h, 0, self._max_packet, limit)
+                if end <= 0:
+                    if end == _ENOSPACE:  # the next event does not fit the limit
+                        if not flush_only:  # the iterator has no room for it
+                            self._pause_draining()
+                        break
+                    if end < 0:
+                        if end != _ESTOPPED:
+                            log.error("iocpsrv_poll_packed failed: %s", error_from_code(end))
                         self._finished()
                         break
-                    if empty:
+                    if empty or flush_only:
                         break
                     empty = True
                     continue
                 empty = False
                 if protocol_mode:
-                    self._dispatch_protocols(evs, k)
+                    self._dispatch_protocols(end)
                 else:
-                    self._dispatch_events(evs, k)
-                    if len(queue) >= self._max_buffered and self._stop_fut is None:
-                        # Back-pressure: stop draining until the consumer catches up;
-                        # the engine's queue fills and it stops reading the sockets.
-                        self._remove_reader()
+                    self._dispatch_events(end)
+                    if len(queue) >= self._max_buffered:
+                        self._pause_draining()
                         break
-                if flush_only and nmax == 1:
+                if flush_only and not self._reading:
                     break  # back-pressure: this poll was only to write the sends
                 batches += 1
                 if batches >= self._max_batches:
@@ -352,39 +407,74 @@ class Server(ServerBase):
         if queue:
             self._wake_consumer()
 
+    def _poll_limit(self, flush_only: bool):
+        """The bytes the next poll may take (None: the whole buffer). The ``async for``
+        buffer holds at most max_buffered + batch_size events: each record is at least
+        EVENT_HEADER.size bytes, so the poll takes no more than the room left (but at
+        least one event when the buffer is empty, however large)."""
+        if self._factory is not None or self._stop_fut is not None:
+            return None
+        if flush_only and not self._reading:
+            return EVENT_HEADER.size  # only to write the sends: one small event at most
+        queued = len(self._queue)
+        if not queued:
+            return None
+        room = self._max_buffered + self._batch_size - queued
+        return max(room, 0) * EVENT_HEADER.size
+
+    def _pause_draining(self) -> None:
+        """Back-pressure: stop draining until the consumer catches up (__anext__ adds
+        the reader back); the engine's queue fills and it stops reading the sockets.
+        Not while stopping: the stop needs every event drained."""
+        if self._stop_fut is None:
+            self._remove_reader()
+
     def _tick(self) -> None:
         """A poll now and then, even when the waitable handle stays quiet (a FIN that
         arrives alone needs a poll after the one that hands it over)."""
         self._tick_handle = None
         if self._running and not self._closed:
-            self._on_readable(flush_only=True)
+            self._pump_events(flush_only=True)
             if self._running:
                 self._tick_handle = self._loop.call_later(_TICK_S, self._tick)
 
     def _schedule_flush(self) -> None:
-        if self._defer and not self._flush_scheduled and self._running:
+        if not self._flush_scheduled and self._running:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
         if self._running and not self._closed:
-            self._on_readable(flush_only=True)
+            self._pump_events(flush_only=True)
 
-    # Sends from the loop thread outside the dispatch (a coroutine, a timer, an ``async
-    # for`` body) are written at the next poll: make sure one comes soon.
+    # ---- sending: deferred on the loop's thread (see _core), awaitable back-pressure ---
 
     def send(self, conn: int, data) -> None:
-        if type(data) is not bytes:
-            data = ffi.from_buffer(data)
-        rc = self._send(self._h, conn, data, len(data))
-        if rc:
-            raise self._error(rc, f"send to connection {conn}")
-        if self._defer and not self._dispatching and not self._flush_scheduled:
-            if threading.get_ident() == self._loop_tid:
-                self._schedule_flush()
+        # ServerBase.send's hot path, plus: a send from a coroutine or a timer (outside
+        # the dispatch) gets a hand-over scheduled with call_soon.
+        if self._pump == get_ident() and conn in self._sendable:
+            if type(data) is not bytes:
+                data = bytes(data)
+            if len(data) <= self._defer_max:
+                pending = self._pending
+                pending.append((conn, data))
+                if not self._dispatching:
+                    self._schedule_flush()
+                elif len(pending) >= DEFER_MAX_COUNT:
+                    self._flush_sends()
+                return
+        self._send_now(conn, data)
 
     send.__doc__ = ServerBase.send.__doc__
+
+    def send_many(self, sends) -> list:
+        refused = super().send_many(sends)
+        if self._pending and not self._dispatching and get_ident() == self._pump:
+            self._schedule_flush()
+        return refused
+
+    send_many.__doc__ = ServerBase.send_many.__doc__
 
     def sendv(self, conn: int, parts) -> None:
         super().sendv(conn, parts)
@@ -400,8 +490,57 @@ class Server(ServerBase):
     broadcast.__doc__ = ServerBase.broadcast.__doc__
 
     def _sent(self) -> None:
-        if self._defer and not self._dispatching and threading.get_ident() == self._loop_tid:
+        # Written at the next poll (pull_batch_sends): make sure one comes soon.
+        if self._defer and not self._dispatching and get_ident() == self._loop_tid:
             self._schedule_flush()
+
+    async def drain(self, conn: int) -> None:
+        """Wait until conn's send queue has room: returns at once unless a send to conn
+        was refused with SendQueueFull (by send(), or when deferred sends were handed
+        over) and its DRAIN has not come yet. Raises ConnectionNotFound if the
+        connection ends first, ServerStopped if the server stops. Call it on the loop's
+        thread."""
+        self._flush_sends()  # refusals of what was just sent are known after this
+        if self._send_failures:
+            self._report_send_failures()
+        while conn in self._full:
+            waiter = self._drain_waiters.get(conn)
+            if waiter is None or waiter.done():
+                waiter = self._drain_waiters[conn] = self._loop.create_future()
+            await waiter
+
+    async def send_async(self, conn: int, data) -> None:
+        """send(), waiting for room (await drain(conn)) instead of raising
+        SendQueueFull. Other errors are raised as by send()."""
+        while True:
+            await self.drain(conn)
+            try:
+                self.send(conn, data)
+                return
+            except SendQueueFull:
+                continue  # conn now counts as full: the next drain() waits
+
+    def _room(self, conn: int) -> None:
+        """conn's DRAIN: stalled sends go first, then the coroutines waiting in drain()
+        may send."""
+        self._drained(conn, alive=conn in self._conns or self._factory is None)
+        waiter = self._drain_waiters.pop(conn, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _gone(self, conn: int, error) -> None:
+        """conn ended (or the server stopped): drain() waiters get `error`."""
+        self._sendable.discard(conn)
+        waiter = self._drain_waiters.pop(conn, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(error)
+
+    def _send_failed(self, conn: int, data: bytes, error) -> None:
+        c = self._conns.get(conn)
+        if c is not None and self.on_send_failed is None:
+            c.protocol.send_failed(data, error)
+        else:
+            super()._send_failed(conn, data, error)
 
     def _finished(self) -> None:
         self._remove_reader()
@@ -410,6 +549,12 @@ class Server(ServerBase):
             self._tick_handle = None
         self._running = False
         self._fd = -1
+        self._flush_sends()  # refused as ServerStopped: reported at debug level
+        if self._send_failures:
+            self._report_send_failures()
+        self._pump = -1
+        for conn in list(self._drain_waiters):
+            self._gone(conn, ServerStopped(n.IOCPSRV_ESTOPPED, f"drain of connection {conn}"))
         self._wake_consumer()
         if self._closed_fut is not None and not self._closed_fut.done():
             self._closed_fut.set_result(None)
@@ -428,24 +573,31 @@ class Server(ServerBase):
 
     # -- event iteration
 
-    def _dispatch_events(self, evs, k: int) -> None:
+    def _dispatch_events(self, end: int) -> None:
         # Everything goes to the iterator's buffer; __anext__ applies disconnect() and
         # pause() to what is buffered when they are called.
-        buf = ffi.buffer
+        buf = self._poll_buffer
+        view, chunks = buf.view, buf.chunks
+        unpack = EVENT_HEADER.unpack_from
         append = self._queue.append
-        for ev in evs[0:k]:
-            t = ev.type
-            conn = ev.conn
-            if t == _PACKET:
-                append(Event(EventType.PACKET, conn, buf(ev.data, ev.len)[:]))
-            elif t == _CONNECT:
-                peer = buf(ev.data, ev.len)[:].rstrip(b"\0").decode("utf-8", "replace")
-                append(Event(EventType.CONNECT, conn, b"", peer))
-            elif t == _DISCONNECT:
-                append(Event(EventType.DISCONNECT, conn, b"", None,
-                             REASONS.get(ev.reason, ev.reason)))
-            elif t == _DRAIN:
-                append(Event(EventType.DRAIN, conn))
+        offset = 0
+        while offset < end:
+            length, kind, reason, conn, _user = unpack(view, offset)
+            start = offset + 24
+            offset = start + ((length + 7) & -8)
+            if kind == _PACKET:
+                append(Event(_EV_PACKET, conn, chunks[start:start + length]))
+            elif kind == _CONNECT:
+                self._sendable.add(conn)
+                peer = chunks[start:start + length].rstrip(b"\0").decode("utf-8", "replace")
+                append(Event(_EV_CONNECT, conn, b"", peer))
+            elif kind == _DISCONNECT:
+                # Gone for the engine now: sends to it raise at once, drain() ends.
+                self._gone(conn, _connection_gone(conn))
+                append(Event(_EV_DISCONNECT, conn, b"", None, REASONS.get(reason, reason)))
+            elif kind == _DRAIN:
+                self._room(conn)
+                append(Event(_EV_DRAIN, conn))
 
     def _wake_consumer(self) -> None:
         w = self._waiter
@@ -501,67 +653,105 @@ class Server(ServerBase):
 
     # -- protocols
 
-    def _dispatch_protocols(self, evs, k: int) -> None:
-        buf = ffi.buffer
+    def _dispatch_protocols(self, end: int) -> None:
+        """The records of one poll to the protocols, in order."""
+        dispatch_records(self._poll_buffer, end, self._deliver_to_protocols,
+                         self._protocol_event_at)
+
+    def _deliver_to_protocols(self, pairs: list) -> None:
+        """A run of packets, each to its protocol's packet_received; for a protocol with
+        packets_received, each run of its connection's packets as one list. The checks
+        come right before each call, so a close() or pause_reading() made by one applies
+        to the next."""
         conns = self._conns  # accepted by connection_made (a refused client never is)
         closing = self._closing
         held = self._held
-        for ev in evs[0:k]:
-            t = ev.type
-            conn = ev.conn
-            if t == _PACKET:
-                c = conns.get(conn)
-                if c is None or (closing and conn in closing):
+        run = None  # [Connection, payloads] being gathered for packets_received
+        for conn, data in pairs:
+            c = conns.get(conn)
+            if c is None or (closing and conn in closing):
+                continue
+            if held and self._hold(conn, data):
+                continue
+            if c.batched:
+                if run is not None and run[0] is c:
+                    run[1].append(data)
                     continue
-                data = buf(ev.data, ev.len)[:]
-                if held and self._hold(conn, data):
-                    continue
-                try:
-                    r = c.protocol.packet_received(data)
-                except BaseException:
-                    self._callback_failed("packet_received", conn)
-                    continue
-                if r is False:
+                if run is not None:
+                    self._deliver_run(*run)
+                run = [c, [data]]
+                continue
+            try:
+                if c.protocol.packet_received(data) is False:
                     self._close_requested(conn)
-            elif t == _CONNECT:
-                peer = buf(ev.data, ev.len)[:].rstrip(b"\0").decode("utf-8", "replace")
-                c = Connection(self, conn, peer)
+            except BaseException:
+                self._callback_failed("packet_received", conn)
+        if run is not None:
+            self._deliver_run(*run)
+
+    def _protocol_event_at(self, offset: int) -> None:
+        self._dispatch_protocol_event(*read_event(self._poll_buffer, offset))
+
+    def _dispatch_protocol_event(self, kind: int, reason: int, conn: int,
+                                 payload: bytes) -> None:
+        conns = self._conns
+        if kind == _CONNECT:
+            peer = payload.rstrip(b"\0").decode("utf-8", "replace")
+            c = Connection(self, conn, peer)
+            try:
+                c.protocol = p = self._factory()
+                c.batched = callable(getattr(p, "packets_received", None))
+                r = p.connection_made(c)
+            except BaseException:
+                self._callback_failed("connection_made", conn, met=False)
+                return
+            if r is False:
+                self._refuse(conn)
+                return
+            conns[conn] = c
+            self._sendable.add(conn)
+        elif kind == _DISCONNECT:
+            c = conns.get(conn)
+            if c is None:
+                return  # refused: no callback at all
+            if self._held:
+                for data in self._release(conn):
+                    if not self._deliver_packet(c, data):
+                        break
+            del conns[conn]
+            self._forget(conn)
+            self._gone(conn, _connection_gone(conn))
+            try:
+                c.protocol.connection_lost(REASONS.get(reason, reason))
+            except BaseException:
                 try:
-                    c.protocol = p = self._factory()
-                    r = p.connection_made(c)
-                except BaseException:
-                    self._callback_failed("connection_made", conn, met=False)
-                    continue
-                if r is False:
-                    self._refuse(conn)
-                    continue
-                conns[conn] = c
-            elif t == _DISCONNECT:
-                c = conns.pop(conn, None)
-                if c is None:
-                    continue  # refused: no callback at all
-                if held:
-                    for data in self._release(conn):
-                        if not self._deliver_packet(c, data):
-                            break
-                self._forget(conn)
-                try:
-                    c.protocol.connection_lost(REASONS.get(ev.reason, ev.reason))
-                except BaseException:
-                    try:
-                        log.exception("connection_lost raised for connection %d", conn)
-                    except BaseException:  # noqa: BLE001
-                        pass
-            elif t == _DRAIN:
-                c = conns.get(conn)
-                if c is None or conn in closing:
-                    continue
-                try:
-                    c.protocol.drained()
-                except BaseException:
-                    self._callback_failed("drained", conn)
+                    log.exception("connection_lost raised for connection %d", conn)
+                except BaseException:  # noqa: BLE001
+                    pass
+        elif kind == _DRAIN:
+            c = conns.get(conn)
+            if c is None or conn in self._closing:
+                return
+            self._room(conn)
+            try:
+                c.protocol.drained()
+            except BaseException:
+                self._callback_failed("drained", conn)
+
+    def _deliver_run(self, c: Connection, packets: list) -> None:
+        """packets_received(packets); raising or returning False as packet_received."""
+        try:
+            r = c.protocol.packets_received(packets)
+        except BaseException:
+            self._callback_failed("packets_received", c.id)
+            return
+        if r is False:
+            self._close_requested(c.id)
 
     def _deliver_packet(self, c: Connection, data: bytes) -> bool:
+        if c.batched:
+            self._deliver_run(c, [data])
+            return c.id not in self._closing
         try:
             r = c.protocol.packet_received(data)
         except BaseException:
@@ -596,6 +786,10 @@ class _Done:
 
 
 _DONE = _Done()
+
+
+def _connection_gone(conn: int) -> ConnectionNotFound:
+    return ConnectionNotFound(n.IOCPSRV_ENOTCONN, f"drain of connection {conn}")
 
 
 def _set_done(fut: asyncio.Future) -> None:

@@ -9,6 +9,7 @@ import pytest
 import iocpsrv
 import iocpsrv.aio as aio
 from iocpsrv import EventType, Reason
+from iocpsrv import _native as n
 
 from conftest import TIMEOUT, needs_batch_sends
 
@@ -487,3 +488,206 @@ def test_client_fin_after_its_echoes_closes_promptly(mode):
 
     run(main())
     assert lost == [Reason.PEER_CLOSED] * 10
+
+
+# ---- packed batches on the loop: awaitable back-pressure, packets_received ----------
+
+
+async def until(pred, timeout=TIMEOUT):
+    """Wait for state that no event announces (the server's bookkeeping)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not pred():
+        assert loop.time() < deadline, "condition not reached"
+        await asyncio.sleep(0.005)
+
+
+class Accepting(aio.Protocol):
+    """Hands each new Connection to the test through a queue."""
+
+    accepted: asyncio.Queue
+
+    def connection_made(self, connection):
+        self.connection = connection
+        Accepting.accepted.put_nowait(connection)
+
+
+async def slow_reader(port, rcvbuf=4096):
+    """A client socket that reads nothing until asked (small receive buffer)."""
+    loop = asyncio.get_running_loop()
+    sock = __import__("socket").socket()
+    sock.setsockopt(__import__("socket").SOL_SOCKET, __import__("socket").SO_RCVBUF, rcvbuf)
+    sock.setblocking(False)
+    await loop.sock_connect(sock, ("127.0.0.1", port))
+    return sock
+
+
+async def read_packets(sock, count):
+    loop = asyncio.get_running_loop()
+    buf = bytearray()
+    out = []
+    while len(out) < count:
+        chunk = await loop.sock_recv(sock, 1 << 16)
+        assert chunk, "closed early"
+        buf += chunk
+        while len(buf) >= 4 and len(buf) >= 4 + HDR.unpack_from(buf)[0]:
+            (size,) = HDR.unpack_from(buf)
+            out.append(bytes(buf[4:4 + size]))
+            del buf[:4 + size]
+    return out
+
+
+@pytest.mark.parametrize("how", ["server.send_async", "connection.send_async", "drain"])
+def test_send_async_waits_for_room_then_resumes(how):
+    """A sender that awaits room instead of catching SendQueueFull: it is held while the
+    client does not read, and finishes, with every packet in order, once it reads."""
+    chunks = [b"%05d" % i + b"-" * 995 for i in range(400)]  # 400 kB, queue limit 8 KiB
+
+    async def send_all(srv, c):
+        for chunk in chunks:
+            if how == "server.send_async":
+                await srv.send_async(c.id, chunk)
+            elif how == "connection.send_async":
+                await c.send_async(chunk)
+            else:  # the asyncio idiom: write, then await the drain
+                c.send(chunk)
+                await c.protocol.drain()
+        return "done"
+
+    async def main():
+        Accepting.accepted = asyncio.Queue()
+        async with aio.Server(protocol_factory=Accepting, worker_threads=2,
+                              send_queue_limit=8192, sndbuf=4096) as srv:
+            sock = await slow_reader(srv.port)
+            c = await Accepting.accepted.get()
+            sender = asyncio.create_task(send_all(srv, c))
+            await until(lambda: c.id in srv._drain_waiters)  # it waits for room
+            assert not sender.done()
+            assert srv.stats().send_queue_rejections >= 1
+            got = await read_packets(sock, len(chunks))  # now the client reads
+            assert await sender == "done"
+            await srv.drain(c.id)  # room now: returns at once
+            sock.close()
+            return got
+
+    assert run(main()) == chunks
+
+
+def test_drain_raises_when_the_connection_ends_while_waiting():
+    async def main():
+        Accepting.accepted = asyncio.Queue()
+        async with aio.Server(protocol_factory=Accepting, worker_threads=2,
+                              send_queue_limit=8192, sndbuf=4096) as srv:
+            sock = await slow_reader(srv.port)
+            c = await Accepting.accepted.get()
+
+            async def flood():
+                while True:
+                    await c.send_async(b"f" * 1000)
+
+            sender = asyncio.create_task(flood())
+            await until(lambda: c.id in srv._drain_waiters)
+            sock.setsockopt(__import__("socket").SOL_SOCKET, __import__("socket").SO_LINGER,
+                            struct.pack("ii", 1, 0))
+            sock.close()  # reset: the connection ends while the sender waits
+            with pytest.raises(iocpsrv.ConnectionNotFound):
+                await sender
+
+    run(main())
+
+
+def test_packets_received_gets_each_connections_packets_as_lists():
+    lists = []
+
+    class BatchEcho(aio.Protocol):
+        def packets_received(self, packets):
+            lists.append(list(packets))
+            cid = self.connection.id
+            assert self.connection.server.send_many([(cid, p) for p in packets]) == []
+
+    async def main():
+        async with aio.Server(protocol_factory=BatchEcho, worker_threads=2) as srv:
+            clients = [await AClient.connect(srv.port) for _ in range(5)]
+            for i, c in enumerate(clients):
+                c.w.write(b"".join(HDR.pack(4) + struct.pack("<HH", i, k) for k in range(200)))
+            for i, c in enumerate(clients):
+                for k in range(200):
+                    assert struct.unpack("<HH", await c.recv()) == (i, k)
+                await c.close()
+
+    run(main())
+    assert sum(map(len, lists)) == 1000
+    assert max(map(len, lists)) > 1  # several packets per call
+    for packets in lists:  # one connection per list
+        assert len({struct.unpack("<HH", p)[0] for p in packets}) == 1
+
+
+def test_a_refused_deferred_send_reaches_the_protocol():
+    failed = []
+
+    class Fragile(aio.Protocol):
+        def packet_received(self, data):
+            self.connection.send(b"lost")
+            srv = self.connection.server  # ends it behind the binding's back, as a reset
+            srv._lib.iocpsrv_disconnect(srv._h, self.connection.id, n.IOCPSRV_CLOSE_ABORT)
+
+        def send_failed(self, data, error):
+            failed.append((data, type(error)))
+
+    async def main():
+        async with aio.Server(protocol_factory=Fragile, worker_threads=2) as srv:
+            c = await AClient.connect(srv.port)
+            c.send(b"go")
+            assert await c.closed_by_server()
+            await until(lambda: failed)
+            await c.close()
+
+    run(main())
+    assert failed == [(b"lost", iocpsrv.ConnectionNotFound)]
+
+
+def test_on_send_failed_for_the_async_for_server():
+    failed = []
+
+    async def main():
+        async with aio.Server(worker_threads=2,
+                              on_send_failed=lambda *a: failed.append(a)) as srv:
+            c = await AClient.connect(srv.port)
+            c.send(b"go")
+            async for ev in srv:
+                if ev.type is EventType.PACKET:
+                    srv.send(ev.conn, b"lost")  # deferred (loop thread)
+                    srv._lib.iocpsrv_disconnect(srv._h, ev.conn, n.IOCPSRV_CLOSE_ABORT)
+                    conn = ev.conn
+                elif ev.type is EventType.DISCONNECT:
+                    break
+            await until(lambda: failed)
+            await c.close()
+            return conn
+
+    conn = run(main())
+    ((c, data, error),) = failed
+    assert (c, data, type(error)) == (conn, b"lost", iocpsrv.ConnectionNotFound)
+
+
+def test_sends_past_the_queue_limit_from_a_coroutine_are_kept_until_drained():
+    """Plain send()s that never wait: the engine refuses most of them when they are
+    handed over; they are kept, in order, and go out as the client reads."""
+    chunks = [b"%05d" % i + b"+" * 995 for i in range(400)]
+
+    async def main():
+        Accepting.accepted = asyncio.Queue()
+        async with aio.Server(protocol_factory=Accepting, worker_threads=2,
+                              send_queue_limit=8192, sndbuf=4096) as srv:
+            sock = await slow_reader(srv.port)
+            c = await Accepting.accepted.get()
+            for chunk in chunks:
+                c.send(chunk)  # deferred: handed over together soon after
+            await until(lambda: c.id in srv._stalled)
+            with pytest.raises(iocpsrv.SendQueueFull):
+                c.send(b"no room")
+            got = await read_packets(sock, len(chunks))
+            sock.close()
+            return got
+
+    assert run(main()) == chunks

@@ -66,9 +66,11 @@ def test_echo_example_round_trip(echo_example):
 
 
 @pytest.mark.skipif(not os.access(FLOOD, os.X_OK), reason="iocpsrv-flood is not built")
-@pytest.mark.parametrize("echo_example", [("echo.py",), ("aio_echo.py",),
+@pytest.mark.parametrize("echo_example", [("echo.py",), ("echo.py", "--per-packet"),
+                                          ("aio_echo.py",), ("aio_echo.py", "--batch"),
                                           ("aio_echo.py", "--events")], indirect=True,
-                         ids=["threaded", "aio-protocol", "aio-events"])
+                         ids=["threaded", "threaded-per-packet", "aio-protocol",
+                              "aio-batch", "aio-events"])
 def test_echo_example_serves_100_pipelining_flood_clients(echo_example):
     r = subprocess.run([FLOOD, "--port", str(echo_example.port), "--connections", "100",
                         "--depth", "8", "--count", "1000", "--size", "64", "--threads", "2",
@@ -81,22 +83,37 @@ def test_echo_example_serves_100_pipelining_flood_clients(echo_example):
     assert "stopped: 100 connections, 100000 packets in, 100000 out" in out, out
 
 
-@pytest.mark.parametrize("echo_example", [("--send-queue-limit", "65536")], indirect=True)
-def test_echo_example_flow_control_with_a_client_that_reads_slowly(echo_example):
+FLOW_CASES = [
+    # (flags, payload size, packets): 64 KiB payloads are sent at once (over the
+    # deferral limit); 1000-byte ones are deferred to the end of the batch, so the
+    # queue's refusals are found when the batch is handed over (the stall path).
+    (("--send-queue-limit", "65536"), 65536, 200),
+    (("--send-queue-limit", "8192"), 1000, 3000),
+    (("--send-queue-limit", "8192", "--per-packet"), 1000, 3000),
+    (("aio_echo.py", "--send-queue-limit", "8192", "--batch"), 1000, 3000),
+]
+
+
+@pytest.mark.parametrize("echo_example,size,count", FLOW_CASES, indirect=["echo_example"],
+                         ids=["64KiB-direct", "1000B-batch", "1000B-per-packet",
+                              "aio-1000B-batch"])
+def test_echo_example_flow_control_with_a_client_that_reads_slowly(echo_example, size,
+                                                                   count):
     """Echoes that do not fit the send queue pause the client; nothing is lost."""
     with Client(echo_example.port) as c:
         c.sock.setsockopt(__import__("socket").SOL_SOCKET, __import__("socket").SO_RCVBUF,
                           65536)
-        payload = b"q" * 65536
-        n = 200  # 13 MB of echoes through a 64 KiB send queue
+        payloads = [bytes([i % 251]) * size for i in range(count)]
         import threading
-        t = threading.Thread(target=lambda: [c.send(payload) for _ in range(n)])
+        t = threading.Thread(target=lambda: [c.send(p) for p in payloads])
         t.start()
-        for _ in range(n):
-            assert c.recv() == payload
+        for i, p in enumerate(payloads):
+            assert c.recv() == p, i
         t.join(TIMEOUT)
     out = echo_example.stop()
-    assert "200 packets in, 200 out" in out
+    assert f"{count} packets in, {count} out" in out, out
+    m = re.search(r"(\d+) pauses", out)  # (echo.py counts them)
+    assert m is None or int(m.group(1)) > 0, out  # the queue filled: flow control worked
 
 
 def _recv_until(c, want):

@@ -31,6 +31,9 @@ STRUCTS = {
                         "proxy_untrusted"],
     "iocpsrv_event_t": ["type", "reason", "conn", "conn_user", "data", "len"],
     "iocpsrv_buf_t": ["base", "len"],
+    "iocpsrv_record_t": ["len", "type", "reason", "conn", "conn_user"],
+    "iocpsrv_send_record_t": ["conn", "len", "flags"],
+    "iocpsrv_send_result_t": ["index", "error"],
 }
 
 CONSTANTS = [name for name in dir(n) if name.startswith("IOCPSRV_")]
@@ -120,6 +123,7 @@ def test_errors_carry_code_name_and_message():
         -8: iocpsrv.AddressInUse, -9: iocpsrv.AddressNotAvailable, -10: iocpsrv.NotSupported,
         -11: iocpsrv.Busy, -12: iocpsrv.UnknownOption, -13: iocpsrv.OptionOutOfRange,
         -14: iocpsrv.InCallback, -15: iocpsrv.SystemFailure, -16: iocpsrv.PermissionDenied,
+        -17: iocpsrv.BufferTooSmall,
     }
     for code, cls in cases.items():
         e = iocpsrv.error_from_code(code, "doing x")
