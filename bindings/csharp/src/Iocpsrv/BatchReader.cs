@@ -50,11 +50,7 @@ internal sealed class BatchReader
     internal PullGate Gate { get; }
 
     /// <summary>EventBatch.Send: gathered until the next hand-over.</summary>
-    internal void Gather(ulong conn, ReadOnlySpan<byte> payload)
-    {
-        if (!_server.IsRunning) throw Errors.For((int)IocpsrvError.Stopped, "EventBatch.Send");
-        _sends.Append(conn, payload);
-    }
+    internal void Gather(ulong conn, ReadOnlySpan<byte> payload) => _sends.Append(conn, payload);
 
     /// <summary>Hands the gathered sends to the engine from this thread and returns the
     /// refused ones.</summary>

@@ -49,8 +49,8 @@ public sealed class EventBatch
     /// (or at <see cref="IocpServer.Stop()"/>), in the order they were made; refusals show in the
     /// next batch's <see cref="RefusedSends"/>. For a send that reports at once, or waits for
     /// room, use <see cref="IocpServer.TrySend(ConnectionId, ReadOnlySpan{byte})"/> or
-    /// <see cref="IocpServer.SendAsync"/>. Thread-safe.</summary>
-    /// <exception cref="InvalidOperationException">The server is not running.</exception>
+    /// <see cref="IocpServer.SendAsync"/>. Never throws for a connection's or the server's state
+    /// (a send after the server stopped is refused with Stopped). Thread-safe.</summary>
     public void Send(ConnectionId connection, ReadOnlySpan<byte> payload) => _reader.Gather(connection.Value, payload);
 
     /// <summary>Hands the sends gathered so far to the engine now, from this thread, instead of

@@ -86,7 +86,22 @@ public sealed partial class IocpServer
         }
         finally
         {
-            if (_running && !IsDisposed) FlushGathered(reader, forNextBatch: true);
+            FlushGatheredIfRunning(reader);
+        }
+    }
+
+    // Leaving a ReadBatchesAsync loop early: its last replies must not wait for a batch nobody
+    // will ask for.
+    private void FlushGatheredIfRunning(BatchReader reader)
+    {
+        if (!_running || IsDisposed) return;
+        try
+        {
+            FlushGathered(reader, forNextBatch: true);
+        }
+        catch (ObjectDisposedException)
+        {
+            // disposed meanwhile: nothing is written any more
         }
     }
 

@@ -546,6 +546,7 @@ public sealed unsafe partial class IocpServer : IDisposable, IAsyncDisposable
             if (_running) Native.iocpsrv_stop(_ptr, 0);
             _pull.StopPump();
             _pull.Complete();
+            if (_room.Any) _room.FailAll(new ObjectDisposedException(nameof(IocpServer)));
             _handle.Dispose(); // iocpsrv_destroy, then the user GCHandle is freed
             OnStopped();
         }
@@ -834,7 +835,6 @@ public sealed unsafe partial class IocpServer : IDisposable, IAsyncDisposable
         {
             if (added) _handle.DangerousRelease();
             run.Complete();
-            run.Batches.End();
         }
     }
 

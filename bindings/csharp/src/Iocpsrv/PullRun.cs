@@ -99,6 +99,11 @@ internal sealed class PullRun
         if (!IsPumpThread) _pump.Join();
     }
 
-    /// <summary>Ends the stream for readers: what was taken is still read, then it ends.</summary>
-    internal void Complete() => Channel.Writer.TryComplete();
+    /// <summary>Ends the stream for readers (either kind): what was taken is still read, then
+    /// it ends. Also for a run whose pump never started, so that no reader waits forever.</summary>
+    internal void Complete()
+    {
+        Channel.Writer.TryComplete();
+        Batches.End();
+    }
 }

@@ -418,6 +418,50 @@ public class BatchTests
     }
 
     [Fact]
+    public async Task AReaderWaitingBeforeStartGetsTheRunsEvents()
+    {
+        using var server = PullServer();
+        var first = server.ReadBatchAsync().AsTask(); // before Start: the first run's stream
+        server.Start();
+        using var c = await Client.ConnectAsync(server.Port);
+        var batch = await first.Within();
+        Assert.Equal(ServerEventType.Connected, Assert.Single(Copy(batch!)).Type);
+    }
+
+    [Fact]
+    public async Task DisposeEndsAWaitingReadEvenOfARunThatNeverStarted()
+    {
+        var never = PullServer();
+        var waiting = never.ReadBatchAsync().AsTask();
+        Assert.False(waiting.IsCompleted);
+        never.Dispose();
+        Assert.Null(await waiting.Within());
+
+        var server = PullServer();
+        server.Start();
+        using var c = await Client.ConnectAsync(server.Port);
+        Assert.Single(await Read(server, 1));
+        waiting = server.ReadBatchAsync().AsTask();
+        server.Dispose();
+        // It ends: with null, or with the connection's last event if the pump took it first.
+        var last = await waiting.Within();
+        if (last is not null) Assert.Equal(DisconnectReason.ServerStopped, Assert.Single(Copy(last)).Reason);
+    }
+
+    [Fact]
+    public async Task SendsGatheredAfterTheStopAreRefusedNotThrown()
+    {
+        using var server = PullServer();
+        server.Start();
+        using var c = await Client.ConnectAsync(server.Port);
+        var batch = (await server.ReadBatchAsync().AsTask().Within())!;
+        var id = Assert.Single(Copy(batch)).Connection;
+        server.Stop(TimeSpan.Zero);
+        batch.Send(id, new byte[1]); // a consumer answering the last events after a stop
+        Assert.Equal(new[] { new RefusedSend(id, IocpsrvError.Stopped) }, batch.FlushSends());
+    }
+
+    [Fact]
     public async Task ARunIsReadEitherInBatchesOrOneByOne()
     {
         using var callbacks = new IocpServer();
