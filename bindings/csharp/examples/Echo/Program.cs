@@ -5,6 +5,8 @@
 //   dotnet run --project examples/Echo -- --port 5150 [--host 127.0.0.1] [--workers N] [--pull]
 //
 // Prints "listening on HOST:PORT" once clients can connect (port 0 picks a free one).
+// --pull reads the events in batches (ReadBatchesAsync) instead of handlers, and gathers the
+// echoes with EventBatch.Send: one call into the library per batch each way.
 using System.Runtime.InteropServices;
 using Iocpsrv;
 
@@ -68,15 +70,20 @@ Console.WriteLine($"listening on {host}:{server.Port} ({IocpServer.LibraryVersio
 Task pump = Task.CompletedTask;
 if (pull)
 {
+    // Batches read in place; the echoes are gathered and handed to the library in one call
+    // when the next batch is asked for.
     pump = Task.Run(async () =>
     {
-        await foreach (var ev in server.ReadEventsAsync())
+        await foreach (EventBatch batch in server.ReadBatchesAsync())
         {
-            switch (ev.Type)
+            foreach (BatchEvent ev in batch)
             {
-                case ServerEventType.Packet: server.TrySend(ev.Connection, ev.Payload); break;
-                case ServerEventType.Connected when !quiet: Console.WriteLine($"+ {ev.Connection} {ev.Peer}"); break;
-                case ServerEventType.Disconnected when !quiet: Console.WriteLine($"- {ev.Connection} {IocpServer.ReasonName(ev.Reason)}"); break;
+                switch (ev.Type)
+                {
+                    case ServerEventType.Packet: batch.Send(ev.Connection, ev.Payload.Span); break;
+                    case ServerEventType.Connected when !quiet: Console.WriteLine($"+ {ev.Connection} {ev.Peer}"); break;
+                    case ServerEventType.Disconnected when !quiet: Console.WriteLine($"- {ev.Connection} {IocpServer.ReasonName(ev.Reason)}"); break;
+                }
             }
         }
     });

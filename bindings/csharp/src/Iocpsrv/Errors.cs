@@ -3,8 +3,8 @@ namespace Iocpsrv;
 /// <summary>
 /// Turns a library error code into the exception a .NET caller expects:
 /// <list type="bullet">
-/// <item>InvalidArgument, Range, UnknownOption, TooBig: <see cref="ArgumentException"/> (the
-/// caller passed something the library refuses);</item>
+/// <item>InvalidArgument, Range, UnknownOption, TooBig, NoSpace: <see cref="ArgumentException"/>
+/// (the caller passed something the library refuses; NoSpace: a buffer too small);</item>
 /// <item>State, InCallback, Busy, Stopped: <see cref="InvalidOperationException"/> (the call is
 /// not allowed in the server's current state);</item>
 /// <item>NotSupported: <see cref="NotSupportedException"/>;</item>
@@ -23,6 +23,7 @@ internal static class Errors
         return (IocpsrvError)code switch
         {
             IocpsrvError.InvalidArgument or IocpsrvError.Range or IocpsrvError.UnknownOption or IocpsrvError.TooBig
+                or IocpsrvError.NoSpace
                 => new ArgumentException(error.Message, paramName, error),
             IocpsrvError.State or IocpsrvError.InCallback or IocpsrvError.Busy or IocpsrvError.Stopped
                 => new InvalidOperationException(error.Message, error),

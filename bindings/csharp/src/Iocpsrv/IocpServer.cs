@@ -99,9 +99,8 @@ public sealed unsafe partial class IocpServer : IDisposable, IAsyncDisposable
     }
     private TaskCompletionSource _stopped;
 
-    private PullEvents _events;                 // this run's event stream (pull mode)
-    private Thread? _pump;
-    private CancellationTokenSource? _pumpCts;
+    private PullRun _pull;                      // this run's event stream and its pump (pull mode)
+    private readonly RoomWaiters _room = new(); // SendAsync calls waiting for a drain
 
     /// <summary>Creates a stopped server with the given options (null: the library's defaults).</summary>
     /// <exception cref="IocpsrvException">An option was refused (unknown or out of range).</exception>
@@ -113,7 +112,7 @@ public sealed unsafe partial class IocpServer : IDisposable, IAsyncDisposable
             throw new ArgumentOutOfRangeException(nameof(options), "PullChannelCapacity must be at least 1.");
         _pullMode = options.PullMode;
         _pullCapacity = options.PullChannelCapacity;
-        _events = new PullEvents(_pullCapacity);
+        _pull = new PullRun(this, _pullCapacity);
         _stopped = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         _stopped.SetResult();
 
@@ -139,6 +138,11 @@ public sealed unsafe partial class IocpServer : IDisposable, IAsyncDisposable
             Check(Native.iocpsrv_set_log_cb(server, &OnLog), "iocpsrv_set_log_cb");
             foreach (var (option, value) in options.Values())
                 Check(Native.iocpsrv_set_option(server, (int)option, value), $"iocpsrv_set_option({option}, {value})", nameof(options));
+            // The pump hands the batch readers' gathered sends over right before it polls: with
+            // this the engine writes them at that poll, once per connection. No code of the
+            // user's runs on the pump, so no other send is held back by it.
+            if (_pullMode && options.PullBatchSends is null)
+                Check(Native.iocpsrv_set_option(server, (int)ServerOption.PullBatchSends, 1), "iocpsrv_set_option(PullBatchSends, 1)");
             foreach (var (option, value) in options.StringValues())
                 Check(SetOptionStr(server, option, value), $"iocpsrv_set_option_str({option}, \"{value}\")", nameof(options));
         }
@@ -397,8 +401,24 @@ public sealed unsafe partial class IocpServer : IDisposable, IAsyncDisposable
         lock (_gate)
         {
             if (IsDisposed || !_running) return;
+            HandOverGatheredSends();
             Native.iocpsrv_stop(_ptr, ms);
             OnStopped();
+        }
+    }
+
+    // Before a stop: the sends EventBatch.Send gathered are queued, so that a graceful stop
+    // writes them.
+    private void HandOverGatheredSends()
+    {
+        if (!_pullMode) return;
+        try
+        {
+            _pull.Batches.HandOverNow(_ptr);
+        }
+        catch (Exception ex)
+        {
+            Report(ex, CallbackKind.EventPump, 0);
         }
     }
 
@@ -407,6 +427,7 @@ public sealed unsafe partial class IocpServer : IDisposable, IAsyncDisposable
         lock (_gate)
         {
             if (IsDisposed || !_running || _runId != run) return;
+            HandOverGatheredSends();
             Native.iocpsrv_stop(_ptr, ms);
             OnStopped();
         }
@@ -418,6 +439,7 @@ public sealed unsafe partial class IocpServer : IDisposable, IAsyncDisposable
         _running = false;
         _handlerStopMs = null;
         if (_keepAlive.IsAllocated) _keepAlive.Free();
+        if (_room.Any) _room.FailAll(Errors.For((int)IocpsrvError.Stopped, "SendAsync"));
         _stopped.TrySetResult();
     }
 
@@ -522,12 +544,9 @@ public sealed unsafe partial class IocpServer : IDisposable, IAsyncDisposable
         lock (_gate)
         {
             if (_running) Native.iocpsrv_stop(_ptr, 0);
-            _pumpCts?.Cancel();
-            _pump?.Join();
-            _pumpCts?.Dispose();
-            _pumpCts = null;
-            _pump = null;
-            _events.Writer.TryComplete();
+            _pull.StopPump();
+            _pull.Complete();
+            if (_room.Any) _room.FailAll(new ObjectDisposedException(nameof(IocpServer)));
             _handle.Dispose(); // iocpsrv_destroy, then the user GCHandle is freed
             OnStopped();
         }
@@ -690,7 +709,8 @@ public sealed unsafe partial class IocpServer : IDisposable, IAsyncDisposable
         int rc = Native.iocpsrv_disconnect(r.P, connection.Value, mode);
         if (rc == (int)IocpsrvError.NotConnected || rc == (int)IocpsrvError.Stopped) return false;
         Check(rc, "iocpsrv_disconnect");
-        if (_pullMode) Volatile.Read(ref _events).Closed(connection.Value);
+        if (_pullMode) Volatile.Read(ref _pull).Gate.Closed(connection.Value);
+        if (_room.Any) _room.Closed(connection.Value);
         return true;
     }
 
@@ -701,7 +721,7 @@ public sealed unsafe partial class IocpServer : IDisposable, IAsyncDisposable
     {
         using var r = Use();
         Check(Native.iocpsrv_pause_receive(r.P, connection.Value), "iocpsrv_pause_receive");
-        if (_pullMode) Volatile.Read(ref _events).Paused(connection.Value);
+        if (_pullMode) Volatile.Read(ref _pull).Gate.Paused(connection.Value);
     }
 
     /// <summary>Restarts reading from a paused connection; in pull mode its held packets are
@@ -710,7 +730,7 @@ public sealed unsafe partial class IocpServer : IDisposable, IAsyncDisposable
     {
         using var r = Use();
         Check(Native.iocpsrv_resume_receive(r.P, connection.Value), "iocpsrv_resume_receive");
-        if (_pullMode) Volatile.Read(ref _events).Resumed(connection.Value);
+        if (_pullMode) Volatile.Read(ref _pull).Gate.Resumed(connection.Value);
     }
 
     /// <summary>Bytes queued for the connection and not yet handed to the kernel.</summary>
@@ -763,8 +783,8 @@ public sealed unsafe partial class IocpServer : IDisposable, IAsyncDisposable
         get
         {
             ThrowIfDisposed();
-            if (!_pullMode) throw new InvalidOperationException("Events need a server created with IocpServerOptions.PullMode = true.");
-            return Volatile.Read(ref _events);
+            ThrowIfNotPullMode(nameof(Events));
+            return Volatile.Read(ref _pull).UseChannel();
         }
     }
 
@@ -773,65 +793,36 @@ public sealed unsafe partial class IocpServer : IDisposable, IAsyncDisposable
     public IAsyncEnumerable<ServerEvent> ReadEventsAsync(CancellationToken cancellationToken = default)
         => Events.ReadAllAsync(cancellationToken);
 
+    private void ThrowIfNotPullMode(string member)
+    {
+        if (!_pullMode) throw new InvalidOperationException($"{member} needs a server created with IocpServerOptions.PullMode = true.");
+    }
+
     // Under _gate, before listen: the previous run's pump must be gone and its stream
     // completed; this run gets a fresh one. A stream never pumped is kept (a reader may
     // already wait on it).
     private void ResetPump()
     {
-        if (_pump is null) return;
-        if (_pump.IsAlive)
-        {
-            _pumpCts!.Cancel();
-            _pump.Join();
-        }
-        _pumpCts!.Dispose();
-        _pumpCts = null;
-        _pump = null;
-        _events.Writer.TryComplete();
-        Volatile.Write(ref _events, new PullEvents(_pullCapacity));
+        if (!_pull.Started) return;
+        _pull.StopPump();
+        _pull.Complete();
+        Volatile.Write(ref _pull, new PullRun(this, _pullCapacity));
     }
 
-    private void StartPump()
-    {
-        var cts = new CancellationTokenSource();
-        var events = _events;
-        var thread = new Thread(() => Pump(events, cts.Token))
-        {
-            IsBackground = true,
-            Name = "iocpsrv-pull",
-        };
-        _pumpCts = cts;
-        _pump = thread;
-        thread.Start();
-    }
+    private void StartPump() => _pull.Start(Pump);
 
-    private const int PollBatch = 256;
+    private const int PollTimeoutMs = 100; // how soon the pump sees that it must stop
 
-    private void Pump(PullEvents events, CancellationToken ct)
+    // The pump thread: waits for the run's reader, then polls for it until the run ends.
+    private void Pump(PullRun run, CancellationToken ct)
     {
         bool added = false;
-        NativeEvent* evs = null;
-        var writer = events.Writer;
-        var batch = new PulledEvent[PollBatch];
         try
         {
             _handle.DangerousAddRef(ref added);
-            evs = (NativeEvent*)NativeMemory.Alloc((nuint)(PollBatch * sizeof(NativeEvent)));
-            while (!ct.IsCancellationRequested)
-            {
-                long poll = events.NextPoll();
-                int n = Native.iocpsrv_poll(_ptr, evs, PollBatch, 100);
-                if (n == (int)IocpsrvError.Stopped) break;
-                if (n < 0) throw new IocpsrvException(n, "iocpsrv_poll");
-                // Copy every event before the next poll: its memory is the engine's until then.
-                for (int i = 0; i < n; i++) batch[i] = new PulledEvent(Convert(in evs[i]), poll);
-                for (int i = 0; i < n; i++)
-                {
-                    if (!writer.TryWrite(batch[i]))
-                        writer.WriteAsync(batch[i], ct).AsTask().GetAwaiter().GetResult();
-                    batch[i] = default;
-                }
-            }
+            if (!run.WaitForReader(ct, out bool batches)) return;
+            if (batches) run.Batches.Run(_ptr, ct, ObservePulled);
+            else PumpChannel(run, ct);
         }
         catch (OperationCanceledException) when (ct.IsCancellationRequested)
         {
@@ -842,34 +833,76 @@ public sealed unsafe partial class IocpServer : IDisposable, IAsyncDisposable
         }
         finally
         {
-            if (evs != null) NativeMemory.Free(evs);
             if (added) _handle.DangerousRelease();
-            writer.TryComplete();
+            run.Complete();
         }
     }
 
-    private static ServerEvent Convert(in NativeEvent e)
+    // The channel's pump: polls ahead, copies each event into a ServerEvent that owns its
+    // payload (the buffer is reused by the next poll), and waits while the channel is full.
+    private void PumpChannel(PullRun run, CancellationToken ct)
     {
-        var id = new ConnectionId(e.Conn);
-        switch ((ServerEventType)e.Type)
+        var writer = run.Channel.Writer;
+        // About one channel's worth of the smallest events per poll, so that the pump holds
+        // roughly PullChannelCapacity events beyond the channel, as the option says.
+        var buffer = new PollBuffer(Math.Clamp(run.ChannelCapacity * 32, 4 << 10, 64 << 10));
+        var batch = new List<PulledEvent>();
+        while (!ct.IsCancellationRequested)
         {
-            case ServerEventType.Connected:
-                {
-                    var s = new ReadOnlySpan<byte>(e.Data, checked((int)e.Len));
-                    int z = s.IndexOf((byte)0);
-                    string peer = Encoding.UTF8.GetString(z < 0 ? s : s[..z]);
-                    return new ServerEvent(ServerEventType.Connected, id, 0, peer, Array.Empty<byte>());
-                }
-            case ServerEventType.Packet:
-                {
-                    byte[] payload = e.Len == 0 ? Array.Empty<byte>() : new ReadOnlySpan<byte>(e.Data, checked((int)e.Len)).ToArray();
-                    return new ServerEvent(ServerEventType.Packet, id, 0, null, payload);
-                }
-            case ServerEventType.Disconnected:
-                return new ServerEvent(ServerEventType.Disconnected, id, (DisconnectReason)e.Reason, null, Array.Empty<byte>());
-            default:
-                return new ServerEvent((ServerEventType)e.Type, id, 0, null, Array.Empty<byte>());
+            long poll = run.Gate.NextPoll();
+            long n = buffer.Poll(_ptr, PollTimeoutMs);
+            if (n == (int)IocpsrvError.Stopped) break;
+            if (n < 0) throw new IocpsrvException((int)n, "iocpsrv_poll_packed");
+            for (int offset = 0; offset < n;)
+            {
+                var entry = PackedRecords.ReadEvent(buffer.Array, (int)n, ref offset);
+                ObservePulled(entry);
+                batch.Add(new PulledEvent(entry.ToServerEvent(), poll));
+            }
+            foreach (var p in batch)
+            {
+                if (!writer.TryWrite(p)) writer.WriteAsync(p, ct).AsTask().GetAwaiter().GetResult();
+            }
+            batch.Clear();
         }
+    }
+
+    /// <summary>EventBatch.FlushSends, and a ReadBatchesAsync loop left early: the gathered
+    /// sends go from this thread (written at once: it does not poll). The refusals are
+    /// returned, or listed in the next batch.</summary>
+    internal RefusedSend[] FlushGathered(BatchReader reader, bool forNextBatch)
+    {
+        using var r = Use();
+        if (!forNextBatch) return reader.HandOver(r.P);
+        reader.HandOverNow(r.P);
+        return Array.Empty<RefusedSend>();
+    }
+
+    // Pull-mode SendAsync's own look at the queue: below half the limit, as the engine's drain
+    // requires. A dead connection counts as room: the send tried next reports it.
+    private bool QueueBelowHalf(ConnectionId connection)
+    {
+        try
+        {
+            using var r = Use();
+            long pending = Native.iocpsrv_pending_bytes(r.P, connection.Value);
+            long limit;
+            if (pending < 0 || Native.iocpsrv_get_option(r.P, (int)ServerOption.SendQueueLimit, &limit) < 0) return true;
+            return pending <= limit / 2;
+        }
+        catch (ObjectDisposedException)
+        {
+            return true;
+        }
+    }
+
+    // Every event a poll takes, as it takes it: drains and ends reach the SendAsync calls
+    // waiting for room even before the reader gets to them.
+    private void ObservePulled(EventEntry e)
+    {
+        if (!_room.Any) return;
+        if (e.Type == ServerEventType.Drained) _room.Drained(e.Conn);
+        else if (e.Type == ServerEventType.Disconnected) _room.Closed(e.Conn);
     }
 
     // ---- Native callbacks ----
@@ -940,6 +973,7 @@ public sealed unsafe partial class IocpServer : IDisposable, IAsyncDisposable
         try
         {
             self = From(server);
+            if (self is { _room.Any: true }) self._room.Closed(conn);
             self?.Disconnected?.Invoke(self, new DisconnectedEventArgs(new ConnectionId(conn), (DisconnectReason)reason));
         }
         catch (Exception ex)
@@ -961,6 +995,7 @@ public sealed unsafe partial class IocpServer : IDisposable, IAsyncDisposable
         try
         {
             self = From(server);
+            if (self is { _room.Any: true }) self._room.Drained(conn);
             self?.Drained?.Invoke(self, new DrainedEventArgs(new ConnectionId(conn)));
         }
         catch (Exception ex)

@@ -80,6 +80,13 @@ public sealed class IocpServerOptions
     /// hold at once; 0 = no limit (default).</summary>
     public int? MaxConnectionsPerSource { get; set; }
 
+    /// <summary>IOCPSRV_OPT_PULL_BATCH_SENDS: pull mode: sends made by the thread that polls
+    /// are written at its next poll, once per connection. Null (default): on in pull mode, where
+    /// that thread is the binding's pump and sends only what <see cref="EventBatch.Send"/>
+    /// gathered; your own sends are never held back. False writes each gathered send at
+    /// once.</summary>
+    public bool? PullBatchSends { get; set; }
+
     /// <summary>Pull mode: how many events the binding's pump may hold copied (beyond the
     /// engine's own queue) before it waits for the reader. Default 1024. Not a library
     /// option.</summary>
@@ -114,6 +121,7 @@ public sealed class IocpServerOptions
         if (ProxyProtocol is { } pp) yield return (ServerOption.ProxyProtocol, (long)pp);
         if (ReusePort is { } rp) yield return (ServerOption.ReusePort, rp ? 1 : 0);
         if (MaxConnectionsPerSource is { } mps) yield return (ServerOption.MaxConnectionsPerSource, mps);
+        if (PullBatchSends is { } pbs) yield return (ServerOption.PullBatchSends, pbs ? 1 : 0);
     }
 
     internal IEnumerable<(ServerOption Option, string Value)> StringValues()

@@ -101,6 +101,9 @@ internal static unsafe partial class Native
     internal static partial int iocpsrv_set_packet_cb(nint server,
         delegate* unmanaged[Cdecl]<nint, ulong, nint, byte*, nuint, int> cb);
     [LibraryImport(Lib)]
+    internal static partial int iocpsrv_set_packet_batch_cb(nint server,
+        delegate* unmanaged[Cdecl]<nint, ulong, nint, NativeBuf*, int, int> cb);
+    [LibraryImport(Lib)]
     internal static partial int iocpsrv_set_disconnect_cb(nint server,
         delegate* unmanaged[Cdecl]<nint, ulong, nint, int, void> cb);
     [LibraryImport(Lib)]
@@ -140,6 +143,11 @@ internal static unsafe partial class Native
     [LibraryImport(Lib)] internal static partial int iocpsrv_poll(nint server, NativeEvent* events, int max, int timeoutMs);
     [LibraryImport(Lib)] internal static partial long iocpsrv_wait_handle(nint server);
 
+    // ---- Packed batches (formats in PackedRecords) ----
+    [LibraryImport(Lib)] internal static partial long iocpsrv_poll_packed(nint server, byte* buf, nuint cap, int timeoutMs);
+    [LibraryImport(Lib)]
+    internal static partial int iocpsrv_send_packed(nint server, byte* buf, nuint size, NativeSendResult* refused, int maxRefused);
+
     /// <summary>A static NUL-terminated UTF-8 string from the library, as a string.</summary>
     internal static string Str(byte* p) => p == null ? string.Empty : Marshal.PtrToStringUTF8((nint)p) ?? string.Empty;
 }
@@ -150,6 +158,14 @@ internal unsafe struct NativeBuf
 {
     public void* Base;
     public nuint Len;
+}
+
+/// <summary>iocpsrv_send_result_t: one record iocpsrv_send_packed refused.</summary>
+[StructLayout(LayoutKind.Sequential)]
+internal struct NativeSendResult
+{
+    public uint Index;
+    public int Error;
 }
 
 /// <summary>iocpsrv_event_t (40 bytes on 64-bit).</summary>

@@ -48,6 +48,9 @@ public enum IocpsrvError
     System = -15,
     /// <summary>IOCPSRV_EACCES: permission denied.</summary>
     AccessDenied = -16,
+    /// <summary>IOCPSRV_ENOSPACE: a packed poll's buffer is too small for the next event
+    /// (the binding grows its buffer and polls again; it does not reach your code).</summary>
+    NoSpace = -17,
 }
 
 /// <summary>Why a connection ended (iocpsrv_reason_t).</summary>

@@ -209,6 +209,7 @@ public class IdiomTests
             [IocpsrvError.Range] = typeof(ArgumentException),
             [IocpsrvError.UnknownOption] = typeof(ArgumentException),
             [IocpsrvError.TooBig] = typeof(ArgumentException),
+            [IocpsrvError.NoSpace] = typeof(ArgumentException),
             [IocpsrvError.State] = typeof(InvalidOperationException),
             [IocpsrvError.InCallback] = typeof(InvalidOperationException),
             [IocpsrvError.Busy] = typeof(InvalidOperationException),

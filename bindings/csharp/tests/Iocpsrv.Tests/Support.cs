@@ -69,9 +69,13 @@ internal sealed class Client : IDisposable
         _bigEndian = bigEndian;
     }
 
-    public static async Task<Client> ConnectAsync(int port, int headerSize = 4, bool bigEndian = false)
+    /// <summary>Connects to 127.0.0.1:<paramref name="port"/>. A <paramref name="receiveBufferSize"/>
+    /// above 0 sets SO_RCVBUF before the connect (a small one makes a client that stops reading
+    /// push back on the server soon).</summary>
+    public static async Task<Client> ConnectAsync(int port, int headerSize = 4, bool bigEndian = false, int receiveBufferSize = 0)
     {
         var s = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+        if (receiveBufferSize > 0) s.ReceiveBufferSize = receiveBufferSize;
         try
         {
             await s.ConnectAsync("127.0.0.1", port).Within();
