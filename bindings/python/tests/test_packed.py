@@ -1,6 +1,7 @@
 """Packed batches: the record formats, the poll buffer, deferred sends and their
 refusals, and the batch API of the threaded server."""
 
+import array
 import logging
 import socket
 import struct
@@ -360,6 +361,27 @@ def test_a_mutable_payload_is_copied_when_sent():
         with Client(srv.port) as c:
             c.send(b"go")
             assert [c.recv(), c.recv()] == [b"first", b"later"]
+
+
+def test_only_bytes_likes_are_sent():
+    """bytes() would turn an int into zero bytes and a list of ints into bytes: a
+    deferred send must refuse them as an immediate one does (TypeError)."""
+    errors = []
+
+    def on_packet(conn, data):
+        for bad in (3, [65, 66], "text"):
+            try:
+                srv.send(conn, bad)
+            except TypeError:
+                errors.append(bad)
+        srv.send(conn, array.array("H", [0x4241]))  # any buffer: its bytes
+        srv.send(conn, b"end")
+
+    with iocpsrv.Server(worker_threads=2, on_packet=on_packet) as srv:
+        with Client(srv.port) as c:
+            c.send(b"go")
+            assert [c.recv(), c.recv()] == [b"AB", b"end"]
+    assert errors == [3, [65, 66], "text"]
 
 
 def test_another_threads_send_goes_behind_the_deferred_ones():
