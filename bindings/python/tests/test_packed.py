@@ -122,6 +122,31 @@ def test_poll_buffer_grows_for_a_max_size_packet(raw):
     assert payloads == [b"a" * big, b"b"]
 
 
+@pytest.mark.parametrize("mode", ["on_packet", "on_batch"])
+def test_server_takes_packets_of_max_packet_size(mode):
+    """Through the threaded server: its 64 KiB buffer grows once to the largest
+    packet's record, and both the largest packet and those around it come intact."""
+    top = 200_001
+    got = []
+
+    def on_packet(conn, data):
+        got.append(data)
+
+    def on_batch(packets):
+        got.extend(data for _, data in packets)
+
+    callbacks = dict(on_packet=on_packet) if mode == "on_packet" else dict(on_batch=on_batch)
+    with iocpsrv.Server(worker_threads=2, max_packet_size=top, batch_size=1,
+                        **callbacks) as srv:
+        assert srv._poll_buffer.capacity == 64 * 1024
+        with Client(srv.port) as c:
+            payloads = [b"s", b"m" * top, b"", b"n" * (top - 1), b"t"]
+            c.send_raw(b"".join(c.frame(p) for p in payloads))
+            assert wait_until(lambda: len(got) == len(payloads))
+        assert srv._poll_buffer.capacity == packed.event_record_size(top) == 24 + 200_008
+    assert got == payloads
+
+
 def test_poll_with_a_limit_leaves_a_larger_event_queued(raw):
     with Client(raw.port) as c:
         raw.poll_until(lambda e: e)  # the CONNECT
