@@ -384,7 +384,7 @@ class Server(ServerBase):
                             log.error("iocpsrv_poll_packed failed: %s", error_from_code(end))
                         self._finished()
                         break
-                    if empty or flush_only:
+                    if empty:
                         break
                     empty = True
                     continue
