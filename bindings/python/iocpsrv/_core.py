@@ -155,8 +155,8 @@ class ServerBase:
             raise
         self._batch_size = batch_size
         # About batch_size events of up to 1 KiB per poll (fewer if larger, more if
-        # smaller: a poll takes what fits).
-        self._poll_buffer = PollBuffer(max(MIN_POLL_BYTES, batch_size * 1024))
+        # smaller: a poll takes what fits), within 64 KiB .. 16 MiB.
+        self._poll_buffer = PollBuffer(min(max(MIN_POLL_BYTES, batch_size * 1024), 16 << 20))
         self._send_records = SendRecords()
         self._send = lib.iocpsrv_send
         self._pump = -1  # the polling thread's id while it runs (its sends are deferred)
@@ -335,7 +335,9 @@ class ServerBase:
         # stalled, a payload small enough to copy into the batch.
         if self._pump == get_ident() and conn in self._sendable:
             if type(data) is not bytes:
-                data = bytes(data)  # a snapshot: the caller may change its buffer
+                # A snapshot (the caller may change its buffer), of bytes-likes only:
+                # bytes() would also take an int or a list of ints.
+                data = memoryview(data).tobytes()
             if len(data) <= self._defer_max:
                 pending = self._pending
                 pending.append((conn, data))
@@ -370,7 +372,7 @@ class ServerBase:
         with self._pending_lock:
             if not self._has_pending(conn):
                 return False
-            self._pending.append((conn, bytes(data)))
+            self._pending.append((conn, memoryview(data).tobytes()))
             return True
 
     def _has_pending(self, conn: int) -> bool:
@@ -523,7 +525,8 @@ class ServerBase:
         without joining them in Python (iocpsrv_sendv)."""
         if self._pump == get_ident():
             self._flush_sends()
-        elif self._pending and self._defer_behind(conn, b"".join(bytes(p) for p in parts)):
+        elif self._pending and self._defer_behind(
+                conn, b"".join(memoryview(p).tobytes() for p in parts)):
             return
         if conn in self._stalled:
             self._full.add(conn)

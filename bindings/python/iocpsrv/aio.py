@@ -384,7 +384,7 @@ class Server(ServerBase):
                             log.error("iocpsrv_poll_packed failed: %s", error_from_code(end))
                         self._finished()
                         break
-                    if empty or flush_only:
+                    if empty:
                         break
                     empty = True
                     continue
@@ -455,7 +455,7 @@ class Server(ServerBase):
         # the dispatch) gets a hand-over scheduled with call_soon.
         if self._pump == get_ident() and conn in self._sendable:
             if type(data) is not bytes:
-                data = bytes(data)
+                data = memoryview(data).tobytes()  # a snapshot (see ServerBase.send)
             if len(data) <= self._defer_max:
                 pending = self._pending
                 pending.append((conn, data))

@@ -1,6 +1,7 @@
 """Packed batches: the record formats, the poll buffer, deferred sends and their
 refusals, and the batch API of the threaded server."""
 
+import array
 import logging
 import socket
 import struct
@@ -119,6 +120,31 @@ def test_poll_buffer_grows_for_a_max_size_packet(raw):
     assert raw.buf.capacity == packed.event_record_size(big) == 24 + 100_008
     payloads = [e[3] for e in raw.events if e[0] == n.IOCPSRV_EVENT_PACKET]
     assert payloads == [b"a" * big, b"b"]
+
+
+@pytest.mark.parametrize("mode", ["on_packet", "on_batch"])
+def test_server_takes_packets_of_max_packet_size(mode):
+    """Through the threaded server: its 64 KiB buffer grows once to the largest
+    packet's record, and both the largest packet and those around it come intact."""
+    top = 200_001
+    got = []
+
+    def on_packet(conn, data):
+        got.append(data)
+
+    def on_batch(packets):
+        got.extend(data for _, data in packets)
+
+    callbacks = dict(on_packet=on_packet) if mode == "on_packet" else dict(on_batch=on_batch)
+    with iocpsrv.Server(worker_threads=2, max_packet_size=top, batch_size=1,
+                        **callbacks) as srv:
+        assert srv._poll_buffer.capacity == 64 * 1024
+        with Client(srv.port) as c:
+            payloads = [b"s", b"m" * top, b"", b"n" * (top - 1), b"t"]
+            c.send_raw(b"".join(c.frame(p) for p in payloads))
+            assert wait_until(lambda: len(got) == len(payloads))
+        assert srv._poll_buffer.capacity == packed.event_record_size(top) == 24 + 200_008
+    assert got == payloads
 
 
 def test_poll_with_a_limit_leaves_a_larger_event_queued(raw):
@@ -360,6 +386,27 @@ def test_a_mutable_payload_is_copied_when_sent():
         with Client(srv.port) as c:
             c.send(b"go")
             assert [c.recv(), c.recv()] == [b"first", b"later"]
+
+
+def test_only_bytes_likes_are_sent():
+    """bytes() would turn an int into zero bytes and a list of ints into bytes: a
+    deferred send must refuse them as an immediate one does (TypeError)."""
+    errors = []
+
+    def on_packet(conn, data):
+        for bad in (3, [65, 66], "text"):
+            try:
+                srv.send(conn, bad)
+            except TypeError:
+                errors.append(bad)
+        srv.send(conn, array.array("H", [0x4241]))  # any buffer: its bytes
+        srv.send(conn, b"end")
+
+    with iocpsrv.Server(worker_threads=2, on_packet=on_packet) as srv:
+        with Client(srv.port) as c:
+            c.send(b"go")
+            assert [c.recv(), c.recv()] == [b"AB", b"end"]
+    assert errors == [3, [65, 66], "text"]
 
 
 def test_another_threads_send_goes_behind_the_deferred_ones():
