@@ -14,7 +14,8 @@
 #                    IOCPSRV_LIBRARY: net10.0 built (deps.json probing), published for
 #                    linux-x64 framework-dependent, and net8.0 published for linux-x64
 #                    self-contained (so it runs on the .NET 8 runtime); each serves one echo
-#   4. echo          examples/Echo under iocpsrv-flood: 100 pipelining clients, every echo verified
+#   4. echo          examples/Echo under iocpsrv-flood: 100 pipelining clients, every echo
+#                    verified; per-packet handler, --batch (PacketsReceived) and --pull (batches)
 #
 # IOCPSRV_BUILD_DIR=DIR uses another CMake build tree of the Linux library instead of
 # build/linux (DIR/dll/libiocpsrv.so, DIR/samples/iocpsrv-flood), e.g. one configured with
@@ -146,6 +147,8 @@ else
 fi
 
 # ---- 4. examples/Echo under flood ----------------------------------------------------------
+# Each way of taking packets: a handler call per packet, per receive (--batch), and pull-mode
+# batches read in place with gathered replies (--pull).
 step "examples/Echo with 100 pipelining clients"
 if [ ! -x "$FLOOD" ]; then
   echo "csharp: SKIPPED: $FLOOD is missing"
@@ -153,31 +156,35 @@ elif ! timeout 600 dotnet build "$HERE/examples/Echo/Echo.csproj" -c Release -v 
   cat "$TMP/echo-build.log" >&2
   fail "echo build"
 else
-  dotnet "$HERE/examples/Echo/bin/Release/net10.0/Echo.dll" --port 0 --quiet >"$TMP/echo.out" 2>&1 &
-  ECHO_PID=$!
-  port=""
-  for _ in $(seq 300); do
-    port=$(sed -n 's/^listening on [^ ]*:\([0-9]*\).*/\1/p' "$TMP/echo.out")
-    [ -n "$port" ] && break
-    kill -0 "$ECHO_PID" 2>/dev/null || break
-    sleep 0.1
-  done
-  if [ -z "$port" ]; then
-    cat "$TMP/echo.out" >&2
-    fail "echo start"
-  else
+  for mode in "" --batch --pull; do
+    name="examples/Echo${mode:+ $mode}"
+    dotnet "$HERE/examples/Echo/bin/Release/net10.0/Echo.dll" --port 0 --quiet $mode >"$TMP/echo.out" 2>&1 &
+    ECHO_PID=$!
+    port=""
+    for _ in $(seq 300); do
+      port=$(sed -n 's/^listening on [^ ]*:\([0-9]*\).*/\1/p' "$TMP/echo.out")
+      [ -n "$port" ] && break
+      kill -0 "$ECHO_PID" 2>/dev/null || break
+      sleep 0.1
+    done
+    if [ -z "$port" ]; then
+      cat "$TMP/echo.out" >&2
+      fail "$name start"
+      kill "$ECHO_PID" 2>/dev/null; wait "$ECHO_PID" 2>/dev/null; ECHO_PID=""
+      continue
+    fi
     head -n1 "$TMP/echo.out"
     if timeout 120 "$FLOOD" --port "$port" --connections 100 --depth 8 --count 500 --size 64 --threads 2 --no-progress; then
-      ok "flood against examples/Echo"
+      ok "flood against $name"
     else
-      fail "flood against examples/Echo"
+      fail "flood against $name"
     fi
     kill -TERM "$ECHO_PID"
     wait "$ECHO_PID"; erc=$?
     ECHO_PID=""
     tail -n1 "$TMP/echo.out"
-    if [ "$erc" -eq 0 ]; then ok "echo stopped cleanly on SIGTERM"; else fail "echo exit status $erc after SIGTERM"; fi
-  fi
+    if [ "$erc" -eq 0 ]; then ok "$name stopped cleanly on SIGTERM"; else fail "$name exit status $erc after SIGTERM"; fi
+  done
 fi
 
 summary "$XFAILED"

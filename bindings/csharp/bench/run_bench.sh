@@ -1,17 +1,26 @@
 #!/usr/bin/env bash
-# run_bench.sh -- examples/Echo (iocpsrv .NET binding) vs bench/SocketEcho (plain .NET
-# Socket async echo, same 4-byte framing), both driven by build/linux/samples/iocpsrv-flood.
-# A measurement, not a test: it prints msgs/s and server CPU per message for each, and the
-# ratio. Needs build/linux (cmake --preset linux && cmake --build --preset linux).
+# run_bench.sh -- examples/Echo (iocpsrv .NET binding) in each way of taking packets, against
+# bench/SocketEcho (plain .NET Socket async echo, same 4-byte framing) and the C iocpsrv-echo,
+# all driven by build/linux/samples/iocpsrv-flood. A measurement, not a test: it prints msgs/s
+# and server CPU per message for each run, then the medians over the rounds and the ratios
+# (callback / pull, batch / per-packet, binding / plain sockets). Needs build/linux
+# (cmake --preset linux && cmake --build --preset linux).
 #
-#   bash bindings/csharp/bench/run_bench.sh [--duration S] [--connections N] [--depth D] [--size B] [--rounds R]
+#   bash bindings/csharp/bench/run_bench.sh [--duration S] [--connections N] [--depth D] [--size B]
+#        [--rounds R] [--servers echo,batch,pull,pullev,socket,c,cpull]
+#
+# Servers: echo = examples/Echo with a PacketReceived handler, batch = --batch
+# (PacketsReceived), pull = --pull (ReadBatchesAsync, replies gathered with EventBatch.Send),
+# pullev = --pull-events (ReadEventsAsync, a TrySend per packet), socket = bench/SocketEcho,
+# c = the C iocpsrv-echo, cpull = bench/pull_echo.c (a C host polling as the pull reader does:
+# the most pull mode gives any binding on this engine).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 CS="$(cd "$HERE/.." && pwd)"
 ROOT="$(cd "$CS/../.." && pwd)"
 FLOOD="$ROOT/build/linux/samples/iocpsrv-flood"
-DURATION=5 CONNECTIONS=8 DEPTH=16 SIZE=10 ROUNDS=1
+DURATION=5 CONNECTIONS=8 DEPTH=16 SIZE=10 ROUNDS=1 SERVERS=echo,batch,pull,pullev,socket,c,cpull
 while [ $# -gt 0 ]; do
   case "$1" in
     --duration) DURATION=$2; shift 2 ;;
@@ -19,6 +28,7 @@ while [ $# -gt 0 ]; do
     --depth) DEPTH=$2; shift 2 ;;
     --size) SIZE=$2; shift 2 ;;
     --rounds) ROUNDS=$2; shift 2 ;;
+    --servers) SERVERS=$2; shift 2 ;;
     *) echo "run_bench.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -38,11 +48,18 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# The C pull reference, if a compiler is at hand.
+if command -v cc >/dev/null 2>&1; then
+  cc -O2 -I"$ROOT/dll/include" "$HERE/pull_echo.c" -L"$ROOT/build/linux/dll" -liocpsrv \
+    -Wl,-rpath,"$ROOT/build/linux/dll" -o "$TMP/pull_echo" || echo "run_bench.sh: pull_echo.c did not build: cpull left out" >&2
+fi
+
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 # run NAME CMD...: start the server, flood it, print "msgs/s cpu_ns_per_msg".
 run() {
   local name=$1; shift
+  : >"$TMP/$name.out" # before the server starts: the wait below reads it at once
   "$@" >"$TMP/$name.out" 2>&1 &
   SERVER_PID=$!
   local port=""
@@ -67,16 +84,59 @@ print(f'{j["msgs_per_s"]:.0f} {cpu_s * 1e9 / j["packets"]:.0f}')
 PY
 }
 
+# The servers, by key: what runs and how it is labelled.
+declare -A LABEL=(
+  [echo]="examples/Echo (PacketReceived)"
+  [batch]="examples/Echo --batch (PacketsReceived)"
+  [pull]="examples/Echo --pull (ReadBatchesAsync)"
+  [pullev]="examples/Echo --pull-events (ReadEventsAsync)"
+  [socket]="bench/SocketEcho (plain Socket)"
+  [c]="(reference: C iocpsrv-echo)"
+  [cpull]="(reference: C pull_echo.c)"
+)
+server_cmd() {
+  case "$1" in
+    echo) echo dotnet "$ECHO_DLL" --port 0 --quiet ;;
+    batch) echo dotnet "$ECHO_DLL" --port 0 --quiet --batch ;;
+    pull) echo dotnet "$ECHO_DLL" --port 0 --quiet --pull ;;
+    pullev) echo dotnet "$ECHO_DLL" --port 0 --quiet --pull-events ;;
+    socket) echo dotnet "$SOCK_DLL" --port 0 ;;
+    c) echo "$ROOT/build/linux/samples/iocpsrv-echo" --port 0 ;;
+    cpull) echo "$TMP/pull_echo" ;;
+  esac
+}
+
 echo "flood: $CONNECTIONS connections x depth $DEPTH x $SIZE-byte payloads, ${DURATION}s per run, $ROUNDS round(s)"
-printf '%-34s %14s %16s\n' server msgs/s "server CPU/msg"
+printf '%-42s %14s %16s\n' server msgs/s "server CPU/msg"
+IFS=, read -r -a KEYS <<<"$SERVERS"
 for r in $(seq "$ROUNDS"); do
-  read -r e_rate e_cpu < <(run echo dotnet "$ECHO_DLL" --port 0 --quiet ${ECHO_ARGS:-})
-  printf '%-34s %14s %13s ns\n' "examples/Echo (iocpsrv binding)" "$e_rate" "$e_cpu"
-  read -r s_rate s_cpu < <(run socket dotnet "$SOCK_DLL" --port 0)
-  printf '%-34s %14s %13s ns\n' "bench/SocketEcho (plain Socket)" "$s_rate" "$s_cpu"
-  python3 -c "import sys; e,s,ec,sc=map(float,sys.argv[1:]); print(f'ratio Echo/SocketEcho: {e/s:.2f}x msgs/s, {ec/sc:.2f}x CPU per message')" "$e_rate" "$s_rate" "$e_cpu" "$s_cpu"
-  if [ -x "$ROOT/build/linux/samples/iocpsrv-echo" ]; then
-    read -r c_rate c_cpu < <(run cecho "$ROOT/build/linux/samples/iocpsrv-echo" --port 0)
-    printf '%-34s %14s %13s ns\n' "(reference: C iocpsrv-echo)" "$c_rate" "$c_cpu"
-  fi
+  for key in "${KEYS[@]}"; do
+    [ -n "${LABEL[$key]:-}" ] || { echo "run_bench.sh: unknown server $key" >&2; exit 2; }
+    [ "$key" != c ] || [ -x "$ROOT/build/linux/samples/iocpsrv-echo" ] || continue
+    [ "$key" != cpull ] || [ -x "$TMP/pull_echo" ] || continue
+    # shellcheck disable=SC2046
+    read -r rate cpu < <(run "$key" $(server_cmd "$key"))
+    printf '%-42s %14s %13s ns\n' "${LABEL[$key]}" "$rate" "$cpu"
+    echo "$key $rate $cpu" >>"$TMP/results"
+  done
 done
+
+# Medians over the rounds, and the ratios that matter.
+python3 - "$TMP/results" "$ROUNDS" <<'PY'
+import statistics, sys
+rows = {}
+for line in open(sys.argv[1]):
+    k, rate, cpu = line.split()
+    rows.setdefault(k, []).append((float(rate), float(cpu)))
+med = {k: (statistics.median(r for r, _ in v), statistics.median(c for _, c in v)) for k, v in rows.items()}
+print(f"median of {sys.argv[2]} round(s):")
+for k, (rate, cpu) in med.items():
+    print(f"  {k:8} {rate:12.0f} msgs/s {cpu:8.0f} ns/msg")
+def ratio(a, b):
+    if a in med and b in med:
+        print(f"  {a} / {b}: {med[a][0] / med[b][0]:.2f}x the msgs/s, {med[a][1] / med[b][1]:.2f}x the CPU per message")
+ratio("echo", "pull")    # how far pull mode is behind callbacks
+ratio("pull", "cpull")   # the binding's pull mode against the C host doing the same
+ratio("batch", "echo")   # what PacketsReceived saves
+ratio("echo", "socket")  # the binding against plain .NET sockets
+PY

@@ -87,9 +87,11 @@ public sealed class IocpServerOptions
     /// once.</summary>
     public bool? PullBatchSends { get; set; }
 
-    /// <summary>Pull mode: how many events the binding's pump may hold copied (beyond the
-    /// engine's own queue) before it waits for the reader. Default 1024. Not a library
-    /// option.</summary>
+    /// <summary>Pull mode, <see cref="IocpServer.Events"/> and
+    /// <see cref="IocpServer.ReadEventsAsync"/>: how many events the binding's pump may hold
+    /// copied (beyond the engine's own queue) before it waits for the reader. Default 1024.
+    /// Batches (<see cref="IocpServer.ReadBatchAsync"/>) hold none: they are polled when asked
+    /// for. Not a library option.</summary>
     public int PullChannelCapacity { get; set; } = 1024;
 
     internal IEnumerable<(ServerOption Option, long Value)> Values()

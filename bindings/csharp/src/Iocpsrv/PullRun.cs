@@ -91,12 +91,16 @@ internal sealed class PullRun
     /// <summary>Whether the pump was started (a run that listened).</summary>
     internal bool Started => _pump is not null;
 
-    /// <summary>Stops the pump and waits for it, except on the pump thread itself.</summary>
+    /// <summary>Stops the pump and waits for it, except on the pump thread itself (a handler
+    /// of UnhandledCallbackException reporting the pump may dispose the server), which ends
+    /// once it returns.</summary>
     internal void StopPump()
     {
         if (_pump is null) return;
         _stop!.Cancel();
-        if (!IsPumpThread) _pump.Join();
+        if (IsPumpThread) return;
+        _pump.Join();
+        _stop.Dispose(); // only once the pump, which registers on its token, is gone
     }
 
     /// <summary>Ends the stream for readers (either kind): what was taken is still read, then

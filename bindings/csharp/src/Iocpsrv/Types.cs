@@ -311,6 +311,60 @@ public sealed class IocpsrvException : Exception
 /// copy what you keep (<c>payload.ToArray()</c>).</summary>
 public delegate void PacketHandler(IocpServer server, ConnectionId connection, ReadOnlySpan<byte> payload);
 
+/// <summary>Handles the packets one receive completed for one connection
+/// (<see cref="IocpServer.PacketsReceived"/>). <paramref name="packets"/> is valid only during
+/// the call: copy what you keep.</summary>
+public delegate void PacketBatchHandler(IocpServer server, ConnectionId connection, PacketBatch packets);
+
+/// <summary>The whole packets one receive completed for one connection, in arrival order, as
+/// views into the engine's buffers: valid only during the handler's call (iocpsrv's packet-batch
+/// callback).</summary>
+public readonly unsafe ref struct PacketBatch
+{
+    private readonly NativeBuf* _packets;
+
+    internal PacketBatch(NativeBuf* packets, int count)
+    {
+        _packets = packets;
+        Count = count;
+    }
+
+    /// <summary>How many packets (at least 1).</summary>
+    public int Count { get; }
+
+    /// <summary>The payload of packet <paramref name="index"/> (0-based).</summary>
+    public ReadOnlySpan<byte> this[int index]
+    {
+        get
+        {
+            ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual((uint)index, (uint)Count, nameof(index));
+            return new ReadOnlySpan<byte>(_packets[index].Base, checked((int)_packets[index].Len));
+        }
+    }
+
+    /// <summary>The payloads in order.</summary>
+    public Enumerator GetEnumerator() => new(this);
+
+    /// <summary>Enumerates a <see cref="PacketBatch"/>'s payloads.</summary>
+    public ref struct Enumerator
+    {
+        private readonly PacketBatch _batch;
+        private int _index;
+
+        internal Enumerator(PacketBatch batch)
+        {
+            _batch = batch;
+            _index = -1;
+        }
+
+        /// <summary>The current payload.</summary>
+        public readonly ReadOnlySpan<byte> Current => _batch[_index];
+
+        /// <summary>Moves to the next payload.</summary>
+        public bool MoveNext() => ++_index < _batch.Count;
+    }
+}
+
 /// <summary>Handles a server event; <paramref name="server"/> is the server that raised it.</summary>
 public delegate void ServerEventHandler<in TEventArgs>(IocpServer server, TEventArgs e);
 
@@ -394,10 +448,12 @@ public enum CallbackKind
     WorkerStopped,
     /// <summary>The pull-mode event pump.</summary>
     EventPump,
+    /// <summary>The PacketsReceived handler.</summary>
+    PacketsReceived,
 }
 
 /// <summary>A handler threw. The exception never reaches native code; this event reports it.
-/// For Connected and PacketReceived, <see cref="CloseConnection"/> (default true) decides
+/// For Connected, PacketReceived and PacketsReceived, <see cref="CloseConnection"/> (default true) decides
 /// whether the connection is refused / closed gracefully.</summary>
 public sealed class CallbackExceptionEventArgs : EventArgs
 {
@@ -413,8 +469,8 @@ public sealed class CallbackExceptionEventArgs : EventArgs
     public CallbackKind Callback { get; }
     /// <summary>The connection it ran for (default for worker and log handlers).</summary>
     public ConnectionId Connection { get; }
-    /// <summary>Connected: refuse the client; PacketReceived: close the connection
-    /// gracefully (queued sends are flushed first). Ignored for the other handlers.
+    /// <summary>Connected: refuse the client; PacketReceived, PacketsReceived: close the
+    /// connection gracefully (queued sends are flushed first). Ignored for the other handlers.
     /// Default true.</summary>
     public bool CloseConnection { get; set; } = true;
 }
