@@ -203,6 +203,11 @@ def read_event(buf: PollBuffer, offset: int):
     return kind, reason, conn, buf.chunks[start:start + length]
 
 
+def peer_text(payload: bytes) -> str:
+    """A CONNECT record's payload: the peer address, without a NUL (iocpsrv.h)."""
+    return payload.decode("utf-8", "replace")
+
+
 def build_send_records(sends) -> bytearray:
     """The iocpsrv_send_packed buffer for (conn, payload) pairs, in order."""
     out = bytearray()

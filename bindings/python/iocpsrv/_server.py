@@ -11,7 +11,7 @@ from . import _native as n
 from ._core import ServerBase, log, timeout_ms
 from ._errors import InCallback, InvalidState, error_from_code
 from ._native import ffi
-from ._packed import dispatch_records, read_event
+from ._packed import dispatch_records, peer_text, read_event
 from ._types import REASONS
 
 __all__ = ["Server"]
@@ -299,7 +299,7 @@ class Server(ServerBase):
         if kind == _CONNECT:
             cb = self.on_connect
             if cb is not None:
-                peer = payload.rstrip(b"\0").decode("utf-8", "replace")
+                peer = peer_text(payload)
                 try:
                     r = cb(conn, peer)
                 except BaseException:

@@ -42,7 +42,7 @@ from . import _native as n
 from ._core import DEFER_MAX_COUNT, ServerBase, log, timeout_ms
 from ._errors import ConnectionNotFound, InvalidState, SendQueueFull, ServerStopped, error_from_code
 from ._native import ffi
-from ._packed import EVENT_HEADER, dispatch_records, read_event
+from ._packed import EVENT_HEADER, dispatch_records, peer_text, read_event
 from ._types import REASONS, EventType, Reason
 
 __all__ = ["Server", "Protocol", "Connection", "Event", "serve"]
@@ -589,7 +589,7 @@ class Server(ServerBase):
                 append(Event(_EV_PACKET, conn, chunks[start:start + length]))
             elif kind == _CONNECT:
                 self._sendable.add(conn)
-                peer = chunks[start:start + length].rstrip(b"\0").decode("utf-8", "replace")
+                peer = peer_text(chunks[start:start + length])
                 append(Event(_EV_CONNECT, conn, b"", peer))
             elif kind == _DISCONNECT:
                 # Gone for the engine now: sends to it raise at once, drain() ends.
@@ -696,7 +696,7 @@ class Server(ServerBase):
                                  payload: bytes) -> None:
         conns = self._conns
         if kind == _CONNECT:
-            peer = payload.rstrip(b"\0").decode("utf-8", "replace")
+            peer = peer_text(payload)
             c = Connection(self, conn, peer)
             try:
                 c.protocol = p = self._factory()
