@@ -20,20 +20,25 @@ typedef struct packed_server_s {
   int port;
 } packed_server_t;
 
-/* send_queue_limit > 0 also turns IOCPSRV_OPT_PULL_BATCH_SENDS on: the consumer's
- * sends wait in the queue until its next poll, so the limit can be reached. */
-static void packed_start(packed_server_t *ps, int64_t send_queue_limit) {
+/* A pull-mode server; a send_queue_limit > 0 is set, and with batch_sends the
+ * consumer's sends wait in the queue until its next poll (IOCPSRV_OPT_PULL_BATCH_SENDS),
+ * so the limit can be reached. */
+static void packed_start_with(packed_server_t *ps, int64_t send_queue_limit, int batch_sends) {
   CHECK_OK(iocpsrv_create(&ps->srv, NULL));
   CHECK_OK(iocpsrv_set_option(ps->srv, IOCPSRV_OPT_PULL_MODE, 1));
   CHECK_OK(iocpsrv_set_option(ps->srv, IOCPSRV_OPT_WORKER_THREADS, 2));
   CHECK_OK(iocpsrv_set_option(ps->srv, IOCPSRV_OPT_MAX_PACKET_SIZE, 4096));
-  if (send_queue_limit) {
+  if (send_queue_limit)
     CHECK_OK(iocpsrv_set_option(ps->srv, IOCPSRV_OPT_SEND_QUEUE_LIMIT, send_queue_limit));
-    CHECK_OK(iocpsrv_set_option(ps->srv, IOCPSRV_OPT_PULL_BATCH_SENDS, 1));
-  }
+  CHECK_OK(iocpsrv_set_option(ps->srv, IOCPSRV_OPT_PULL_BATCH_SENDS, batch_sends));
   CHECK_OK(iocpsrv_listen(ps->srv, "127.0.0.1", 0));
   ps->port = iocpsrv_port(ps->srv);
   CHECK_GT(ps->port, 0);
+}
+
+/* send_queue_limit > 0 turns IOCPSRV_OPT_PULL_BATCH_SENDS on too. */
+static void packed_start(packed_server_t *ps, int64_t send_queue_limit) {
+  packed_start_with(ps, send_queue_limit, send_queue_limit > 0);
 }
 
 static void packed_stop(packed_server_t *ps) {
@@ -380,6 +385,68 @@ static void packed_send_refusals(void) {
   packed_stop(&ps);
 }
 
+/* Puts `count` records of 100 bytes for `conn`, each filled with its number. */
+static void put_numbered(uint8_t *b, size_t *off, iocpsrv_conn_id_t conn, int first, int count) {
+  uint8_t payload[100];
+  for (int i = first; i < first + count; i++) {
+    memset(payload, i, sizeof payload);
+    put_send_record(b, off, conn, payload, sizeof payload);
+  }
+}
+
+/* Receives packets first..first+count-1 of put_numbered, in order. */
+static void recv_numbered(ts_sock_t s, int first, int count) {
+  uint8_t got[256];
+  size_t n;
+  for (int i = first; i < first + count; i++) {
+    CHECK_OK(ts_recv_packet(s, got, sizeof got, &n, WAIT_MS));
+    CHECK_EQ(n, 100);
+    CHECK_EQ(got[0], (uint8_t)i);
+    CHECK_EQ(got[99], (uint8_t)i);
+  }
+}
+
+/* Long runs of records for one connection (the engine takes consecutive records of a
+ * connection together, up to 64 at a time): with sends waiting for the batch, the
+ * limit refuses from the 40th on, across run boundaries, each with its own index; with
+ * sends written at once, what a run queued is written before the limit is judged, so
+ * nothing is refused, as when each record was sent alone. */
+static void packed_send_long_runs(void) {
+  for (int batch_sends = 1; batch_sends >= 0; batch_sends--) {
+    packed_server_t ps;
+    packed_start_with(&ps, 4096, batch_sends);
+    ts_sock_t a, b;
+    iocpsrv_conn_id_t ia = accept_one(&ps, &a), ib = accept_one(&ps, &b);
+    enum { RUN = 150, TAKEN = 4096 / 104 }; /* 104: a 100-byte packet framed */
+    size_t off = 0, cap = (RUN + 2) * IOCPSRV_SEND_RECORD_SIZE(100);
+    uint8_t *buf = malloc(cap);
+    CHECK(buf != NULL);
+    put_numbered(buf, &off, ia, 0, RUN);
+    put_numbered(buf, &off, ib, 7, 1);
+    put_numbered(buf, &off, ia, RUN, 1);
+    iocpsrv_send_result_t res[RUN];
+    int refused = iocpsrv_send_packed(ps.srv, buf, off, res, RUN);
+    if (batch_sends) {
+      CHECK_EQ(refused, RUN - TAKEN + 1);
+      for (int i = 0; i < RUN - TAKEN; i++) {
+        CHECK_EQ(res[i].index, (uint32_t)(TAKEN + i));
+        CHECK_EQ(res[i].error, IOCPSRV_EQUEUEFULL);
+      }
+      CHECK_EQ(res[RUN - TAKEN].index, (uint32_t)RUN + 1);
+      CHECK_EQ(iocpsrv_poll_packed(ps.srv, buf, cap, 0) >= 0, 1); /* writes the batch */
+    } else {
+      CHECK_EQ(refused, 0);
+    }
+    recv_numbered(b, 7, 1);
+    recv_numbered(a, 0, batch_sends ? TAKEN : RUN + 1);
+    CHECK_EQ(ts_readable(a, 200), 0);
+    free(buf);
+    ts_close(a);
+    ts_close(b);
+    packed_stop(&ps);
+  }
+}
+
 /* More refused connections than the inline table holds (it grows): each keeps its
  * own refusal, and connections never refused are still served. */
 static void packed_send_many_refused(void) {
@@ -492,6 +559,7 @@ int main(int argc, char **argv) {
   TEST_RUN(packed_send_malformed);
   TEST_RUN(packed_send_refusals);
   TEST_RUN(packed_send_many_refused);
+  TEST_RUN(packed_send_long_runs);
   TEST_RUN(packed_echo_many_clients);
   return test_done();
 }

@@ -10,6 +10,7 @@
 #include "core/engine.h"
 #include "core/fault.h"
 #include "core/proxy.h"
+#include "core/records.h"
 #include "core/srcaddr.h"
 
 /* initial-exec: the library's few thread locals come from the static TLS reserve, so
@@ -113,6 +114,11 @@ void log_merge_nomem(iocpsrv_t *srv, conn_t *c);
 void log_merge_nomem_of(iocpsrv_t *srv, const char *peer);
 int send_packet(iocpsrv_t *srv, iocpsrv_conn_id_t id, const iocpsrv_buf_t *bufs,
                        int count, size_t total);
+/* iocpsrv_send_packed's consecutive records for one connection that is not the calling
+ * worker's own: one lookup and one lock round for them all. Returns how many were
+ * queued, in order; at the first refusal *err says why and the rest are not sent. */
+size_t send_run(iocpsrv_t *srv, iocpsrv_conn_id_t id, const send_record_t *recs, size_t n,
+                int *err);
 /* recv.c */
 int conn_read_proxy(iocpsrv_t *srv, worker_t *w, conn_t *c, const uint8_t *p,
                            size_t n);

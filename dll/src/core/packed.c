@@ -86,6 +86,44 @@ static void refused_free(refused_set_t *s) {
   }
 }
 
+/* Reports a refused record and counts it. */
+static void refuse_record(iocpsrv_send_result_t *refused, int max, int *n, uint32_t index,
+                          int err) {
+  if (*n < max) {
+    refused[*n].index = index;
+    refused[*n].error = err;
+  }
+  (*n)++;
+}
+
+/* The record at *off and up to RUN_MAX - 1 consecutive ones for the same connection,
+ * unless that connection is the calling worker's own (its records go one by one). */
+#define RUN_MAX 64
+static size_t take_run(iocpsrv_t *srv, const uint8_t *buf, size_t size, size_t *off,
+                       send_record_t *run) {
+  send_record_next(buf, off, &run[0]);
+  if (own_conn(srv, run[0].conn)) return 1;
+  size_t n = 1, next = *off;
+  while (n < RUN_MAX && next < size) {
+    send_record_t r;
+    send_record_next(buf, &next, &r);
+    if (r.conn != run[0].conn) break;
+    run[n++] = r;
+    *off = next;
+  }
+  return n;
+}
+
+/* Sends a run from take_run; returns how many went, *rc the first refusal. */
+static size_t send_records(iocpsrv_t *srv, const send_record_t *run, size_t n, int *rc) {
+  if (n == 1 && own_conn(srv, run[0].conn)) { /* a worker's callback: its own queue */
+    iocpsrv_buf_t b = {run[0].payload, run[0].len};
+    *rc = send_packet(srv, run[0].conn, &b, 1, run[0].len);
+    return *rc == 0;
+  }
+  return send_run(srv, run[0].conn, run, n, rc);
+}
+
 int IOCPSRV_CALL iocpsrv_send_packed(iocpsrv_t *srv, const void *buf, size_t size,
                                      iocpsrv_send_result_t *refused, int max_refused) {
   if (!srv || max_refused < 0 || (max_refused && !refused)) return IOCPSRV_EINVAL;
@@ -100,21 +138,17 @@ int IOCPSRV_CALL iocpsrv_send_packed(iocpsrv_t *srv, const void *buf, size_t siz
   memset(set.inline_errs, 0, sizeof set.inline_errs);
   int nrefused = 0;
   size_t off = 0;
-  for (uint32_t index = 0; off < size; index++) {
-    send_record_t r;
-    send_record_next(buf, &off, &r);
-    int rc = refused_find(&set, r.conn);
+  send_record_t run[RUN_MAX];
+  for (uint32_t index = 0; off < size;) {
+    size_t n = take_run(srv, buf, size, &off, run);
+    int rc = refused_find(&set, run[0].conn);
+    size_t sent = 0;
     if (!rc) {
-      iocpsrv_buf_t b = {r.payload, r.len};
-      rc = send_packet(srv, r.conn, &b, 1, r.len);
-      if (rc) refused_add(&set, r.conn, rc);
+      sent = send_records(srv, run, n, &rc);
+      if (rc) refused_add(&set, run[0].conn, rc);
     }
-    if (!rc) continue;
-    if (nrefused < max_refused) {
-      refused[nrefused].index = index;
-      refused[nrefused].error = rc;
-    }
-    nrefused++;
+    index += (uint32_t)sent;
+    for (size_t i = sent; i < n; i++) refuse_record(refused, max_refused, &nrefused, index++, rc);
   }
   refused_free(&set);
   return nrefused;

@@ -302,6 +302,32 @@ void log_merge_nomem_of(iocpsrv_t *srv, const char *peer) {
 
 void log_merge_nomem(iocpsrv_t *srv, conn_t *c) { log_merge_nomem_of(srv, c->peer); }
 
+/* A send from a thread that is not the connection's own: into `out`, written soon.
+ * Lock held. Returns 0 or the refusal; the caller counts the packets sent. */
+static int send_foreign_locked(iocpsrv_t *srv, conn_t *c, const iocpsrv_buf_t *bufs,
+                               int count, size_t total) {
+  ASSERT_LOCKED(c);
+  size_t framed = srv->framing.header_bytes + total;
+  if (total > srv->framing.max_packet) return IOCPSRV_ETOOBIG;
+  if (c->state != CONN_OPEN) return IOCPSRV_ENOTCONN;
+  if (queue_refuses(srv, conn_pending_locked(c), framed)) {
+    refused_locked(c, framed);
+    engine_stat_add(&srv->stats.send_queue_rejections, 1);
+    return IOCPSRV_EQUEUEFULL;
+  }
+  if (sendbuf_append(&c->out, &srv->framing, bufs, count, total)) {
+    engine_stat_add(&srv->stats.alloc_failures, 1);
+    return IOCPSRV_ENOMEM;
+  }
+  c->packets_out++;
+  return 0;
+}
+
+static void count_foreign_sends(iocpsrv_t *srv, size_t n) {
+  if (engine_in_worker_of(srv)) tls_worker->packets_out += n;
+  else engine_stat_add(&srv->stats.packets_out, n);
+}
+
 int send_packet(iocpsrv_t *srv, iocpsrv_conn_id_t id, const iocpsrv_buf_t *bufs,
                        int count, size_t total) {
   if (srv_state(srv) != SRV_RUNNING) return IOCPSRV_ESTOPPED;
@@ -310,24 +336,40 @@ int send_packet(iocpsrv_t *srv, iocpsrv_conn_id_t id, const iocpsrv_buf_t *bufs,
   if (own) return send_own(srv, own, bufs, count, total);
   conn_t *c = conn_lock_id(srv, id);
   if (!c) return IOCPSRV_ENOTCONN;
-  int rc = 0;
-  size_t pending = conn_pending_locked(c);
-  size_t framed = srv->framing.header_bytes + total;
-  if (c->state != CONN_OPEN) {
-    rc = IOCPSRV_ENOTCONN;
-  } else if (queue_refuses(srv, pending, framed)) {
-    refused_locked(c, framed);
-    engine_stat_add(&srv->stats.send_queue_rejections, 1);
-    rc = IOCPSRV_EQUEUEFULL;
-  } else if (sendbuf_append(&c->out, &srv->framing, bufs, count, total)) {
-    engine_stat_add(&srv->stats.alloc_failures, 1);
-    rc = IOCPSRV_ENOMEM;
-  } else {
-    c->packets_out++;
-    if (engine_in_worker_of(srv)) tls_worker->packets_out++;
-    else engine_stat_add(&srv->stats.packets_out, 1);
-    flush_soon_locked(srv, c);
-  }
+  int rc = send_foreign_locked(srv, c, bufs, count, total);
+  if (!rc) flush_soon_locked(srv, c);
   srv_mutex_unlock(&c->slot.lock);
+  if (!rc) count_foreign_sends(srv, 1);
   return rc;
+}
+
+size_t send_run(iocpsrv_t *srv, iocpsrv_conn_id_t id, const send_record_t *recs, size_t n,
+                int *err) {
+  SRV_ASSERT(n > 0 && own_conn(srv, id) == NULL);
+  for (size_t i = 0; i < n; i++) SRV_ASSERT(recs[i].conn == id);
+  *err = srv_state(srv) != SRV_RUNNING ? IOCPSRV_ESTOPPED : 0;
+  conn_t *c = *err ? NULL : conn_lock_id(srv, id);
+  if (!c) {
+    if (!*err) *err = IOCPSRV_ENOTCONN;
+    return 0;
+  }
+  size_t sent = 0, unflushed = 0;
+  while (sent < n) {
+    iocpsrv_buf_t b = {recs[sent].payload, recs[sent].len};
+    /* As record-by-record sends would: what the run queued goes out (unless sends
+     * wait for the batch) before the limit can refuse the next one. */
+    if (unflushed && queue_refuses(srv, conn_pending_locked(c),
+                                   srv->framing.header_bytes + recs[sent].len)) {
+      flush_soon_locked(srv, c);
+      unflushed = 0;
+    }
+    *err = send_foreign_locked(srv, c, &b, 1, recs[sent].len);
+    if (*err) break;
+    sent++;
+    unflushed++;
+  }
+  if (unflushed) flush_soon_locked(srv, c);
+  srv_mutex_unlock(&c->slot.lock);
+  if (sent) count_foreign_sends(srv, sent);
+  return sent;
 }
