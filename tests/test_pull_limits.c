@@ -16,9 +16,6 @@
 #include "thread.h"
 
 #define CLIENTS 40
-#define PACKETS 10
-#define PAYLOAD 32768
-#define LIMIT 4
 #define WORKERS 2
 
 static iocpsrv_t *pull_server(int64_t limit, int proxy) {
@@ -62,89 +59,121 @@ static uint64_t settled_depth(iocpsrv_t *srv, int quiet_ms, int max_ms) {
   return last;
 }
 
+/* One client's packets: `packets` numbered payloads of `size` bytes, framed, sent in
+ * writes of up to 64 KiB (many small packets reach the server in one receive). */
 typedef struct sender_s {
-  int port;
   ts_sock_t s;
+  size_t size;
+  int packets;
   int rc;
 } sender_t;
 
 static void sender_main(void *arg) {
   sender_t *x = (sender_t *)arg;
-  uint8_t *p = (uint8_t *)malloc(PAYLOAD);
-  CHECK(p != NULL);
-  memset(p, 'p', PAYLOAD);
-  for (int i = 0; i < PACKETS && x->rc == 0; i++) {
-    test_put_u32le(p, (uint32_t)i);
-    x->rc = ts_send_packet(x->s, p, PAYLOAD);
+  size_t frame = 4 + x->size, per_write = frame >= 65536 ? 1 : 65536 / frame;
+  uint8_t *buf = (uint8_t *)malloc(frame * per_write);
+  CHECK(buf != NULL);
+  for (int i = 0; i < x->packets && x->rc == 0;) {
+    size_t used = 0;
+    for (size_t k = 0; k < per_write && i < x->packets; k++, i++) {
+      test_put_u32le(buf + used, (uint32_t)x->size);
+      memset(buf + used + 4, 'p', x->size);
+      test_put_u32le(buf + used + 4, (uint32_t)i);
+      used += frame;
+    }
+    x->rc = ts_send_all(x->s, buf, used);
   }
-  free(p);
+  free(buf);
 }
 
-/* 40 clients, 10 packets of 32 KiB each, a limit of 4 packets and a consumer that does
- * not poll yet: the queue must hold at most limit + one per worker packets (plus the
- * 40 connect events, which are not counted against the limit). It used to hold one
- * packet per connection beyond the limit (42 packets, 1.3 MiB). Then everything is
- * polled: every packet arrives, in order, and nothing was dropped. */
-static void pull_limit_holds_within_one_packet_per_worker(void) {
-  iocpsrv_t *srv = pull_server(LIMIT, 0);
-  int port = iocpsrv_port(srv);
-  sender_t x[CLIENTS];
-  tt_thread_t *th[CLIENTS];
-  for (int i = 0; i < CLIENTS; i++) {
-    x[i].port = port;
-    x[i].rc = 0;
-    x[i].s = ts_connect("127.0.0.1", port, TS_WAIT_MS);
-    CHECK(x[i].s != TS_INVALID);
-  }
-  for (int i = 0; i < CLIENTS; i++) th[i] = tt_thread_start(sender_main, &x[i]);
-  uint64_t depth = settled_depth(srv, 300, 5000);
-  printf("  queue depth with the consumer away: %llu events (%d connects + packets)\n",
-         (unsigned long long)depth, CLIENTS);
-  CHECK_MSG(depth <= CLIENTS + LIMIT + WORKERS,
-            "%llu events queued: %llu packets past a limit of %d with %d workers",
-            (unsigned long long)depth, (unsigned long long)(depth - CLIENTS), LIMIT, WORKERS);
-
-  /* Drain: every packet of every client, in order. */
-  static uint32_t next[CLIENTS];
-  iocpsrv_conn_id_t ids[CLIENTS];
-  int nids = 0, packets = 0;
-  memset(next, 0, sizeof next);
+/* Polls until every packet of every client came, checking their order. */
+static void poll_all_in_order(iocpsrv_t *srv, int clients, size_t size, int packets) {
+  uint32_t *next = (uint32_t *)calloc((size_t)clients, sizeof *next);
+  iocpsrv_conn_id_t *ids = (iocpsrv_conn_id_t *)calloc((size_t)clients, sizeof *ids);
+  CHECK(next && ids);
+  int nids = 0, got = 0;
   iocpsrv_event_t ev[16];
   int64_t end = tt_now_ms() + 20000;
-  while (packets < CLIENTS * PACKETS) {
-    CHECK_MSG(tt_now_ms() < end, "only %d of %d packets polled", packets, CLIENTS * PACKETS);
+  while (got < clients * packets) {
+    CHECK_MSG(tt_now_ms() < end, "only %d of %d packets polled", got, clients * packets);
     int n = iocpsrv_poll(srv, ev, 16, 100);
     CHECK_OK(n);
     for (int k = 0; k < n; k++) {
       if (ev[k].type == IOCPSRV_EVENT_CONNECT) {
-        CHECK_LT(nids, CLIENTS);
+        CHECK_LT(nids, clients);
         ids[nids++] = ev[k].conn;
       } else if (ev[k].type == IOCPSRV_EVENT_PACKET) {
         int j = 0;
         while (j < nids && ids[j] != ev[k].conn) j++;
         CHECK_MSG(j < nids, "a packet for a connection never announced");
-        CHECK_EQ(ev[k].len, PAYLOAD);
+        CHECK_EQ(ev[k].len, size);
         CHECK_EQ(test_get_u32le(ev[k].data), next[j]);
         next[j]++;
-        packets++;
+        got++;
       }
     }
   }
-  for (int i = 0; i < CLIENTS; i++) {
+  free(next);
+  free(ids);
+}
+
+/* `clients` clients each send `packets` packets of `size` bytes to a consumer that
+ * does not poll yet: the queue must hold at most limit + one per worker packets (plus
+ * the connect events, which are not counted against the limit). Then everything is
+ * polled: every packet arrives, in order, nothing dropped, one disconnect each. */
+static void limit_holds(int clients, size_t size, int packets, int limit) {
+  iocpsrv_t *srv = pull_server(limit, 0);
+  int port = iocpsrv_port(srv);
+  sender_t *x = (sender_t *)calloc((size_t)clients, sizeof *x);
+  tt_thread_t **th = (tt_thread_t **)calloc((size_t)clients, sizeof *th);
+  CHECK(x && th);
+  for (int i = 0; i < clients; i++) {
+    x[i].size = size;
+    x[i].packets = packets;
+    x[i].s = ts_connect("127.0.0.1", port, TS_WAIT_MS);
+    CHECK(x[i].s != TS_INVALID);
+  }
+  for (int i = 0; i < clients; i++) th[i] = tt_thread_start(sender_main, &x[i]);
+  uint64_t depth = settled_depth(srv, 300, 5000);
+  printf("  %zu-byte packets, limit %d: %llu events queued with the consumer away "
+         "(%d connects + packets)\n",
+         size, limit, (unsigned long long)depth, clients);
+  CHECK_MSG(depth <= (uint64_t)(clients + limit + WORKERS),
+            "%llu events queued: %llu packets past a limit of %d with %d workers",
+            (unsigned long long)depth, (unsigned long long)(depth - (uint64_t)clients),
+            limit, WORKERS);
+  poll_all_in_order(srv, clients, size, packets);
+  for (int i = 0; i < clients; i++) {
     tt_thread_join(th[i]);
     CHECK_EQ(x[i].rc, 0);
     ts_close(x[i].s);
   }
   CHECK_OK(iocpsrv_stop(srv, 1000));
   int disconnects = 0;
+  iocpsrv_event_t ev[16];
   for (;;) {
     int n = iocpsrv_poll(srv, ev, 16, 1000);
     if (n == IOCPSRV_ESTOPPED) break;
     CHECK_OK(n);
     for (int k = 0; k < n; k++) disconnects += ev[k].type == IOCPSRV_EVENT_DISCONNECT;
   }
-  CHECK_EQ(disconnects, CLIENTS);
+  CHECK_EQ(disconnects, clients);
+  free(x);
+  free(th);
   CHECK_OK(iocpsrv_destroy(srv));
+}
+
+/* 40 clients, 10 packets of 32 KiB each, a limit of 4 packets. The queue used to hold
+ * one packet per connection beyond the limit (42 packets, 1.3 MiB). */
+static void pull_limit_holds_within_one_packet_per_worker(void) {
+  limit_holds(CLIENTS, 32768, 10, 4);
+}
+
+/* 8 clients, 20,000 packets of 10 bytes each, thousands to a receive, a limit of 100:
+ * the workers queue a receive's packets together (in batches of up to 64 reserved
+ * ahead), and the limit still holds within one packet per worker. */
+static void pull_limit_holds_for_batched_small_packets(void) {
+  limit_holds(8, 10, 20000, 100);
 }
 
 /* Before the first listen there is nothing to wait for: IOCPSRV_ESTOPPED at once, with
@@ -227,6 +256,7 @@ static void pull_proxy_half_header_then_close_frees_the_slot(void) {
 int main(int argc, char **argv) {
   test_init(argc, argv);
   TEST_RUN(pull_limit_holds_within_one_packet_per_worker);
+  TEST_RUN(pull_limit_holds_for_batched_small_packets);
   TEST_RUN(pull_poll_before_listen_is_stopped);
   TEST_RUN(pull_poll_forever_skips_end_of_stream_marks);
   TEST_RUN(pull_proxy_half_header_then_close_frees_the_slot);

@@ -83,8 +83,9 @@ static int pull_connect(iocpsrv_t *srv, conn_t *c) {
   return DELIVER_GONE;
 }
 
-static int pull_packet(iocpsrv_t *srv, conn_t *c, const uint8_t *data, size_t len) {
-  int r = pull_event(srv, c, IOCPSRV_EVENT_PACKET, data, len);
+static int pull_packet(iocpsrv_t *srv, conn_t *c, pullq_batch_t *b, const uint8_t *data,
+                       size_t len) {
+  int r = pullq_batch_add(&srv->pull, b, &c->pq, c->slot.id, atomic_load(&c->user), data, len);
   if (r < 0) return DELIVER_NOMEM;
   if (r > 0) return DELIVER_FULL;
   return atomic_load_explicit(&c->deliver_stop, memory_order_relaxed) ? DELIVER_STOP
@@ -109,9 +110,15 @@ int deliver_connect(iocpsrv_t *srv, conn_t *c) {
   return r;
 }
 
-int deliver_packet_to_host(iocpsrv_t *srv, conn_t *c, const uint8_t *data, size_t len) {
+int deliver_packet_to_host(iocpsrv_t *srv, conn_t *c, pullq_batch_t *pull,
+                           const uint8_t *data, size_t len) {
   ASSERT_TOKEN(c);
-  return srv->opt.pull_mode ? pull_packet(srv, c, data, len) : cb_packet(srv, c, data, len);
+  return srv->opt.pull_mode ? pull_packet(srv, c, pull, data, len)
+                            : cb_packet(srv, c, data, len);
+}
+
+void deliver_packets_end(iocpsrv_t *srv, conn_t *c, pullq_batch_t *pull) {
+  if (srv->opt.pull_mode) pullq_batch_end(&srv->pull, pull, &c->pq);
 }
 
 int deliver_batches(const iocpsrv_t *srv) {

@@ -26,8 +26,12 @@ enum {
  * DELIVER_GONE (it could not be reported and is gone: do not touch it again). */
 enum { DELIVER_MET = 0, DELIVER_REFUSED = 1, DELIVER_GONE = 2 };
 int deliver_connect(iocpsrv_t *srv, conn_t *c);
-/* One whole packet. */
-int deliver_packet_to_host(iocpsrv_t *srv, conn_t *c, const uint8_t *data, size_t len);
+/* One whole packet. In pull mode it goes through `pull`, the packets of one receive
+ * queued together (pullq_batch_t); deliver_packets_end queues what `pull` holds and
+ * must follow the last packet of the receive. */
+int deliver_packet_to_host(iocpsrv_t *srv, conn_t *c, pullq_batch_t *pull,
+                           const uint8_t *data, size_t len);
+void deliver_packets_end(iocpsrv_t *srv, conn_t *c, pullq_batch_t *pull);
 /* Whether packets go to the host in batches (the packet-batch callback is set in
  * callback mode); then the caller gathers them and uses deliver_batch_to_host. */
 int deliver_batches(const iocpsrv_t *srv);

@@ -35,51 +35,94 @@ static void free_list(pullq_node_t *n) {
 /* Large packets: a node freed by one thread and allocated by another goes back to the
  * system between packets (an arena trimmed with madvise), so every 64 KiB packet would
  * fault in fresh zeroed pages. Nodes with room for at least SPARE_MIN bytes are kept
- * for reuse instead, up to SPARE_MAX_BYTES in all; small ones stay with malloc. */
+ * for reuse instead, up to SPARE_MAX_BYTES in all. */
 #define SPARE_MIN (16u * 1024)
 #define SPARE_MAX_BYTES (8u << 20)
 #define SPARE_ROUND (16u * 1024)
 
-static void spare_or_free(pullq_t *q, pullq_node_t *n) { /* lock held */
+/* Small nodes come in two size classes, every node of a class the same size, so that
+ * the consumer hands spent ones back to the workers' batches instead of to free(): a
+ * block freed on one thread and allocated on another is the costliest path of malloc,
+ * once per event. Up to FREE_MAX_BYTES per class are kept. */
+static const size_t class_bytes[2] = {256, 2048};
+#define FREE_MAX_BYTES (2u << 20)
+
+static size_t class_cap(int k) { return class_bytes[k] - sizeof(pullq_node_t) - 1; }
+
+/* The class a payload of `len` bytes needs, or -1 when it needs a node of its own. */
+static int class_of_len(size_t len) {
+  return len <= class_cap(0) ? 0 : len <= class_cap(1) ? 1 : -1;
+}
+
+static int class_of_node(const pullq_node_t *n) {
+  return n->cap == class_cap(0) ? 0 : n->cap == class_cap(1) ? 1 : -1;
+}
+
+/* Keeps a spent node for reuse (a free list or the spares) if there is room; returns
+ * 0 when the caller must free it. Lock held. */
+static int keep_node(pullq_t *q, pullq_node_t *n) {
   SRV_ASSERT_HELD(&q->lock);
+  int k = class_of_node(n);
+  if (k >= 0 && q->nfree[k] * class_bytes[k] < FREE_MAX_BYTES) {
+    n->next = q->free[k];
+    q->free[k] = n;
+    q->nfree[k]++;
+    return 1;
+  }
   if (n->cap >= SPARE_MIN && q->spare_bytes + n->cap <= SPARE_MAX_BYTES) {
     n->next = q->spare;
     q->spare = n;
     q->spare_bytes += n->cap;
-  } else {
-    free(n);
+    return 1;
   }
+  return 0;
+}
+
+static void recycle_locked(pullq_t *q, pullq_node_t *n) {
+  if (!keep_node(q, n)) free(n);
 }
 
 static void release_list(pullq_t *q, pullq_node_t *n) { /* lock held */
   SRV_ASSERT_HELD(&q->lock);
   while (n) {
     pullq_node_t *next = n->next;
-    spare_or_free(q, n);
+    recycle_locked(q, n);
     n = next;
   }
 }
 
-/* Like release_list, but the small nodes are returned for the caller to free once the
- * lock is dropped: the workers queueing events wait for this lock, not for free(). */
-static pullq_node_t *release_large(pullq_t *q, pullq_node_t *n) { /* lock held */
+/* Like release_list, but the nodes not kept are returned for the caller to free once
+ * the lock is dropped: the workers queueing events wait for this lock, not for free(). */
+static pullq_node_t *release_kept(pullq_t *q, pullq_node_t *n) { /* lock held */
   SRV_ASSERT_HELD(&q->lock);
-  pullq_node_t *small = NULL;
+  pullq_node_t *unkept = NULL;
   while (n) {
     pullq_node_t *next = n->next;
-    if (n->cap >= SPARE_MIN) {
-      spare_or_free(q, n);
-    } else {
-      n->next = small;
-      small = n;
+    if (!keep_node(q, n)) {
+      n->next = unkept;
+      unkept = n;
     }
     n = next;
   }
-  return small;
+  return unkept;
+}
+
+/* A kept node of class k, or NULL. Lock held. */
+static pullq_node_t *take_free_locked(pullq_t *q, int k) {
+  SRV_ASSERT_HELD(&q->lock);
+  pullq_node_t *n = q->free[k];
+  if (n) {
+    q->free[k] = n->next;
+    q->nfree[k]--;
+  }
+  return n;
 }
 
 static pullq_node_t *node_new(pullq_t *q, size_t len) {
-  if (len >= SPARE_MIN) {
+  int k = class_of_len(len);
+  if (k >= 0) {
+    len = class_cap(k);
+  } else if (len >= SPARE_MIN) {
     srv_mutex_lock(&q->lock);
     pullq_node_t **p = &q->spare;
     while (*p && (*p)->cap < len) p = &(*p)->next;
@@ -99,6 +142,8 @@ static pullq_node_t *node_new(pullq_t *q, size_t len) {
 
 void pullq_destroy(pullq_t *q) {
   free_list(q->spare);
+  free_list(q->free[0]);
+  free_list(q->free[1]);
   free_list(q->head);
   free_list(q->batch);
   free(q->waiters);
@@ -115,6 +160,7 @@ void pullq_reset(pullq_t *q, size_t limit) {
   q->events = q->packets = 0;
   q->nwaiters = 0;
   q->neof = 0;
+  q->reserved = 0;
   q->stopped = 0;
   q->limit = limit;
   srv_waitable_reset(&q->waitable);
@@ -192,10 +238,16 @@ static int gate_takes(pullq_t *q, pullq_conn_t *pc, pullq_node_t *n) {
     return 1;
   }
   if (pc->gate == PULLQ_DROP && type != IOCPSRV_EVENT_CONNECT) {
-    spare_or_free(q, n);
+    recycle_locked(q, n);
     return 1;
   }
   return 0;
+}
+
+/* Whether the packets queued and those granted to workers' batches reach the limit
+ * (none applies once stopped). Lock held. */
+static int queue_full_locked(const pullq_t *q) {
+  return q->packets + q->reserved >= q->limit && !q->stopped;
 }
 
 /* Queue a filled node and tell whether the queue is now full for `conn`. */
@@ -205,7 +257,7 @@ static int node_queue(pullq_t *q, pullq_conn_t *pc, pullq_node_t *n) {
   if (!gate_takes(q, pc, n)) {
     queue_append_locked(q, n);
     /* If the waiter cannot be recorded, the connection just keeps reading. */
-    if (n->ev.type == IOCPSRV_EVENT_PACKET && q->packets >= q->limit && !q->stopped)
+    if (n->ev.type == IOCPSRV_EVENT_PACKET && queue_full_locked(q))
       full = add_waiter(q, n->ev.conn) == 0;
   }
   srv_mutex_unlock(&q->lock);
@@ -238,7 +290,7 @@ static void queue_extract_locked(pullq_t *q, iocpsrv_conn_id_t conn, int hold,
       else pc->held = n;
       pc->held_tail = n;
     } else {
-      spare_or_free(q, n);
+      recycle_locked(q, n);
     }
   }
   q->tail = last;
@@ -291,7 +343,87 @@ int pullq_push(pullq_t *q, pullq_conn_t *pc, int type, iocpsrv_conn_id_t conn,
   return node_queue(q, pc, n);
 }
 
-pullq_node_t *pullq_reserve(pullq_t *q) { return node_new(q, 0); }
+void pullq_batch_init(pullq_batch_t *b) { memset(b, 0, sizeof *b); }
+
+/* The batch's filled nodes join the queue (or the gate), in order, and its grant is
+ * given back: what it used is counted as queued packets now. Lock held. */
+static void batch_append_locked(pullq_t *q, pullq_batch_t *b, pullq_conn_t *pc) {
+  SRV_ASSERT_HELD(&q->lock);
+  SRV_ASSERT(b->n <= b->grant && q->reserved >= b->grant);
+  pullq_node_t *n = b->head;
+  while (n) {
+    pullq_node_t *next = n->next;
+    if (!gate_takes(q, pc, n)) queue_append_locked(q, n);
+    n = next;
+  }
+  b->head = b->tail = NULL;
+  q->reserved -= b->grant;
+  b->grant = b->n = 0;
+}
+
+/* Queues what the batch filled, then reserves room for up to PULLQ_BATCH more packets
+ * and takes kept nodes of class k for them. Returns 1 when the queue is full. */
+static int batch_exchange(pullq_t *q, pullq_batch_t *b, pullq_conn_t *pc, int k) {
+  srv_mutex_lock(&q->lock);
+  batch_append_locked(q, b, pc);
+  int full = queue_full_locked(q);
+  if (!full) {
+    size_t room = q->stopped ? PULLQ_BATCH : q->limit - q->packets - q->reserved;
+    b->grant = room < PULLQ_BATCH ? room : PULLQ_BATCH;
+    q->reserved += b->grant;
+    for (size_t i = 0; k >= 0 && i < b->grant; i++) {
+      pullq_node_t *n = take_free_locked(q, k);
+      if (!n) break;
+      n->next = b->stock;
+      b->stock = n;
+    }
+  }
+  srv_mutex_unlock(&q->lock);
+  return full;
+}
+
+/* A node with room for `len` bytes: from the batch's stock, else a new one. */
+static pullq_node_t *batch_node(pullq_t *q, pullq_batch_t *b, size_t len) {
+  pullq_node_t **p = &b->stock;
+  int k = class_of_len(len);
+  while (*p && k >= 0 && class_of_node(*p) != k) p = &(*p)->next;
+  pullq_node_t *n = k >= 0 ? *p : NULL;
+  if (!n) return node_new(q, len);
+  if (fault_os(FAULT_ALLOC)) return NULL; /* a reused node counts as an allocation */
+  *p = n->next;
+  return n;
+}
+
+int pullq_batch_add(pullq_t *q, pullq_batch_t *b, pullq_conn_t *pc, iocpsrv_conn_id_t conn,
+                    void *conn_user, const void *data, size_t len) {
+  if (b->n == b->grant && batch_exchange(q, b, pc, class_of_len(len)))
+    /* Full: this packet (already cut by the framer) is queued alone, one over. */
+    return pullq_push(q, pc, IOCPSRV_EVENT_PACKET, conn, conn_user, 0, data, len);
+  pullq_node_t *n = batch_node(q, b, len);
+  if (!n) return -1;
+  node_fill(n, IOCPSRV_EVENT_PACKET, conn, conn_user, 0, data, len);
+  if (b->tail) b->tail->next = n;
+  else b->head = n;
+  b->tail = n;
+  b->n++;
+  return 0;
+}
+
+void pullq_batch_end(pullq_t *q, pullq_batch_t *b, pullq_conn_t *pc) {
+  if (!b->head && !b->grant && !b->stock) return;
+  srv_mutex_lock(&q->lock);
+  batch_append_locked(q, b, pc);
+  release_list(q, b->stock);
+  b->stock = NULL;
+  srv_mutex_unlock(&q->lock);
+}
+
+pullq_node_t *pullq_reserve(pullq_t *q) {
+  (void)q; /* held for the connection's lifetime: no size class, the smallest node */
+  pullq_node_t *n = srv_malloc(sizeof *n + 1);
+  if (n) n->cap = 0;
+  return n;
+}
 
 void pullq_push_last(pullq_t *q, pullq_conn_t *pc, pullq_node_t *n, int type,
                      iocpsrv_conn_id_t conn, void *conn_user, int reason) {
@@ -312,7 +444,7 @@ int pullq_wait_if_full(pullq_t *q, iocpsrv_conn_id_t conn) {
   int full = 0;
   srv_mutex_lock(&q->lock);
   /* If the waiter cannot be recorded the connection reads on: one packet over. */
-  if (q->packets >= q->limit && !q->stopped) full = add_waiter(q, conn) == 0;
+  if (queue_full_locked(q)) full = add_waiter(q, conn) == 0;
   srv_mutex_unlock(&q->lock);
   return full;
 }
@@ -438,7 +570,7 @@ static int poll_sink(pullq_t *q, pullq_sink_t *k, int timeout_ms) {
   q->polling = 1;
   SRV_ASSERT(q->polling); /* the batch is this consumer's alone */
   run_eof_marks(q); /* the host has handled the batch that held them */
-  pullq_node_t *spent = release_large(q, q->batch);
+  pullq_node_t *spent = release_kept(q, q->batch);
   q->batch = NULL;
   int n = wait_and_take(q, k, timeout_ms);
   /* Signalled while events wait, or while end-of-stream marks taken now wait for the

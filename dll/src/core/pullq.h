@@ -51,7 +51,21 @@ typedef struct pullq_s {
   size_t neof;                /* end-of-stream marks on `batch` not acted on yet */
   pullq_node_t *spare;        /* large nodes kept for reuse (see pullq.c) */
   size_t spare_bytes;
+  size_t reserved;            /* packets granted to workers' batches, not queued yet */
+  pullq_node_t *free[2];      /* small nodes kept for reuse, by size class (see pullq.c) */
+  size_t nfree[2];
 } pullq_t;
+
+/* A worker's packets of one receive for one connection, queued together: one lock round
+ * per PULLQ_BATCH packets instead of one each, and nodes reused instead of allocated.
+ * The batch first reserves room in the queue, so the limit holds exactly as for single
+ * pushes. Lives on the worker's stack; pullq_batch_end must follow its last add. */
+#define PULLQ_BATCH 64
+typedef struct pullq_batch_s {
+  pullq_node_t *head, *tail; /* filled, not queued yet */
+  pullq_node_t *stock;       /* empty small nodes taken from the queue's free list */
+  size_t n, grant;           /* packets filled, of the room reserved */
+} pullq_batch_t;
 
 int pullq_init(pullq_t *q, pullq_room_fn on_room, void *ctx);
 void pullq_destroy(pullq_t *q);
@@ -64,6 +78,14 @@ void pullq_set_stopped(pullq_t *q);
  * otherwise (also when the gate dropped or held it), -1 on OOM. */
 int pullq_push(pullq_t *q, pullq_conn_t *pc, int type, iocpsrv_conn_id_t conn,
                void *conn_user, int reason, const void *data, size_t len);
+
+void pullq_batch_init(pullq_batch_t *b);
+/* Queues a packet of `conn` through the batch (data copied). Returns 1 when the queue
+ * is now full (as pullq_push), 0, or -1 on OOM. */
+int pullq_batch_add(pullq_t *q, pullq_batch_t *b, pullq_conn_t *pc, iocpsrv_conn_id_t conn,
+                    void *conn_user, const void *data, size_t len);
+/* Queues what the batch holds and gives back the room and nodes it did not use. */
+void pullq_batch_end(pullq_t *q, pullq_batch_t *b, pullq_conn_t *pc);
 
 /* A node kept aside so that an event can be queued later without allocating: every
  * pull-mode connection holds one for its DISCONNECT, which therefore can never be

@@ -15,6 +15,7 @@ typedef struct deliver_ctx_s {
    * over at once with those gathered before it. */
   int batching, gathered;
   const uint8_t *stable, *stable_end;
+  pullq_batch_t pull; /* pull mode: the packets queued together */
 } deliver_ctx_t;
 
 static void ctx_init(deliver_ctx_t *d, iocpsrv_t *srv, worker_t *w, conn_t *c,
@@ -27,6 +28,7 @@ static void ctx_init(deliver_ctx_t *d, iocpsrv_t *srv, worker_t *w, conn_t *c,
   d->gathered = 0;
   d->stable = stable;
   d->stable_end = stable ? stable + stable_len : NULL;
+  pullq_batch_init(&d->pull);
 }
 
 /* Hands the gathered packets over: 0 to go on, 1 to stop delivering. */
@@ -53,7 +55,7 @@ static int deliver_packet(void *arg, const uint8_t *data, size_t len) {
   d->w->packets_in++;
   atomic_store_explicit(&c->last_packet_ms, d->w->now, memory_order_relaxed);
   if (d->batching) return gather_packet(d, data, len);
-  int r = deliver_packet_to_host(d->srv, c, data, len);
+  int r = deliver_packet_to_host(d->srv, c, &d->pull, data, len);
   if (r == DELIVER_ON) return 0;
   if (r == DELIVER_NOMEM) d->pull_nomem = 1;
   else if (r == DELIVER_FULL) d->pull_full = 1;
@@ -62,6 +64,7 @@ static int deliver_packet(void *arg, const uint8_t *data, size_t len) {
 
 static int after_delivery(deliver_ctx_t *d, int rc) {
   batch_flush(d); /* what the framer delivered before it stopped or failed */
+  deliver_packets_end(d->srv, d->c, &d->pull);
   if (rc == FRAMER_PROTOCOL_ERROR) {
     engine_stat_add(&d->srv->stats.protocol_errors, 1);
     engine_log(d->srv, 1, "connection %s: packet header above the maximum packet size",
