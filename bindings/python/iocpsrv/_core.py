@@ -38,16 +38,19 @@ from __future__ import annotations
 import atexit
 import collections
 import logging
+import operator
 import sys
 import threading
 import weakref
 from threading import get_ident
+from typing import Any
 
 from . import _native as n
 from ._errors import IocpsrvError, SendQueueFull, ServerStopped, error_from_code
 from ._native import ffi, library
 from ._packed import MIN_POLL_BYTES, PollBuffer, SendRecords
 from ._types import (
+    BytesLike,
     ConnInfo,
     Stats,
     OPTIONS,
@@ -86,6 +89,51 @@ DEFER_MAX_BYTES = 16 * 1024
 # callback that sends in a loop can hold (at most DEFER_MAX_BYTES each).
 DEFER_MAX_COUNT = 1024
 _JUST_BYTES = {bytes}
+
+
+# Connection ids are the C API's uint64_t, never 0 (iocpsrv.h).
+CONN_ID_MAX = (1 << 64) - 1
+
+
+def conn_id(conn: object) -> int:
+    """conn as a connection id, checked before it reaches a C call (where cffi would
+    raise OverflowError for -1): TypeError unless an int, ValueError out of range."""
+    if type(conn) is not int:
+        if isinstance(conn, bool) or not hasattr(type(conn), "__index__"):
+            raise TypeError(f"connection id must be an int, not {type(conn).__name__}")
+        conn = operator.index(conn)  # an int subclass or a numpy integer
+    assert isinstance(conn, int)
+    if not 0 < conn <= CONN_ID_MAX:
+        raise ValueError(f"invalid connection id {conn}: ids are ints from 1 to 2**64-1")
+    return conn
+
+
+def payload_error(data: object) -> TypeError:
+    return TypeError(f"data must be bytes-like, not {type(data).__name__}")
+
+
+def snapshot(data: BytesLike) -> bytes:
+    """A bytes copy of a bytes-like (memoryview refuses str, ints and lists, which
+    bytes() would take)."""
+    try:
+        return memoryview(data).tobytes()
+    except TypeError:
+        raise payload_error(data) from None
+
+
+def c_buffer(data: BytesLike) -> Any:
+    """A bytes-like as cffi passes it to C without a copy."""
+    try:
+        return ffi.from_buffer(data)
+    except TypeError:
+        raise payload_error(data) from None
+
+
+def check_send_args(conn: object, data: object) -> None:
+    """Raise the clean TypeError/ValueError for a bad send(conn, data), if it is one."""
+    conn_id(conn)
+    if not isinstance(data, bytes):
+        snapshot(data)  # type: ignore[arg-type]
 
 
 def timeout_ms(timeout) -> int:
@@ -332,23 +380,32 @@ class ServerBase:
         batch and handed over with the batch's other sends in one call; see "Deferred
         sends" in README.md for how a refusal found then is reported."""
         # The hot path: on the polling thread, to a connection known to be open and not
-        # stalled, a payload small enough to copy into the batch.
-        if self._pump == get_ident() and conn in self._sendable:
-            if type(data) is not bytes:
-                # A snapshot (the caller may change its buffer), of bytes-likes only:
-                # bytes() would also take an int or a list of ints.
-                data = memoryview(data).tobytes()
-            if len(data) <= self._defer_max:
-                pending = self._pending
-                pending.append((conn, data))
-                if len(pending) >= DEFER_MAX_COUNT:
-                    self._flush_sends()
-                return
+        # stalled, a payload small enough to copy into the batch. The arguments are
+        # checked only when something fails (the try costs nothing until then): an id
+        # in _sendable is an open connection's.
+        try:
+            if self._pump == get_ident() and conn in self._sendable:
+                if type(data) is not bytes:
+                    # A snapshot (the caller may change its buffer), of bytes-likes
+                    # only: bytes() would also take an int or a list of ints.
+                    data = memoryview(data).tobytes()
+                if len(data) <= self._defer_max:
+                    pending = self._pending
+                    pending.append((conn, data))
+                    if len(pending) >= DEFER_MAX_COUNT:
+                        self._flush_sends()
+                    return
+        except TypeError:
+            check_send_args(conn, data)
+            raise
         self._send_now(conn, data)
 
-    def _send_now(self, conn: int, data) -> None:
+    def _send_now(self, conn: int, data: BytesLike) -> None:
         """A send that is not deferred: to the engine at once, in order after the
         deferred sends of conn."""
+        conn = conn_id(conn)
+        if type(data) is not bytes:
+            data = c_buffer(data)
         if self._pump == get_ident():
             self._flush_sends()
         elif self._pending and self._defer_behind(conn, data):
@@ -357,8 +414,6 @@ class ServerBase:
             self._full.add(conn)
             raise SendQueueFull(n.IOCPSRV_EQUEUEFULL,
                                 f"send to connection {conn} (earlier sends wait for room)")
-        if type(data) is not bytes:
-            data = ffi.from_buffer(data)
         rc = self._send(self._h, conn, data, len(data))
         if rc:
             if rc == n.IOCPSRV_EQUEUEFULL:
@@ -372,7 +427,8 @@ class ServerBase:
         with self._pending_lock:
             if not self._has_pending(conn):
                 return False
-            self._pending.append((conn, memoryview(data).tobytes()))
+            # data: bytes, or _send_now's cffi view of the caller's buffer (copied).
+            self._pending.append((conn, data if type(data) is bytes else ffi.buffer(data)[:]))
             return True
 
     def _has_pending(self, conn: int) -> bool:
@@ -523,16 +579,16 @@ class ServerBase:
     def sendv(self, conn: int, parts) -> None:
         """Queue one packet whose payload is the concatenation of `parts` (bytes-likes),
         without joining them in Python (iocpsrv_sendv)."""
+        conn = conn_id(conn)
+        keep = [c_buffer(p) for p in parts]
         if self._pump == get_ident():
             self._flush_sends()
-        elif self._pending and self._defer_behind(
-                conn, b"".join(memoryview(p).tobytes() for p in parts)):
+        elif self._pending and self._defer_behind(conn, b"".join(ffi.buffer(b)[:] for b in keep)):
             return
         if conn in self._stalled:
             self._full.add(conn)
             raise SendQueueFull(n.IOCPSRV_EQUEUEFULL,
                                 f"send to connection {conn} (earlier sends wait for room)")
-        keep = [ffi.from_buffer(p) for p in parts]
         bufs = ffi.new("iocpsrv_buf_t[]", max(len(keep), 1))
         for i, b in enumerate(keep):
             bufs[i].base = b
@@ -548,9 +604,9 @@ class ServerBase:
         (connections whose send queue is full are skipped). On the polling thread the
         deferred sends are handed over first; from another thread it may overtake
         them."""
-        self._flush_if_polling()
         if type(data) is not bytes:
-            data = ffi.from_buffer(data)
+            data = c_buffer(data)
+        self._flush_if_polling()
         rc = self._lib.iocpsrv_broadcast(self._h, data, len(data))
         if rc < 0:
             raise self._error(rc, "broadcast")
@@ -560,6 +616,7 @@ class ServerBase:
         """Close a connection: graceful (queued sends are written first, then FIN) or
         abortive (queue dropped, RST). No packet callback starts for it after this
         returns; its on_disconnect follows."""
+        conn = conn_id(conn)
         mode = n.IOCPSRV_CLOSE_GRACEFUL if graceful else n.IOCPSRV_CLOSE_ABORT
         rc = self._close(conn, mode)
         if rc:
@@ -568,6 +625,7 @@ class ServerBase:
     def pause(self, conn: int) -> None:
         """Stop reading from conn (TCP then pushes back on the client). Packets already
         received are held and delivered after resume(conn)."""
+        conn = conn_id(conn)
         rc = self._lib.iocpsrv_pause_receive(self._h, conn)
         if rc:
             raise self._error(rc, f"pause connection {conn}")
@@ -580,6 +638,7 @@ class ServerBase:
 
     def resume(self, conn: int) -> None:
         """Read from conn again; held packets are delivered first, in order."""
+        conn = conn_id(conn)
         rc = self._lib.iocpsrv_resume_receive(self._h, conn)
         if rc:
             raise self._error(rc, f"resume connection {conn}")
@@ -599,6 +658,7 @@ class ServerBase:
 
     def pending(self, conn: int) -> int:
         """Bytes queued for conn and not yet handed to the kernel."""
+        conn = conn_id(conn)
         self._flush_if_polling()
         rc = self._lib.iocpsrv_pending_bytes(self._h, conn)
         if rc < 0:
@@ -620,6 +680,7 @@ class ServerBase:
 
     def info(self, conn: int) -> ConnInfo:
         """A ConnInfo for conn; ConnectionNotFound for a dead or stale id."""
+        conn = conn_id(conn)
         self._flush_if_polling()
         ci = ffi.new("iocpsrv_conn_info_t *")
         ci.struct_size = ffi.sizeof("iocpsrv_conn_info_t")

@@ -253,7 +253,12 @@ class SendRecords:
         if count > self._capacity:
             self._capacity = max(count, 2 * self._capacity, 64)
             self._results = ffi.new("iocpsrv_send_result_t[]", self._capacity)
-        buf = build_send_records(sends)
+        try:
+            buf = build_send_records(sends)
+        except (struct.error, TypeError):
+            # An id equal to an open connection's without being an int (1.0): the hot
+            # paths compare ids by value only, so it goes to the connection it equals.
+            buf = build_send_records([(int(conn), data) for conn, data in sends])
         refused = lib.iocpsrv_send_packed(handle, ffi.from_buffer(buf), len(buf),
                                           self._results, count)
         if refused == 0:

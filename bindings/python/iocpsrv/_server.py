@@ -175,13 +175,17 @@ class Server(ServerBase):
         return self._done.wait(timeout)
 
     def serve_forever(self) -> None:
-        """start() if needed, then wait until stopped; Ctrl-C (KeyboardInterrupt)
-        stops the server and is re-raised."""
+        """start() if needed, then wait until stopped. Ctrl-C (KeyboardInterrupt, or
+        SIGINT however sent) stops the server and returns normally, as stopping is
+        what Ctrl-C asks of a server; any other exception stops it and propagates."""
         if self._dispatcher is None:
             self.start()
         try:
+            # In slices: a KeyboardInterrupt reaches the main thread between them.
             while not self._done.wait(0.5):
                 pass
+        except KeyboardInterrupt:
+            log.info("KeyboardInterrupt: stopping the server on port %s", self.port)
         finally:
             self.stop()
 

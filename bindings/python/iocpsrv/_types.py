@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Union
 
 from . import _native as n
 from ._errors import OptionOutOfRange, error_from_code
 
 __all__ = [
+    "BytesLike",
+    "NamedIntEnum",
     "Reason",
     "Framing",
     "ProxyMode",
@@ -21,7 +24,30 @@ __all__ = [
 ]
 
 
-class Reason(enum.IntEnum):
+if TYPE_CHECKING:
+    # What the buffer protocol accepts (bytes, bytearray, memoryview, array, mmap...).
+    from _typeshed import ReadableBuffer as BytesLike
+else:
+    BytesLike = Union[bytes, bytearray, memoryview]
+
+
+class NamedIntEnum(enum.IntEnum):
+    """An IntEnum that prints as its name: ``str()``, ``print()``, f-strings and "%s"
+    give "Reason.PEER_CLOSED" on every Python (3.11's IntEnum would give "1"). It
+    still equals, hashes and orders as its int, and formats as one with a numeric spec
+    (f"{reason:d}", "%d")."""
+
+    def __str__(self) -> str:
+        return f"{type(self).__name__}.{self.name}"
+
+    def __format__(self, spec: str) -> str:
+        try:
+            return format(str(self), spec)
+        except ValueError:  # a numeric spec ("d", "x", "04"): format the int
+            return format(int(self), spec)
+
+
+class Reason(NamedIntEnum):
     """Why a connection ended (iocpsrv_reason_t)."""
 
     PEER_CLOSED = n.IOCPSRV_REASON_PEER_CLOSED
@@ -43,7 +69,7 @@ class Reason(enum.IntEnum):
 REASONS = {int(r): r for r in Reason}
 
 
-class Framing(enum.IntEnum):
+class Framing(NamedIntEnum):
     """Values of the ``framing`` option (iocpsrv_framing_t)."""
 
     LEN32_LE = n.IOCPSRV_FRAMING_LEN32_LE
@@ -53,7 +79,7 @@ class Framing(enum.IntEnum):
     RAW = n.IOCPSRV_FRAMING_RAW
 
 
-class ProxyMode(enum.IntEnum):
+class ProxyMode(NamedIntEnum):
     """Values of the ``proxy_protocol`` option (iocpsrv_proxy_mode_t)."""
 
     OFF = n.IOCPSRV_PROXY_OFF
@@ -61,7 +87,7 @@ class ProxyMode(enum.IntEnum):
     OPTIONAL = n.IOCPSRV_PROXY_OPTIONAL
 
 
-class EventType(enum.IntEnum):
+class EventType(NamedIntEnum):
     """Pull-mode event types (iocpsrv_event_type_t)."""
 
     CONNECT = n.IOCPSRV_EVENT_CONNECT

@@ -39,7 +39,7 @@ from threading import get_ident
 
 from . import _core
 from . import _native as n
-from ._core import DEFER_MAX_COUNT, ServerBase, log, timeout_ms
+from ._core import DEFER_MAX_COUNT, ServerBase, check_send_args, log, timeout_ms
 from ._errors import ConnectionNotFound, InvalidState, SendQueueFull, ServerStopped, error_from_code
 from ._native import ffi
 from ._packed import EVENT_HEADER, dispatch_records, peer_text, read_event
@@ -453,17 +453,21 @@ class Server(ServerBase):
     def send(self, conn: int, data) -> None:
         # ServerBase.send's hot path, plus: a send from a coroutine or a timer (outside
         # the dispatch) gets a hand-over scheduled with call_soon.
-        if self._pump == get_ident() and conn in self._sendable:
-            if type(data) is not bytes:
-                data = memoryview(data).tobytes()  # a snapshot (see ServerBase.send)
-            if len(data) <= self._defer_max:
-                pending = self._pending
-                pending.append((conn, data))
-                if not self._dispatching:
-                    self._schedule_flush()
-                elif len(pending) >= DEFER_MAX_COUNT:
-                    self._flush_sends()
-                return
+        try:
+            if self._pump == get_ident() and conn in self._sendable:
+                if type(data) is not bytes:
+                    data = memoryview(data).tobytes()  # a snapshot (see ServerBase.send)
+                if len(data) <= self._defer_max:
+                    pending = self._pending
+                    pending.append((conn, data))
+                    if not self._dispatching:
+                        self._schedule_flush()
+                    elif len(pending) >= DEFER_MAX_COUNT:
+                        self._flush_sends()
+                    return
+        except TypeError:
+            check_send_args(conn, data)
+            raise
         self._send_now(conn, data)
 
     send.__doc__ = ServerBase.send.__doc__
