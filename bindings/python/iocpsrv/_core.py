@@ -43,7 +43,7 @@ import sys
 import threading
 import weakref
 from threading import get_ident
-from typing import Any
+from typing import Any, Iterable, Optional, SupportsIndex
 
 from . import _native as n
 from ._errors import IocpsrvError, SendQueueFull, ServerStopped, error_from_code
@@ -52,6 +52,10 @@ from ._packed import MIN_POLL_BYTES, PollBuffer, SendRecords
 from ._types import (
     BytesLike,
     ConnInfo,
+    OnSendFailed,
+    OptionValue,
+    Packet,
+    Refused,
     Stats,
     OPTIONS,
     STR_OPTIONS,
@@ -77,7 +81,7 @@ def _stop_all_at_exit() -> None:
             log.exception("stopping %r at exit failed", srv)
 
 
-def _destroy(lib, handle) -> None:
+def _destroy(lib: Any, handle: Any) -> None:
     lib.iocpsrv_destroy(handle)
 
 
@@ -98,14 +102,15 @@ CONN_ID_MAX = (1 << 64) - 1
 def conn_id(conn: object) -> int:
     """conn as a connection id, checked before it reaches a C call (where cffi would
     raise OverflowError for -1): TypeError unless an int, ValueError out of range."""
-    if type(conn) is not int:
-        if isinstance(conn, bool) or not hasattr(type(conn), "__index__"):
-            raise TypeError(f"connection id must be an int, not {type(conn).__name__}")
-        conn = operator.index(conn)  # an int subclass or a numpy integer
-    assert isinstance(conn, int)
-    if not 0 < conn <= CONN_ID_MAX:
-        raise ValueError(f"invalid connection id {conn}: ids are ints from 1 to 2**64-1")
-    return conn
+    if type(conn) is int:
+        value = conn
+    elif isinstance(conn, bool) or not isinstance(conn, SupportsIndex):
+        raise TypeError(f"connection id must be an int, not {type(conn).__name__}")
+    else:
+        value = operator.index(conn)  # an int subclass or a numpy integer
+    if not 0 < value <= CONN_ID_MAX:
+        raise ValueError(f"invalid connection id {value}: ids are ints from 1 to 2**64-1")
+    return value
 
 
 def payload_error(data: object) -> TypeError:
@@ -136,7 +141,7 @@ def check_send_args(conn: object, data: object) -> None:
         snapshot(data)  # type: ignore[arg-type]
 
 
-def timeout_ms(timeout) -> int:
+def timeout_ms(timeout: Optional[float]) -> int:
     """stop()'s timeout in seconds (None = no limit) as the C call's milliseconds."""
     if timeout is None:
         return -1
@@ -153,7 +158,8 @@ class _Held:
 
     def __init__(self) -> None:
         self.paused = True
-        self.backlog: collections.deque = collections.deque()
+        # bytes (threaded server, protocols) or aio Events (async for)
+        self.backlog: collections.deque[Any] = collections.deque()
 
 
 class ServerBase:
@@ -162,7 +168,8 @@ class ServerBase:
     _h = ffi.NULL
     _closed = True
 
-    def __init__(self, host: str, port: int, batch_size: int, options: dict):
+    def __init__(self, host: str, port: int, batch_size: int,
+                 options: dict[str, OptionValue]):
         if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
             raise ValueError(f"port must be an int in 0..65535, not {port!r}")
         if host is None:
@@ -225,7 +232,7 @@ class ServerBase:
 
     def _reset_sends(self) -> None:
         # Deferred sends (see the module's docstring), in the order they were made.
-        self._pending: list = []
+        self._pending: list[Packet] = []
         # Another thread's send to a connection with deferred sends goes behind them,
         # under _pending_lock, which the hand-over holds. Which connections have some is
         # worked out by those threads (_has_pending), not by the hot path: the
@@ -239,15 +246,15 @@ class ServerBase:
         self._sendable: set[int] = set()
         # Refused with SendQueueFull at hand-over: conn -> payloads, handed over again at
         # its DRAIN. Changed on the polling thread only.
-        self._stalled: dict[int, collections.deque] = {}
+        self._stalled: dict[int, collections.deque[bytes]] = {}
         # Connections refused SendQueueFull since their last DRAIN (aio's drain()).
         self._full: set[int] = set()
         # (conn, payload, code) refused at hand-over, to report on the polling thread.
-        self._send_failures: list = []
+        self._send_failures: list[tuple[int, bytes, int]] = []
         self._max_packet = self._option_or(n.IOCPSRV_OPT_MAX_PACKET_SIZE, 1 << 20)
         self._defer_max = min(DEFER_MAX_BYTES, self._max_packet)
 
-    def _hold(self, conn: int, item) -> bool:
+    def _hold(self, conn: int, item: Any) -> bool:
         """Put an event in hand behind conn's held ones if conn is paused (or resumed with
         held events not delivered yet). False: deliver it now."""
         with self._flow:
@@ -257,7 +264,7 @@ class ServerBase:
             e.backlog.append(item)
             return True
 
-    def _next_held(self):
+    def _next_held(self) -> Optional[tuple[int, Any]]:
         """(conn, event) of a resumed connection's held events, in order, or None."""
         with self._flow:
             while self._resumed:
@@ -274,7 +281,7 @@ class ServerBase:
                     del self._held[conn]
         return None
 
-    def _release(self, conn: int) -> collections.deque | tuple:
+    def _release(self, conn: int) -> Iterable[Any]:
         """At conn's DISCONNECT: its held events to deliver before it (it was resumed), or
         () (it ended paused: they are dropped, as the engine drops those it held)."""
         with self._flow:
@@ -308,7 +315,7 @@ class ServerBase:
         added = conn not in closing
         closing.add(conn)
         self._sendable.discard(conn)
-        rc = self._lib.iocpsrv_disconnect(self._h, conn, mode)
+        rc: int = self._lib.iocpsrv_disconnect(self._h, conn, mode)
         if rc:
             if added:
                 closing.discard(conn)
@@ -356,19 +363,19 @@ class ServerBase:
 
     # ---- errors ----------------------------------------------------------------------
 
-    def _error(self, rc: int, detail: str | None = None):
+    def _error(self, rc: int, detail: Optional[str] = None) -> IocpsrvError:
         if self._closed:
             return ServerStopped(n.IOCPSRV_ESTOPPED, "the server is closed")
         return error_from_code(rc, detail)
 
-    def _handle(self):
+    def _handle(self) -> Any:
         if self._closed:
             raise ServerStopped(n.IOCPSRV_ESTOPPED, "the server is closed")
         return self._h
 
     # ---- thread-safe calls ------------------------------------------------------------
 
-    def send(self, conn: int, data) -> None:
+    def send(self, conn: int, data: BytesLike) -> None:
         """Queue one packet (bytes-like: bytes, bytearray, memoryview, ...) for conn.
 
         Never blocks on the network; thread-safe; the payload is copied (or, for bytes,
@@ -404,23 +411,22 @@ class ServerBase:
         """A send that is not deferred: to the engine at once, in order after the
         deferred sends of conn."""
         conn = conn_id(conn)
-        if type(data) is not bytes:
-            data = c_buffer(data)
+        payload = data if type(data) is bytes else c_buffer(data)
         if self._pump == get_ident():
             self._flush_sends()
-        elif self._pending and self._defer_behind(conn, data):
+        elif self._pending and self._defer_behind(conn, payload):
             return
         if conn in self._stalled:
             self._full.add(conn)
             raise SendQueueFull(n.IOCPSRV_EQUEUEFULL,
                                 f"send to connection {conn} (earlier sends wait for room)")
-        rc = self._send(self._h, conn, data, len(data))
+        rc = self._send(self._h, conn, payload, len(payload))
         if rc:
             if rc == n.IOCPSRV_EQUEUEFULL:
                 self._full.add(conn)
             raise self._error(rc, f"send to connection {conn}")
 
-    def _defer_behind(self, conn: int, data) -> bool:
+    def _defer_behind(self, conn: int, data: Any) -> bool:
         """From a thread that does not poll: put the send behind the polling thread's
         deferred sends to conn, if it still has some. Its refusal, if any, is then
         reported like theirs."""
@@ -456,7 +462,7 @@ class ServerBase:
         if refused:
             self._sends_refused(sends, refused)
 
-    def _sends_refused(self, sends: list, refused: list) -> None:
+    def _sends_refused(self, sends: list[Packet], refused: list[tuple[int, int]]) -> None:
         for index, code in refused:
             conn, data = sends[index]
             if code == n.IOCPSRV_EQUEUEFULL:
@@ -508,9 +514,9 @@ class ServerBase:
                 except BaseException:  # noqa: BLE001
                     pass
 
-    on_send_failed = None
+    on_send_failed: Optional[OnSendFailed] = None
 
-    def _send_failed(self, conn: int, data: bytes, error) -> None:
+    def _send_failed(self, conn: int, data: bytes, error: IocpsrvError) -> None:
         hook = self.on_send_failed
         if hook is not None:
             hook(conn, data, error)
@@ -518,7 +524,7 @@ class ServerBase:
             self._log_send_failure(error)
 
     @staticmethod
-    def _log_send_failure(error) -> None:
+    def _log_send_failure(error: IocpsrvError) -> None:
         """What happens to a refused deferred send nobody asked to hear of: a warning,
         or a debug line while the server stops (as for ServerStopped in callbacks)."""
         if isinstance(error, ServerStopped):
@@ -532,7 +538,7 @@ class ServerBase:
         if self._pending and self._pump == get_ident():
             self._flush_sends()
 
-    def send_many(self, sends) -> list:
+    def send_many(self, sends: Iterable[tuple[int, BytesLike]]) -> list[Refused]:
         """Queue several packets: ``sends`` is a list (or iterable) of ``(conn, data)``
         pairs, as on_batch receives them, so ``send_many(packets)`` echoes a batch.
 
@@ -554,7 +560,7 @@ class ServerBase:
             return []
         return self._send_each(sends)
 
-    def _all_deferrable(self, sends: list) -> bool:
+    def _all_deferrable(self, sends: list[tuple[int, BytesLike]]) -> bool:
         """Whether every (conn, data) may go to _pending as it is: open connections,
         bytes payloads within the deferral limit. Checked by C loops (zip, map, set)."""
         conns, payloads = zip(*sends)
@@ -562,9 +568,9 @@ class ServerBase:
                 and max(map(len, payloads)) <= self._defer_max
                 and set(map(type, payloads)) == _JUST_BYTES)
 
-    def _send_each(self, sends: list) -> list:
-        refused = []
-        errors: dict[int, BaseException] = {}
+    def _send_each(self, sends: list[tuple[int, BytesLike]]) -> list[Refused]:
+        refused: list[Refused] = []
+        errors: dict[int, IocpsrvError] = {}
         for conn, data in sends:
             error = errors.get(conn)
             if error is None:
@@ -576,7 +582,7 @@ class ServerBase:
             refused.append((conn, data, error))
         return refused
 
-    def sendv(self, conn: int, parts) -> None:
+    def sendv(self, conn: int, parts: Iterable[BytesLike]) -> None:
         """Queue one packet whose payload is the concatenation of `parts` (bytes-likes),
         without joining them in Python (iocpsrv_sendv)."""
         conn = conn_id(conn)
@@ -599,15 +605,14 @@ class ServerBase:
                 self._full.add(conn)
             raise self._error(rc, f"send to connection {conn}")
 
-    def broadcast(self, data) -> int:
+    def broadcast(self, data: BytesLike) -> int:
         """Send one packet to every open connection; returns how many took it
         (connections whose send queue is full are skipped). On the polling thread the
         deferred sends are handed over first; from another thread it may overtake
         them."""
-        if type(data) is not bytes:
-            data = c_buffer(data)
+        payload = data if type(data) is bytes else c_buffer(data)
         self._flush_if_polling()
-        rc = self._lib.iocpsrv_broadcast(self._h, data, len(data))
+        rc: int = self._lib.iocpsrv_broadcast(self._h, payload, len(payload))
         if rc < 0:
             raise self._error(rc, "broadcast")
         return rc
@@ -721,14 +726,15 @@ class ServerBase:
             size = fn(self._handle(), opt, buf, len(buf))
             if size < 0:
                 raise self._error(int(size), f"option {name}")
-            return ffi.string(buf).decode()
+            text: bytes = ffi.string(buf)
+            return text.decode()
         v = ffi.new("int64_t *")
         rc = self._lib.iocpsrv_get_option(self._handle(), opt, v)
         if rc < 0:
             raise self._error(rc, f"option {name}")
         return int(v[0])
 
-    def set_options(self, **options) -> None:
+    def set_options(self, **options: OptionValue) -> None:
         """Change options while the server is not running (InvalidState otherwise)."""
         set_options(self._lib, self._handle(), normalize_options(options))
 

@@ -70,8 +70,7 @@ class IocpsrvError(Exception):
             text = f"{detail}: {text}"
         super().__init__(text)
         if isinstance(self, OSError):
-            self.errno = _ERRNO.get(code)
-            self.strerror = self.message
+            _fill_os_fields(self, code, self.message)
 
     # OSError's own __str__ would print "[Errno 98] message" and drop the detail and
     # the library's name for the code.
@@ -204,6 +203,11 @@ _BY_CODE: dict[int, type[IocpsrvError]] = {
         BufferTooSmall,
     )
 }
+
+
+def _fill_os_fields(error: OSError, code: int, message: str) -> None:
+    error.errno = _ERRNO.get(code)  # type: ignore[assignment]  # None is OSError's own "unknown"
+    error.strerror = message
 
 
 def error_from_code(code: int, detail: Optional[str] = None) -> IocpsrvError:
