@@ -43,7 +43,7 @@ import sys
 import threading
 import weakref
 from threading import get_ident
-from typing import Any, Iterable, Optional, SupportsIndex
+from typing import Any, Iterable, Optional, Sequence, SupportsIndex
 
 from . import _native as n
 from ._errors import IocpsrvError, SendQueueFull, ServerStopped, error_from_code
@@ -281,7 +281,7 @@ class ServerBase:
                     del self._held[conn]
         return None
 
-    def _release(self, conn: int) -> Iterable[Any]:
+    def _release(self, conn: int) -> Sequence[Any]:
         """At conn's DISCONNECT: its held events to deliver before it (it was resumed), or
         () (it ended paused: they are dropped, as the engine drops those it held)."""
         with self._flow:
