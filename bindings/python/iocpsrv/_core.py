@@ -55,6 +55,7 @@ from ._types import (
     OnSendFailed,
     OptionValue,
     Packet,
+    PayloadT,
     Refused,
     Stats,
     OPTIONS,
@@ -514,7 +515,8 @@ class ServerBase:
                 except BaseException:  # noqa: BLE001
                     pass
 
-    on_send_failed: Optional[OnSendFailed] = None
+    # None: not set (typed as the callable so that a subclass may define a method).
+    on_send_failed: OnSendFailed = None  # type: ignore[assignment]
 
     def _send_failed(self, conn: int, data: bytes, error: IocpsrvError) -> None:
         hook = self.on_send_failed
@@ -538,7 +540,7 @@ class ServerBase:
         if self._pending and self._pump == get_ident():
             self._flush_sends()
 
-    def send_many(self, sends: Iterable[tuple[int, BytesLike]]) -> list[Refused]:
+    def send_many(self, sends: Iterable[tuple[int, PayloadT]]) -> list[Refused[PayloadT]]:
         """Queue several packets: ``sends`` is a list (or iterable) of ``(conn, data)``
         pairs, as on_batch receives them, so ``send_many(packets)`` echoes a batch.
 
@@ -560,7 +562,7 @@ class ServerBase:
             return []
         return self._send_each(sends)
 
-    def _all_deferrable(self, sends: list[tuple[int, BytesLike]]) -> bool:
+    def _all_deferrable(self, sends: list[tuple[int, PayloadT]]) -> bool:
         """Whether every (conn, data) may go to _pending as it is: open connections,
         bytes payloads within the deferral limit. Checked by C loops (zip, map, set)."""
         conns, payloads = zip(*sends)
@@ -568,8 +570,8 @@ class ServerBase:
                 and max(map(len, payloads)) <= self._defer_max
                 and set(map(type, payloads)) == _JUST_BYTES)
 
-    def _send_each(self, sends: list[tuple[int, BytesLike]]) -> list[Refused]:
-        refused: list[Refused] = []
+    def _send_each(self, sends: list[tuple[int, PayloadT]]) -> list[Refused[PayloadT]]:
+        refused: list[Refused[PayloadT]] = []
         errors: dict[int, IocpsrvError] = {}
         for conn, data in sends:
             error = errors.get(conn)

@@ -63,11 +63,13 @@ class Server(ServerBase):
     on_batch raising is logged and aborts no connection.
     """
 
-    on_connect: Optional[OnConnect] = None
-    on_packet: Optional[OnPacket] = None
-    on_disconnect: Optional[OnDisconnect] = None
-    on_drain: Optional[OnDrain] = None
-    on_batch: Optional[OnBatch] = None
+    # None: not set. Typed as the callables (not Optional) so that a subclass may
+    # define them as methods; the dispatcher tests for None before each call.
+    on_connect: OnConnect = None  # type: ignore[assignment]
+    on_packet: OnPacket = None  # type: ignore[assignment]
+    on_disconnect: OnDisconnect = None  # type: ignore[assignment]
+    on_drain: OnDrain = None  # type: ignore[assignment]
+    on_batch: OnBatch = None  # type: ignore[assignment]
 
     def __init__(
         self,

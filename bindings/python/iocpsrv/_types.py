@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import operator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterable, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, List, Optional, Tuple, TypeVar, Union
 
 from . import _native as n
 from ._errors import IocpsrvError, OptionOutOfRange, error_from_code
@@ -15,6 +15,7 @@ __all__ = [
     "OptionValue",
     "Packet",
     "Refused",
+    "PayloadT",
     "OnConnect",
     "OnPacket",
     "OnDisconnect",
@@ -47,8 +48,10 @@ OptionValue = Union[int, str, Iterable[str], None]
 
 # (conn, payload): a packet as on_batch receives it and send_many takes it.
 Packet = Tuple[int, bytes]
+# A payload type as the caller gave it: send_many returns refused payloads unchanged.
+PayloadT = TypeVar("PayloadT", bound=BytesLike)
 # (conn, payload, error): a send that send_many could not queue.
-Refused = Tuple[int, "BytesLike", IocpsrvError]
+Refused = Tuple[int, PayloadT, IocpsrvError]
 
 # The threaded server's callbacks (a False return from on_connect refuses the client,
 # from on_packet closes the connection; other return values are ignored).

@@ -56,7 +56,7 @@ if typing.TYPE_CHECKING:
     from typing import Any, Awaitable, Callable, Generator, Iterable, Optional, Union
 
     from ._errors import IocpsrvError
-    from ._types import BytesLike, ConnInfo, OnSendFailed, OptionValue, Packet, Refused
+    from ._types import BytesLike, ConnInfo, OnSendFailed, OptionValue, Packet, PayloadT, Refused
 
 __all__ = ["Server", "Protocol", "Connection", "Event", "EventType", "Reason", "serve"]
 
@@ -503,7 +503,7 @@ class Server(_ServerBase):
 
     send.__doc__ = _ServerBase.send.__doc__
 
-    def send_many(self, sends: Iterable[tuple[int, BytesLike]]) -> list[Refused]:
+    def send_many(self, sends: Iterable[tuple[int, PayloadT]]) -> list[Refused[PayloadT]]:
         refused = super().send_many(sends)
         if self._pending and not self._dispatching and _get_ident() == self._pump:
             self._schedule_flush()
