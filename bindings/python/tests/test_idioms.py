@@ -177,10 +177,24 @@ def test_disconnect_reason_prints_by_name(echo_server):
 
 # ---- Ctrl-C stops serve_forever() --------------------------------------------------------
 
+# The echo answers only once the main thread is inside serve_forever(), so the test's
+# Ctrl-C, sent after the echo, cannot arrive before serve_forever() is waiting.
 SERVE_FOREVER = """
-    import sys
+    import sys, threading, time
     import iocpsrv
-    srv = iocpsrv.Server("127.0.0.1", 0, on_packet=lambda conn, data: srv.send(conn, data))
+
+    def main_thread_in_serve_forever():
+        frame = sys._current_frames().get(threading.main_thread().ident)
+        while frame is not None and frame.f_code.co_name != "serve_forever":
+            frame = frame.f_back
+        return frame is not None
+
+    def on_packet(conn, data):
+        while not main_thread_in_serve_forever():
+            time.sleep(0.01)
+        srv.send(conn, data)
+
+    srv = iocpsrv.Server("127.0.0.1", 0, on_packet=on_packet)
     srv.start()
     print(srv.port, flush=True)
     srv.serve_forever()
@@ -202,8 +216,8 @@ def test_ctrl_c_stops_serve_forever_and_returns_cleanly():
             c.send(b"ping")
             assert c.recv() == b"ping"  # serving, with a client connected
             proc.send_signal(signal.SIGINT)
-            out, err = proc.communicate(timeout=TIMEOUT)
-            assert c.closed_by_server()
+            assert c.closed_by_server()  # the stop closes the connection (our FIN)
+        out, err = proc.communicate(timeout=TIMEOUT)
     finally:
         if proc.poll() is None:
             proc.kill()
