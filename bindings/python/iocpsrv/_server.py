@@ -199,8 +199,21 @@ class Server(ServerBase):
                 pass
         except KeyboardInterrupt:
             log.info("KeyboardInterrupt: stopping the server on port %s", self.port)
-        finally:
+            self._stop_after_interrupt()
+        except BaseException:
             self.stop()
+            raise
+        else:
+            self.stop()
+
+    def _stop_after_interrupt(self) -> None:
+        """stop(), where a second Ctrl-C (impatience, or a signal sent to the process
+        and to its group) cuts the wait for clients short instead of leaving with a
+        traceback."""
+        try:
+            self.stop()
+        except KeyboardInterrupt:
+            self.stop(0)
 
     def close(self, timeout: float | None = 5.0) -> None:
         """stop(timeout), then free the native server. Not from a callback."""
