@@ -207,9 +207,11 @@ class Server(ServerBase):
             self.stop()
 
     def _stop_after_interrupt(self) -> None:
-        """stop(), where a second Ctrl-C (impatience, or a signal sent to the process
-        and to its group) cuts the wait for clients short instead of leaving with a
-        traceback."""
+        """stop(), where a second Ctrl-C (impatience, or one signal sent both to the
+        process and to its group) does not end the program with a traceback. It cannot
+        cut the wait for clients short: the C stop blocks (up to its timeout, 5 s) and
+        Python sees the signal only when it returns; what is left (joining the
+        dispatcher) is then done without waiting."""
         try:
             self.stop()
         except KeyboardInterrupt:

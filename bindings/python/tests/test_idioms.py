@@ -203,7 +203,11 @@ SERVE_FOREVER = """
 """
 
 
-def test_ctrl_c_stops_serve_forever_and_returns_cleanly():
+@pytest.mark.parametrize("presses", [1, 2], ids=["ctrl-c", "ctrl-c-twice"])
+def test_ctrl_c_stops_serve_forever_and_returns_cleanly(presses):
+    """One Ctrl-C stops the server gracefully; a second one, while the stop waits for
+    the client to close, does not turn into a traceback either (the stop still ends
+    within its timeout)."""
     proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(SERVE_FOREVER)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": PKG_ROOT})
@@ -217,7 +221,11 @@ def test_ctrl_c_stops_serve_forever_and_returns_cleanly():
             assert c.recv() == b"ping"  # serving, with a client connected
             proc.send_signal(signal.SIGINT)
             assert c.closed_by_server()  # the stop closes the connection (our FIN)
-        out, err = proc.communicate(timeout=TIMEOUT)
+            if presses == 2:  # the stop now waits for this client's FIN: impatience
+                proc.send_signal(signal.SIGINT)
+                out, err = proc.communicate(timeout=TIMEOUT)
+        if presses == 1:
+            out, err = proc.communicate(timeout=TIMEOUT)
     finally:
         if proc.poll() is None:
             proc.kill()
