@@ -7,8 +7,8 @@
 # Uses Debian's /usr/bin/python3 (PYTHON=... to override) with python3-cffi,
 # python3-pytest and python3-mypy, installing them with apt-get when they are missing.
 # The native library is found as the package finds it (IOCPSRV_LIBRARY, a copy in the
-# package, or the CMake build tree build/linux/dll: build it first with cmake --preset linux && cmake --build
-# --preset linux). IOCPSRV_BUILD_DIR=DIR tests against another CMake build tree instead:
+# package, or the CMake build tree build/linux/dll: build it first with cmake --preset
+# linux && cmake --build --preset linux). IOCPSRV_BUILD_DIR=DIR tests against another CMake build tree instead:
 # DIR/dll/libiocpsrv.so (unless IOCPSRV_LIBRARY is set) and DIR/samples/iocpsrv-flood.
 #
 # Exit status: pytest's, except that "no test collected" (pytest's 5) is a failure too,
