@@ -13,7 +13,13 @@
 #   install  cmake --install into a temporary prefix; build and run samples/consumer
 #            with find_package(iocpsrv) and with pkg-config
 #   python   the Python binding's pytest suite (bindings/python/run_tests.sh), with
-#            Debian's python3-cffi and python3-pytest installed when missing
+#            Debian's python3-cffi, python3-pytest and python3-mypy (the suite runs
+#            mypy --strict on the package) installed when missing
+#   python-wheel  the Python package as users install it: both wheels (CMake target
+#            python-wheel, Linux and MinGW builds), the Linux one installed offline into
+#            a fresh venv and examples/echo.py run from outside the repository under
+#            iocpsrv-flood, the Windows wheel's contents and tags, pip install of the
+#            source directory and -e (bindings/python/wheel_tests.sh)
 #   csharp   the C# binding: dotnet test, dotnet pack with both natives, a consumer of the
 #            package (net10.0, linux-x64 publishes, net8.0 self-contained), the Echo example
 #            (bindings/csharp/run_tests.sh; restores from /opt/nuget/packages and NuGet)
@@ -39,7 +45,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$(pwd)
 BUILD_DIR="$ROOT/build/linux"
 JOBS=$(nproc 2>/dev/null || echo 2)
-SECTIONS=(deps build ctest demo install python csharp windows csharp-windows asan tsan valgrind fuzz bench)
+SECTIONS=(deps build ctest demo install python python-wheel csharp windows csharp-windows asan tsan valgrind fuzz bench)
 
 export DEBIAN_FRONTEND=noninteractive
 
@@ -152,10 +158,30 @@ section_install() {
 }
 
 section_python() {
-  if ! /usr/bin/python3 -c "import cffi, pytest" >/dev/null 2>&1; then
-    apt_install python3 python3-cffi python3-pytest || return 1
+  if ! /usr/bin/python3 -c "import cffi, pytest, mypy" >/dev/null 2>&1; then
+    apt_install python3 python3-cffi python3-pytest python3-mypy || return 1
   fi
   bash "$ROOT/bindings/python/run_tests.sh"
+}
+
+section_python-wheel() {
+  MISSING=()
+  need_cmd x86_64-w64-mingw32-gcc gcc-mingw-w64-x86-64
+  need_cmd unzip unzip
+  if ! /usr/bin/python3 -c "import cffi, ensurepip, venv" >/dev/null 2>&1; then
+    MISSING+=(python3-cffi python3-venv)
+  fi
+  if [ "${#MISSING[@]}" -gt 0 ]; then
+    echo "installing: ${MISSING[*]}"
+    apt_install "${MISSING[@]}" || return 1
+  fi
+  if [ ! -e "$BUILD_DIR/dll/libiocpsrv.so" ] || [ ! -x "$BUILD_DIR/samples/iocpsrv-flood" ]; then
+    cmake --preset linux >/dev/null || return 1
+    cmake --build --preset linux -j"$JOBS" --target iocpsrv iocpsrv-flood || return 1
+  fi
+  cmake --preset linux >/dev/null || return 1  # (re)configure: the python-wheel target
+  cmake --preset windows >/dev/null || return 1
+  timeout 900 bash "$ROOT/bindings/python/wheel_tests.sh"
 }
 
 section_csharp() {
@@ -295,7 +321,7 @@ run_section() {
 
 case "${1:-}" in
   --list) printf '%s\n' "${SECTIONS[@]}"; exit 0 ;;
-  -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h|--help) sed -n '2,/^set -uo pipefail/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
 esac
 
 if [ "$#" -gt 0 ]; then selected=("$@"); else selected=("${SECTIONS[@]}"); fi

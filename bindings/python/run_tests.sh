@@ -4,11 +4,11 @@
 #   bash bindings/python/run_tests.sh              the whole suite
 #   bash bindings/python/run_tests.sh -k aio -x    extra arguments go to pytest
 #
-# Uses Debian's /usr/bin/python3 (PYTHON=... to override) with python3-cffi and
-# python3-pytest, installing them with apt-get when they are missing. The native library
-# is found as the package finds it (IOCPSRV_LIBRARY, a copy in the package, or the CMake
-# build tree build/linux/dll: build it first with cmake --preset linux && cmake --build
-# --preset linux). IOCPSRV_BUILD_DIR=DIR tests against another CMake build tree instead:
+# Uses Debian's /usr/bin/python3 (PYTHON=... to override) with python3-cffi,
+# python3-pytest and python3-mypy, installing them with apt-get when they are missing.
+# The native library is found as the package finds it (IOCPSRV_LIBRARY, a copy in the
+# package, or the CMake build tree build/linux/dll: build it first with cmake --preset
+# linux && cmake --build --preset linux). IOCPSRV_BUILD_DIR=DIR tests against another CMake build tree instead:
 # DIR/dll/libiocpsrv.so (unless IOCPSRV_LIBRARY is set) and DIR/samples/iocpsrv-flood.
 #
 # Exit status: pytest's, except that "no test collected" (pytest's 5) is a failure too,
@@ -38,6 +38,16 @@ if ! "$PYTHON" -c 'import cffi, pytest' 2>/dev/null; then
     echo "run_tests.sh: $PYTHON needs cffi and pytest (Debian: python3-cffi python3-pytest)" >&2
     exit 1
   fi
+fi
+
+# mypy --strict on the package (tests/test_idioms.py) needs Debian's python3-mypy: the
+# test is skipped without it, except under CI=true, where it fails.
+if ! "$PYTHON" -c 'import mypy' 2>/dev/null && command -v apt-get >/dev/null 2>&1; then
+  echo "run_tests.sh: installing python3-mypy"
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+      python3-mypy || echo "run_tests.sh: could not install python3-mypy" >&2
 fi
 
 export PYTHONPATH="$HERE${PYTHONPATH:+:$PYTHONPATH}"

@@ -11,6 +11,8 @@
 See README.md for the threading contract, the exception policy and iocpsrv.aio.
 """
 
+from types import ModuleType as _ModuleType
+
 from ._errors import (
     AddressInUse,
     AddressNotAvailable,
@@ -80,7 +82,7 @@ __all__ = [
 ]
 
 
-def version() -> tuple:
+def version() -> tuple[int, int, int]:
     """The native library's (major, minor, patch)."""
     from ._native import library
 
@@ -92,10 +94,11 @@ def version_string() -> str:
     """The native library's version text, e.g. "1.0.0 epoll"."""
     from ._native import ffi, library
 
-    return ffi.string(library().iocpsrv_version_string()).decode()
+    text: bytes = ffi.string(library().iocpsrv_version_string())
+    return text.decode()
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> _ModuleType:
     # iocpsrv.aio without importing asyncio for users of the threaded server.
     if name == "aio":
         import importlib

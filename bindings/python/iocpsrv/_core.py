@@ -38,17 +38,25 @@ from __future__ import annotations
 import atexit
 import collections
 import logging
+import operator
 import sys
 import threading
 import weakref
 from threading import get_ident
+from typing import Any, Iterable, Optional, Sequence, SupportsIndex
 
 from . import _native as n
 from ._errors import IocpsrvError, SendQueueFull, ServerStopped, error_from_code
 from ._native import ffi, library
 from ._packed import MIN_POLL_BYTES, PollBuffer, SendRecords
 from ._types import (
+    BytesLike,
     ConnInfo,
+    OnSendFailed,
+    OptionValue,
+    Packet,
+    PayloadT,
+    Refused,
     Stats,
     OPTIONS,
     STR_OPTIONS,
@@ -74,7 +82,7 @@ def _stop_all_at_exit() -> None:
             log.exception("stopping %r at exit failed", srv)
 
 
-def _destroy(lib, handle) -> None:
+def _destroy(lib: Any, handle: Any) -> None:
     lib.iocpsrv_destroy(handle)
 
 
@@ -88,7 +96,53 @@ DEFER_MAX_COUNT = 1024
 _JUST_BYTES = {bytes}
 
 
-def timeout_ms(timeout) -> int:
+# Connection ids are the C API's uint64_t, never 0 (iocpsrv.h).
+CONN_ID_MAX = (1 << 64) - 1
+
+
+def conn_id(conn: object) -> int:
+    """conn as a connection id, checked before it reaches a C call (where cffi would
+    raise OverflowError for -1): TypeError unless an int, ValueError out of range."""
+    if type(conn) is int:
+        value = conn
+    elif isinstance(conn, bool) or not isinstance(conn, SupportsIndex):
+        raise TypeError(f"connection id must be an int, not {type(conn).__name__}")
+    else:
+        value = operator.index(conn)  # an int subclass or a numpy integer
+    if not 0 < value <= CONN_ID_MAX:
+        raise ValueError(f"invalid connection id {value}: ids are ints from 1 to 2**64-1")
+    return value
+
+
+def payload_error(data: object) -> TypeError:
+    return TypeError(f"data must be bytes-like, not {type(data).__name__}")
+
+
+def snapshot(data: BytesLike) -> bytes:
+    """A bytes copy of a bytes-like (memoryview refuses str, ints and lists, which
+    bytes() would take)."""
+    try:
+        return memoryview(data).tobytes()
+    except TypeError:
+        raise payload_error(data) from None
+
+
+def c_buffer(data: BytesLike) -> Any:
+    """A bytes-like as cffi passes it to C without a copy."""
+    try:
+        return ffi.from_buffer(data)
+    except TypeError:
+        raise payload_error(data) from None
+
+
+def check_send_args(conn: object, data: object) -> None:
+    """Raise the clean TypeError/ValueError for a bad send(conn, data), if it is one."""
+    conn_id(conn)
+    if not isinstance(data, bytes):
+        snapshot(data)  # type: ignore[arg-type]
+
+
+def timeout_ms(timeout: Optional[float]) -> int:
     """stop()'s timeout in seconds (None = no limit) as the C call's milliseconds."""
     if timeout is None:
         return -1
@@ -105,7 +159,8 @@ class _Held:
 
     def __init__(self) -> None:
         self.paused = True
-        self.backlog: collections.deque = collections.deque()
+        # bytes (threaded server, protocols) or aio Events (async for)
+        self.backlog: collections.deque[Any] = collections.deque()
 
 
 class ServerBase:
@@ -114,7 +169,8 @@ class ServerBase:
     _h = ffi.NULL
     _closed = True
 
-    def __init__(self, host: str, port: int, batch_size: int, options: dict):
+    def __init__(self, host: str, port: int, batch_size: int,
+                 options: dict[str, OptionValue]):
         if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
             raise ValueError(f"port must be an int in 0..65535, not {port!r}")
         if host is None:
@@ -177,7 +233,7 @@ class ServerBase:
 
     def _reset_sends(self) -> None:
         # Deferred sends (see the module's docstring), in the order they were made.
-        self._pending: list = []
+        self._pending: list[Packet] = []
         # Another thread's send to a connection with deferred sends goes behind them,
         # under _pending_lock, which the hand-over holds. Which connections have some is
         # worked out by those threads (_has_pending), not by the hot path: the
@@ -191,15 +247,15 @@ class ServerBase:
         self._sendable: set[int] = set()
         # Refused with SendQueueFull at hand-over: conn -> payloads, handed over again at
         # its DRAIN. Changed on the polling thread only.
-        self._stalled: dict[int, collections.deque] = {}
+        self._stalled: dict[int, collections.deque[bytes]] = {}
         # Connections refused SendQueueFull since their last DRAIN (aio's drain()).
         self._full: set[int] = set()
         # (conn, payload, code) refused at hand-over, to report on the polling thread.
-        self._send_failures: list = []
+        self._send_failures: list[tuple[int, bytes, int]] = []
         self._max_packet = self._option_or(n.IOCPSRV_OPT_MAX_PACKET_SIZE, 1 << 20)
         self._defer_max = min(DEFER_MAX_BYTES, self._max_packet)
 
-    def _hold(self, conn: int, item) -> bool:
+    def _hold(self, conn: int, item: Any) -> bool:
         """Put an event in hand behind conn's held ones if conn is paused (or resumed with
         held events not delivered yet). False: deliver it now."""
         with self._flow:
@@ -209,7 +265,7 @@ class ServerBase:
             e.backlog.append(item)
             return True
 
-    def _next_held(self):
+    def _next_held(self) -> Optional[tuple[int, Any]]:
         """(conn, event) of a resumed connection's held events, in order, or None."""
         with self._flow:
             while self._resumed:
@@ -226,7 +282,7 @@ class ServerBase:
                     del self._held[conn]
         return None
 
-    def _release(self, conn: int) -> collections.deque | tuple:
+    def _release(self, conn: int) -> Sequence[Any]:
         """At conn's DISCONNECT: its held events to deliver before it (it was resumed), or
         () (it ended paused: they are dropped, as the engine drops those it held)."""
         with self._flow:
@@ -260,7 +316,7 @@ class ServerBase:
         added = conn not in closing
         closing.add(conn)
         self._sendable.discard(conn)
-        rc = self._lib.iocpsrv_disconnect(self._h, conn, mode)
+        rc: int = self._lib.iocpsrv_disconnect(self._h, conn, mode)
         if rc:
             if added:
                 closing.discard(conn)
@@ -308,19 +364,19 @@ class ServerBase:
 
     # ---- errors ----------------------------------------------------------------------
 
-    def _error(self, rc: int, detail: str | None = None):
+    def _error(self, rc: int, detail: Optional[str] = None) -> IocpsrvError:
         if self._closed:
             return ServerStopped(n.IOCPSRV_ESTOPPED, "the server is closed")
         return error_from_code(rc, detail)
 
-    def _handle(self):
+    def _handle(self) -> Any:
         if self._closed:
             raise ServerStopped(n.IOCPSRV_ESTOPPED, "the server is closed")
         return self._h
 
     # ---- thread-safe calls ------------------------------------------------------------
 
-    def send(self, conn: int, data) -> None:
+    def send(self, conn: int, data: BytesLike) -> None:
         """Queue one packet (bytes-like: bytes, bytearray, memoryview, ...) for conn.
 
         Never blocks on the network; thread-safe; the payload is copied (or, for bytes,
@@ -332,47 +388,54 @@ class ServerBase:
         batch and handed over with the batch's other sends in one call; see "Deferred
         sends" in README.md for how a refusal found then is reported."""
         # The hot path: on the polling thread, to a connection known to be open and not
-        # stalled, a payload small enough to copy into the batch.
-        if self._pump == get_ident() and conn in self._sendable:
-            if type(data) is not bytes:
-                # A snapshot (the caller may change its buffer), of bytes-likes only:
-                # bytes() would also take an int or a list of ints.
-                data = memoryview(data).tobytes()
-            if len(data) <= self._defer_max:
-                pending = self._pending
-                pending.append((conn, data))
-                if len(pending) >= DEFER_MAX_COUNT:
-                    self._flush_sends()
-                return
+        # stalled, a payload small enough to copy into the batch. The arguments are
+        # checked only when something fails (the try costs nothing until then): an id
+        # in _sendable is an open connection's.
+        try:
+            if self._pump == get_ident() and conn in self._sendable:
+                if type(data) is not bytes:
+                    # A snapshot (the caller may change its buffer), of bytes-likes
+                    # only: bytes() would also take an int or a list of ints.
+                    data = memoryview(data).tobytes()
+                if len(data) <= self._defer_max:
+                    pending = self._pending
+                    pending.append((conn, data))
+                    if len(pending) >= DEFER_MAX_COUNT:
+                        self._flush_sends()
+                    return
+        except TypeError:
+            check_send_args(conn, data)
+            raise
         self._send_now(conn, data)
 
-    def _send_now(self, conn: int, data) -> None:
+    def _send_now(self, conn: int, data: BytesLike) -> None:
         """A send that is not deferred: to the engine at once, in order after the
         deferred sends of conn."""
+        conn = conn_id(conn)
+        payload = data if type(data) is bytes else c_buffer(data)
         if self._pump == get_ident():
             self._flush_sends()
-        elif self._pending and self._defer_behind(conn, data):
+        elif self._pending and self._defer_behind(conn, payload):
             return
         if conn in self._stalled:
             self._full.add(conn)
             raise SendQueueFull(n.IOCPSRV_EQUEUEFULL,
                                 f"send to connection {conn} (earlier sends wait for room)")
-        if type(data) is not bytes:
-            data = ffi.from_buffer(data)
-        rc = self._send(self._h, conn, data, len(data))
+        rc = self._send(self._h, conn, payload, len(payload))
         if rc:
             if rc == n.IOCPSRV_EQUEUEFULL:
                 self._full.add(conn)
             raise self._error(rc, f"send to connection {conn}")
 
-    def _defer_behind(self, conn: int, data) -> bool:
+    def _defer_behind(self, conn: int, data: Any) -> bool:
         """From a thread that does not poll: put the send behind the polling thread's
         deferred sends to conn, if it still has some. Its refusal, if any, is then
         reported like theirs."""
         with self._pending_lock:
             if not self._has_pending(conn):
                 return False
-            self._pending.append((conn, memoryview(data).tobytes()))
+            # data: bytes, or _send_now's cffi view of the caller's buffer (copied).
+            self._pending.append((conn, data if type(data) is bytes else ffi.buffer(data)[:]))
             return True
 
     def _has_pending(self, conn: int) -> bool:
@@ -400,7 +463,7 @@ class ServerBase:
         if refused:
             self._sends_refused(sends, refused)
 
-    def _sends_refused(self, sends: list, refused: list) -> None:
+    def _sends_refused(self, sends: list[Packet], refused: list[tuple[int, int]]) -> None:
         for index, code in refused:
             conn, data = sends[index]
             if code == n.IOCPSRV_EQUEUEFULL:
@@ -452,9 +515,10 @@ class ServerBase:
                 except BaseException:  # noqa: BLE001
                     pass
 
-    on_send_failed = None
+    # None: not set (typed as the callable so that a subclass may define a method).
+    on_send_failed: OnSendFailed = None  # type: ignore[assignment]
 
-    def _send_failed(self, conn: int, data: bytes, error) -> None:
+    def _send_failed(self, conn: int, data: bytes, error: IocpsrvError) -> None:
         hook = self.on_send_failed
         if hook is not None:
             hook(conn, data, error)
@@ -462,7 +526,7 @@ class ServerBase:
             self._log_send_failure(error)
 
     @staticmethod
-    def _log_send_failure(error) -> None:
+    def _log_send_failure(error: IocpsrvError) -> None:
         """What happens to a refused deferred send nobody asked to hear of: a warning,
         or a debug line while the server stops (as for ServerStopped in callbacks)."""
         if isinstance(error, ServerStopped):
@@ -476,7 +540,7 @@ class ServerBase:
         if self._pending and self._pump == get_ident():
             self._flush_sends()
 
-    def send_many(self, sends) -> list:
+    def send_many(self, sends: Iterable[tuple[int, PayloadT]]) -> list[Refused[PayloadT]]:
         """Queue several packets: ``sends`` is a list (or iterable) of ``(conn, data)``
         pairs, as on_batch receives them, so ``send_many(packets)`` echoes a batch.
 
@@ -498,7 +562,7 @@ class ServerBase:
             return []
         return self._send_each(sends)
 
-    def _all_deferrable(self, sends: list) -> bool:
+    def _all_deferrable(self, sends: list[tuple[int, PayloadT]]) -> bool:
         """Whether every (conn, data) may go to _pending as it is: open connections,
         bytes payloads within the deferral limit. Checked by C loops (zip, map, set)."""
         conns, payloads = zip(*sends)
@@ -506,9 +570,9 @@ class ServerBase:
                 and max(map(len, payloads)) <= self._defer_max
                 and set(map(type, payloads)) == _JUST_BYTES)
 
-    def _send_each(self, sends: list) -> list:
-        refused = []
-        errors: dict[int, BaseException] = {}
+    def _send_each(self, sends: list[tuple[int, PayloadT]]) -> list[Refused[PayloadT]]:
+        refused: list[Refused[PayloadT]] = []
+        errors: dict[int, IocpsrvError] = {}
         for conn, data in sends:
             error = errors.get(conn)
             if error is None:
@@ -520,19 +584,19 @@ class ServerBase:
             refused.append((conn, data, error))
         return refused
 
-    def sendv(self, conn: int, parts) -> None:
+    def sendv(self, conn: int, parts: Iterable[BytesLike]) -> None:
         """Queue one packet whose payload is the concatenation of `parts` (bytes-likes),
         without joining them in Python (iocpsrv_sendv)."""
+        conn = conn_id(conn)
+        keep = [c_buffer(p) for p in parts]
         if self._pump == get_ident():
             self._flush_sends()
-        elif self._pending and self._defer_behind(
-                conn, b"".join(memoryview(p).tobytes() for p in parts)):
+        elif self._pending and self._defer_behind(conn, b"".join(ffi.buffer(b)[:] for b in keep)):
             return
         if conn in self._stalled:
             self._full.add(conn)
             raise SendQueueFull(n.IOCPSRV_EQUEUEFULL,
                                 f"send to connection {conn} (earlier sends wait for room)")
-        keep = [ffi.from_buffer(p) for p in parts]
         bufs = ffi.new("iocpsrv_buf_t[]", max(len(keep), 1))
         for i, b in enumerate(keep):
             bufs[i].base = b
@@ -543,15 +607,14 @@ class ServerBase:
                 self._full.add(conn)
             raise self._error(rc, f"send to connection {conn}")
 
-    def broadcast(self, data) -> int:
+    def broadcast(self, data: BytesLike) -> int:
         """Send one packet to every open connection; returns how many took it
         (connections whose send queue is full are skipped). On the polling thread the
         deferred sends are handed over first; from another thread it may overtake
         them."""
+        payload = data if type(data) is bytes else c_buffer(data)
         self._flush_if_polling()
-        if type(data) is not bytes:
-            data = ffi.from_buffer(data)
-        rc = self._lib.iocpsrv_broadcast(self._h, data, len(data))
+        rc: int = self._lib.iocpsrv_broadcast(self._h, payload, len(payload))
         if rc < 0:
             raise self._error(rc, "broadcast")
         return rc
@@ -560,6 +623,7 @@ class ServerBase:
         """Close a connection: graceful (queued sends are written first, then FIN) or
         abortive (queue dropped, RST). No packet callback starts for it after this
         returns; its on_disconnect follows."""
+        conn = conn_id(conn)
         mode = n.IOCPSRV_CLOSE_GRACEFUL if graceful else n.IOCPSRV_CLOSE_ABORT
         rc = self._close(conn, mode)
         if rc:
@@ -568,6 +632,7 @@ class ServerBase:
     def pause(self, conn: int) -> None:
         """Stop reading from conn (TCP then pushes back on the client). Packets already
         received are held and delivered after resume(conn)."""
+        conn = conn_id(conn)
         rc = self._lib.iocpsrv_pause_receive(self._h, conn)
         if rc:
             raise self._error(rc, f"pause connection {conn}")
@@ -580,6 +645,7 @@ class ServerBase:
 
     def resume(self, conn: int) -> None:
         """Read from conn again; held packets are delivered first, in order."""
+        conn = conn_id(conn)
         rc = self._lib.iocpsrv_resume_receive(self._h, conn)
         if rc:
             raise self._error(rc, f"resume connection {conn}")
@@ -599,6 +665,7 @@ class ServerBase:
 
     def pending(self, conn: int) -> int:
         """Bytes queued for conn and not yet handed to the kernel."""
+        conn = conn_id(conn)
         self._flush_if_polling()
         rc = self._lib.iocpsrv_pending_bytes(self._h, conn)
         if rc < 0:
@@ -620,6 +687,7 @@ class ServerBase:
 
     def info(self, conn: int) -> ConnInfo:
         """A ConnInfo for conn; ConnectionNotFound for a dead or stale id."""
+        conn = conn_id(conn)
         self._flush_if_polling()
         ci = ffi.new("iocpsrv_conn_info_t *")
         ci.struct_size = ffi.sizeof("iocpsrv_conn_info_t")
@@ -660,14 +728,15 @@ class ServerBase:
             size = fn(self._handle(), opt, buf, len(buf))
             if size < 0:
                 raise self._error(int(size), f"option {name}")
-            return ffi.string(buf).decode()
+            text: bytes = ffi.string(buf)
+            return text.decode()
         v = ffi.new("int64_t *")
         rc = self._lib.iocpsrv_get_option(self._handle(), opt, v)
         if rc < 0:
             raise self._error(rc, f"option {name}")
         return int(v[0])
 
-    def set_options(self, **options) -> None:
+    def set_options(self, **options: OptionValue) -> None:
         """Change options while the server is not running (InvalidState otherwise)."""
         set_options(self._lib, self._handle(), normalize_options(options))
 

@@ -1,6 +1,16 @@
-"""Exceptions: one class per IOCPSRV_E* code, all under IocpsrvError."""
+"""Exceptions: one class per IOCPSRV_E* code, all under IocpsrvError.
+
+Each class also has the built-in base a Python user would catch for that kind of
+failure: the OS-level ones (an address in use or not available, permission denied, a
+failed system call, an unsupported platform feature) are OSError subclasses with
+``errno`` and ``strerror`` set, like the socket module's errors; a bad value is a
+ValueError, an unknown connection id a LookupError, out of memory a MemoryError.
+"""
 
 from __future__ import annotations
+
+import errno
+from typing import Optional
 
 from . import _native as n
 
@@ -27,12 +37,13 @@ __all__ = [
 ]
 
 
-def _text(fn, code: int) -> str:
+def _text(fn: str, code: int) -> str:
     try:
         lib = n.library()
     except n.LibraryError:
         return ""
-    return n.ffi.string(getattr(lib, fn)(code)).decode("utf-8", "replace")
+    text: bytes = n.ffi.string(getattr(lib, fn)(code))
+    return text.decode("utf-8", "replace")
 
 
 class IocpsrvError(Exception):
@@ -41,11 +52,13 @@ class IocpsrvError(Exception):
     ``code`` is the library's negative IOCPSRV_E* value, ``name`` its name (from
     iocpsrv_err_name, e.g. "IOCPSRV_ENOTCONN") and ``message`` its text (from
     iocpsrv_strerror). ``detail`` says what the binding was doing, when known.
+    The OSError subclasses also carry ``errno`` (an ``errno`` module value, or None
+    where the engine does not say) and ``strerror`` (the message).
     """
 
     code: int = 0
 
-    def __init__(self, code: int | None = None, detail: str | None = None):
+    def __init__(self, code: Optional[int] = None, detail: Optional[str] = None):
         if code is None:
             code = type(self).code
         self.code = code
@@ -56,8 +69,14 @@ class IocpsrvError(Exception):
         if detail:
             text = f"{detail}: {text}"
         super().__init__(text)
+        if isinstance(self, OSError):
+            _fill_os_fields(self, code, self.message)
 
-    def __reduce__(self):
+    # OSError's own __str__ would print "[Errno 98] message" and drop the detail and
+    # the library's name for the code.
+    __str__ = BaseException.__str__
+
+    def __reduce__(self) -> tuple[type[IocpsrvError], tuple[int, Optional[str]]]:
         return (type(self), (self.code, self.detail))
 
 
@@ -97,15 +116,22 @@ class InvalidState(IocpsrvError):
     code = n.IOCPSRV_ESTATE
 
 
-class AddressInUse(IocpsrvError):
+class AddressInUse(IocpsrvError, OSError):
+    """listen(): the port is taken (errno EADDRINUSE)."""
+
     code = n.IOCPSRV_EADDRINUSE
 
 
-class AddressNotAvailable(IocpsrvError):
+class AddressNotAvailable(IocpsrvError, OSError):
+    """listen(): the host is not an address of this machine, or not an address at all
+    (errno EADDRNOTAVAIL)."""
+
     code = n.IOCPSRV_EADDRNOTAVAIL
 
 
-class NotSupported(IocpsrvError):
+class NotSupported(IocpsrvError, OSError):
+    """Not available on this platform, e.g. reuseport on Windows (errno ENOTSUP)."""
+
     code = n.IOCPSRV_ENOTSUP
 
 
@@ -125,11 +151,17 @@ class InCallback(IocpsrvError):
     code = n.IOCPSRV_EINCALLBACK
 
 
-class SystemFailure(IocpsrvError):
+class SystemFailure(IocpsrvError, OSError):
+    """A system call failed for a reason the engine has no code for; errno is None
+    (the engine does not pass the OS's code on)."""
+
     code = n.IOCPSRV_ESYSTEM
 
 
-class PermissionDenied(IocpsrvError):
+class PermissionDenied(IocpsrvError, PermissionError):
+    """listen(): not allowed, e.g. a port below 1024 without the privilege (errno
+    EACCES)."""
+
     code = n.IOCPSRV_EACCES
 
 
@@ -140,7 +172,16 @@ class BufferTooSmall(IocpsrvError):
     code = n.IOCPSRV_ENOSPACE
 
 
-_BY_CODE = {
+# The errno of each OS-level code (the classes deriving from OSError).
+_ERRNO: dict[int, Optional[int]] = {
+    n.IOCPSRV_EADDRINUSE: errno.EADDRINUSE,
+    n.IOCPSRV_EADDRNOTAVAIL: errno.EADDRNOTAVAIL,
+    n.IOCPSRV_EACCES: errno.EACCES,
+    n.IOCPSRV_ENOTSUP: getattr(errno, "ENOTSUP", errno.EOPNOTSUPP),
+    n.IOCPSRV_ESYSTEM: None,
+}
+
+_BY_CODE: dict[int, type[IocpsrvError]] = {
     cls.code: cls
     for cls in (
         InvalidArgument,
@@ -164,7 +205,12 @@ _BY_CODE = {
 }
 
 
-def error_from_code(code: int, detail: str | None = None) -> IocpsrvError:
+def _fill_os_fields(error: OSError, code: int, message: str) -> None:
+    error.errno = _ERRNO.get(code)  # type: ignore[assignment]  # None is OSError's own "unknown"
+    error.strerror = message
+
+
+def error_from_code(code: int, detail: Optional[str] = None) -> IocpsrvError:
     """The exception for a negative IOCPSRV_E* code (IocpsrvError for unknown codes)."""
     cls = _BY_CODE.get(code, IocpsrvError)
     return cls(code, detail)

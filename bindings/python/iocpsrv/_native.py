@@ -13,6 +13,7 @@ import os
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 from cffi import FFI
 
@@ -24,6 +25,7 @@ __all__ = [
     "LibraryNotFoundError",
     "LibraryVersionError",
     "ABI_MAJOR",
+    "source_checkout_root",
 ]
 
 # The header's major version this binding was written against.
@@ -293,37 +295,33 @@ else:
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
 _lock = threading.Lock()
-_lib = None
+_lib: Any = None
 _lib_path: str | None = None
 
 
+def source_checkout_root() -> Path | None:
+    """The repository holding this package when it is used from a source checkout
+    (<repo>/bindings/python/iocpsrv), else None: an installed package has no build
+    tree to look in."""
+    repo = _PACKAGE_DIR.parent.parent.parent
+    if _PACKAGE_DIR.parent.parent.name == "bindings" and (
+            repo / "dll" / "include" / "iocpsrv.h").is_file():
+        return repo
+    return None
+
+
 def _candidates() -> list[tuple[str, str]]:
-    """(description, path) in lookup order, after the environment variable."""
-    out = []
-    for name in _NAMES:
-        out.append(("copy inside the package", str(_PACKAGE_DIR / name)))
-    # The CMake build tree: <repo>/build/<preset>/dll, the repository root being the
-    # nearest ancestor of this package that has a build/<preset>/dll directory (or, if
-    # none has one yet, the ancestor holding dll/include/iocpsrv.h).
-    roots = []
-    for parent in _PACKAGE_DIR.parents:
-        if any((parent / "build" / p / "dll").is_dir() for p in _PRESETS) or (
-            parent / "dll" / "include" / "iocpsrv.h"
-        ).is_file():
-            roots.append(parent)
-            break
-    if not roots:
-        # Say where it would have been in a checkout (bindings/python/iocpsrv -> repo).
-        parents = _PACKAGE_DIR.parents
-        roots.append(parents[2] if len(parents) > 2 else parents[-1])
-    for root in roots:
-        for preset in _PRESETS:
-            for name in _NAMES:
-                out.append(("CMake build tree", str(root / "build" / preset / "dll" / name)))
+    """(description, path) in lookup order, after the environment variable and before
+    the system's library path."""
+    out = [("copy inside the package", str(_PACKAGE_DIR / name)) for name in _NAMES]
+    repo = source_checkout_root()
+    if repo is not None:
+        out += [("CMake build tree", str(repo / "build" / preset / "dll" / name))
+                for preset in _PRESETS for name in _NAMES]
     return out
 
 
-def _check_version(lib, path: str) -> None:
+def _check_version(lib: Any, path: str) -> None:
     v = int(lib.iocpsrv_version())
     if v >> 16 != ABI_MAJOR:
         raise LibraryVersionError(
@@ -332,84 +330,77 @@ def _check_version(lib, path: str) -> None:
         )
 
 
-def _open(path: str):
-    lib = ffi.dlopen(path)
+def _open(path: str, errors: list[str]) -> Any:
+    """The library at path, or None (the reason appended to errors). A library of the
+    wrong major version raises LibraryVersionError: it was found, and is unusable."""
+    try:
+        lib = ffi.dlopen(path)
+    except OSError as e:
+        errors.append(f"{path}: {e}")
+        return None
     _check_version(lib, path)
     return lib
 
 
-def library():
+def _search(searched: list[str], errors: list[str]) -> tuple[Any, str | None]:
+    """(library, path) from the first place that has a usable one, else (None, None);
+    every place tried is appended to searched."""
+    env = os.environ.get("IOCPSRV_LIBRARY")
+    if env:
+        searched.append(f"IOCPSRV_LIBRARY={env}")
+        if not os.path.exists(env):
+            errors.append(f"{env}: no such file")
+            return None, None
+        return _open(env, errors), env
+    for what, path in dict.fromkeys(_candidates()):
+        searched.append(f"{what}: {path}")
+        if os.path.exists(path):
+            lib = _open(path, errors)
+            if lib is not None:
+                return lib, path
+    system = ctypes.util.find_library("iocpsrv")
+    searched.append(f"system library path: {system or 'iocpsrv (not found)'}")
+    if system:
+        return _open(system, errors), system
+    return None, None
+
+
+def _not_found(searched: list[str], errors: list[str]) -> LibraryNotFoundError:
+    lines = ["cannot find the iocpsrv native library; looked in:"]
+    lines += [f"  - {s}" for s in searched]
+    if errors:
+        lines.append("errors:")
+        lines += [f"  - {e}" for e in errors]
+    lines.append(
+        "Install a wheel that carries it (see bindings/python/README.md), build it "
+        "(cmake --preset linux && cmake --build --preset linux) when using the package "
+        "from the repository, or set IOCPSRV_LIBRARY to its path."
+    )
+    return LibraryNotFoundError("\n".join(lines), searched)
+
+
+def library() -> Any:
     """The loaded native library (loaded on first use).
 
     Lookup order: the ``IOCPSRV_LIBRARY`` environment variable (a file path; when set, it is
-    the only place tried), a copy inside the package directory, the CMake build tree
-    (``build/<preset>/dll`` under the repository that holds this package), then the
-    system's library search path (``cmake --install`` to a standard prefix). Raises
-    LibraryNotFoundError listing every place tried, or LibraryVersionError.
+    the only place tried), a copy inside the package directory (what a wheel installs),
+    the CMake build tree (``build/<preset>/dll``, only when the package is used from the
+    repository's bindings/python), then the system's library search path (``cmake
+    --install`` to a standard prefix). Raises LibraryNotFoundError listing every place
+    tried, or LibraryVersionError.
     """
     global _lib, _lib_path
     if _lib is not None:
         return _lib
     with _lock:
-        if _lib is not None:
-            return _lib
-        searched: list[str] = []
-        errors: list[str] = []
-        env = os.environ.get("IOCPSRV_LIBRARY")
-        if env:
-            searched.append(f"IOCPSRV_LIBRARY={env}")
-            if not os.path.exists(env):
-                errors.append(f"{env}: no such file")
-            else:
-                try:
-                    lib = _open(env)
-                except LibraryVersionError:
-                    raise
-                except OSError as e:
-                    errors.append(f"{env}: {e}")
-                else:
-                    _lib, _lib_path = lib, env
-                    return lib
-        else:
-            seen = set()
-            for what, path in _candidates():
-                if path in seen:
-                    continue
-                seen.add(path)
-                searched.append(f"{what}: {path}")
-                if not os.path.exists(path):
-                    continue
-                try:
-                    lib = _open(path)
-                except LibraryVersionError:
-                    raise
-                except OSError as e:
-                    errors.append(f"{path}: {e}")
-                    continue
-                _lib, _lib_path = lib, path
-                return lib
-            system = ctypes.util.find_library("iocpsrv")
-            searched.append(f"system library path: {system or 'iocpsrv (not found)'}")
-            if system:
-                try:
-                    lib = _open(system)
-                except LibraryVersionError:
-                    raise
-                except OSError as e:
-                    errors.append(f"{system}: {e}")
-                else:
-                    _lib, _lib_path = lib, system
-                    return lib
-        lines = ["cannot find the iocpsrv native library; looked in:"]
-        lines += [f"  - {s}" for s in searched]
-        if errors:
-            lines.append("errors:")
-            lines += [f"  - {e}" for e in errors]
-        lines.append(
-            "Build it (cmake --preset linux && cmake --build --preset linux), copy it into "
-            "the package directory, or set IOCPSRV_LIBRARY to its path."
-        )
-        raise LibraryNotFoundError("\n".join(lines), searched)
+        if _lib is None:
+            searched: list[str] = []
+            errors: list[str] = []
+            lib, path = _search(searched, errors)
+            if lib is None:
+                raise _not_found(searched, errors)
+            _lib, _lib_path = lib, path
+    return _lib
 
 
 def library_path() -> str:

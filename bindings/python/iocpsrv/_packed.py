@@ -18,6 +18,7 @@ target; each record padded with zero bytes to a multiple of 8):
 from __future__ import annotations
 
 import struct
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 from . import _native as n
 from ._errors import error_from_code
@@ -87,8 +88,8 @@ class PollBuffer:
         self.chunks = ffi.buffer(self.cdata)
         self.view = memoryview(self.chunks)
 
-    def poll(self, lib, handle, timeout_ms: int, max_packet_size: int,
-             limit: int | None = None) -> int:
+    def poll(self, lib: Any, handle: Any, timeout_ms: int, max_packet_size: int,
+             limit: Optional[int] = None) -> int:
         """One iocpsrv_poll_packed: the bytes of records written, 0 on timeout, or a
         negative code. On IOCPSRV_ENOSPACE (the next event is larger than the buffer)
         the buffer grows to what the largest event needs and the poll is repeated: the
@@ -109,7 +110,7 @@ class PollBuffer:
         return int(got)
 
 
-def iter_events(buf: PollBuffer, end: int):
+def iter_events(buf: PollBuffer, end: int) -> Iterator[tuple[int, int, int, bytes]]:
     """(type, reason, conn, payload bytes) of each record in buf[0:end]. The servers'
     hot loops inline this; it serves the tests and the cold paths."""
     unpack = EVENT_HEADER.unpack_from
@@ -122,7 +123,7 @@ def iter_events(buf: PollBuffer, end: int):
         yield kind, reason, conn, chunks[start:start + length]
 
 
-def _small_record_packer(length: int):
+def _small_record_packer(length: int) -> Callable[..., bytes]:
     """Struct.pack of a whole send record with a `length`-byte payload: header, payload
     and the zero padding ('s' pads with zeros) in one call."""
     return struct.Struct("<QII%ds" % align8(length)).pack
@@ -134,11 +135,11 @@ SMALL_PAYLOAD = 256
 SMALL_RECORD = tuple(_small_record_packer(i) for i in range(SMALL_PAYLOAD))
 
 
-class _PairReaders(dict):
+class _PairReaders(dict[int, struct.Struct]):
     """length -> Struct reading one PACKET record with that payload length as
     (conn, payload): header fields skipped, padding skipped."""
 
-    def __missing__(self, length: int):
+    def __missing__(self, length: int) -> struct.Struct:
         reader = self[length] = struct.Struct("<8xQ8x%ds%dx" % (length, -length & 7))
         return reader
 
@@ -146,7 +147,7 @@ class _PairReaders(dict):
 _PAIR_READERS = _PairReaders()
 
 
-def uniform_packets(buf: PollBuffer, end: int):
+def uniform_packets(buf: PollBuffer, end: int) -> Optional[list[tuple[int, bytes]]]:
     """The (conn, payload) pairs of buf[0:end] if its records are all PACKET records
     with one payload length (a steady stream of same-size packets, the common case
     under load), else None.
@@ -163,10 +164,14 @@ def uniform_packets(buf: PollBuffer, end: int):
     firsts = view[0:end].cast("Q")[::step // 8]  # len, type, reason of each record
     if firsts.tobytes() != view[0:8].tobytes() * count:
         return None
-    return list(_PAIR_READERS[length].iter_unpack(view[0:end]))
+    pairs: list[tuple[int, bytes]] = list(
+        _PAIR_READERS[length].iter_unpack(view[0:end]))  # type: ignore[arg-type]
+    return pairs
 
 
-def dispatch_records(buf: PollBuffer, end: int, deliver, on_event) -> None:
+def dispatch_records(buf: PollBuffer, end: int,
+                     deliver: Callable[[list[tuple[int, bytes]]], None],
+                     on_event: Callable[[int], None]) -> None:
     """Hand the records of buf[0:end] over in order: each run of PACKET records as one
     list of (conn, payload) pairs to deliver(pairs), every other record's offset to
     on_event(offset). A poll of same-size packets is read by C loops
@@ -196,7 +201,7 @@ def dispatch_records(buf: PollBuffer, end: int, deliver, on_event) -> None:
         deliver(pairs)
 
 
-def read_event(buf: PollBuffer, offset: int):
+def read_event(buf: PollBuffer, offset: int) -> tuple[int, int, int, bytes]:
     """(type, reason, conn, payload) of the record at offset."""
     length, kind, reason, conn, _user = EVENT_HEADER.unpack_from(buf.view, offset)
     start = offset + EVENT_HEADER.size
@@ -208,7 +213,7 @@ def peer_text(payload: bytes) -> str:
     return payload.decode("utf-8", "replace")
 
 
-def build_send_records(sends) -> bytearray:
+def build_send_records(sends: Iterable[tuple[int, bytes]]) -> bytearray:
     """The iocpsrv_send_packed buffer for (conn, payload) pairs, in order."""
     out = bytearray()
     small = SMALL_RECORD
@@ -224,7 +229,7 @@ def build_send_records(sends) -> bytearray:
     return out
 
 
-def iter_send_records(buf):
+def iter_send_records(buf: bytes | bytearray) -> Iterator[tuple[int, bytes]]:
     """(conn, payload bytes) of each send record in buf (tests, diagnostics)."""
     view = memoryview(buf)
     offset = 0
@@ -245,7 +250,7 @@ class SendRecords:
         self._capacity = 0
         self._results = ffi.NULL
 
-    def submit(self, lib, handle, sends: list) -> list:
+    def submit(self, lib: Any, handle: Any, sends: list[tuple[int, bytes]]) -> list[tuple[int, int]]:
         """Queue every send in order, as iocpsrv_send would. Returns the refused ones
         as (index in sends, error code), in order; a whole-call failure (the server
         stopped) refuses every send with its code."""
@@ -253,7 +258,12 @@ class SendRecords:
         if count > self._capacity:
             self._capacity = max(count, 2 * self._capacity, 64)
             self._results = ffi.new("iocpsrv_send_result_t[]", self._capacity)
-        buf = build_send_records(sends)
+        try:
+            buf = build_send_records(sends)
+        except (struct.error, TypeError):
+            # An id equal to an open connection's without being an int (1.0): the hot
+            # paths compare ids by value only, so it goes to the connection it equals.
+            buf = build_send_records([(int(conn), data) for conn, data in sends])
         refused = lib.iocpsrv_send_packed(handle, ffi.from_buffer(buf), len(buf),
                                           self._results, count)
         if refused == 0:
@@ -261,4 +271,4 @@ class SendRecords:
         if refused < 0:
             return [(index, refused) for index in range(count)]
         raw = ffi.buffer(self._results, refused * REFUSAL.size)
-        return list(REFUSAL.iter_unpack(raw))
+        return list(REFUSAL.iter_unpack(raw))  # type: ignore[arg-type]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from operator import itemgetter
 from threading import get_ident
+from typing import Any, Optional
 
 from . import _core
 from . import _native as n
@@ -12,7 +13,17 @@ from ._core import ServerBase, log, timeout_ms
 from ._errors import InCallback, InvalidState, error_from_code
 from ._native import ffi
 from ._packed import dispatch_records, peer_text, read_event
-from ._types import REASONS
+from ._types import (
+    REASONS,
+    OnBatch,
+    OnConnect,
+    OnDisconnect,
+    OnDrain,
+    OnPacket,
+    OnSendFailed,
+    OptionValue,
+    Packet,
+)
 
 __all__ = ["Server"]
 
@@ -52,27 +63,29 @@ class Server(ServerBase):
     on_batch raising is logged and aborts no connection.
     """
 
-    on_connect = None
-    on_packet = None
-    on_disconnect = None
-    on_drain = None
-    on_batch = None
+    # None: not set. Typed as the callables (not Optional) so that a subclass may
+    # define them as methods; the dispatcher tests for None before each call.
+    on_connect: OnConnect = None  # type: ignore[assignment]
+    on_packet: OnPacket = None  # type: ignore[assignment]
+    on_disconnect: OnDisconnect = None  # type: ignore[assignment]
+    on_drain: OnDrain = None  # type: ignore[assignment]
+    on_batch: OnBatch = None  # type: ignore[assignment]
 
     def __init__(
         self,
         host: str = "127.0.0.1",
         port: int = 0,
         *,
-        on_connect=None,
-        on_packet=None,
-        on_disconnect=None,
-        on_drain=None,
-        on_batch=None,
-        on_send_failed=None,
+        on_connect: Optional[OnConnect] = None,
+        on_packet: Optional[OnPacket] = None,
+        on_disconnect: Optional[OnDisconnect] = None,
+        on_drain: Optional[OnDrain] = None,
+        on_batch: Optional[OnBatch] = None,
+        on_send_failed: Optional[OnSendFailed] = None,
         batch_size: int = 256,
         poll_interval: float = 0.1,
-        **options,
-    ):
+        **options: OptionValue,
+    ) -> None:
         if not (isinstance(poll_interval, (int, float)) and poll_interval > 0):
             raise ValueError("poll_interval must be a number of seconds > 0")
         super().__init__(host, port, batch_size, options)
@@ -175,15 +188,34 @@ class Server(ServerBase):
         return self._done.wait(timeout)
 
     def serve_forever(self) -> None:
-        """start() if needed, then wait until stopped; Ctrl-C (KeyboardInterrupt)
-        stops the server and is re-raised."""
+        """start() if needed, then wait until stopped. Ctrl-C (KeyboardInterrupt, or
+        SIGINT however sent) stops the server and returns normally, as stopping is
+        what Ctrl-C asks of a server; any other exception stops it and propagates."""
         if self._dispatcher is None:
             self.start()
         try:
+            # In slices: a KeyboardInterrupt reaches the main thread between them.
             while not self._done.wait(0.5):
                 pass
-        finally:
+        except KeyboardInterrupt:
+            log.info("KeyboardInterrupt: stopping the server on port %s", self.port)
+            self._stop_after_interrupt()
+        except BaseException:
             self.stop()
+            raise
+        else:
+            self.stop()
+
+    def _stop_after_interrupt(self) -> None:
+        """stop(), where a second Ctrl-C (impatience, or one signal sent both to the
+        process and to its group) does not end the program with a traceback. It cannot
+        cut the wait for clients short: the C stop blocks (up to its timeout, 5 s) and
+        Python sees the signal only when it returns; what is left (joining the
+        dispatcher) is then done without waiting."""
+        try:
+            self.stop()
+        except KeyboardInterrupt:
+            self.stop(0)
 
     def close(self, timeout: float | None = 5.0) -> None:
         """stop(timeout), then free the native server. Not from a callback."""
@@ -207,7 +239,7 @@ class Server(ServerBase):
             self.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def _stop_at_exit(self, timeout: float) -> None:
@@ -222,7 +254,7 @@ class Server(ServerBase):
         wait_ms = self._poll_ms
         short_ms = min(wait_ms, 10)
         held = self._held
-        self._met = set()  # connections accepted by on_connect (a refused one never is)
+        self._met: set[int] = set()  # connections accepted by on_connect (a refused one never is)
         self._pump = get_ident()
         try:
             while True:
@@ -257,7 +289,7 @@ class Server(ServerBase):
         deliver = self._deliver_packets if self.on_batch is None else self._deliver_batches
         dispatch_records(self._poll_buffer, end, deliver, self._dispatch_event)
 
-    def _deliver_packets(self, pairs: list) -> None:
+    def _deliver_packets(self, pairs: list[Packet]) -> None:
         """The hot loop: each packet to on_packet. The checks come right before each
         call, so a disconnect() or pause() made by one applies to the next."""
         on_packet = self.on_packet
@@ -275,7 +307,7 @@ class Server(ServerBase):
             except BaseException:
                 self._callback_failed("on_packet", conn)
 
-    def _deliver_batches(self, pairs: list) -> None:
+    def _deliver_batches(self, pairs: list[Packet]) -> None:
         """on_batch mode: the run's packets of accepted, open, unpaused connections (the
         others are dropped or held, as for on_packet), as one list."""
         if not self._all_deliverable(pairs):
@@ -285,7 +317,7 @@ class Server(ServerBase):
         if pairs:
             self._deliver_batch(pairs)
 
-    def _all_deliverable(self, pairs: list) -> bool:
+    def _all_deliverable(self, pairs: list[Packet]) -> bool:
         conns = set(map(_first, pairs))
         return (conns <= self._met and (not self._closing or conns.isdisjoint(self._closing))
                 and (not self._held or conns.isdisjoint(self._held)))
@@ -297,11 +329,11 @@ class Server(ServerBase):
     def _handle_event(self, kind: int, reason: int, conn: int, payload: bytes) -> None:
         met = self._met
         if kind == _CONNECT:
-            cb = self.on_connect
-            if cb is not None:
+            on_connect = self.on_connect
+            if on_connect is not None:
                 peer = peer_text(payload)
                 try:
-                    r = cb(conn, peer)
+                    r = on_connect(conn, peer)
                 except BaseException:
                     self._callback_failed("on_connect", conn, met=False)
                     return
@@ -319,11 +351,11 @@ class Server(ServerBase):
                     if not self._deliver_packet(conn, data):
                         break
             self._forget(conn)
-            cb = self.on_disconnect
-            if cb is None:
+            on_disconnect = self.on_disconnect
+            if on_disconnect is None:
                 return
             try:
-                cb(conn, REASONS.get(reason, reason))
+                on_disconnect(conn, REASONS.get(reason, reason))
             except BaseException:
                 try:
                     log.exception("on_disconnect callback raised for connection %d", conn)
@@ -333,19 +365,22 @@ class Server(ServerBase):
             if conn not in met or conn in self._closing:
                 return
             self._drained(conn, alive=True)
-            cb = self.on_drain
-            if cb is None:
+            on_drain = self.on_drain
+            if on_drain is None:
                 return
             try:
-                cb(conn)
+                on_drain(conn)
             except BaseException:
                 self._callback_failed("on_drain", conn)
 
-    def _deliver_batch(self, batch: list) -> None:
+    def _deliver_batch(self, batch: list[Packet]) -> None:
         """on_batch(batch). It may raise: logged, and no connection is aborted (which
         one failed is unknown); the next batch is delivered as usual."""
+        on_batch = self.on_batch
+        if on_batch is None:
+            return
         try:
-            self.on_batch(batch)
+            on_batch(batch)
         except BaseException:
             try:
                 log.exception("on_batch callback raised (a batch of %d packets); the "

@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 import enum
+import operator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterable, List, Optional, Tuple, TypeVar, Union
 
 from . import _native as n
-from ._errors import OptionOutOfRange, error_from_code
+from ._errors import IocpsrvError, OptionOutOfRange, error_from_code
 
 __all__ = [
+    "BytesLike",
+    "OptionValue",
+    "Packet",
+    "Refused",
+    "PayloadT",
+    "OnConnect",
+    "OnPacket",
+    "OnDisconnect",
+    "OnDrain",
+    "OnBatch",
+    "OnSendFailed",
+    "NamedIntEnum",
     "Reason",
     "Framing",
     "ProxyMode",
@@ -21,7 +35,51 @@ __all__ = [
 ]
 
 
-class Reason(enum.IntEnum):
+if TYPE_CHECKING:
+    # What the buffer protocol accepts (bytes, bytearray, memoryview, array, mmap...).
+    from _typeshed import ReadableBuffer as BytesLike
+else:
+    BytesLike = Union[bytes, bytearray, memoryview]
+
+
+# A keyword option's value: an int (IntEnums and numpy integers included), a name for
+# framing= and proxy_protocol=, or for proxy_trusted= a str, a list of str or None.
+OptionValue = Union[int, str, Iterable[str], None]
+
+# (conn, payload): a packet as on_batch receives it and send_many takes it.
+Packet = Tuple[int, bytes]
+# A payload type as the caller gave it: send_many returns refused payloads unchanged.
+PayloadT = TypeVar("PayloadT", bound=BytesLike)
+# (conn, payload, error): a send that send_many could not queue.
+Refused = Tuple[int, PayloadT, IocpsrvError]
+
+# The threaded server's callbacks (a False return from on_connect refuses the client,
+# from on_packet closes the connection; other return values are ignored).
+OnConnect = Callable[[int, str], object]
+OnPacket = Callable[[int, bytes], object]
+OnDisconnect = Callable[[int, "Reason | int"], object]
+OnDrain = Callable[[int], object]
+OnBatch = Callable[[List[Packet]], object]
+OnSendFailed = Callable[[int, bytes, IocpsrvError], object]
+
+
+class NamedIntEnum(enum.IntEnum):
+    """An IntEnum that prints as its name: ``str()``, ``print()``, f-strings and "%s"
+    give "Reason.PEER_CLOSED" on every Python (3.11's IntEnum would give "1"). It
+    still equals, hashes and orders as its int, and formats as one with a numeric spec
+    (f"{reason:d}", "%d")."""
+
+    def __str__(self) -> str:
+        return f"{type(self).__name__}.{self.name}"
+
+    def __format__(self, spec: str) -> str:
+        try:
+            return format(str(self), spec)
+        except ValueError:  # a numeric spec ("d", "x", "04"): format the int
+            return format(int(self), spec)
+
+
+class Reason(NamedIntEnum):
     """Why a connection ended (iocpsrv_reason_t)."""
 
     PEER_CLOSED = n.IOCPSRV_REASON_PEER_CLOSED
@@ -36,14 +94,15 @@ class Reason(enum.IntEnum):
     @property
     def text(self) -> str:
         """The library's name for it, e.g. "peer-closed"."""
-        return n.ffi.string(n.library().iocpsrv_reason_name(int(self))).decode()
+        name: bytes = n.ffi.string(n.library().iocpsrv_reason_name(int(self)))
+        return name.decode()
 
 
 # Reason values as the dispatcher hands them out; unknown (newer) values stay ints.
-REASONS = {int(r): r for r in Reason}
+REASONS: dict[int, Reason] = {int(r): r for r in Reason}
 
 
-class Framing(enum.IntEnum):
+class Framing(NamedIntEnum):
     """Values of the ``framing`` option (iocpsrv_framing_t)."""
 
     LEN32_LE = n.IOCPSRV_FRAMING_LEN32_LE
@@ -53,7 +112,7 @@ class Framing(enum.IntEnum):
     RAW = n.IOCPSRV_FRAMING_RAW
 
 
-class ProxyMode(enum.IntEnum):
+class ProxyMode(NamedIntEnum):
     """Values of the ``proxy_protocol`` option (iocpsrv_proxy_mode_t)."""
 
     OFF = n.IOCPSRV_PROXY_OFF
@@ -61,7 +120,7 @@ class ProxyMode(enum.IntEnum):
     OPTIONAL = n.IOCPSRV_PROXY_OPTIONAL
 
 
-class EventType(enum.IntEnum):
+class EventType(NamedIntEnum):
     """Pull-mode event types (iocpsrv_event_type_t)."""
 
     CONNECT = n.IOCPSRV_EVENT_CONNECT
@@ -133,7 +192,7 @@ class Stats:
 STATS_FIELDS = [f for f in Stats.__dataclass_fields__]
 
 
-def _ends(ctype: str) -> dict:
+def _ends(ctype: str) -> dict[str, int]:
     """{field: end offset} of a struct, to skip fields an older library does not fill
     (it fills at most its own sizeof and says how much in struct_size)."""
     return {name: f.offset + n.ffi.sizeof(f.type) for name, f in n.ffi.typeof(ctype).fields}
@@ -142,11 +201,12 @@ def _ends(ctype: str) -> dict:
 _CONN_INFO_ENDS = _ends("iocpsrv_conn_info_t")
 
 
-def _text(chars) -> str:
-    return n.ffi.string(chars).decode("utf-8", "replace")
+def _text(chars: Any) -> str:
+    text: bytes = n.ffi.string(chars)
+    return text.decode("utf-8", "replace")
 
 
-def conn_info_from_c(ci) -> ConnInfo:
+def conn_info_from_c(ci: Any) -> ConnInfo:
     filled = int(ci.struct_size)
     return ConnInfo(
         id=int(ci.id),
@@ -166,7 +226,7 @@ def conn_info_from_c(ci) -> ConnInfo:
 _STATS_ENDS = _ends("iocpsrv_stats_t")
 
 
-def stats_from_c(st) -> Stats:
+def stats_from_c(st: Any) -> Stats:
     filled = int(st.struct_size)  # the library fills at most its own sizeof, and says so
     return Stats(**{f: int(getattr(st, f)) for f, end in _STATS_ENDS.items()
                     if f in STATS_FIELDS and end <= filled})
@@ -225,10 +285,10 @@ _PROXY_NAMES = {"off": ProxyMode.OFF, "required": ProxyMode.REQUIRED,
                 "optional": ProxyMode.OPTIONAL}
 
 # Options that also take a name.
-_NAMED = {"framing": (_FRAMING_NAMES, "Framing"), "proxy_protocol": (_PROXY_NAMES, "ProxyMode")}
+_NAMED: dict[str, tuple[dict[str, Any], str]] = {"framing": (_FRAMING_NAMES, "Framing"), "proxy_protocol": (_PROXY_NAMES, "ProxyMode")}
 
 
-def _str_option_value(name: str, value) -> str | None:
+def _str_option_value(name: str, value: OptionValue) -> str | None:
     """None clears; a str is passed as it is; an iterable of str is joined with ", "."""
     if value is None or isinstance(value, str):
         return value
@@ -239,7 +299,7 @@ def _str_option_value(name: str, value) -> str | None:
     )
 
 
-def _option_value(name: str, value):
+def _option_value(name: str, value: OptionValue) -> int | str | None:
     if name in STR_OPTIONS:
         return _str_option_value(name, value)
     if name in _NAMED and isinstance(value, str):
@@ -253,20 +313,23 @@ def _option_value(name: str, value):
             ) from None
     if isinstance(value, bool):
         return int(value)
-    if not isinstance(value, int):
-        # index() accepts numpy integers and IntEnums, refuses floats and strings.
-        try:
-            value = value.__index__()
-        except AttributeError:
-            raise TypeError(
-                f"option {name}= takes an int, not {type(value).__name__}"
-            ) from None
-    if not _INT64_MIN <= value <= _INT64_MAX:
-        raise OptionOutOfRange(n.IOCPSRV_ERANGE, f"option {name}={value}")
-    return int(value)
+    number = _as_int(name, value)
+    if not _INT64_MIN <= number <= _INT64_MAX:
+        raise OptionOutOfRange(n.IOCPSRV_ERANGE, f"option {name}={number}")
+    return number
 
 
-def normalize_options(options: dict) -> list[tuple[str, int, int | str | None]]:
+def _as_int(name: str, value: object) -> int:
+    """index() accepts ints, numpy integers and IntEnums, refuses floats and strings."""
+    if isinstance(value, int):
+        return int(value)
+    try:
+        return operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(f"option {name}= takes an int, not {type(value).__name__}") from None
+
+
+def normalize_options(options: dict[str, OptionValue]) -> list[tuple[str, int, int | str | None]]:
     """Check keyword options; return [(name, option id, value)]: an int, or for the
     STR_OPTIONS a str or None.
 
@@ -292,14 +355,14 @@ def normalize_options(options: dict) -> list[tuple[str, int, int | str | None]]:
     return out
 
 
-def set_options(lib, handle, opts: list[tuple[str, int, int | str | None]]) -> None:
+def set_options(lib: Any, handle: Any, opts: list[tuple[str, int, int | str | None]]) -> None:
     for name, opt, v in opts:
         if name in STR_OPTIONS:
             try:
                 fn = lib.iocpsrv_set_option_str
             except AttributeError:  # a library older than string options
                 raise error_from_code(n.IOCPSRV_EUNKNOWNOPT, f"option {name}") from None
-            rc = fn(handle, opt, n.ffi.NULL if v is None else v.encode())
+            rc = fn(handle, opt, n.ffi.NULL if v is None else str(v).encode())
             if rc < 0:
                 raise error_from_code(rc, f"option {name}={v!r}")
             continue

@@ -34,25 +34,38 @@ from __future__ import annotations
 import asyncio
 import collections
 import threading
+from threading import get_ident as _get_ident
+import typing
 
-from threading import get_ident
+from . import _core, _errors
+from . import _native as _n
+from ._core import DEFER_MAX_COUNT as _DEFER_MAX_COUNT
+from ._core import ServerBase as _ServerBase
+from ._core import check_send_args as _check_send_args
+from ._core import log as _log
+from ._core import timeout_ms as _timeout_ms
+from ._native import ffi as _ffi
+from ._packed import EVENT_HEADER as _EVENT_HEADER
+from ._packed import dispatch_records as _dispatch_records
+from ._packed import peer_text as _peer_text
+from ._packed import read_event as _read_event
+from ._types import REASONS as _REASONS
+from ._types import EventType, Reason
 
-from . import _core
-from . import _native as n
-from ._core import DEFER_MAX_COUNT, ServerBase, log, timeout_ms
-from ._errors import ConnectionNotFound, InvalidState, SendQueueFull, ServerStopped, error_from_code
-from ._native import ffi
-from ._packed import EVENT_HEADER, dispatch_records, peer_text, read_event
-from ._types import REASONS, EventType, Reason
+if typing.TYPE_CHECKING:
+    from typing import Any, Awaitable, Callable, Generator, Iterable, Optional, Union
 
-__all__ = ["Server", "Protocol", "Connection", "Event", "serve"]
+    from ._errors import IocpsrvError
+    from ._types import BytesLike, ConnInfo, OnSendFailed, OptionValue, Packet, PayloadT, Refused
 
-_PACKET = n.IOCPSRV_EVENT_PACKET
-_CONNECT = n.IOCPSRV_EVENT_CONNECT
-_DISCONNECT = n.IOCPSRV_EVENT_DISCONNECT
-_DRAIN = n.IOCPSRV_EVENT_DRAIN
-_ESTOPPED = n.IOCPSRV_ESTOPPED
-_ENOSPACE = n.IOCPSRV_ENOSPACE
+__all__ = ["Server", "Protocol", "Connection", "Event", "EventType", "Reason", "serve"]
+
+_PACKET = _n.IOCPSRV_EVENT_PACKET
+_CONNECT = _n.IOCPSRV_EVENT_CONNECT
+_DISCONNECT = _n.IOCPSRV_EVENT_DISCONNECT
+_DRAIN = _n.IOCPSRV_EVENT_DRAIN
+_ESTOPPED = _n.IOCPSRV_ESTOPPED
+_ENOSPACE = _n.IOCPSRV_ENOSPACE
 
 _TYPES = {int(t): t for t in EventType}
 _EV_PACKET = EventType.PACKET
@@ -71,7 +84,14 @@ class Event:
 
     __slots__ = ("type", "conn", "data", "peer", "reason")
 
-    def __init__(self, type, conn, data=b"", peer=None, reason=None):
+    type: EventType
+    conn: int
+    data: bytes
+    peer: Optional[str]
+    reason: Union[Reason, int, None]  # an int only for a reason newer than this binding
+
+    def __init__(self, type: EventType, conn: int, data: bytes = b"",
+                 peer: Optional[str] = None, reason: Union[Reason, int, None] = None):
         self.type = type
         self.conn = conn
         self.data = data
@@ -95,18 +115,19 @@ class Connection:
 
     __slots__ = ("id", "peer", "server", "protocol", "batched", "_send")
 
-    def __init__(self, server: "Server", conn: int, peer: str):
+    protocol: Protocol  # set by the server right after the factory made it
+
+    def __init__(self, server: Server, conn: int, peer: str):
         self.server = server
         self.id = conn
         self.peer = peer
-        self.protocol = None
         self.batched = False  # the protocol takes packets_received(list)
         self._send = server.send
 
-    def send(self, data) -> None:
+    def send(self, data: BytesLike) -> None:
         self._send(self.id, data)
 
-    async def send_async(self, data) -> None:
+    async def send_async(self, data: BytesLike) -> None:
         """send(), waiting for room instead of raising SendQueueFull."""
         await self.server.send_async(self.id, data)
 
@@ -114,7 +135,7 @@ class Connection:
         """Wait until the send queue has room again (see Server.drain)."""
         await self.server.drain(self.id)
 
-    def sendv(self, parts) -> None:
+    def sendv(self, parts: Iterable[BytesLike]) -> None:
         self.server.sendv(self.id, parts)
 
     def close(self) -> None:
@@ -135,7 +156,7 @@ class Connection:
         """Bytes queued for sending and not yet handed to the kernel."""
         return self.server.pending(self.id)
 
-    def info(self):
+    def info(self) -> ConnInfo:
         return self.server.info(self.id)
 
     def __repr__(self) -> str:
@@ -150,27 +171,28 @@ class Protocol:
 
     connection: Connection
 
-    def connection_made(self, connection: Connection):
+    def connection_made(self, connection: Connection) -> Optional[bool]:
         self.connection = connection
+        return None
 
-    def packet_received(self, data: bytes):
-        pass
+    def packet_received(self, data: bytes) -> Optional[bool]:
+        return None
 
-    def drained(self):
+    def drained(self) -> None:
         """A send refused with SendQueueFull may now be retried (the queue fell below
         half its limit)."""
 
-    def connection_lost(self, reason: Reason):
+    def connection_lost(self, reason: Union[Reason, int]) -> None:
         pass
 
-    def send_failed(self, data: bytes, error):
+    def send_failed(self, data: bytes, error: IocpsrvError) -> None:
         """A send deferred to the end of a batch was refused when it was handed to the
         engine (the connection ended meanwhile, or the server stopped). By default it is
         logged (logger "iocpsrv"). SendQueueFull never comes here: such packets are
         kept and sent after the drain."""
         self.connection.server._log_send_failure(error)
 
-    async def drain(self):
+    async def drain(self) -> None:
         """``await self.drain()``: wait until the connection's send queue has room
         (returns at once unless a send to it was refused with SendQueueFull)."""
         await self.connection.drain()
@@ -180,7 +202,7 @@ class Protocol:
     # order (pause_reading() and close() called in it apply from the next list on).
 
 
-class Server(ServerBase):
+class Server(_ServerBase):
     """An iocpsrv server driven by the running asyncio event loop.
 
     Give ``protocol_factory`` (a Protocol subclass or any callable returning one) for
@@ -201,13 +223,13 @@ class Server(ServerBase):
         host: str = "127.0.0.1",
         port: int = 0,
         *,
-        protocol_factory=None,
+        protocol_factory: Optional[Callable[[], Protocol]] = None,
         batch_size: int = 256,
         max_batches: int = 8,
         max_buffered: int = 8192,
-        on_send_failed=None,
-        **options,
-    ):
+        on_send_failed: Optional[OnSendFailed] = None,
+        **options: OptionValue,
+    ) -> None:
         super().__init__(host, port, batch_size, options)
         self._factory = protocol_factory
         if on_send_failed is not None:
@@ -218,17 +240,17 @@ class Server(ServerBase):
         self._fd = -1
         self._reading = False
         self._running = False
-        self._queue: collections.deque = collections.deque()
-        self._waiter: asyncio.Future | None = None
-        self._closed_fut: asyncio.Future | None = None
-        self._stop_fut: asyncio.Future | None = None
+        self._queue: collections.deque[Event] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._closed_fut: asyncio.Future[None] | None = None
+        self._stop_fut: asyncio.Future[None] | None = None
         self._conns: dict[int, Connection] = {}
         self._loop_tid = 0
         self._defer = False  # pull_batch_sends: loop-thread sends wait for the next poll
         self._dispatching = False
         self._flush_scheduled = False
         self._tick_handle: asyncio.TimerHandle | None = None
-        self._drain_waiters: dict[int, asyncio.Future] = {}
+        self._drain_waiters: dict[int, asyncio.Future[None]] = {}
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -237,7 +259,7 @@ class Server(ServerBase):
         loop = asyncio.get_running_loop()
         h = self._handle()
         if self._running:
-            raise InvalidState(n.IOCPSRV_ESTATE, "the server is already running")
+            raise _errors.InvalidState(_n.IOCPSRV_ESTATE, "the server is already running")
         if self._stop_fut is not None:
             await self._stop_fut
         self._reset_bookkeeping()
@@ -246,14 +268,14 @@ class Server(ServerBase):
         self._drain_waiters.clear()
         rc = self._lib.iocpsrv_listen(h, self._host.encode("utf-8"), self._port_req)
         if rc < 0:
-            raise error_from_code(rc, f"listen on {self._host!r} port {self._port_req}")
+            raise _errors.error_from_code(rc, f"listen on {self._host!r} port {self._port_req}")
         fd = self._lib.iocpsrv_wait_handle(h)
         if fd < 0:
             self._lib.iocpsrv_stop(h, 0)
-            raise error_from_code(int(fd), "iocpsrv_wait_handle")
+            raise _errors.error_from_code(int(fd), "iocpsrv_wait_handle")
         self._loop = loop
-        self._loop_tid = self._pump = get_ident()
-        self._defer = bool(self._option_or(n.IOCPSRV_OPT_PULL_BATCH_SENDS, 0))
+        self._loop_tid = self._pump = _get_ident()
+        self._defer = bool(self._option_or(_n.IOCPSRV_OPT_PULL_BATCH_SENDS, 0))
         self._dispatching = False
         self._flush_scheduled = False
         self._fd = int(fd)
@@ -265,13 +287,13 @@ class Server(ServerBase):
         _core._live.add(self)
         return self
 
-    def stop(self, timeout: float | None = 5.0):
+    def stop(self, timeout: float | None = 5.0) -> Awaitable[None]:
         """Begin stopping (see iocpsrv.Server.stop for what a stop does) and return a
         future that is done once every event, the disconnects included, has been
         delivered. Call it on the loop's thread: from a coroutine (``await srv.stop()``)
         or from a protocol callback (no need to await it there). From another thread:
         ``loop.call_soon_threadsafe(srv.stop)``."""
-        ms = timeout_ms(timeout)
+        ms = _timeout_ms(timeout)
         loop = self._loop
         if loop is None:  # never started
             return _DONE
@@ -284,18 +306,20 @@ class Server(ServerBase):
             # The blocking C stop runs on a helper thread while the loop keeps
             # draining events (the closing connections' disconnects).
             self._add_reader()  # even if the iterator's consumer had paused draining
-            done = self._loop.create_future()
+            loop = self._started_loop
+            done: asyncio.Future[None] = loop.create_future()
 
-            def run():
+            def run() -> None:
                 self._lib.iocpsrv_stop(self._h, ms)
                 try:
-                    self._loop.call_soon_threadsafe(_set_done, done)
+                    loop.call_soon_threadsafe(_set_done, done)
                 except RuntimeError:  # the loop is closed
                     pass
 
             threading.Thread(target=run, name="iocpsrv-stop", daemon=True).start()
             await done
-            await asyncio.shield(self._closed_fut)
+            if self._closed_fut is not None:
+                await asyncio.shield(self._closed_fut)
         _core._live.discard(self)
 
     async def wait_closed(self) -> None:
@@ -310,7 +334,7 @@ class Server(ServerBase):
             self._remove_reader()
             self._closed = True
             self._finalizer()
-            self._h = ffi.NULL
+            self._h = _ffi.NULL
 
     aclose = close
 
@@ -323,13 +347,20 @@ class Server(ServerBase):
             await self.start()
         return self
 
-    async def __aexit__(self, *exc) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
     def _stop_at_exit(self, timeout: float) -> None:
         # The loop is most likely gone: stop in C directly (nobody polls any more).
         if not self._closed and self._running:
-            self._lib.iocpsrv_stop(self._h, timeout_ms(timeout))
+            self._lib.iocpsrv_stop(self._h, _timeout_ms(timeout))
+
+    @property
+    def _started_loop(self) -> asyncio.AbstractEventLoop:
+        """The loop the server was started on (the methods that use it run only after
+        start())."""
+        assert self._loop is not None, "the server has not been started"
+        return self._loop
 
     # ---- draining --------------------------------------------------------------------
 
@@ -342,7 +373,7 @@ class Server(ServerBase):
         if self._reading:
             self._reading = False
             try:
-                self._loop.remove_reader(self._fd)
+                self._started_loop.remove_reader(self._fd)
             except (RuntimeError, ValueError, OSError):  # loop closed
                 pass
 
@@ -381,7 +412,7 @@ class Server(ServerBase):
                         break
                     if end < 0:
                         if end != _ESTOPPED:
-                            log.error("iocpsrv_poll_packed failed: %s", error_from_code(end))
+                            _log.error("iocpsrv_poll_packed failed: %s", _errors.error_from_code(end))
                         self._finished()
                         break
                     if empty:
@@ -407,20 +438,20 @@ class Server(ServerBase):
         if queue:
             self._wake_consumer()
 
-    def _poll_limit(self, flush_only: bool):
+    def _poll_limit(self, flush_only: bool) -> Optional[int]:
         """The bytes the next poll may take (None: the whole buffer). The ``async for``
         buffer holds at most max_buffered + batch_size events: each record is at least
-        EVENT_HEADER.size bytes, so the poll takes no more than the room left (but at
+        _EVENT_HEADER.size bytes, so the poll takes no more than the room left (but at
         least one event when the buffer is empty, however large)."""
         if self._factory is not None or self._stop_fut is not None:
             return None
         if flush_only and not self._reading:
-            return EVENT_HEADER.size  # only to write the sends: one small event at most
+            return _EVENT_HEADER.size  # only to write the sends: one small event at most
         queued = len(self._queue)
         if not queued:
             return None
         room = self._max_buffered + self._batch_size - queued
-        return max(room, 0) * EVENT_HEADER.size
+        return max(room, 0) * _EVENT_HEADER.size
 
     def _pause_draining(self) -> None:
         """Back-pressure: stop draining until the consumer catches up (__anext__ adds
@@ -436,12 +467,12 @@ class Server(ServerBase):
         if self._running and not self._closed:
             self._pump_events(flush_only=True)
             if self._running:
-                self._tick_handle = self._loop.call_later(_TICK_S, self._tick)
+                self._tick_handle = self._started_loop.call_later(_TICK_S, self._tick)
 
     def _schedule_flush(self) -> None:
         if not self._flush_scheduled and self._running:
             self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
+            self._started_loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -450,48 +481,52 @@ class Server(ServerBase):
 
     # ---- sending: deferred on the loop's thread (see _core), awaitable back-pressure ---
 
-    def send(self, conn: int, data) -> None:
+    def send(self, conn: int, data: BytesLike) -> None:
         # ServerBase.send's hot path, plus: a send from a coroutine or a timer (outside
         # the dispatch) gets a hand-over scheduled with call_soon.
-        if self._pump == get_ident() and conn in self._sendable:
-            if type(data) is not bytes:
-                data = memoryview(data).tobytes()  # a snapshot (see ServerBase.send)
-            if len(data) <= self._defer_max:
-                pending = self._pending
-                pending.append((conn, data))
-                if not self._dispatching:
-                    self._schedule_flush()
-                elif len(pending) >= DEFER_MAX_COUNT:
-                    self._flush_sends()
-                return
+        try:
+            if self._pump == _get_ident() and conn in self._sendable:
+                if type(data) is not bytes:
+                    data = memoryview(data).tobytes()  # a snapshot (see ServerBase.send)
+                if len(data) <= self._defer_max:
+                    pending = self._pending
+                    pending.append((conn, data))
+                    if not self._dispatching:
+                        self._schedule_flush()
+                    elif len(pending) >= _DEFER_MAX_COUNT:
+                        self._flush_sends()
+                    return
+        except TypeError:
+            _check_send_args(conn, data)
+            raise
         self._send_now(conn, data)
 
-    send.__doc__ = ServerBase.send.__doc__
+    send.__doc__ = _ServerBase.send.__doc__
 
-    def send_many(self, sends) -> list:
+    def send_many(self, sends: Iterable[tuple[int, PayloadT]]) -> list[Refused[PayloadT]]:
         refused = super().send_many(sends)
-        if self._pending and not self._dispatching and get_ident() == self._pump:
+        if self._pending and not self._dispatching and _get_ident() == self._pump:
             self._schedule_flush()
         return refused
 
-    send_many.__doc__ = ServerBase.send_many.__doc__
+    send_many.__doc__ = _ServerBase.send_many.__doc__
 
-    def sendv(self, conn: int, parts) -> None:
+    def sendv(self, conn: int, parts: Iterable[BytesLike]) -> None:
         super().sendv(conn, parts)
         self._sent()
 
-    sendv.__doc__ = ServerBase.sendv.__doc__
+    sendv.__doc__ = _ServerBase.sendv.__doc__
 
-    def broadcast(self, data) -> int:
-        n = super().broadcast(data)
+    def broadcast(self, data: BytesLike) -> int:
+        count = super().broadcast(data)
         self._sent()
-        return n
+        return count
 
-    broadcast.__doc__ = ServerBase.broadcast.__doc__
+    broadcast.__doc__ = _ServerBase.broadcast.__doc__
 
     def _sent(self) -> None:
         # Written at the next poll (pull_batch_sends): make sure one comes soon.
-        if self._defer and not self._dispatching and get_ident() == self._loop_tid:
+        if self._defer and not self._dispatching and _get_ident() == self._loop_tid:
             self._schedule_flush()
 
     async def drain(self, conn: int) -> None:
@@ -506,10 +541,10 @@ class Server(ServerBase):
         while conn in self._full:
             waiter = self._drain_waiters.get(conn)
             if waiter is None or waiter.done():
-                waiter = self._drain_waiters[conn] = self._loop.create_future()
+                waiter = self._drain_waiters[conn] = self._started_loop.create_future()
             await waiter
 
-    async def send_async(self, conn: int, data) -> None:
+    async def send_async(self, conn: int, data: BytesLike) -> None:
         """send(), waiting for room (await drain(conn)) instead of raising
         SendQueueFull. Other errors are raised as by send()."""
         while True:
@@ -517,7 +552,7 @@ class Server(ServerBase):
             try:
                 self.send(conn, data)
                 return
-            except SendQueueFull:
+            except _errors.SendQueueFull:
                 continue  # conn now counts as full: the next drain() waits
 
     def _room(self, conn: int) -> None:
@@ -528,14 +563,14 @@ class Server(ServerBase):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def _gone(self, conn: int, error) -> None:
+    def _gone(self, conn: int, error: IocpsrvError) -> None:
         """conn ended (or the server stopped): drain() waiters get `error`."""
         self._sendable.discard(conn)
         waiter = self._drain_waiters.pop(conn, None)
         if waiter is not None and not waiter.done():
             waiter.set_exception(error)
 
-    def _send_failed(self, conn: int, data: bytes, error) -> None:
+    def _send_failed(self, conn: int, data: bytes, error: IocpsrvError) -> None:
         c = self._conns.get(conn)
         if c is not None and self.on_send_failed is None:
             c.protocol.send_failed(data, error)
@@ -554,7 +589,7 @@ class Server(ServerBase):
             self._report_send_failures()
         self._pump = -1
         for conn in list(self._drain_waiters):
-            self._gone(conn, ServerStopped(n.IOCPSRV_ESTOPPED, f"drain of connection {conn}"))
+            self._gone(conn, _errors.ServerStopped(_n.IOCPSRV_ESTOPPED, f"drain of connection {conn}"))
         self._wake_consumer()
         if self._closed_fut is not None and not self._closed_fut.done():
             self._closed_fut.set_result(None)
@@ -578,7 +613,7 @@ class Server(ServerBase):
         # pause() to what is buffered when they are called.
         buf = self._poll_buffer
         view, chunks = buf.view, buf.chunks
-        unpack = EVENT_HEADER.unpack_from
+        unpack = _EVENT_HEADER.unpack_from
         append = self._queue.append
         offset = 0
         while offset < end:
@@ -589,12 +624,12 @@ class Server(ServerBase):
                 append(Event(_EV_PACKET, conn, chunks[start:start + length]))
             elif kind == _CONNECT:
                 self._sendable.add(conn)
-                peer = peer_text(chunks[start:start + length])
+                peer = _peer_text(chunks[start:start + length])
                 append(Event(_EV_CONNECT, conn, b"", peer))
             elif kind == _DISCONNECT:
                 # Gone for the engine now: sends to it raise at once, drain() ends.
                 self._gone(conn, _connection_gone(conn))
-                append(Event(_EV_DISCONNECT, conn, b"", None, REASONS.get(reason, reason)))
+                append(Event(_EV_DISCONNECT, conn, b"", None, _REASONS.get(reason, reason)))
             elif kind == _DRAIN:
                 self._room(conn)
                 append(Event(_EV_DRAIN, conn))
@@ -604,7 +639,7 @@ class Server(ServerBase):
         if w is not None and not w.done():
             w.set_result(None)
 
-    def __aiter__(self):
+    def __aiter__(self) -> Server:
         if self._factory is not None:
             raise TypeError("a server with a protocol_factory cannot be iterated")
         return self
@@ -617,10 +652,10 @@ class Server(ServerBase):
             if self._resumed:
                 x = self._next_held()
                 if x is not None:
-                    ev = x[1]
-                    if ev.type is EventType.DISCONNECT:
-                        self._forget(ev.conn)
-                    return ev
+                    held_event: Event = x[1]
+                    if held_event.type is EventType.DISCONNECT:
+                        self._forget(held_event.conn)
+                    return held_event
             while q:
                 ev = q.popleft()
                 if not self._reading and self._running and len(q) <= self._max_buffered // 2:
@@ -645,7 +680,7 @@ class Server(ServerBase):
                 return ev
             if not self._running:
                 raise StopAsyncIteration
-            self._waiter = self._loop.create_future()
+            self._waiter = self._started_loop.create_future()
             try:
                 await self._waiter
             finally:
@@ -655,10 +690,10 @@ class Server(ServerBase):
 
     def _dispatch_protocols(self, end: int) -> None:
         """The records of one poll to the protocols, in order."""
-        dispatch_records(self._poll_buffer, end, self._deliver_to_protocols,
+        _dispatch_records(self._poll_buffer, end, self._deliver_to_protocols,
                          self._protocol_event_at)
 
-    def _deliver_to_protocols(self, pairs: list) -> None:
+    def _deliver_to_protocols(self, pairs: list[Packet]) -> None:
         """A run of packets, each to its protocol's packet_received; for a protocol with
         packets_received, each run of its connection's packets as one list. The checks
         come right before each call, so a close() or pause_reading() made by one applies
@@ -666,7 +701,9 @@ class Server(ServerBase):
         conns = self._conns  # accepted by connection_made (a refused client never is)
         closing = self._closing
         held = self._held
-        run = None  # [Connection, payloads] being gathered for packets_received
+        # The packets being gathered for run_conn's packets_received.
+        run_conn: Optional[Connection] = None
+        run: list[bytes] = []
         for conn, data in pairs:
             c = conns.get(conn)
             if c is None or (closing and conn in closing):
@@ -674,32 +711,34 @@ class Server(ServerBase):
             if held and self._hold(conn, data):
                 continue
             if c.batched:
-                if run is not None and run[0] is c:
-                    run[1].append(data)
+                if c is run_conn:
+                    run.append(data)
                     continue
-                if run is not None:
-                    self._deliver_run(*run)
-                run = [c, [data]]
+                if run_conn is not None:
+                    self._deliver_run(run_conn, run)
+                run_conn, run = c, [data]
                 continue
             try:
                 if c.protocol.packet_received(data) is False:
                     self._close_requested(conn)
             except BaseException:
                 self._callback_failed("packet_received", conn)
-        if run is not None:
-            self._deliver_run(*run)
+        if run_conn is not None:
+            self._deliver_run(run_conn, run)
 
     def _protocol_event_at(self, offset: int) -> None:
-        self._dispatch_protocol_event(*read_event(self._poll_buffer, offset))
+        self._dispatch_protocol_event(*_read_event(self._poll_buffer, offset))
 
     def _dispatch_protocol_event(self, kind: int, reason: int, conn: int,
                                  payload: bytes) -> None:
         conns = self._conns
         if kind == _CONNECT:
-            peer = peer_text(payload)
+            peer = _peer_text(payload)
             c = Connection(self, conn, peer)
+            factory = self._factory
+            assert factory is not None  # protocol mode
             try:
-                c.protocol = p = self._factory()
+                c.protocol = p = factory()
                 c.batched = callable(getattr(p, "packets_received", None))
                 r = p.connection_made(c)
             except BaseException:
@@ -711,37 +750,38 @@ class Server(ServerBase):
             conns[conn] = c
             self._sendable.add(conn)
         elif kind == _DISCONNECT:
-            c = conns.get(conn)
-            if c is None:
+            gone = conns.get(conn)
+            if gone is None:
                 return  # refused: no callback at all
             if self._held:
                 for data in self._release(conn):
-                    if not self._deliver_packet(c, data):
+                    if not self._deliver_packet(gone, data):
                         break
             del conns[conn]
             self._forget(conn)
             self._gone(conn, _connection_gone(conn))
             try:
-                c.protocol.connection_lost(REASONS.get(reason, reason))
+                gone.protocol.connection_lost(_REASONS.get(reason, reason))
             except BaseException:
                 try:
-                    log.exception("connection_lost raised for connection %d", conn)
+                    _log.exception("connection_lost raised for connection %d", conn)
                 except BaseException:  # noqa: BLE001
                     pass
         elif kind == _DRAIN:
-            c = conns.get(conn)
-            if c is None or conn in self._closing:
+            drained = conns.get(conn)
+            if drained is None or conn in self._closing:
                 return
             self._room(conn)
             try:
-                c.protocol.drained()
+                drained.protocol.drained()
             except BaseException:
                 self._callback_failed("drained", conn)
 
-    def _deliver_run(self, c: Connection, packets: list) -> None:
+    def _deliver_run(self, c: Connection, packets: list[bytes]) -> None:
         """packets_received(packets); raising or returning False as packet_received."""
         try:
-            r = c.protocol.packets_received(packets)
+            # Optional, so not declared by Protocol (c.batched says it is there).
+            r = getattr(c.protocol, "packets_received")(packets)
         except BaseException:
             self._callback_failed("packets_received", c.id)
             return
@@ -778,8 +818,8 @@ class Server(ServerBase):
 class _Done:
     """An awaitable that is already done (stop() on a server that never started)."""
 
-    def __await__(self):
-        return iter(())
+    def __await__(self) -> Generator[Any, None, None]:
+        yield from ()
 
     def done(self) -> bool:
         return True
@@ -788,23 +828,24 @@ class _Done:
 _DONE = _Done()
 
 
-def _connection_gone(conn: int) -> ConnectionNotFound:
-    return ConnectionNotFound(n.IOCPSRV_ENOTCONN, f"drain of connection {conn}")
+def _connection_gone(conn: int) -> _errors.ConnectionNotFound:
+    return _errors.ConnectionNotFound(_n.IOCPSRV_ENOTCONN, f"drain of connection {conn}")
 
 
-def _set_done(fut: asyncio.Future) -> None:
+def _set_done(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
 
 
-def _in_loop_thread(loop) -> bool:
+def _in_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:
     try:
         return asyncio.get_running_loop() is loop
     except RuntimeError:
         return False
 
 
-async def serve(protocol_factory, host: str = "127.0.0.1", port: int = 0, **options) -> Server:
+async def serve(protocol_factory: Callable[[], Protocol], host: str = "127.0.0.1",
+                port: int = 0, **options: Any) -> Server:
     """Create and start a protocol server (like loop.create_server)."""
     srv = Server(host, port, protocol_factory=protocol_factory, **options)
     await srv.start()

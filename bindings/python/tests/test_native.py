@@ -1,6 +1,7 @@
 """The cffi declarations against the real header, errors, and library lookup."""
 
 import os
+import pathlib
 import re
 import shutil
 import subprocess
@@ -165,26 +166,54 @@ def test_library_not_found_names_the_path(tmp_path):
     assert "IOCPSRV_LIBRARY" in r.stdout
 
 
-def test_library_not_found_lists_every_place(tmp_path):
-    # A copy of the package outside any checkout: no package copy, no build tree.
-    pkg = tmp_path / "site" / "iocpsrv"
+def _copy_package(site):
+    """A copy of the package without any library, in site/iocpsrv."""
+    pkg = site / "iocpsrv"
     shutil.copytree(os.path.join(PKG_ROOT, "iocpsrv"), pkg,
                     ignore=shutil.ignore_patterns("*.so*", "*.dll", "*.dylib", "__pycache__"))
-    r = _run_python("""
-        import iocpsrv, iocpsrv._native as n
-        try:
-            n.library()
-        except iocpsrv.LibraryNotFoundError as e:
-            print(e)
-        else:
-            print("LOADED", iocpsrv.library_path())
-        """, {"PYTHONPATH": str(tmp_path / "site")}, cwd=str(tmp_path))
+    return pkg
+
+
+_LIST_PLACES = """
+    import iocpsrv, iocpsrv._native as n
+    try:
+        n.library()
+    except iocpsrv.LibraryNotFoundError as e:
+        print(e)
+    else:
+        print("LOADED", iocpsrv.library_path())
+    """
+
+
+def test_library_not_found_lists_every_place(tmp_path):
+    # A copy of the package outside any checkout (as pip installs it): the package
+    # directory and the system path are searched; a build tree is not, since there is
+    # none (issue 19: it used to list a meaningless <site>/../build/linux/dll path).
+    pkg = _copy_package(tmp_path / "site")
+    r = _run_python(_LIST_PLACES, {"PYTHONPATH": str(tmp_path / "site")}, cwd=str(tmp_path))
     assert r.returncode == 0, r.stderr
     if r.stdout.startswith("LOADED"):
         pytest.skip("a system-wide libiocpsrv is installed: " + r.stdout)
     assert "copy inside the package: " + str(pkg) in r.stdout
-    assert "CMake build tree: " in r.stdout and os.path.join("build", "linux", "dll") in r.stdout
+    assert "CMake build tree" not in r.stdout
+    assert os.path.join("build", "linux", "dll") not in r.stdout
     assert "system library path" in r.stdout
+
+
+def test_library_build_tree_is_searched_in_a_checkout(tmp_path):
+    # <repo>/bindings/python/iocpsrv with <repo>/dll/include/iocpsrv.h: a source
+    # checkout, whose CMake build tree is searched (and named) after the package copy.
+    repo = tmp_path / "repo"
+    (repo / "dll" / "include").mkdir(parents=True)
+    (repo / "dll" / "include" / "iocpsrv.h").write_text("/* stand-in */\n")
+    _copy_package(repo / "bindings" / "python")
+    r = _run_python(_LIST_PLACES, {"PYTHONPATH": str(repo / "bindings" / "python")},
+                    cwd=str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    if r.stdout.startswith("LOADED"):
+        pytest.skip("a system-wide libiocpsrv is installed: " + r.stdout)
+    assert "CMake build tree: " + str(repo / "build" / n._PRESETS[0] / "dll") in r.stdout
+    assert n.source_checkout_root() == pathlib.Path(REPO_ROOT).resolve()
 
 
 def test_library_copy_inside_the_package_is_used(tmp_path):
