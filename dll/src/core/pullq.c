@@ -250,6 +250,27 @@ static int queue_full_locked(const pullq_t *q) {
   return q->packets + q->reserved >= q->limit && !q->stopped;
 }
 
+/* Whether the connections waiting for room may have it now, without the consumer
+ * taking packets first: the same threshold as a poll's (half the limit), and not full
+ * with the room reserved by workers' batches. Lock held. */
+static int room_due_locked(const pullq_t *q) {
+  SRV_ASSERT_HELD(&q->lock);
+  return q->nwaiters && q->packets <= q->limit / 2 && !queue_full_locked(q);
+}
+
+/* Packets left the count without a poll: pullq_hold or pullq_drop took them out of the
+ * queue, or a batch gave back the room it had reserved (its packets held or dropped
+ * by the gate, or fewer than it reserved). The waiters were handed room only by a poll
+ * that took packets; with nothing queued, a consumer in iocpsrv_poll would have slept
+ * until its timeout (for ever with -1) and they with it. Wake it (and an event loop
+ * watching the handle) to hand the room out. Lock held. */
+static void room_wake_locked(pullq_t *q) {
+  SRV_ASSERT_HELD(&q->lock);
+  if (!room_due_locked(q)) return;
+  srv_waitable_set(&q->waitable);
+  srv_cond_signal(&q->nonempty);
+}
+
 /* Queue a filled node and tell whether the queue is now full for `conn`. */
 static int node_queue(pullq_t *q, pullq_conn_t *pc, pullq_node_t *n) {
   int full = 0;
@@ -301,6 +322,7 @@ void pullq_hold(pullq_t *q, pullq_conn_t *pc, iocpsrv_conn_id_t conn) {
   if (pc->gate == PULLQ_OPEN) {
     pc->gate = PULLQ_HOLD;
     queue_extract_locked(q, conn, 1, pc);
+    room_wake_locked(q);
   }
   srv_mutex_unlock(&q->lock);
 }
@@ -325,6 +347,7 @@ void pullq_drop(pullq_t *q, pullq_conn_t *pc, iocpsrv_conn_id_t conn) {
   pc->gate = PULLQ_DROP;
   held_free(q, pc);
   queue_extract_locked(q, conn, 0, pc);
+  room_wake_locked(q);
   srv_mutex_unlock(&q->lock);
 }
 
@@ -359,6 +382,7 @@ static void batch_append_locked(pullq_t *q, pullq_batch_t *b, pullq_conn_t *pc) 
   b->head = b->tail = NULL;
   q->reserved -= b->grant;
   b->grant = b->n = 0;
+  room_wake_locked(q);
 }
 
 /* Queues what the batch filled, then reserves room for up to PULLQ_BATCH more packets
@@ -541,6 +565,20 @@ static void run_eof_marks(pullq_t *q) {
   }
 }
 
+/* Hands the room to the connections waiting for it (on_room); lock held, dropped
+ * meanwhile. The consumer's thread only (on_room's contract). */
+static void hand_room_locked(pullq_t *q) {
+  SRV_ASSERT_HELD(&q->lock);
+  iocpsrv_conn_id_t *waiters = q->waiters;
+  size_t nwaiters = q->nwaiters;
+  q->waiters = NULL;
+  q->nwaiters = q->capwaiters = 0;
+  srv_mutex_unlock(&q->lock);
+  q->on_room(q->room_ctx, waiters, nwaiters);
+  free(waiters);
+  srv_mutex_lock(&q->lock);
+}
+
 /* Waits for events and takes a batch into the sink; lock held. Returns the count or a
  * negative code. */
 static int wait_and_take(pullq_t *q, pullq_sink_t *k, int timeout_ms) {
@@ -548,6 +586,12 @@ static int wait_and_take(pullq_t *q, pullq_sink_t *k, int timeout_ms) {
   int64_t deadline = timeout_ms < 0 ? -1 : srv_now_ms() + timeout_ms;
   for (;;) {
     while (!q->head && !q->stopped) {
+      /* Room made while nothing is queued (room_wake_locked): hand it out and wait on,
+       * since a poll never returns 0 before its timeout. */
+      if (room_due_locked(q)) {
+        hand_room_locked(q);
+        continue;
+      }
       int64_t left = deadline < 0 ? -1 : deadline - srv_now_ms();
       if (deadline >= 0 && left <= 0) break;
       srv_cond_wait_ms(&q->nonempty, &q->lock, left);
