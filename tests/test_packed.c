@@ -447,6 +447,40 @@ static void packed_send_long_runs(void) {
   }
 }
 
+/* A too-big record for an id that is not (or no longer) a connection is refused with
+ * IOCPSRV_ETOOBIG, as iocpsrv_send refuses it (the size is judged before the id), and
+ * the later records for that id with it; also when they come as one run of records
+ * for the same connection, which is looked up once. */
+static void packed_send_too_big_for_a_stale_id(void) {
+  packed_server_t ps;
+  packed_start(&ps, 0);
+  ts_sock_t s;
+  iocpsrv_conn_id_t id = accept_one(&ps, &s), stale = id + 0x100000000ull;
+  uint8_t *big = calloc(1, 4097), buf[3 * IOCPSRV_SEND_RECORD_SIZE(4097)];
+  CHECK(big != NULL);
+  CHECK_ERR(iocpsrv_send(ps.srv, stale, big, 4097), IOCPSRV_ETOOBIG); /* the oracle */
+  for (int alone = 1; alone >= 0; alone--) {
+    size_t off = 0;
+    put_send_record(buf, &off, stale, big, 4097); /* 0: ETOOBIG */
+    if (alone) put_send_record(buf, &off, id, "-", 1); /* ends the run */
+    put_send_record(buf, &off, stale, "x", 1);    /* refused as 0 was */
+    iocpsrv_send_result_t res[3];
+    CHECK_EQ(iocpsrv_send_packed(ps.srv, buf, off, res, 3), 2);
+    CHECK_EQ(res[0].index, 0);
+    CHECK_ERR(res[0].error, IOCPSRV_ETOOBIG);
+    CHECK_EQ(res[1].index, (uint32_t)(alone ? 2 : 1));
+    CHECK_ERR(res[1].error, IOCPSRV_ETOOBIG);
+  }
+  uint8_t got[8];
+  size_t n;
+  CHECK_OK(ts_recv_packet(s, got, sizeof got, &n, WAIT_MS));
+  CHECK_EQ(n, 1);
+  CHECK_EQ(got[0], '-');
+  free(big);
+  ts_close(s);
+  packed_stop(&ps);
+}
+
 /* More refused connections than the inline table holds (it grows): each keeps its
  * own refusal, and connections never refused are still served. */
 static void packed_send_many_refused(void) {
@@ -559,6 +593,7 @@ int main(int argc, char **argv) {
   TEST_RUN(packed_send_malformed);
   TEST_RUN(packed_send_refusals);
   TEST_RUN(packed_send_many_refused);
+  TEST_RUN(packed_send_too_big_for_a_stale_id);
   TEST_RUN(packed_send_long_runs);
   TEST_RUN(packed_echo_many_clients);
   return test_done();
