@@ -348,6 +348,9 @@ size_t send_run(iocpsrv_t *srv, iocpsrv_conn_id_t id, const send_record_t *recs,
   SRV_ASSERT(n > 0 && own_conn(srv, id) == NULL);
   for (size_t i = 0; i < n; i++) SRV_ASSERT(recs[i].conn == id);
   *err = srv_state(srv) != SRV_RUNNING ? IOCPSRV_ESTOPPED : 0;
+  /* As send_packet: the size is judged before the id, so a too-big first record for an
+   * unknown id is ETOOBIG (what iocpsrv_send returns), not ENOTCONN. */
+  if (!*err && recs[0].len > srv->framing.max_packet) *err = IOCPSRV_ETOOBIG;
   conn_t *c = *err ? NULL : conn_lock_id(srv, id);
   if (!c) {
     if (!*err) *err = IOCPSRV_ENOTCONN;
