@@ -111,6 +111,88 @@ static void fault_pull_connect_nomem_is_never_seen(void) {
   CHECK_OK(iocpsrv_destroy(srv));
 }
 
+/* `count` numbered 4-byte packets (framed: 8 bytes each) in one write. */
+static void send_numbered(ts_sock_t s, int count) {
+  uint8_t *buf = (uint8_t *)malloc((size_t)count * 8);
+  CHECK(buf != NULL);
+  for (int i = 0; i < count; i++) {
+    test_put_u32le(buf + i * 8, 4);
+    test_put_u32le(buf + i * 8 + 4, (uint32_t)i);
+  }
+  CHECK_EQ(ts_send_all(s, buf, (size_t)count * 8), 0);
+  free(buf);
+}
+
+/* Memory runs out in the middle of a receive whose packets the worker queues together
+ * (a pull batch, with room reserved ahead and nodes reused): the packets before the
+ * failure come, in order, then the DISCONNECT (OUT_OF_MEMORY), nothing after it. The
+ * room the batch reserved is given back: a later client sends many times the queue
+ * limit and every packet arrives. */
+static void fault_pull_nomem_in_the_middle_of_a_batch(void) {
+  iocpsrv_t *srv = NULL;
+  CHECK_OK(iocpsrv_create(&srv, NULL));
+  CHECK_OK(iocpsrv_set_option(srv, IOCPSRV_OPT_PULL_MODE, 1));
+  CHECK_OK(iocpsrv_set_option(srv, IOCPSRV_OPT_PULL_QUEUE_LIMIT, 64));
+  CHECK_OK(iocpsrv_set_option(srv, IOCPSRV_OPT_WORKER_THREADS, 2));
+  CHECK_OK(iocpsrv_listen(srv, "127.0.0.1", 0));
+  ts_sock_t s = ts_connect("127.0.0.1", iocpsrv_port(srv), TS_WAIT_MS);
+  CHECK(s != TS_INVALID);
+  iocpsrv_conn_id_t a = poll_for(srv, IOCPSRV_EVENT_CONNECT, 0).conn;
+  iocpsrv_fault_arm(FAULT_ALLOC, 10, 0); /* one failure, a few nodes into the batch */
+  send_numbered(s, 200);
+  iocpsrv_event_t ev[16];
+  int64_t end = tt_now_ms() + TS_WAIT_MS;
+  uint32_t next = 0;
+  int done = 0;
+  while (!done) {
+    CHECK_MSG(tt_now_ms() < end, "no disconnect after %u packets", next);
+    int n = iocpsrv_poll(srv, ev, 16, 100);
+    CHECK_OK(n);
+    for (int i = 0; i < n; i++) {
+      CHECK(!done); /* nothing after the disconnect */
+      CHECK_EQ(ev[i].conn, a);
+      if (ev[i].type == IOCPSRV_EVENT_DISCONNECT) {
+        CHECK_EQ(ev[i].reason, IOCPSRV_REASON_OUT_OF_MEMORY);
+        done = 1;
+        continue;
+      }
+      CHECK_EQ(ev[i].type, IOCPSRV_EVENT_PACKET);
+      CHECK_EQ(ev[i].len, 4);
+      CHECK_EQ(test_get_u32le(ev[i].data), next);
+      next++;
+    }
+  }
+  CHECK_EQ(iocpsrv_fault_failures(FAULT_ALLOC), 1);
+  iocpsrv_fault_arm(FAULT_ALLOC, 0, 0);
+  printf("  %u packets before the failure\n", next);
+  CHECK_LT(next, 200);
+  CHECK_EQ(iocpsrv_poll(srv, ev, 16, 50), 0);
+  ts_close(s);
+
+  ts_sock_t s2 = ts_connect("127.0.0.1", iocpsrv_port(srv), TS_WAIT_MS);
+  CHECK(s2 != TS_INVALID);
+  iocpsrv_conn_id_t b = poll_for(srv, IOCPSRV_EVENT_CONNECT, 0).conn;
+  enum { MANY = 64 * 40 };
+  send_numbered(s2, MANY);
+  end = tt_now_ms() + TS_WAIT_MS;
+  next = 0;
+  while (next < MANY) {
+    CHECK_MSG(tt_now_ms() < end, "only %u of %d packets after the failure", next, MANY);
+    int n = iocpsrv_poll(srv, ev, 16, 100);
+    CHECK_OK(n);
+    for (int i = 0; i < n; i++) {
+      CHECK_EQ(ev[i].conn, b);
+      CHECK_EQ(ev[i].type, IOCPSRV_EVENT_PACKET);
+      CHECK_EQ(test_get_u32le(ev[i].data), next);
+      next++;
+    }
+  }
+  ts_close(s2);
+  poll_for(srv, IOCPSRV_EVENT_DISCONNECT, b);
+  CHECK_OK(iocpsrv_stop(srv, 1000));
+  CHECK_OK(iocpsrv_destroy(srv));
+}
+
 /* ---- the log callback may call the API while failure paths log ---- */
 
 typedef struct logctx_s {
@@ -292,6 +374,7 @@ int main(int argc, char **argv) {
   test_init(argc, argv);
   TEST_RUN(fault_pull_packet_nomem_still_disconnects);
   TEST_RUN(fault_pull_connect_nomem_is_never_seen);
+  TEST_RUN(fault_pull_nomem_in_the_middle_of_a_batch);
   TEST_RUN(fault_log_callback_may_call_api_when_queue_cannot_grow);
 #ifndef _WIN32
   TEST_RUN(fault_log_callback_may_call_api_when_watch_fails);
