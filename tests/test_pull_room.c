@@ -5,11 +5,18 @@
  * queue. The waiting connection must not stay stalled until the consumer's poll times
  * out (or for ever, with a poll of no timeout) while nothing else is queued.
  *
+ * The same when the queue only looks full for a moment: a worker's batch has reserved
+ * all the room left (pullq_batch_t) when another connection checks the limit, and the
+ * batch's packets then go behind their connection's gate (paused meanwhile): the room
+ * is given back with nothing queued to poll (held at FAULT_POINT_PULL_RESERVED).
+ *
  * The consumer is the test itself (no pump thread), so the queue fills for certain.
+ * Linked against the fault build (core/fault.h) for the test point.
  */
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/fault.h"
 #include "sock.h"
 #include "test.h"
 #include "thread.h"
@@ -127,9 +134,97 @@ static void pull_disconnect_of_the_filler_hands_room_to_a_waiter(void) {
   room_after_consumer_empties_queue(0);
 }
 
+/* ---- the room a batch reserved, given back behind a gate ---- */
+
+typedef struct hold_s {
+  tt_mutex_t m;
+  iocpsrv_conn_id_t only; /* hold the worker of this connection, once */
+  tt_counter_t entered, released;
+} hold_t;
+
+static hold_t g_hold;
+
+static void hold_hook(int point, uint64_t arg, void *ctx) {
+  hold_t *h = (hold_t *)ctx;
+  if (point != FAULT_POINT_PULL_RESERVED) return;
+  tt_mutex_lock(&h->m);
+  int hold = h->only != 0 && h->only == arg;
+  if (hold) h->only = 0;
+  tt_mutex_unlock(&h->m);
+  if (!hold) return;
+  tt_counter_add(&h->entered, 1);
+  tt_counter_wait(&h->released, 1, TS_WAIT_MS); /* bounded: the test releases it */
+}
+
+/* A's worker reserves all the room (an empty queue, a limit below a batch) and is held
+ * there; B's worker then finds the queue full and waits for room. The consumer pauses
+ * A, and A's worker goes on: its packet goes behind A's gate and the room comes back
+ * with nothing queued. B's packet must come with the consumer's next poll. */
+static void pull_room_reserved_then_held_reaches_a_waiter(void) {
+  tt_mutex_init(&g_hold.m);
+  tt_counter_init(&g_hold.entered);
+  tt_counter_init(&g_hold.released);
+  g_hold.only = 0;
+  iocpsrv_fault_set_hook(hold_hook, &g_hold);
+  iocpsrv_t *srv = pull_server();
+  int port = iocpsrv_port(srv);
+  ts_sock_t b = ts_connect("127.0.0.1", port, TS_WAIT_MS);
+  CHECK(b != TS_INVALID);
+  iocpsrv_conn_id_t idb = poll_one(srv, IOCPSRV_EVENT_CONNECT).conn;
+  ts_sock_t a = ts_connect("127.0.0.1", port, TS_WAIT_MS);
+  CHECK(a != TS_INVALID);
+  iocpsrv_conn_id_t ida = poll_one(srv, IOCPSRV_EVENT_CONNECT).conn;
+
+  tt_mutex_lock(&g_hold.m);
+  g_hold.only = ida;
+  tt_mutex_unlock(&g_hold.m);
+  CHECK_EQ(ts_send_packet(a, "from-a", 6), 0);
+  CHECK_EQ(tt_counter_wait(&g_hold.entered, 1, TS_WAIT_MS), 0); /* A holds the room */
+  CHECK_EQ(ts_send_packet(b, "from-b", 6), 0);
+  tt_sleep_ms(300); /* B's worker finds the queue full (nothing signals it) */
+  CHECK_OK(iocpsrv_pause_receive(srv, ida));
+  tt_counter_add(&g_hold.released, 1);
+
+  iocpsrv_event_t ev[4];
+  int64_t t0 = tt_now_ms();
+  int n = iocpsrv_poll(srv, ev, 4, 4000);
+  int64_t waited = tt_now_ms() - t0;
+  CHECK_MSG(n == 1, "poll returned %d after %lld ms: B's packet stalled behind room a "
+            "batch gave back", n, (long long)waited);
+  CHECK_EQ(ev[0].type, IOCPSRV_EVENT_PACKET);
+  CHECK_EQ(ev[0].conn, idb);
+  CHECK_MEMEQ(ev[0].data, "from-b", 6);
+  CHECK_LT(waited, 2000);
+
+  /* A's packet was held, in order, and comes at resume. */
+  CHECK_OK(iocpsrv_resume_receive(srv, ida));
+  n = iocpsrv_poll(srv, ev, 4, TS_WAIT_MS);
+  CHECK_EQ(n, 1);
+  CHECK_EQ(ev[0].conn, ida);
+  CHECK_MEMEQ(ev[0].data, "from-a", 6);
+
+  iocpsrv_fault_set_hook(NULL, NULL);
+  ts_close(a);
+  ts_close(b);
+  CHECK_OK(iocpsrv_stop(srv, 1000));
+  int disconnects = 0;
+  for (;;) {
+    n = iocpsrv_poll(srv, ev, 4, 1000);
+    if (n == IOCPSRV_ESTOPPED) break;
+    CHECK_OK(n);
+    for (int k = 0; k < n; k++) disconnects += ev[k].type == IOCPSRV_EVENT_DISCONNECT;
+  }
+  CHECK_EQ(disconnects, 2);
+  CHECK_OK(iocpsrv_destroy(srv));
+  tt_counter_destroy(&g_hold.entered);
+  tt_counter_destroy(&g_hold.released);
+  tt_mutex_destroy(&g_hold.m);
+}
+
 int main(int argc, char **argv) {
   test_init(argc, argv);
   TEST_RUN(pull_pause_of_the_filler_hands_room_to_a_waiter);
   TEST_RUN(pull_disconnect_of_the_filler_hands_room_to_a_waiter);
+  TEST_RUN(pull_room_reserved_then_held_reaches_a_waiter);
   return test_done();
 }

@@ -36,8 +36,10 @@ typedef enum fault_point_e {
                                        the connection; arg: the conn id */
   FAULT_POINT_PROXY_INTRODUCED = 2, /* after the connect callback/event for a PROXY
                                        client; arg: the conn id */
-  FAULT_POINT_SEND_OWN = 3          /* a send from a connection's own callback, before
+  FAULT_POINT_SEND_OWN = 3,         /* a send from a connection's own callback, before
                                        the queue limit is judged; arg: the conn id */
+  FAULT_POINT_PULL_RESERVED = 4     /* a worker's pull batch has reserved room in the
+                                       queue, before it fills it; arg: the conn id */
 } fault_point_t;
 
 typedef void (*iocpsrv_fault_hook_fn)(int point, uint64_t arg, void *ctx);

@@ -420,9 +420,12 @@ static pullq_node_t *batch_node(pullq_t *q, pullq_batch_t *b, size_t len) {
 
 int pullq_batch_add(pullq_t *q, pullq_batch_t *b, pullq_conn_t *pc, iocpsrv_conn_id_t conn,
                     void *conn_user, const void *data, size_t len) {
-  if (b->n == b->grant && batch_exchange(q, b, pc, class_of_len(len)))
-    /* Full: this packet (already cut by the framer) is queued alone, one over. */
-    return pullq_push(q, pc, IOCPSRV_EVENT_PACKET, conn, conn_user, 0, data, len);
+  if (b->n == b->grant) {
+    if (batch_exchange(q, b, pc, class_of_len(len)))
+      /* Full: this packet (already cut by the framer) is queued alone, one over. */
+      return pullq_push(q, pc, IOCPSRV_EVENT_PACKET, conn, conn_user, 0, data, len);
+    fault_point(FAULT_POINT_PULL_RESERVED, conn);
+  }
   pullq_node_t *n = batch_node(q, b, len);
   if (!n) return -1;
   node_fill(n, IOCPSRV_EVENT_PACKET, conn, conn_user, 0, data, len);
