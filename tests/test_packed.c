@@ -481,6 +481,99 @@ static void packed_send_too_big_for_a_stale_id(void) {
   packed_stop(&ps);
 }
 
+/* ---- iocpsrv_send_packed from a packet callback (callback mode) ---- */
+
+typedef struct cb_packed_s {
+  tt_mutex_t m;
+  iocpsrv_conn_id_t b; /* the other client, known from its "b" packet */
+  tt_counter_t seen_b, done;
+  int refused;
+  iocpsrv_send_result_t res[4];
+} cb_packed_t;
+
+static cb_packed_t g_cbp;
+
+/* "b": remember this client. "go": one packed buffer mixing records for the calling
+ * connection (its own queue, written after the callback) with records for the other
+ * one (written at once), and a too-big own record that refuses the own ones after it. */
+static int IOCPSRV_CALL cbp_on_packet(iocpsrv_t *srv, iocpsrv_conn_id_t conn, void *user,
+                                      const uint8_t *data, size_t len) {
+  (void)user;
+  if (len == 1 && data[0] == 'b') {
+    tt_mutex_lock(&g_cbp.m);
+    g_cbp.b = conn;
+    tt_mutex_unlock(&g_cbp.m);
+    tt_counter_add(&g_cbp.seen_b, 1);
+    return 0;
+  }
+  tt_mutex_lock(&g_cbp.m);
+  iocpsrv_conn_id_t b = g_cbp.b;
+  tt_mutex_unlock(&g_cbp.m);
+  static uint8_t buf[16 * IOCPSRV_SEND_RECORD_SIZE(8) + IOCPSRV_SEND_RECORD_SIZE(5000)];
+  static uint8_t big[5000];
+  size_t off = 0;
+  put_send_record(buf, &off, conn, "a0", 2);
+  put_send_record(buf, &off, conn, "a1", 2);
+  put_send_record(buf, &off, b, "b0", 2);
+  put_send_record(buf, &off, conn, "a2", 2);
+  put_send_record(buf, &off, b, "b1", 2);
+  put_send_record(buf, &off, b, "b2", 2);
+  put_send_record(buf, &off, conn, "a3", 2);
+  put_send_record(buf, &off, conn, big, sizeof big); /* 7: ETOOBIG */
+  put_send_record(buf, &off, conn, "a4", 2);          /* 8: refused as 7 */
+  put_send_record(buf, &off, b, "b3", 2);
+  g_cbp.refused = iocpsrv_send_packed(srv, buf, off, g_cbp.res, 4);
+  tt_counter_add(&g_cbp.done, 1);
+  return 0;
+}
+
+static void expect_packets(ts_sock_t s, const char *const *want, int n) {
+  char got[16];
+  size_t len;
+  for (int i = 0; i < n; i++) {
+    CHECK_OK(ts_recv_packet(s, got, sizeof got, &len, WAIT_MS));
+    CHECK_EQ(len, strlen(want[i]));
+    CHECK_MEMEQ(got, want[i], len);
+  }
+  CHECK_EQ(ts_readable(s, 200), 0);
+}
+
+static void packed_send_from_a_callback_mixes_own_and_others(void) {
+  memset(&g_cbp, 0, sizeof g_cbp);
+  tt_mutex_init(&g_cbp.m);
+  tt_counter_init(&g_cbp.seen_b);
+  tt_counter_init(&g_cbp.done);
+  iocpsrv_t *srv = NULL;
+  CHECK_OK(iocpsrv_create(&srv, NULL));
+  CHECK_OK(iocpsrv_set_option(srv, IOCPSRV_OPT_WORKER_THREADS, 2));
+  CHECK_OK(iocpsrv_set_option(srv, IOCPSRV_OPT_MAX_PACKET_SIZE, 4096));
+  CHECK_OK(iocpsrv_set_packet_cb(srv, cbp_on_packet));
+  CHECK_OK(iocpsrv_listen(srv, "127.0.0.1", 0));
+  int port = iocpsrv_port(srv);
+  ts_sock_t a = ts_connect("127.0.0.1", port, WAIT_MS), b = ts_connect("127.0.0.1", port, WAIT_MS);
+  CHECK(a != TS_INVALID && b != TS_INVALID);
+  CHECK_EQ(ts_send_packet(b, "b", 1), 0);
+  CHECK_EQ(tt_counter_wait(&g_cbp.seen_b, 1, WAIT_MS), 0);
+  CHECK_EQ(ts_send_packet(a, "go", 2), 0);
+  CHECK_EQ(tt_counter_wait(&g_cbp.done, 1, WAIT_MS), 0);
+  CHECK_EQ(g_cbp.refused, 2);
+  CHECK_EQ(g_cbp.res[0].index, 7);
+  CHECK_ERR(g_cbp.res[0].error, IOCPSRV_ETOOBIG);
+  CHECK_EQ(g_cbp.res[1].index, 8);
+  CHECK_ERR(g_cbp.res[1].error, IOCPSRV_ETOOBIG);
+  static const char *const want_a[] = {"a0", "a1", "a2", "a3"};
+  static const char *const want_b[] = {"b0", "b1", "b2", "b3"};
+  expect_packets(a, want_a, 4);
+  expect_packets(b, want_b, 4);
+  ts_close(a);
+  ts_close(b);
+  CHECK_OK(iocpsrv_stop(srv, 1000));
+  CHECK_OK(iocpsrv_destroy(srv));
+  tt_counter_destroy(&g_cbp.seen_b);
+  tt_counter_destroy(&g_cbp.done);
+  tt_mutex_destroy(&g_cbp.m);
+}
+
 /* More refused connections than the inline table holds (it grows): each keeps its
  * own refusal, and connections never refused are still served. */
 static void packed_send_many_refused(void) {
@@ -594,6 +687,7 @@ int main(int argc, char **argv) {
   TEST_RUN(packed_send_refusals);
   TEST_RUN(packed_send_many_refused);
   TEST_RUN(packed_send_too_big_for_a_stale_id);
+  TEST_RUN(packed_send_from_a_callback_mixes_own_and_others);
   TEST_RUN(packed_send_long_runs);
   TEST_RUN(packed_echo_many_clients);
   return test_done();
