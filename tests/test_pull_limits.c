@@ -253,6 +253,57 @@ static void pull_proxy_half_header_then_close_frees_the_slot(void) {
   CHECK_OK(iocpsrv_destroy(srv));
 }
 
+/* PROXY mode: the header and 300 packets in one write. The packets after the header
+ * are queued from the receive that completed it (conn_read_proxy, through a pull
+ * batch): the CONNECT carries the header's address and comes first, every packet
+ * follows in order, and the limit holds there too. */
+static void pull_proxy_header_and_packets_in_one_receive(void) {
+  enum { N = 300, LIMIT = 16 };
+  iocpsrv_t *srv = pull_server(LIMIT, 1);
+  ts_sock_t s = ts_connect("127.0.0.1", iocpsrv_port(srv), TS_WAIT_MS);
+  CHECK(s != TS_INVALID);
+  static const char hdr[] = "PROXY TCP4 10.1.2.3 10.0.0.1 4444 80\r\n";
+  size_t hlen = sizeof hdr - 1;
+  uint8_t *buf = (uint8_t *)malloc(hlen + N * 8);
+  CHECK(buf != NULL);
+  memcpy(buf, hdr, hlen);
+  for (int i = 0; i < N; i++) {
+    test_put_u32le(buf + hlen + i * 8, 4);
+    test_put_u32le(buf + hlen + i * 8 + 4, (uint32_t)i);
+  }
+  CHECK_EQ(ts_send_all(s, buf, hlen + N * 8), 0);
+  free(buf);
+  uint64_t depth = settled_depth(srv, 300, 5000);
+  CHECK_LE(depth, 1 + LIMIT + WORKERS); /* the connect, the limit, one per worker */
+  iocpsrv_event_t ev[16];
+  int64_t end = tt_now_ms() + TS_WAIT_MS;
+  int connected = 0;
+  uint32_t next = 0;
+  while (next < N) {
+    CHECK_MSG(tt_now_ms() < end, "only %u of %d packets", next, N);
+    int n = iocpsrv_poll(srv, ev, 16, 100);
+    CHECK_OK(n);
+    for (int k = 0; k < n; k++) {
+      if (ev[k].type == IOCPSRV_EVENT_CONNECT) {
+        CHECK(!connected);
+        CHECK_STREQ((const char *)ev[k].data, "10.1.2.3:4444");
+        connected = 1;
+        continue;
+      }
+      CHECK(connected);
+      CHECK_EQ(ev[k].type, IOCPSRV_EVENT_PACKET);
+      CHECK_EQ(test_get_u32le(ev[k].data), next);
+      next++;
+    }
+  }
+  ts_close(s);
+  int n = iocpsrv_poll(srv, ev, 16, TS_WAIT_MS);
+  CHECK_EQ(n, 1);
+  CHECK_EQ(ev[0].type, IOCPSRV_EVENT_DISCONNECT);
+  CHECK_OK(iocpsrv_stop(srv, 1000));
+  CHECK_OK(iocpsrv_destroy(srv));
+}
+
 int main(int argc, char **argv) {
   test_init(argc, argv);
   TEST_RUN(pull_limit_holds_within_one_packet_per_worker);
@@ -260,5 +311,6 @@ int main(int argc, char **argv) {
   TEST_RUN(pull_poll_before_listen_is_stopped);
   TEST_RUN(pull_poll_forever_skips_end_of_stream_marks);
   TEST_RUN(pull_proxy_half_header_then_close_frees_the_slot);
+  TEST_RUN(pull_proxy_header_and_packets_in_one_receive);
   return test_done();
 }
