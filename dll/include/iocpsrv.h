@@ -846,7 +846,9 @@ IOCPSRV_API int IOCPSRV_CALL iocpsrv_send_packed(iocpsrv_t *server, const void *
  * stopped): a Linux eventfd (add it to epoll/select, asyncio's add_reader) or a
  * Windows event HANDLE. iocpsrv_poll resets it when it empties the queue; the host
  * never reads from or closes it. Valid until destroy. Negative code without pull
- * mode. */
+ * mode. It is signalled too when connections that wait for room in a full queue may
+ * have it without a poll taking packets (a pause or disconnect emptied the queue): the
+ * next poll hands them the room, and may return 0 events. */
 IOCPSRV_API int64_t IOCPSRV_CALL iocpsrv_wait_handle(iocpsrv_t *server);
 
 #ifdef __cplusplus
