@@ -52,6 +52,13 @@ static iocpsrv_event_t poll_one(iocpsrv_t *srv, int type) {
   return ev;
 }
 
+/* A client connects and the consumer meets it; returns its id. */
+static iocpsrv_conn_id_t connect_met(iocpsrv_t *srv, int port, ts_sock_t *s) {
+  *s = ts_connect("127.0.0.1", port, TS_WAIT_MS);
+  CHECK(*s != TS_INVALID);
+  return poll_one(srv, IOCPSRV_EVENT_CONNECT).conn;
+}
+
 /* B is met; A connects and fills the queue (its packets only); B then sends one
  * packet, which its worker cannot read (the queue is full: B waits for room). The
  * consumer pauses (pause) or disconnects A: A's packets leave the queue, and B's
@@ -59,12 +66,9 @@ static iocpsrv_event_t poll_one(iocpsrv_t *srv, int type) {
 static void room_after_consumer_empties_queue(int pause) {
   iocpsrv_t *srv = pull_server();
   int port = iocpsrv_port(srv);
-  ts_sock_t b = ts_connect("127.0.0.1", port, TS_WAIT_MS);
-  CHECK(b != TS_INVALID);
-  iocpsrv_conn_id_t idb = poll_one(srv, IOCPSRV_EVENT_CONNECT).conn;
-  ts_sock_t a = ts_connect("127.0.0.1", port, TS_WAIT_MS);
-  CHECK(a != TS_INVALID);
-  iocpsrv_conn_id_t ida = poll_one(srv, IOCPSRV_EVENT_CONNECT).conn;
+  ts_sock_t b, a;
+  iocpsrv_conn_id_t idb = connect_met(srv, port, &b);
+  iocpsrv_conn_id_t ida = connect_met(srv, port, &a);
 
   /* A's flood in one write: the queue fills to its limit (and a packet per worker). */
   size_t frame = 4 + 8;
@@ -168,12 +172,9 @@ static void pull_room_reserved_then_held_reaches_a_waiter(void) {
   iocpsrv_fault_set_hook(hold_hook, &g_hold);
   iocpsrv_t *srv = pull_server();
   int port = iocpsrv_port(srv);
-  ts_sock_t b = ts_connect("127.0.0.1", port, TS_WAIT_MS);
-  CHECK(b != TS_INVALID);
-  iocpsrv_conn_id_t idb = poll_one(srv, IOCPSRV_EVENT_CONNECT).conn;
-  ts_sock_t a = ts_connect("127.0.0.1", port, TS_WAIT_MS);
-  CHECK(a != TS_INVALID);
-  iocpsrv_conn_id_t ida = poll_one(srv, IOCPSRV_EVENT_CONNECT).conn;
+  ts_sock_t b, a;
+  iocpsrv_conn_id_t idb = connect_met(srv, port, &b);
+  iocpsrv_conn_id_t ida = connect_met(srv, port, &a);
 
   tt_mutex_lock(&g_hold.m);
   g_hold.only = ida;

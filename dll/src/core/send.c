@@ -328,10 +328,18 @@ static void count_foreign_sends(iocpsrv_t *srv, size_t n) {
   else engine_stat_add(&srv->stats.packets_out, n);
 }
 
-int send_packet(iocpsrv_t *srv, iocpsrv_conn_id_t id, const iocpsrv_buf_t *bufs,
-                       int count, size_t total) {
+/* What every send is judged by before its connection is looked up: a stopped server,
+ * then the size (so a too-big packet to an unknown id is ETOOBIG, not ENOTCONN). */
+static int send_refused_at_entry(iocpsrv_t *srv, size_t total) {
   if (srv_state(srv) != SRV_RUNNING) return IOCPSRV_ESTOPPED;
   if (total > srv->framing.max_packet) return IOCPSRV_ETOOBIG; /* raw mode: per send */
+  return 0;
+}
+
+int send_packet(iocpsrv_t *srv, iocpsrv_conn_id_t id, const iocpsrv_buf_t *bufs,
+                       int count, size_t total) {
+  int refused = send_refused_at_entry(srv, total);
+  if (refused) return refused;
   conn_t *own = own_conn(srv, id);
   if (own) return send_own(srv, own, bufs, count, total);
   conn_t *c = conn_lock_id(srv, id);
@@ -347,10 +355,7 @@ size_t send_run(iocpsrv_t *srv, iocpsrv_conn_id_t id, const send_record_t *recs,
                 int *err) {
   SRV_ASSERT(n > 0 && own_conn(srv, id) == NULL);
   for (size_t i = 0; i < n; i++) SRV_ASSERT(recs[i].conn == id);
-  *err = srv_state(srv) != SRV_RUNNING ? IOCPSRV_ESTOPPED : 0;
-  /* As send_packet: the size is judged before the id, so a too-big first record for an
-   * unknown id is ETOOBIG (what iocpsrv_send returns), not ENOTCONN. */
-  if (!*err && recs[0].len > srv->framing.max_packet) *err = IOCPSRV_ETOOBIG;
+  *err = send_refused_at_entry(srv, recs[0].len); /* as send_packet judges it */
   conn_t *c = *err ? NULL : conn_lock_id(srv, id);
   if (!c) {
     if (!*err) *err = IOCPSRV_ENOTCONN;
