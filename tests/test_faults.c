@@ -73,6 +73,7 @@ static const char *site_name(int site) {
     case FAULT_RECV_POST: return "recv_post";
     case FAULT_SEND_POST: return "send_post";
     case FAULT_THREAD: return "thread";
+    case FAULT_CONNECT: return "connect";
     default: return "?";
   }
 }

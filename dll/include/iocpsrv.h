@@ -30,7 +30,8 @@
  *      Tested by: test_lifecycle.c (lifecycle_worker_hooks).
  *   2. For one connection, callbacks are serialized and ordered: connect, then packets
  *      in arrival order (drain callbacks interleave between them), then exactly one
- *      disconnect, last. Different connections run concurrently on different workers.
+ *      disconnect, last. An outbound connection (iocpsrv_connect) that never got
+ *      established gets that one disconnect alone. Different connections run concurrently on different workers.
  *      Tested by: test_contract.c (contract_order_many_clients,
  *      contract_send_queue_full, contract_pull_same_as_callbacks), test_framing.c
  *      (framing_many_in_one_write).
@@ -150,7 +151,8 @@ IOCPSRV_API const char *IOCPSRV_CALL iocpsrv_version_string(void);
   X(INCALLBACK, -14, "not allowed from inside a callback")                            \
   X(SYSTEM, -15, "operating system error")                                            \
   X(ACCES, -16, "permission denied")                                                 \
-  X(NOSPACE, -17, "buffer too small for the next event")
+  X(NOSPACE, -17, "buffer too small for the next event")                            \
+  X(LIMIT, -18, "no room for another connection (max connections or descriptors)")
 
 typedef enum iocpsrv_errno_e {
 #define IOCPSRV_ERRNO_ENUM_(name, value, text) IOCPSRV_E##name = value,
@@ -184,10 +186,19 @@ typedef enum iocpsrv_reason_e {
   IOCPSRV_REASON_PROTOCOL_ERROR = 5, /* header above the max packet size */
   IOCPSRV_REASON_IDLE_TIMEOUT = 6,   /* no complete packet within the idle timeout */
   IOCPSRV_REASON_SERVER_STOPPED = 7, /* iocpsrv_stop */
-  IOCPSRV_REASON_OUT_OF_MEMORY = 8   /* the engine could not allocate what this
+  IOCPSRV_REASON_OUT_OF_MEMORY = 8,  /* the engine could not allocate what this
                                         connection needed (a packet buffer, a queued
                                         send, a pull-mode event): it was aborted, and
                                         counted in stats.alloc_failures */
+  /* An outbound connection (iocpsrv_connect) that never got established: */
+  IOCPSRV_REASON_CONNECT_REFUSED = 9,     /* nothing listens there (RST to our SYN) */
+  IOCPSRV_REASON_CONNECT_UNREACHABLE = 10, /* no route to the network or host */
+  IOCPSRV_REASON_CONNECT_TIMEOUT = 11,    /* not established within
+                                             IOCPSRV_OPT_CONNECT_TIMEOUT_MS (or the OS
+                                             gave up first) */
+  IOCPSRV_REASON_NAME_NOT_RESOLVED = 12,  /* the host name has no address */
+  IOCPSRV_REASON_CONNECT_FAILED = 13      /* any other failure of the attempt (no local
+                                             port or descriptor left for it, ...) */
 } iocpsrv_reason_t;
 /* The reason names why the close began. A graceful close (either side's) ends when
  * both FINs are exchanged and the queue is written, or is turned into an abort after
@@ -435,7 +446,25 @@ typedef enum iocpsrv_option_e {
    * counted in stats.connections_refused and stats.source_refusals.
    * Integer, connections. Default 0 = no limit. Range 0..16777215. Set while
    * stopped. */
-  IOCPSRV_OPT_MAX_CONNECTIONS_PER_SOURCE = 29
+  IOCPSRV_OPT_MAX_CONNECTIONS_PER_SOURCE = 29,
+
+  /* IOCPSRV_OPT_CONNECT_TIMEOUT_MS: how long an iocpsrv_connect may take, from the
+   * call to the established connection, name resolution and every address tried
+   * included. An attempt still unfinished then ends with IOCPSRV_REASON_CONNECT_TIMEOUT
+   * (checked by the sweep: up to 250 ms late).
+   * Integer, milliseconds. Default 10000. Range 0..86400000; 0 = no limit of ours (the
+   * OS gives up after its SYN retries, about two minutes on Linux and 21 s on
+   * Windows). Set while stopped. */
+  IOCPSRV_OPT_CONNECT_TIMEOUT_MS = 30,
+
+  /* IOCPSRV_OPT_CONNECT_SOURCE: the local address outbound sockets bind to before they
+   * connect (a multi-homed host choosing its interface), e.g. "127.0.0.2" or "::1".
+   * The OS picks the port. Only addresses of its family are tried; a numeric target of
+   * the other family fails iocpsrv_connect with IOCPSRV_EADDRNOTAVAIL.
+   * String: one numeric IPv4 or IPv6 address; set with iocpsrv_set_option_str, read
+   * with iocpsrv_get_option_str. Default empty = the OS chooses. A malformed value
+   * returns IOCPSRV_EINVAL and the option stays as it was. Set while stopped. */
+  IOCPSRV_OPT_CONNECT_SOURCE = 31
 } iocpsrv_option_t;
 
 /* Values for IOCPSRV_OPT_PROXY_PROTOCOL. With a PROXY header the connect callback,
@@ -474,8 +503,8 @@ typedef enum iocpsrv_proxy_mode_e {
  * All run on worker threads under the threading contract above. `server` is the
  * server they belong to; the host's server pointer is iocpsrv_user_data(server). */
 
-/* A client connected. `peer` is its numeric address, "127.0.0.1:5000" or
- * "[::1]:5000". Store a per-connection pointer in *conn_user; it comes back in every
+/* A client connected (or an outbound connection got established: iocpsrv_connect).
+ * `peer` is its numeric address, "127.0.0.1:5000" or "[::1]:5000". Store a per-connection pointer in *conn_user; it comes back in every
  * later callback for this connection (*conn_user starts as NULL; if the callback
  * leaves it unchanged, a value it stored with iocpsrv_set_conn_user stays). Return 0
  * to accept, non-zero to refuse (the client is closed, counted in
@@ -492,7 +521,8 @@ typedef int(IOCPSRV_CALL *iocpsrv_packet_cb)(iocpsrv_t *server, iocpsrv_conn_id_
                                              size_t len);
 
 /* The connection is gone; its id is dead from now on. Called exactly once for every
- * accepted connection, after its last packet callback. `reason` is an
+ * accepted connection, after its last packet callback, and for every iocpsrv_connect
+ * that returned 0, established or not. `reason` is an
  * iocpsrv_reason_t. */
 /* Opt-in alternative to the packet callback (iocpsrv_set_packet_batch_cb): the whole
  * packets one receive completed for one connection, in order, in one call. Each
@@ -593,8 +623,60 @@ IOCPSRV_API int IOCPSRV_CALL iocpsrv_set_log_cb(iocpsrv_t *server, iocpsrv_log_c
  * a server stopped from a callback finishes that stop first. Not from a callback. */
 IOCPSRV_API int IOCPSRV_CALL iocpsrv_listen(iocpsrv_t *server, const char *host, int port);
 
-/* The bound port while running (or last run), else IOCPSRV_ESTOPPED. Any thread. */
+/* Start the workers without a listener: an engine that only makes outbound
+ * connections (iocpsrv_connect). Stopped and destroyed as a listening one; it may
+ * listen after a stop. IOCPSRV_ESTATE if already running (iocpsrv_listen on a running
+ * engine too: listen first, then connect, for an engine that does both). Not from a
+ * callback (IOCPSRV_EINCALLBACK). */
+IOCPSRV_API int IOCPSRV_CALL iocpsrv_start(iocpsrv_t *server);
+
+/* The bound port while running (or last run), else IOCPSRV_ESTOPPED (also for an
+ * engine started without a listener). Any thread. */
 IOCPSRV_API int IOCPSRV_CALL iocpsrv_port(iocpsrv_t *server);
+
+/* ---- The client role ----
+ *
+ * Open an outbound connection to `host` ("127.0.0.1", "::1", "example.com") and
+ * `port` (1..65535) on a running engine (iocpsrv_listen or iocpsrv_start), without
+ * blocking: any thread, callbacks included. On 0, *conn holds the new connection's id
+ * (from the same id space as accepted ones, never reused) and the attempt goes on in
+ * the background; `conn_user` is the pointer its callbacks and events carry (the
+ * connect callback's *conn_user starts as it).
+ *
+ * Once established it is a connection like an accepted one: the same framing, sends,
+ * queue limit, drain, pause/resume, idle timeout, info (IOCPSRV_CONN_OUTBOUND), pull
+ * mode and threading contract. Its connect callback (pull mode: CONNECT event) runs
+ * first, with `peer` the address it reached; refusing it there closes it like a
+ * refused client (no disconnect).
+ *
+ * Every call that returned 0 ends with exactly one disconnect callback (pull mode:
+ * DISCONNECT event; its memory is set aside now, so it cannot be lost). One that never
+ * got established gets no connect callback, only that disconnect, with
+ * IOCPSRV_REASON_CONNECT_REFUSED, _UNREACHABLE, _TIMEOUT (IOCPSRV_OPT_CONNECT_TIMEOUT_MS),
+ * IOCPSRV_REASON_NAME_NOT_RESOLVED or _CONNECT_FAILED; or SERVER_STOPPED, or
+ * LOCAL_CLOSE / LOCAL_ABORT after iocpsrv_disconnect (REFUSE: none at all).
+ *
+ * Until established, iocpsrv_disconnect, iocpsrv_conn_info (IOCPSRV_CONN_CONNECTING)
+ * and iocpsrv_set_conn_user accept the id; sending, pause/resume and pending_bytes
+ * return IOCPSRV_ENOTCONN (send from the connect callback on). It counts in
+ * connections_now from the call, in connections_total once established.
+ *
+ * Addresses. A numeric host is used at once. A name is resolved on the engine's
+ * resolver thread (a worker never waits for DNS); its addresses are tried in the
+ * order the resolver gives them, the next after a refusal or an unreachable one,
+ * until one connects or IOCPSRV_OPT_CONNECT_TIMEOUT_MS runs out. A stop does not wait
+ * for a lookup the OS is still doing, except to join that thread.
+ * IOCPSRV_OPT_CONNECT_SOURCE binds the local side.
+ *
+ * Returns 0, or IOCPSRV_EINVAL (NULL server, host or conn; port out of range),
+ * IOCPSRV_ESTOPPED (not running), IOCPSRV_ELIMIT (IOCPSRV_OPT_MAX_CONNECTIONS, which
+ * counts both directions, is reached, or no descriptor is left), IOCPSRV_ENOMEM,
+ * IOCPSRV_EADDRNOTAVAIL (a numeric host that cannot be used: the wrong family for
+ * IOCPSRV_OPT_CONNECT_SOURCE, no IPv6 on this machine, the source not bindable),
+ * IOCPSRV_ESYSTEM. What connect itself reports, even at once (a refusal on loopback),
+ * comes as the disconnect's reason. Tested by: test_connect.c. */
+IOCPSRV_API int IOCPSRV_CALL iocpsrv_connect(iocpsrv_t *server, const char *host, int port,
+                                             void *conn_user, iocpsrv_conn_id_t *conn);
 
 /* Stop: no new clients; every connection closes gracefully (queued sends written,
  * our FIN sent, the client's FIN awaited) for up to `timeout_ms`, after which the
@@ -672,6 +754,9 @@ IOCPSRV_API int IOCPSRV_CALL iocpsrv_set_conn_user(iocpsrv_t *server,
 /* Connection flags in iocpsrv_conn_info_t.flags. */
 #define IOCPSRV_CONN_PAUSED 0x1u  /* receive paused by the host */
 #define IOCPSRV_CONN_CLOSING 0x2u /* a disconnect is under way */
+#define IOCPSRV_CONN_OUTBOUND 0x4u /* made by iocpsrv_connect, not accepted */
+#define IOCPSRV_CONN_CONNECTING 0x8u /* outbound and not established yet (peer is then
+                                        the target as given, or the address tried) */
 
 /* What iocpsrv_conn_info reports. Set struct_size = sizeof(iocpsrv_conn_info_t). */
 typedef struct iocpsrv_conn_info_s {

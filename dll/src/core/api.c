@@ -32,7 +32,8 @@ int IOCPSRV_CALL iocpsrv_broadcast(iocpsrv_t *srv, const void *data, size_t len)
   for (size_t i = 0; i < used; i++) {
     conn_t *c = (conn_t *)conntable_at(&srv->table, i);
     srv_mutex_lock(&c->slot.lock);
-    iocpsrv_conn_id_t id = c->state == CONN_OPEN && !c->proxy_awaiting ? c->slot.id : 0;
+    iocpsrv_conn_id_t id =
+        c->state == CONN_OPEN && !c->proxy_awaiting && !c->connecting ? c->slot.id : 0;
     srv_mutex_unlock(&c->slot.lock);
     if (!id) continue;
     int rc = send_packet(srv, id, &buf, 1, len);
@@ -47,7 +48,7 @@ int IOCPSRV_CALL iocpsrv_disconnect(iocpsrv_t *srv, iocpsrv_conn_id_t conn, int 
                mode != IOCPSRV_CLOSE_REFUSE))
     return IOCPSRV_EINVAL;
   if (srv_state(srv) == SRV_STOPPED) return IOCPSRV_ESTOPPED;
-  conn_t *c = conn_lock_id(srv, conn);
+  conn_t *c = conn_lock_known(srv, conn); /* connecting too: the attempt is dropped */
   if (!c) return IOCPSRV_ENOTCONN;
   int abort = mode == IOCPSRV_CLOSE_ABORT;
   if (mode == IOCPSRV_CLOSE_REFUSE && !c->refused) {
@@ -98,7 +99,7 @@ int64_t IOCPSRV_CALL iocpsrv_pending_bytes(iocpsrv_t *srv, iocpsrv_conn_id_t con
 int IOCPSRV_CALL iocpsrv_set_conn_user(iocpsrv_t *srv, iocpsrv_conn_id_t conn,
                                        void *conn_user) {
   if (!srv) return IOCPSRV_EINVAL;
-  conn_t *c = conn_lock_id(srv, conn);
+  conn_t *c = conn_lock_known(srv, conn);
   if (!c) return srv_state(srv) == SRV_STOPPED ? IOCPSRV_ESTOPPED : IOCPSRV_ENOTCONN;
   atomic_store(&c->user, conn_user);
   srv_mutex_unlock(&c->slot.lock);
@@ -109,13 +110,15 @@ int IOCPSRV_CALL iocpsrv_conn_info(iocpsrv_t *srv, iocpsrv_conn_id_t conn,
                                    iocpsrv_conn_info_t *info) {
   if (!srv || !info || info->struct_size < offsetof(iocpsrv_conn_info_t, peer))
     return IOCPSRV_EINVAL;
-  conn_t *c = conn_lock_id(srv, conn);
+  conn_t *c = conn_lock_known(srv, conn);
   if (!c) return srv_state(srv) == SRV_STOPPED ? IOCPSRV_ESTOPPED : IOCPSRV_ENOTCONN;
   iocpsrv_conn_info_t v;
   memset(&v, 0, sizeof v);
   v.struct_size = (uint32_t)(info->struct_size < sizeof v ? info->struct_size : sizeof v);
   v.flags = (c->paused ? IOCPSRV_CONN_PAUSED : 0) |
-            (c->state == CONN_CLOSING ? IOCPSRV_CONN_CLOSING : 0);
+            (c->state == CONN_CLOSING ? IOCPSRV_CONN_CLOSING : 0) |
+            (c->outbound ? IOCPSRV_CONN_OUTBOUND : 0) |
+            (c->connecting ? IOCPSRV_CONN_CONNECTING : 0);
   v.id = conn;
   v.connect_time_ms = c->connect_time_ms;
   v.bytes_in = atomic_load(&c->bytes_in);
@@ -126,7 +129,8 @@ int IOCPSRV_CALL iocpsrv_conn_info(iocpsrv_t *srv, iocpsrv_conn_id_t conn,
   snprintf(v.peer, sizeof v.peer, "%s", c->peer);
   snprintf(v.proxy, sizeof v.proxy, "%s", c->proxy);
   struct sockaddr_storage sa;
-  if (bk_sockname(c->sock, &sa) == 0) format_addr(&sa, v.local, sizeof v.local);
+  if (c->sock != BK_INVALID_SOCKET && bk_sockname(c->sock, &sa) == 0)
+    format_addr(&sa, v.local, sizeof v.local);
   srv_mutex_unlock(&c->slot.lock);
   memcpy(info, &v, v.struct_size);
   return 0;

@@ -145,6 +145,22 @@ long bk_write(bk_conn_t *c, bk_socket_t s, const void *data, size_t len);
  * own: IOCP's WSASend reads its buffer until the completion), or BK_ERROR. */
 long bk_write_now(bk_socket_t s, const void *head, size_t hlen, const void *body,
                   size_t blen);
+/* Start an outbound connection for connection `id` (lock held: no log): a fresh
+ * non-blocking socket, bound to `from` when given (NULL: the OS chooses), watched like
+ * an accepted one (its events carry `id`), connecting to `to`. Returns 0 with *out
+ * the socket: a BK_CONN event for `id` follows when the attempt ends, either way (ask
+ * bk_connect_result); a positive IOCPSRV_REASON_CONNECT_* when the attempt failed at
+ * once (nothing is left open); or a negative IOCPSRV_E code when no socket could be
+ * set up for it (IOCPSRV_ELIMIT: no descriptor left). */
+int bk_connect(bk_server_t *b, bk_conn_t *c, uint64_t id, const struct sockaddr *to,
+               int tolen, const struct sockaddr *from, int fromlen, bk_socket_t *out);
+/* After a BK_CONN event for a connecting socket (token held): 0 connected (from now on
+ * an ordinary connection: bk_arm, bk_read, bk_write...), BK_AGAIN still connecting
+ * (a late event of an earlier socket: another event comes), BK_RETRY the attempt was
+ * cancelled under it (Wine cancels I/O of a thread that exits): try the same address
+ * again, or a positive IOCPSRV_REASON_CONNECT_* it failed with. */
+#define BK_RETRY (-3)
+int bk_connect_result(bk_conn_t *c, bk_socket_t s);
 /* Send our FIN (the write side only). */
 void bk_shutdown(bk_socket_t s);
 /* Close a socket, with a reset instead of a FIN when `abort`. `c` the registered

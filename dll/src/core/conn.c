@@ -26,13 +26,13 @@ void format_addr(const struct sockaddr_storage *sa, char *out, size_t size) {
   }
 }
 
-static void open_count_release(iocpsrv_t *srv) {
+void open_count_release(iocpsrv_t *srv) {
   srv_mutex_lock(&srv->count_lock);
   if (atomic_fetch_sub(&srv->open_count, 1) == 1) srv_cond_broadcast(&srv->count_cond);
   srv_mutex_unlock(&srv->count_lock);
 }
 
-conn_t *conn_lock_id(iocpsrv_t *srv, iocpsrv_conn_id_t id) {
+conn_t *conn_lock_known(iocpsrv_t *srv, iocpsrv_conn_id_t id) {
   conn_t *c = (conn_t *)conntable_lookup(&srv->table, id);
   if (!c) return NULL;
   srv_mutex_lock(&c->slot.lock);
@@ -41,6 +41,15 @@ conn_t *conn_lock_id(iocpsrv_t *srv, iocpsrv_conn_id_t id) {
     return c;
   srv_mutex_unlock(&c->slot.lock);
   return NULL;
+}
+
+conn_t *conn_lock_id(iocpsrv_t *srv, iocpsrv_conn_id_t id) {
+  conn_t *c = conn_lock_known(srv, id);
+  if (c && c->connecting) {
+    srv_mutex_unlock(&c->slot.lock);
+    return NULL;
+  }
+  return c;
 }
 
 void request_close_locked(iocpsrv_t *srv, conn_t *c, int abort, int reason) {
@@ -84,7 +93,10 @@ int conn_finalize(iocpsrv_t *srv, conn_t *c, int reason, int abort) {
   sendbuf_free(&c->out);
   sendbuf_free(&c->own);
   c->own_packets = 0;
+  conn_target_t *target = c->target;
+  c->target = NULL;
   srv_mutex_unlock(&c->slot.lock);
+  free(target);
   framer_free(&c->in);
   free(c->proxy_buf);
   c->proxy_buf = NULL;
@@ -150,12 +162,13 @@ int conn_close_step(iocpsrv_t *srv, conn_t *c) {
   return done ? conn_finalize(srv, c, IOCPSRV_REASON_PEER_CLOSED, 0) : 0;
 }
 
-static conn_t *conn_open(iocpsrv_t *srv, worker_t *w, bk_socket_t sock,
-                         const struct sockaddr_storage *sa) {
-  int nomem;
-  conn_t *c = (conn_t *)conntable_alloc(&srv->table, &nomem);
+/* A fresh connection slot, token held by the caller (busy), no socket yet; NULL when
+ * the table is full or out of memory (*nomem). Its fields are set under its lock:
+ * sends from other threads may look at it as soon as its id is out. */
+conn_t *conn_new(iocpsrv_t *srv, int *nomem) {
+  conn_t *c = (conn_t *)conntable_alloc(&srv->table, nomem);
   if (!c) {
-    if (nomem) engine_stat_add(&srv->stats.alloc_failures, 1);
+    if (*nomem) engine_stat_add(&srv->stats.alloc_failures, 1);
     return NULL;
   }
   srv_mutex_lock(&c->slot.lock);
@@ -171,22 +184,36 @@ static conn_t *conn_open(iocpsrv_t *srv, worker_t *w, bk_socket_t sock,
   c->own_packets = 0;
   atomic_store_explicit(&c->send_open, 1, memory_order_relaxed);
   c->notes = 0;
-  c->sock = sock;
+  c->sock = BK_INVALID_SOCKET;
+  c->read_armed = c->write_wait = 0;
   c->refused = 0;
   c->proxy_awaiting = 0;
+  c->outbound = c->connecting = 0;
+  c->target = NULL;
   c->proxy[0] = 0;
   c->bye = NULL;
   c->out_seen = 0;
-  /* Before anyone can see the id: sends from other threads may start at once. */
-  int reg_err = conn_watch_locked(srv, c);
-  if (reg_err) c->notes |= NOTE_ERROR;
   c->bytes_out = c->packets_out = 0;
   atomic_store(&c->deliver_stop, 0);
   atomic_store(&c->user, NULL);
   atomic_store(&c->bytes_in, 0);
   atomic_store(&c->packets_in, 0);
-  atomic_store(&c->last_packet_ms, w->now);
+  atomic_store(&c->last_packet_ms, clock_now());
   c->connect_time_ms = srv_unix_ms();
+  c->src_counted = c->src_trusted = 0;
+  srv_mutex_unlock(&c->slot.lock);
+  return c;
+}
+
+static conn_t *conn_open(iocpsrv_t *srv, bk_socket_t sock, const struct sockaddr_storage *sa) {
+  int nomem;
+  conn_t *c = conn_new(srv, &nomem);
+  if (!c) return NULL;
+  srv_mutex_lock(&c->slot.lock);
+  c->sock = sock;
+  /* Before anyone can see the id: sends from other threads may start at once. */
+  int reg_err = conn_watch_locked(srv, c);
+  if (reg_err) c->notes |= NOTE_ERROR;
   format_addr(sa, c->peer, sizeof c->peer);
   srv_mutex_unlock(&c->slot.lock);
   if (reg_err)
@@ -224,7 +251,7 @@ void engine_accept(worker_t *w, bk_socket_t sock, const struct sockaddr_storage 
       open_count_release(srv);
       return;
     }
-    c = conn_open(srv, w, sock, sa);
+    c = conn_open(srv, sock, sa);
     if (!c && adm.counted) srclimit_release(&srv->per_source, &adm.key);
   }
   if (!c) {

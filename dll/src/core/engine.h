@@ -29,6 +29,7 @@
 #include "core/options.h"
 #include "core/platform.h"
 #include "core/pullq.h"
+#include "core/resolver.h"
 #include "core/worker.h"
 #include "core/sendbuf.h"
 #include "core/srcaddr.h"
@@ -45,6 +46,16 @@ enum { CLOSE_NONE = 0, CLOSE_GRACEFUL = 1, CLOSE_ABORT = 2 };
 #define NOTE_CLOSE 0x10u  /* a disconnect was requested */
 #define NOTE_DRAIN 0x20u  /* the send queue drained after a refusal */
 #define NOTE_ERROR 0x40u  /* a write failed: the connection is dead */
+#define NOTE_CONNECT 0x80u /* outbound, connecting: its socket has news, or its name was
+                              resolved (core/connect.c) */
+
+/* An outbound connection's addresses to try (core/connect.c), in order. */
+typedef struct conn_target_s {
+  int count, next;       /* next: the one to try after the current */
+  int last_reason;       /* why the last one tried failed (an IOCPSRV_REASON_CONNECT_*) */
+  struct sockaddr_storage addr[8];
+  int addr_len[8];
+} conn_target_t;
 
 typedef struct conn_s {
   conn_slot_t slot; /* id + lock; must stay first */
@@ -59,6 +70,11 @@ typedef struct conn_s {
                                    hang-up or the peer's FIN coming (read to the end) */
   uint8_t refused;      /* the connect callback said no: no disconnect callback */
   uint8_t proxy_awaiting; /* its PROXY header has not arrived: the host does not know it */
+  uint8_t outbound;     /* made by iocpsrv_connect */
+  uint8_t connecting;   /* outbound and not established: only the connect path runs
+                           (set and cleared by the token holder, under the lock) */
+  int64_t connect_deadline; /* connecting: when IOCPSRV_OPT_CONNECT_TIMEOUT_MS runs out */
+  conn_target_t *target;    /* connecting: its addresses; NULL while a name resolves */
   uint32_t notes;
   bk_socket_t sock;
   uint8_t read_armed;   /* bk_arm said an event will come: no need to arm again */
@@ -157,6 +173,7 @@ struct iocpsrv_s {
   log_gate_t sockopt_log;  /* socket options an accepted socket refused: likewise */
   log_gate_t trust_log;    /* PROXY from untrusted peers, per-source refusals: likewise */
   srclimit_t per_source;   /* IOCPSRV_OPT_MAX_CONNECTIONS_PER_SOURCE counts (srcaddr.h) */
+  resolver_t resolver;     /* host names of iocpsrv_connect (core/resolver.c) */
   bk_server_t bk;
 };
 

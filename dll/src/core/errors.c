@@ -49,6 +49,11 @@ const char *IOCPSRV_CALL iocpsrv_reason_name(int reason) {
   case IOCPSRV_REASON_IDLE_TIMEOUT: return "idle-timeout";
   case IOCPSRV_REASON_SERVER_STOPPED: return "server-stopped";
   case IOCPSRV_REASON_OUT_OF_MEMORY: return "out-of-memory";
+  case IOCPSRV_REASON_CONNECT_REFUSED: return "connect-refused";
+  case IOCPSRV_REASON_CONNECT_UNREACHABLE: return "connect-unreachable";
+  case IOCPSRV_REASON_CONNECT_TIMEOUT: return "connect-timeout";
+  case IOCPSRV_REASON_NAME_NOT_RESOLVED: return "name-not-resolved";
+  case IOCPSRV_REASON_CONNECT_FAILED: return "connect-failed";
   default: return "unknown";
   }
 }

@@ -27,6 +27,7 @@ typedef enum fault_site_e {
   FAULT_RECV_POST = 4,  /* WSARecv posting (Windows) */
   FAULT_SEND_POST = 5,  /* send (Linux) / WSASend posting (Windows) */
   FAULT_THREAD = 6,     /* thread creation (pthread_create / CreateThread) */
+  FAULT_CONNECT = 7,    /* the socket of an outbound connect (fails as EMFILE) */
   FAULT_SITE_COUNT
 } fault_site_t;
 

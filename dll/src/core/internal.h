@@ -131,7 +131,13 @@ void engine_accept(worker_t *w, bk_socket_t sock, const struct sockaddr_storage 
  * callback, then the slot is freed. */
 void engine_conn_released(iocpsrv_t *srv, conn_t *c);
 void format_addr(const struct sockaddr_storage *sa, char *out, size_t size);
+/* The connection `id` names, locked, when the host may act on it (open or closing,
+ * introduced, established), else NULL. _known: an outbound one still connecting too
+ * (iocpsrv_disconnect, iocpsrv_conn_info, iocpsrv_set_conn_user). */
 conn_t *conn_lock_id(iocpsrv_t *srv, iocpsrv_conn_id_t id);
+conn_t *conn_lock_known(iocpsrv_t *srv, iocpsrv_conn_id_t id);
+conn_t *conn_new(iocpsrv_t *srv, int *nomem);
+void open_count_release(iocpsrv_t *srv);
 void request_close_locked(iocpsrv_t *srv, conn_t *c, int abort, int reason);
 int conn_abort_nomem(iocpsrv_t *srv, conn_t *c, const char *what);
 int conn_finalize(iocpsrv_t *srv, conn_t *c, int reason, int abort);
@@ -139,6 +145,12 @@ int conn_drop_as(iocpsrv_t *srv, conn_t *c, const char *why, int nomem);
 int conn_drop(iocpsrv_t *srv, conn_t *c, const char *why);
 int conn_close_step(iocpsrv_t *srv, conn_t *c);
 int conn_introduce(iocpsrv_t *srv, conn_t *c);
+/* connect.c */
+/* The token holder's turn for a connecting outbound connection: returns 1 when it is
+ * gone, else 0 with *notes what is left to run (a NOTE_READ once it is established). */
+int conn_connect_step(iocpsrv_t *srv, conn_t *c, uint32_t *notes);
+/* The resolver's answer for connection `id` (NULL: the name has no address). */
+void connect_resolved(iocpsrv_t *srv, uint64_t id, const struct addrinfo *res);
 /* admit.c */
 void refuse_socket(iocpsrv_t *srv, bk_socket_t sock);
 int source_admit(iocpsrv_t *srv, bk_socket_t sock, const struct sockaddr_storage *sa,

@@ -2,6 +2,9 @@
 
 #include <stddef.h>
 
+#include <stdio.h>
+#include <string.h>
+
 #include "iocpsrv.h"
 
 void srv_options_init(srv_options_t *o) {
@@ -35,6 +38,9 @@ void srv_options_init(srv_options_t *o) {
   o->max_connections_per_source = 0;
   o->proxy_trusted.v = NULL;
   o->proxy_trusted.n = 0;
+  o->connect_timeout_ms = 10000;
+  memset(&o->connect_source, 0, sizeof o->connect_source);
+  o->connect_source_len = 0;
 }
 
 typedef struct option_desc_s {
@@ -73,6 +79,7 @@ static const option_desc_t option_table[] = {
     OPT_(IOCPSRV_OPT_PROXY_PROTOCOL, proxy_protocol, IOCPSRV_PROXY_OFF, IOCPSRV_PROXY_OPTIONAL),
     OPT_(IOCPSRV_OPT_REUSEPORT, reuseport, 0, 1),
     OPT_(IOCPSRV_OPT_MAX_CONNECTIONS_PER_SOURCE, max_connections_per_source, 0, 16777215),
+    OPT_(IOCPSRV_OPT_CONNECT_TIMEOUT_MS, connect_timeout_ms, 0, 86400000),
 };
 #undef OPT_
 
@@ -83,7 +90,41 @@ static const option_desc_t *find_option(int option) {
 }
 
 /* Whether `option` is a string option (iocpsrv_set_option_str). */
-static int is_str_option(int option) { return option == IOCPSRV_OPT_PROXY_TRUSTED; }
+static int is_str_option(int option) {
+  return option == IOCPSRV_OPT_PROXY_TRUSTED || option == IOCPSRV_OPT_CONNECT_SOURCE;
+}
+
+/* IOCPSRV_OPT_CONNECT_SOURCE: one numeric address, kept with port 0. */
+static int set_connect_source(srv_options_t *o, const char *value) {
+  if (!value || !value[0]) {
+    o->connect_source_len = 0;
+    return 0;
+  }
+  struct addrinfo hints, *res = NULL;
+  memset(&hints, 0, sizeof hints);
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV;
+  if (getaddrinfo(value, "0", &hints, &res) != 0) return IOCPSRV_EINVAL;
+  int ok = res->ai_addrlen <= sizeof o->connect_source;
+  if (ok) {
+    memset(&o->connect_source, 0, sizeof o->connect_source);
+    memcpy(&o->connect_source, res->ai_addr, res->ai_addrlen);
+    o->connect_source_len = (int)res->ai_addrlen;
+  }
+  freeaddrinfo(res);
+  return ok ? 0 : IOCPSRV_EINVAL;
+}
+
+static int64_t get_connect_source(const srv_options_t *o, char *buf, size_t size) {
+  char text[INET6_ADDRSTRLEN] = "";
+  const struct sockaddr_storage *sa = &o->connect_source;
+  if (o->connect_source_len && sa->ss_family == AF_INET)
+    inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, text, sizeof text);
+  else if (o->connect_source_len)
+    inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, text, sizeof text);
+  if (size) snprintf(buf, size, "%s", text);
+  return (int64_t)strlen(text);
+}
 
 int srv_options_set(srv_options_t *o, int option, int64_t value) {
   const option_desc_t *d = find_option(option);
@@ -101,6 +142,7 @@ int srv_options_get(const srv_options_t *o, int option, int64_t *value) {
 }
 
 int srv_options_set_str(srv_options_t *o, int option, const char *value) {
+  if (option == IOCPSRV_OPT_CONNECT_SOURCE) return set_connect_source(o, value);
   if (option != IOCPSRV_OPT_PROXY_TRUSTED)
     return find_option(option) ? IOCPSRV_EINVAL : IOCPSRV_EUNKNOWNOPT;
   srcaddr_list_t l;
@@ -112,6 +154,7 @@ int srv_options_set_str(srv_options_t *o, int option, const char *value) {
 }
 
 int64_t srv_options_get_str(const srv_options_t *o, int option, char *buf, size_t size) {
+  if (option == IOCPSRV_OPT_CONNECT_SOURCE) return get_connect_source(o, buf, size);
   if (option != IOCPSRV_OPT_PROXY_TRUSTED)
     return find_option(option) ? IOCPSRV_EINVAL : IOCPSRV_EUNKNOWNOPT;
   return (int64_t)srcaddr_list_format(&o->proxy_trusted, buf, size);

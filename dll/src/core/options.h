@@ -30,8 +30,11 @@ typedef struct srv_options_s {
   int64_t pull_batch_sends;
   int64_t proxy_protocol, reuseport;
   int64_t max_connections_per_source;
+  int64_t connect_timeout_ms;
   /* String options (iocpsrv_set_option_str), kept parsed: */
   srcaddr_list_t proxy_trusted; /* IOCPSRV_OPT_PROXY_TRUSTED */
+  struct sockaddr_storage connect_source; /* IOCPSRV_OPT_CONNECT_SOURCE, port 0; */
+  int connect_source_len;                 /* 0 when unset */
 } srv_options_t;
 
 void srv_options_init(srv_options_t *o);

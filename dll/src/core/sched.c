@@ -92,7 +92,7 @@ void engine_schedule_locked(iocpsrv_t *srv, conn_t *c, uint32_t note) {
 /* Whether the connection wants to receive now (lock held). */
 static int reading_wanted(const conn_t *c) {
   ASSERT_LOCKED(c);
-  if (c->rd_eof) return 0;
+  if (c->rd_eof || c->connecting) return 0;
   return c->state == CONN_CLOSING || (!c->paused && !c->pull_blocked);
 }
 
@@ -113,6 +113,10 @@ void conn_arm_locked(iocpsrv_t *srv, conn_t *c) {
 static int conn_handle(iocpsrv_t *srv, worker_t *w, conn_t *c, uint32_t n) {
   ASSERT_TOKEN(c);
   ASSERT_UNLOCKED(c);
+  if (c->connecting) { /* outbound: only the connect path until it is established */
+    if (conn_connect_step(srv, c, &n)) return 1;
+    if (c->connecting) return 0;
+  }
   if (n & NOTE_ERROR) return conn_finalize(srv, c, IOCPSRV_REASON_PEER_RESET, 1);
   if ((n & NOTE_CLOSE) && conn_close_step(srv, c)) return 1;
   if (n & (NOTE_RESUME | NOTE_ROOM)) {
@@ -236,6 +240,11 @@ void conn_event(worker_t *w, const bk_event_t *e) {
   }
   conn_t *c = lock_id_event(srv, e->id);
   if (!c) return;
+  if (c->connecting) { /* any news of its socket: has the connect ended? */
+    if (e->notes & BK_HUP) c->hup = 1;
+    conn_notify_locked(w, c, NOTE_CONNECT);
+    return;
+  }
   uint32_t notes = 0;
   if (e->notes & BK_HUP) c->hup = 1; /* read on to the end */
   if (e->notes & BK_READ) notes |= NOTE_READ;

@@ -87,6 +87,7 @@ void conn_write_done_locked(iocpsrv_t *srv, conn_t *c, size_t bytes, int failed)
 }
 
 int conn_close_socket(iocpsrv_t *srv, conn_t *c, int abort) {
+  if (c->sock == BK_INVALID_SOCKET) return 0; /* outbound: no attempt under way */
   int running = bk_close(&c->bk, c->sock, abort);
   c->sock = BK_INVALID_SOCKET;
   if (!running) sendbuf_free(&c->held); /* else the OS still reads it: BK_RELEASED frees */

@@ -40,6 +40,7 @@ static void finish_stop(iocpsrv_t *srv) {
     srv_cond_wait_ms(&srv->count_cond, &srv->count_lock, aborted ? 100 : left);
   }
   srv_mutex_unlock(&srv->count_lock);
+  resolver_stop(&srv->resolver); /* no connection is left to wait for an answer */
   pool_stop(srv);
   bk_release(&srv->bk);
   if (srv->opt.pull_mode) pullq_set_stopped(&srv->pull);
@@ -64,6 +65,7 @@ int IOCPSRV_CALL iocpsrv_create(iocpsrv_t **out, void *user) {
   srv_cond_init(&srv->count_cond);
   srv_mutex_init(&srv->task_lock);
   srv_mutex_init(&srv->poll_flush_lock);
+  resolver_init(&srv->resolver);
   *out = srv;
   return 0;
 err_global:
@@ -199,8 +201,8 @@ static void on_pull_room(void *ctx, const iocpsrv_conn_id_t *ids, size_t n) {
   }
 }
 
-int IOCPSRV_CALL iocpsrv_listen(iocpsrv_t *srv, const char *host, int port) {
-  if (!srv || port < 0 || port > 65535) return IOCPSRV_EINVAL;
+/* Start the engine, listening on host:port when `listening`. */
+static int engine_start(iocpsrv_t *srv, int listening, const char *host, int port) {
   if (engine_in_worker_of(srv)) return IOCPSRV_EINCALLBACK;
   srv_mutex_lock(&srv->life_lock);
   if (srv->need_join && srv_state(srv) == SRV_STOPPING) finish_stop(srv);
@@ -218,8 +220,9 @@ int IOCPSRV_CALL iocpsrv_listen(iocpsrv_t *srv, const char *host, int port) {
   int64_t period = srv->opt.idle_timeout_ms ? srv->opt.idle_timeout_ms / 4 : 250;
   srv->sweep_period_ms = (int)(period > 250 ? 250 : period < 10 ? 10 : period);
   atomic_store(&srv->next_sweep_ms, srv_now_ms() + srv->sweep_period_ms);
+  srv->port = 0;
   if (!rc) rc = bk_open(&srv->bk, srv, &srv->opt);
-  if (!rc) rc = bind_listener(srv, host, port);
+  if (!rc && listening) rc = bind_listener(srv, host, port);
   if (!rc) {
     srv->pull.on_room = on_pull_room;
     srv->pull.on_eof = on_pull_eof;
@@ -237,6 +240,16 @@ int IOCPSRV_CALL iocpsrv_listen(iocpsrv_t *srv, const char *host, int port) {
                        "PROXY header is refused%s",
                srv->opt.proxy_protocol == IOCPSRV_PROXY_REQUIRED ? ", and so is every client" : "");
   return rc;
+}
+
+int IOCPSRV_CALL iocpsrv_listen(iocpsrv_t *srv, const char *host, int port) {
+  if (!srv || port < 0 || port > 65535) return IOCPSRV_EINVAL;
+  return engine_start(srv, 1, host, port);
+}
+
+int IOCPSRV_CALL iocpsrv_start(iocpsrv_t *srv) {
+  if (!srv) return IOCPSRV_EINVAL;
+  return engine_start(srv, 0, NULL, 0);
 }
 
 int IOCPSRV_CALL iocpsrv_port(iocpsrv_t *srv) {
@@ -275,6 +288,7 @@ int IOCPSRV_CALL iocpsrv_destroy(iocpsrv_t *srv) {
   srv_options_free(&srv->opt);
   srv_mutex_destroy(&srv->task_lock);
   srv_mutex_destroy(&srv->poll_flush_lock);
+  resolver_destroy(&srv->resolver);
   srv_cond_destroy(&srv->count_cond);
   srv_mutex_destroy(&srv->count_lock);
   srv_mutex_destroy(&srv->life_lock);

@@ -23,7 +23,10 @@ void sweep(iocpsrv_t *srv, worker_t *w) {
   for (size_t i = 0; i < used; i++) {
     conn_t *c = (conn_t *)conntable_at(&srv->table, i);
     srv_mutex_lock(&c->slot.lock);
-    if (c->state == CONN_OPEN && c->proxy_awaiting &&
+    if (c->state == CONN_OPEN && c->connecting) {
+      if (now >= c->connect_deadline)
+        request_close_locked(srv, c, 1, IOCPSRV_REASON_CONNECT_TIMEOUT);
+    } else if (c->state == CONN_OPEN && c->proxy_awaiting &&
         now - atomic_load_explicit(&c->last_packet_ms, memory_order_relaxed) >
             srv->opt.close_timeout_ms) {
       /* A PROXY header that never comes must not hold a slot the host cannot see. */

@@ -561,6 +561,61 @@ long bk_write_now(bk_socket_t fd, const void *head, size_t hlen, const void *bod
   }
 }
 
+/* ---------------------------------------------------------- outbound connects ---- */
+
+/* What a failed connect's errno means for the host (an IOCPSRV_REASON_CONNECT_*). */
+static int connect_reason(int e) {
+  switch (e) {
+  case ECONNREFUSED: return IOCPSRV_REASON_CONNECT_REFUSED;
+  case ENETUNREACH:
+  case EHOSTUNREACH:
+  case ENETDOWN:
+  case EHOSTDOWN: return IOCPSRV_REASON_CONNECT_UNREACHABLE;
+  case ETIMEDOUT: return IOCPSRV_REASON_CONNECT_TIMEOUT;
+  default: return IOCPSRV_REASON_CONNECT_FAILED;
+  }
+}
+
+int bk_connect(bk_server_t *b, bk_conn_t *c, uint64_t id, const struct sockaddr *to,
+               int tolen, const struct sockaddr *from, int fromlen, bk_socket_t *out) {
+  (void)c;
+  *out = -1;
+  int fd = fault_os(FAULT_CONNECT) ? (errno = EMFILE, -1)
+                                   : socket(to->sa_family, SOCK_STREAM | SOCK_NONBLOCK |
+                                                               SOCK_CLOEXEC, 0);
+  if (fd < 0) return errno == EMFILE || errno == ENFILE ? IOCPSRV_ELIMIT : os_error(errno);
+  /* Watched before connect: whatever connect leads to raises an edge. */
+  struct epoll_event e = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.u64 = id};
+  if ((from && bind(fd, from, (socklen_t)fromlen) != 0) ||
+      epoll_ctl(b->epfd, EPOLL_CTL_ADD, fd, &e) != 0) {
+    int err = os_error(errno);
+    close(fd);
+    return err;
+  }
+  int rc;
+  do rc = connect(fd, to, (socklen_t)tolen);
+  while (rc != 0 && errno == EINTR);
+  if (rc != 0 && errno != EINPROGRESS) {
+    int reason = connect_reason(errno);
+    close(fd);
+    return reason;
+  }
+  *out = fd;
+  return 0;
+}
+
+int bk_connect_result(bk_conn_t *c, bk_socket_t fd) {
+  (void)c;
+  int err = 0;
+  socklen_t len = sizeof err;
+  if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
+  if (err) return connect_reason(err);
+  struct sockaddr_storage peer;
+  len = sizeof peer;
+  if (getpeername(fd, (struct sockaddr *)&peer, &len) == 0) return 0;
+  return errno == ENOTCONN ? BK_AGAIN : connect_reason(errno);
+}
+
 void bk_shutdown(bk_socket_t fd) { shutdown(fd, SHUT_WR); }
 
 int bk_close(bk_conn_t *c, bk_socket_t fd, int abort) {

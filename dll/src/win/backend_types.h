@@ -29,6 +29,9 @@ typedef struct bk_conn_s {
   uint64_t id;         /* the connection's, for its events */
   atomic_uint io;      /* operations not yet completed, | BK_IO_CLOSED once closed */
   uint8_t skip_inline; /* FILE_SKIP_COMPLETION_PORT_ON_SUCCESS is on for this socket */
+  /* An outbound connect (send_io carries its ConnectEx): */
+  atomic_int connect_done;   /* its completion came */
+  ULONG_PTR connect_status;  /* that completion's NTSTATUS (read after connect_done) */
 } bk_conn_t;
 
 typedef struct bk_accept_s bk_accept_t;
@@ -45,6 +48,7 @@ typedef struct bk_server_s {
   int naccepts;
   LPFN_ACCEPTEX accept_ex;
   LPFN_GETACCEPTEXSOCKADDRS get_sockaddrs;
+  LPFN_CONNECTEX connect_ex; /* loaded at bk_open; NULL: outbound connects unsupported */
   /* Accepts that could not be posted (win/iocp.c, bk_periodic posts them again): */
   atomic_int retries;             /* slots waiting */
   atomic_int_fast64_t retry_ms;   /* when bk_periodic tries next */

@@ -49,7 +49,7 @@ const bk_caps_t bk_caps = {
 #define KEY_TASK 3
 #define KEY_QUIT 4
 
-enum { BK_IO_RECV = 1, BK_IO_SEND = 2 };
+enum { BK_IO_RECV = 1, BK_IO_SEND = 2, BK_IO_CONNECT = 3 /* in send_io */ };
 
 /* bk_conn_t.io: outstanding operations, with this bit once bk_close closed the socket.
  * Whoever takes the count to zero with the bit set (bk_close, or the completion of the
@@ -215,6 +215,21 @@ void bk_periodic(bk_server_t *b, int64_t now) {
 
 /* ------------------------------------------------------------------ listener ---- */
 
+/* ConnectEx, from a socket made for the purpose (any TCP socket gives the same one). */
+static LPFN_CONNECTEX load_connect_ex(void) {
+  LPFN_CONNECTEX fn = NULL;
+  GUID guid = WSAID_CONNECTEX;
+  DWORD bytes = 0;
+  SOCKET s = new_socket(AF_INET);
+  if (s == INVALID_SOCKET) s = new_socket(AF_INET6);
+  if (s == INVALID_SOCKET) return NULL;
+  if (WSAIoctl(s, SIO_GET_EXTENSION_FUNCTION_POINTER, &guid, sizeof guid, &fn, sizeof fn,
+               &bytes, NULL, NULL) != 0)
+    fn = NULL;
+  closesocket(s);
+  return fn;
+}
+
 int bk_open(bk_server_t *b, iocpsrv_t *srv, const srv_options_t *opt) {
   b->srv = srv;
   b->opt = opt;
@@ -237,6 +252,7 @@ int bk_open(bk_server_t *b, iocpsrv_t *srv, const srv_options_t *opt) {
     b->accepts[i].sock = INVALID_SOCKET;
     atomic_init(&b->accepts[i].retry, 0);
   }
+  b->connect_ex = load_connect_ex();
   return 0;
 }
 
@@ -398,6 +414,10 @@ static int conn_done(const OVERLAPPED_ENTRY *oe, bk_event_t *e) {
   e->kind = BK_CONN;
   e->id = c->id;
   e->bytes = 0;
+  if (io->kind == BK_IO_CONNECT) { /* bk_connect_result reads it */
+    c->connect_status = status;
+    atomic_store(&c->connect_done, 1);
+  }
   unsigned old = atomic_fetch_sub(&c->io, 1);
   if (old & IO_CLOSED) {
     if (old != (IO_CLOSED | 1)) return 0;
@@ -540,6 +560,103 @@ long bk_read(bk_socket_t s, void *buf, size_t len) {
   int n = recv(s, (char *)buf, len > INT_MAX ? INT_MAX : (int)len, 0);
   if (n >= 0) return n;
   return WSAGetLastError() == WSAEWOULDBLOCK ? BK_AGAIN : BK_ERROR;
+}
+
+/* ---------------------------------------------------------- outbound connects ---- */
+
+/* What a failed connect means for the host (an IOCPSRV_REASON_CONNECT_*), from its
+ * Winsock error or, where none is to be had, its NTSTATUS. */
+static int connect_reason(int err, ULONG_PTR status) {
+  switch (err) {
+  case WSAECONNREFUSED:
+  case ERROR_CONNECTION_REFUSED: return IOCPSRV_REASON_CONNECT_REFUSED;
+  case WSAENETUNREACH:
+  case WSAEHOSTUNREACH:
+  case WSAENETDOWN:
+  case WSAEHOSTDOWN:
+  case ERROR_NETWORK_UNREACHABLE:
+  case ERROR_HOST_UNREACHABLE: return IOCPSRV_REASON_CONNECT_UNREACHABLE;
+  case WSAETIMEDOUT:
+  case ERROR_SEM_TIMEOUT: return IOCPSRV_REASON_CONNECT_TIMEOUT;
+  }
+  switch ((unsigned long)status) {
+  case 0xC0000236UL: return IOCPSRV_REASON_CONNECT_REFUSED;     /* CONNECTION_REFUSED */
+  case 0xC000023CUL:                                              /* NETWORK_UNREACHABLE */
+  case 0xC000023DUL: return IOCPSRV_REASON_CONNECT_UNREACHABLE; /* HOST_UNREACHABLE */
+  case 0xC00000B5UL: return IOCPSRV_REASON_CONNECT_TIMEOUT;     /* IO_TIMEOUT */
+  }
+  return IOCPSRV_REASON_CONNECT_FAILED;
+}
+
+/* ConnectEx wants a bound socket: `from`, or the wildcard address of the family. */
+static int bind_for_connect(SOCKET s, int family, const struct sockaddr *from, int fromlen) {
+  struct sockaddr_storage any;
+  if (!from) {
+    memset(&any, 0, sizeof any);
+    any.ss_family = (ADDRESS_FAMILY)family;
+    from = (const struct sockaddr *)&any;
+    fromlen = family == AF_INET6 ? (int)sizeof(struct sockaddr_in6)
+                                 : (int)sizeof(struct sockaddr_in);
+  }
+  return bind(s, from, fromlen) == 0 ? 0 : os_error(WSAGetLastError());
+}
+
+int bk_connect(bk_server_t *b, bk_conn_t *c, uint64_t id, const struct sockaddr *to,
+               int tolen, const struct sockaddr *from, int fromlen, bk_socket_t *out) {
+  *out = INVALID_SOCKET;
+  if (!b->connect_ex) return IOCPSRV_ENOTSUP;
+  SOCKET s = fault_os(FAULT_CONNECT) ? (WSASetLastError(WSAEMFILE), INVALID_SOCKET)
+                                     : new_socket(to->sa_family);
+  if (s == INVALID_SOCKET) {
+    int e = WSAGetLastError();
+    return e == WSAEMFILE ? IOCPSRV_ELIMIT : os_error(e);
+  }
+  u_long nonblocking = 1;
+  int err = bind_for_connect(s, to->sa_family, from, fromlen);
+  if (!err && (ioctlsocket(s, FIONBIO, &nonblocking) != 0 ||
+               !CreateIoCompletionPort((HANDLE)s, b->port, KEY_CONN, 0)))
+    err = IOCPSRV_ESYSTEM;
+  if (err) {
+    closesocket(s);
+    return err;
+  }
+  memset(&c->recv_io, 0, sizeof c->recv_io);
+  memset(&c->send_io, 0, sizeof c->send_io);
+  c->recv_io.kind = BK_IO_RECV;
+  c->send_io.kind = BK_IO_CONNECT;
+  c->id = id;
+  c->skip_inline = 0; /* set once connected: the connect's completion always queues */
+  atomic_store(&c->connect_done, 0);
+  atomic_store(&c->io, 1);
+  DWORD sent = 0;
+  if (!b->connect_ex(s, to, tolen, NULL, 0, &sent, &c->send_io.ov) &&
+      WSAGetLastError() != ERROR_IO_PENDING) {
+    int reason = connect_reason(WSAGetLastError(), 0);
+    atomic_store(&c->io, 0);
+    closesocket(s);
+    return reason;
+  }
+  *out = s;
+  return 0;
+}
+
+int bk_connect_result(bk_conn_t *c, bk_socket_t s) {
+  if (!atomic_load(&c->connect_done)) return BK_AGAIN;
+  ULONG_PTR status = c->connect_status;
+  if (CANCELLED_BY_THREAD_EXIT(status)) return BK_RETRY;
+  if (status != 0) {
+    DWORD bytes = 0, flags = 0;
+    int err = 0;
+    if (!WSAGetOverlappedResult(s, &c->send_io.ov, &bytes, FALSE, &flags))
+      err = WSAGetLastError();
+    return connect_reason(err, status);
+  }
+  /* Now an ordinary connection: getpeername, shutdown and the rest work on it. */
+  setsockopt(s, SOL_SOCKET, SO_UPDATE_CONNECT_CONTEXT, NULL, 0);
+  c->send_io.kind = BK_IO_SEND;
+  c->skip_inline = SetFileCompletionNotificationModes(
+                       (HANDLE)s, FILE_SKIP_COMPLETION_PORT_ON_SUCCESS) != 0;
+  return 0;
 }
 
 void bk_shutdown(bk_socket_t s) { shutdown(s, SD_SEND); }
