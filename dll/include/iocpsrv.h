@@ -659,7 +659,9 @@ IOCPSRV_API int IOCPSRV_CALL iocpsrv_port(iocpsrv_t *server);
  * Until established, iocpsrv_disconnect, iocpsrv_conn_info (IOCPSRV_CONN_CONNECTING)
  * and iocpsrv_set_conn_user accept the id; sending, pause/resume and pending_bytes
  * return IOCPSRV_ENOTCONN (send from the connect callback on). It counts in
- * connections_now from the call, in connections_total once established.
+ * connections_now and iocpsrv_connections from the call, in connections_total once
+ * established. Its callbacks may start before iocpsrv_connect returns (a refusal on
+ * loopback is that quick): know the attempt by conn_user, not by the id.
  *
  * Addresses. A numeric host is used at once. A name is resolved on the engine's
  * resolver thread (a worker never waits for DNS); its addresses are tried in the

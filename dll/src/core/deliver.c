@@ -73,9 +73,13 @@ static int pull_event(iocpsrv_t *srv, conn_t *c, int type, const void *data, siz
 }
 
 static int pull_connect(iocpsrv_t *srv, conn_t *c) {
-  c->bye = pullq_reserve(&srv->pull);
+  if (!c->bye) c->bye = pullq_reserve(&srv->pull); /* outbound: set aside at the call */
   if (c->bye && pull_event(srv, c, IOCPSRV_EVENT_CONNECT, c->peer, strlen(c->peer)) >= 0)
     return DELIVER_MET;
+  if (c->outbound) { /* the host has its id: it hears how the attempt ended */
+    conn_abort_nomem(srv, c, "queueing its connect event");
+    return DELIVER_GONE;
+  }
   srv_mutex_lock(&c->slot.lock);
   c->refused = 1; /* the host never hears of it: no DISCONNECT either */
   srv_mutex_unlock(&c->slot.lock);
