@@ -147,6 +147,9 @@ static void each_allocation(const char *host) {
   ts_sock_t l = ts_listen("127.0.0.1", 0, &port); /* the kernel accepts: no engine there */
   CHECK(l != TS_INVALID);
   iocpsrv_t *srv = client_engine(1);
+  /* Once without a failure first: what the engine allocates only once (its table's
+   * first chunk, the resolver thread) must not shift the count of the runs after. */
+  CHECK_EQ(attempt_with_failure(srv, host, port, 0), 0);
   int64_t n;
   for (n = 1; n < 200; n++)
     if (attempt_with_failure(srv, host, port, n) == 0) break; /* needed no n-th one */
