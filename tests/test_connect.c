@@ -317,6 +317,46 @@ static void connect_to_itself(void) {
   tt_mutex_destroy(&self_lock);
 }
 
+/* A gateway's way: a connection's packet callback opens another connection (to the
+ * same server here); the new one is served on the workers while that callback runs. */
+typedef struct chain_s {
+  client_t *cl;
+  attempt_t *next; /* opened from the first echo of the attempt before it */
+  int port;
+} chain_t;
+static chain_t chain;
+
+static int IOCPSRV_CALL chain_packet(iocpsrv_t *srv, iocpsrv_conn_id_t id, void *user,
+                                     const uint8_t *data, size_t len) {
+  attempt_t *a = (attempt_t *)user;
+  if (a->echoed == 0 && a + 1 < chain.next) { /* not the last in the chain */
+    iocpsrv_conn_id_t next_id = 0;
+    CHECK_OK(iocpsrv_connect(srv, "127.0.0.1", chain.port, a + 1, &next_id));
+    CHECK_NE(next_id, id);
+  }
+  return cl_packet(srv, id, user, data, len);
+}
+
+static void connect_from_a_callback(void) {
+  echo_config_t cfg;
+  memset(&cfg, 0, sizeof cfg);
+  echo_server_t *es = echo_start(&cfg);
+  client_t *cl = client_new(5, 16);
+  attempt_t *a = attempts_new(cl, 20);
+  CHECK_OK(iocpsrv_set_packet_cb(cl->srv, chain_packet));
+  chain.cl = cl;
+  chain.next = a + 20;
+  chain.port = es->port;
+  CHECK_OK(iocpsrv_start(cl->srv));
+  client_connect(cl, &a[0], "127.0.0.1", es->port);
+  CHECK_OK(tt_counter_wait(&cl->ended, 20, 20000)); /* each opened the next */
+  CHECK_EQ(tt_counter_get(&cl->echoes), 20 * 5);
+  for (int i = 1; i < 20; i++) a[i].id = a[i].seen; /* ids were handed out in callbacks */
+  client_finish(cl, a, 20);
+  client_destroy(cl, a);
+  echo_finish(es);
+}
+
 /* ---------------------------------------------------------------- failures ---- */
 
 /* n attempts that must all fail with `reason`, and never connect. */
@@ -422,6 +462,47 @@ static void connect_stop_in_flight(void) {
     client_destroy(cl, a);
   }
   echo_finish(es);
+  close_fillers(l, fill, 4);
+}
+
+/* The thread that called iocpsrv_connect ends while the attempt is still under way
+ * (Wine cancels the overlapped I/O of a thread that exits: the engine starts the
+ * attempt again from a worker). The listener's backlog is full at first, so the
+ * attempt is pending when the thread ends; then room is made and it must connect. */
+typedef struct exiting_s {
+  client_t *cl;
+  attempt_t *a;
+  int port;
+} exiting_t;
+
+static void connect_and_exit(void *arg) {
+  exiting_t *x = (exiting_t *)arg;
+  client_connect(x->cl, x->a, "127.0.0.1", x->port);
+}
+
+static void connect_from_a_thread_that_exits(void) {
+  int port;
+  ts_sock_t fill[4];
+  ts_sock_t l = full_listener(&port, fill, 4);
+  client_t *cl = client_new(0, 0);
+  cl->close_when_echoed = 0;
+  attempt_t *a = attempts_new(cl, 1);
+  CHECK_OK(iocpsrv_set_option(cl->srv, IOCPSRV_OPT_CONNECT_TIMEOUT_MS, 20000));
+  CHECK_OK(iocpsrv_start(cl->srv));
+  exiting_t x = {cl, &a[0], port};
+  tt_thread_join(tt_thread_start(connect_and_exit, &x));
+  iocpsrv_conn_info_t info = info_of(cl->srv, a[0].id);
+  CHECK(info.flags & IOCPSRV_CONN_CONNECTING); /* still pending as the thread is gone */
+  for (int i = 0; i < 4; i++) { /* room in the backlog: accept what waits there */
+    ts_sock_t s = ts_readable(l, 0) > 0 ? accept(l, NULL, NULL) : TS_INVALID;
+    if (s != TS_INVALID) ts_close(s);
+    if (fill[i] != TS_INVALID) ts_close(fill[i]);
+    fill[i] = TS_INVALID;
+  }
+  CHECK_OK(tt_counter_wait(&cl->connected, 1, 15000)); /* the SYN is sent again */
+  client_finish(cl, a, 1);
+  CHECK_EQ(a[0].reason, IOCPSRV_REASON_SERVER_STOPPED);
+  client_destroy(cl, a);
   close_fillers(l, fill, 4);
 }
 
@@ -565,11 +646,13 @@ int main(int argc, char **argv) {
   TEST_RUN(connect_echo_ipv6);
   TEST_RUN(connect_to_itself);
   TEST_RUN(connect_1000_at_once);
+  TEST_RUN(connect_from_a_callback);
   TEST_RUN(connect_refused);
   TEST_RUN(connect_timeout);
   TEST_RUN(connect_name_not_resolved);
   TEST_RUN(connect_by_name);
   TEST_RUN(connect_stop_in_flight);
+  TEST_RUN(connect_from_a_thread_that_exits);
   TEST_RUN(connect_call_errors);
   TEST_RUN(connect_from_source);
   TEST_RUN(connect_pull_mode);

@@ -696,8 +696,8 @@ static void lifecycle_strings(void) {
     for (j = 0; j < i; j++) CHECK_NE(err_rows[j].code, err_rows[i].code);
   }
   CHECK_EQ(IOCPSRV_EINVAL, -1);
-  CHECK_EQ(NOPTS(err_rows), 17);
-  static const int unknown[] = {1, 42, -18, -1000, 0x7fffffff, -0x7fffffff - 1};
+  CHECK_EQ(NOPTS(err_rows), 18);
+  static const int unknown[] = {1, 42, -19, -1000, 0x7fffffff, -0x7fffffff - 1};
   for (i = 0; i < NOPTS(unknown); i++) {
     const char *t = iocpsrv_strerror(unknown[i]);
     CHECK(t != NULL);
@@ -707,13 +707,16 @@ static void lifecycle_strings(void) {
   CHECK(iocpsrv_strerror(0) != NULL);
   CHECK(iocpsrv_err_name(0) != NULL);
 
-  const char *names[8];
-  for (i = IOCPSRV_REASON_PEER_CLOSED; i <= IOCPSRV_REASON_SERVER_STOPPED; i++) {
+  const char *names[IOCPSRV_REASON_CONNECT_FAILED + 1];
+  for (i = IOCPSRV_REASON_PEER_CLOSED; i <= IOCPSRV_REASON_CONNECT_FAILED; i++) {
     names[i] = iocpsrv_reason_name(i);
     CHECK(names[i] != NULL && names[i][0] != 0);
     for (j = 1; j < i; j++) CHECK(strcmp(names[i], names[j]) != 0);
   }
   CHECK_STREQ(iocpsrv_reason_name(IOCPSRV_REASON_PEER_CLOSED), "peer-closed");
+  CHECK_STREQ(iocpsrv_reason_name(IOCPSRV_REASON_CONNECT_REFUSED), "connect-refused");
+  CHECK_STREQ(iocpsrv_reason_name(IOCPSRV_REASON_CONNECT_FAILED), "connect-failed");
+  CHECK_STREQ(iocpsrv_reason_name(14), "unknown");
   CHECK(iocpsrv_reason_name(0) != NULL);
   CHECK(iocpsrv_reason_name(99) != NULL);
   CHECK(iocpsrv_reason_name(-1) != NULL);
