@@ -466,8 +466,8 @@ static void connect_stop_in_flight(void) {
 }
 
 /* The thread that called iocpsrv_connect ends while the attempt is still under way
- * (Wine cancels the overlapped I/O of a thread that exits: the engine starts the
- * attempt again from a worker). The listener's backlog is full at first, so the
+ * (Wine cancels some overlapped I/O of a thread that exits, see docs/windows.md; a
+ * pending ConnectEx must survive it). The listener's backlog is full at first, so the
  * attempt is pending when the thread ends; then room is made and it must connect. */
 typedef struct exiting_s {
   client_t *cl;

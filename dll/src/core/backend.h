@@ -156,10 +156,9 @@ int bk_connect(bk_server_t *b, bk_conn_t *c, uint64_t id, const struct sockaddr 
                int tolen, const struct sockaddr *from, int fromlen, bk_socket_t *out);
 /* After a BK_CONN event for a connecting socket (token held): 0 connected (from now on
  * an ordinary connection: bk_arm, bk_read, bk_write...), BK_AGAIN still connecting
- * (a late event of an earlier socket: another event comes), BK_RETRY the attempt was
- * cancelled under it (Wine cancels I/O of a thread that exits): try the same address
- * again, or a positive IOCPSRV_REASON_CONNECT_* it failed with. */
-#define BK_RETRY (-3)
+ * (a late event of an earlier socket: another event comes), or a positive
+ * IOCPSRV_REASON_CONNECT_* it failed with. (A pending ConnectEx outlives the thread
+ * that issued it, under Wine too: test_connect's connect_from_a_thread_that_exits.) */
 int bk_connect_result(bk_conn_t *c, bk_socket_t s);
 /* Send our FIN (the write side only). */
 void bk_shutdown(bk_socket_t s);

@@ -92,8 +92,7 @@ int conn_connect_step(iocpsrv_t *srv, conn_t *c, uint32_t *notes) {
     int r = bk_connect_result(&c->bk, c->sock);
     if (r == BK_AGAIN) return 0;
     if (r == 0) return conn_established(srv, c, notes);
-    if (r == BK_RETRY) t->next--; /* the same address again */
-    else t->last_reason = r;
+    t->last_reason = r;
     srv_mutex_lock(&c->slot.lock);
     bk_socket_t s = c->sock;
     c->sock = BK_INVALID_SOCKET; /* conn_info must not look at a closed socket */

@@ -643,7 +643,6 @@ int bk_connect(bk_server_t *b, bk_conn_t *c, uint64_t id, const struct sockaddr 
 int bk_connect_result(bk_conn_t *c, bk_socket_t s) {
   if (!atomic_load(&c->connect_done)) return BK_AGAIN;
   ULONG_PTR status = c->connect_status;
-  if (CANCELLED_BY_THREAD_EXIT(status)) return BK_RETRY;
   if (status != 0) {
     DWORD bytes = 0, flags = 0;
     int err = 0;
