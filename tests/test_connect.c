@@ -48,6 +48,7 @@ typedef struct attempt_s {
   iocpsrv_conn_id_t id;    /* as iocpsrv_connect returned it (0 until then) */
   iocpsrv_conn_id_t seen;  /* as the callbacks named it */
   int busy, connects, disconnects, reason;
+  int refuse;              /* the connect callback refuses it */
   uint32_t sent, echoed;   /* packets sent from the connect callback, echoes verified */
   char peer[64];
 } attempt_t;
@@ -115,9 +116,10 @@ static int IOCPSRV_CALL cl_connect(iocpsrv_t *srv, iocpsrv_conn_id_t id, const c
   snprintf(a->peer, sizeof a->peer, "%s", peer);
   for (int i = 0; i < cl->packets_each; i++) send_seq(srv, id, (uint32_t)i, cl->packet_size);
   a->sent = (uint32_t)cl->packets_each;
+  int refuse = a->refuse;
   leave(a);
   tt_counter_add(&cl->connected, 1);
-  return 0;
+  return refuse;
 }
 
 static int IOCPSRV_CALL cl_packet(iocpsrv_t *srv, iocpsrv_conn_id_t id, void *user,
@@ -193,7 +195,7 @@ static void client_finish(client_t *cl, attempt_t *a, int n) {
   tt_mutex_unlock(&cl->lock);
   CHECK_MSG(cl->errors == 0, "%d contract errors, first: %s", cl->errors, cl->first_error);
   for (int i = 0; i < n; i++) {
-    CHECK_EQ(a[i].disconnects, 1);
+    CHECK_EQ(a[i].disconnects, a[i].refuse ? 0 : 1); /* refused: no disconnect */
     CHECK_EQ(a[i].seen, a[i].id);
   }
   iocpsrv_stats_t st = stats_of(cl->srv);
@@ -353,6 +355,39 @@ static void connect_from_a_callback(void) {
   CHECK_EQ(tt_counter_get(&cl->echoes), 20 * 5);
   for (int i = 1; i < 20; i++) a[i].id = a[i].seen; /* ids were handed out in callbacks */
   client_finish(cl, a, 20);
+  client_destroy(cl, a);
+  echo_finish(es);
+}
+
+/* An outbound connection once established is served like an accepted one, options
+ * included: the connect callback may refuse it (no disconnect, counted as rejected),
+ * the idle timeout ends it, and an engine that wants PROXY headers from its clients
+ * does not want one from the server it called. */
+static void connect_served_like_a_client(void) {
+  echo_config_t cfg;
+  memset(&cfg, 0, sizeof cfg);
+  echo_server_t *es = echo_start(&cfg);
+  client_t *cl = client_new(3, 16);
+  cl->close_when_echoed = 0;
+  attempt_t *a = attempts_new(cl, 2);
+  a[0].refuse = 1;
+  CHECK_OK(iocpsrv_set_option(cl->srv, IOCPSRV_OPT_IDLE_TIMEOUT_MS, 300));
+  CHECK_OK(iocpsrv_set_option(cl->srv, IOCPSRV_OPT_PROXY_PROTOCOL, IOCPSRV_PROXY_REQUIRED));
+  CHECK_OK(iocpsrv_listen(cl->srv, "127.0.0.1", 0));
+  client_connect(cl, &a[0], "127.0.0.1", es->port);
+  client_connect(cl, &a[1], "127.0.0.1", es->port);
+  CHECK_OK(tt_counter_wait(&cl->ended, 1, 10000)); /* the idle one */
+  CHECK_EQ(a[1].reason, IOCPSRV_REASON_IDLE_TIMEOUT);
+  CHECK_EQ(a[1].echoed, 3);
+  ECHO_WAIT_FOR(stats_of(cl->srv).connections_now == 0);
+  iocpsrv_stats_t st = stats_of(cl->srv);
+  CHECK_EQ(st.connections_now, 0);
+  CHECK_EQ(st.connections_rejected, 1);
+  CHECK_EQ(st.idle_timeouts, 1);
+  CHECK_EQ(st.protocol_errors, 0);
+  a[0].seen = a[0].id;
+  client_finish(cl, a, 2);
+  CHECK_EQ(a[0].disconnects, 0);
   client_destroy(cl, a);
   echo_finish(es);
 }
@@ -647,6 +682,7 @@ int main(int argc, char **argv) {
   TEST_RUN(connect_to_itself);
   TEST_RUN(connect_1000_at_once);
   TEST_RUN(connect_from_a_callback);
+  TEST_RUN(connect_served_like_a_client);
   TEST_RUN(connect_refused);
   TEST_RUN(connect_timeout);
   TEST_RUN(connect_name_not_resolved);
