@@ -248,7 +248,7 @@ section_tsan() {
 section_valgrind() {
   command -v valgrind >/dev/null 2>&1 || apt_install valgrind || return 1
   local t
-  for t in test_lifecycle test_framing; do
+  for t in test_lifecycle test_framing test_connect; do
     echo "--- valgrind $t"
     valgrind --error-exitcode=1 --leak-check=full --show-leak-kinds=definite,indirect \
       --errors-for-leak-kinds=definite,indirect -q "$BUILD_DIR/tests/$t" || return 1
