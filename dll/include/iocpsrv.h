@@ -30,11 +30,13 @@
  *      Tested by: test_lifecycle.c (lifecycle_worker_hooks).
  *   2. For one connection, callbacks are serialized and ordered: connect, then packets
  *      in arrival order (drain callbacks interleave between them), then exactly one
- *      disconnect, last. An outbound connection (iocpsrv_connect) that never got
- *      established gets that one disconnect alone. Different connections run concurrently on different workers.
+ *      disconnect, last. Different connections run concurrently on different workers.
+ *      An outbound connection (iocpsrv_connect) that never got established gets that
+ *      one disconnect alone.
  *      Tested by: test_contract.c (contract_order_many_clients,
  *      contract_send_queue_full, contract_pull_same_as_callbacks), test_framing.c
- *      (framing_many_in_one_write).
+ *      (framing_many_in_one_write), test_connect.c (every sub-test: its client checks
+ *      the order and the one disconnect of each attempt).
  *   3. The packet pointer is valid only until the packet callback returns; copy what
  *      you keep.
  *      Tested by: test_framing.c (framing_header_split, framing_many_in_one_write: the
@@ -62,7 +64,8 @@
  *      Tested by: test_lifecycle.c (lifecycle_stop_from_callback,
  *      lifecycle_stop_under_load, lifecycle_destroy_running), test_stress.c
  *      (stop_under_load_graceful, stop_under_load_pull, start_stop_cycles),
- *      test_api_edges.c (edge_stop_without_limit_waits_for_the_peer).
+ *      test_api_edges.c (edge_stop_without_limit_waits_for_the_peer), test_connect.c
+ *      (connect_stop_in_flight: outbound attempts of every kind in flight).
  *   7. A callback that blocks delays only the thread it runs on: another worker takes
  *      over the other connections (on Linux within a millisecond: one worker waits for
  *      events and a spare takes its place when it is stuck; on Windows the completion
