@@ -15,6 +15,8 @@
  *   - review_refuse_while_connect_completes: iocpsrv_disconnect(REFUSE) of an attempt
  *     whose connect has just completed: no callback may follow (contract of REFUSE);
  *   - review_refuse_while_connect_completes_pull: the same in pull mode;
+ *   - review_abort_while_connect_completes: the same with ABORT of an attempt that
+ *     conn_info shows CONNECTING: no connect callback should follow;
  *   - review_timeout_while_connect_completes: IOCPSRV_OPT_CONNECT_TIMEOUT_MS runs out
  *     while the connect completes: either it never got established (no connect
  *     callback, CONNECT_TIMEOUT) or it did (connect callback, then a reason that is not
@@ -305,6 +307,35 @@ static void review_refuse_while_connect_completes_pull(void) {
   ts_close(l);
 }
 
+/* iocpsrv_disconnect(ABORT) of an attempt that conn_info still shows CONNECTING: the
+ * host dropped the attempt before it got established, yet a connect callback follows
+ * (then LOCAL_ABORT). The same root cause as the REFUSE case; the header lists
+ * LOCAL_CLOSE / LOCAL_ABORT among the ends of an attempt "that never got
+ * established", which "gets no connect callback". */
+static void review_abort_while_connect_completes(void) {
+  if (!hooks_available()) return;
+  int port = 0;
+  ts_sock_t l = ts_listen("127.0.0.1", 0, &port);
+  CHECK(l != TS_INVALID);
+  iocpsrv_t *srv = host_new(0);
+  CHECK_OK(iocpsrv_start(srv));
+  iocpsrv_conn_id_t id = attempt_held_at_completion(srv, port);
+  iocpsrv_conn_info_t info;
+  memset(&info, 0, sizeof info);
+  info.struct_size = sizeof info;
+  CHECK_OK(iocpsrv_conn_info(srv, id, &info));
+  CHECK(info.flags & IOCPSRV_CONN_CONNECTING); /* not established, as far as we know */
+  CHECK_OK(iocpsrv_disconnect(srv, id, IOCPSRV_CLOSE_ABORT));
+  release_peer();
+  CHECK_OK(tt_counter_wait(&host.disconnects, 1, 5000));
+  CHECK_EQ(host.last_reason, IOCPSRV_REASON_LOCAL_ABORT);
+  CHECK_MSG(tt_counter_get(&host.connects) == 0,
+            "a connect callback for an attempt aborted while CONNECTING");
+  CHECK_OK(iocpsrv_stop(srv, 0));
+  host_destroy();
+  ts_close(l);
+}
+
 /* IOCPSRV_OPT_CONNECT_TIMEOUT_MS runs out (the sweep marks the attempt closing with
  * CONNECT_TIMEOUT) while its connect completes: the host must not get a connect
  * callback and then a disconnect that says the connection never got established. */
@@ -422,6 +453,7 @@ static void review_timeout_while_resolving(void) {
  * waits 5 s per try and server, Windows longer): the attempt itself ends at once, but
  * finish_stop joins the resolver thread, which is inside getaddrinfo. stop(0) and
  * iocpsrv_destroy hang for as long as the lookup does. */
+#ifndef _WIN32
 typedef struct stopper_s {
   iocpsrv_t *srv;
   tt_counter_t done;
@@ -433,6 +465,7 @@ static void stop_thread(void *arg) {
   s->rc = iocpsrv_stop(s->srv, 0);
   tt_counter_add(&s->done, 1);
 }
+#endif
 
 static void review_stop_while_resolving(void) {
   if (!hooks_available()) return;
@@ -627,6 +660,7 @@ int main(int argc, char **argv) {
 #endif
   TEST_RUN(review_refuse_while_connect_completes);
   TEST_RUN(review_refuse_while_connect_completes_pull);
+  TEST_RUN(review_abort_while_connect_completes);
   TEST_RUN(review_timeout_while_connect_completes);
   TEST_RUN(review_reconnect_from_disconnect_at_limit);
   TEST_RUN(review_disconnect_while_resolving);
