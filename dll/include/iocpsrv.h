@@ -669,8 +669,9 @@ IOCPSRV_API int IOCPSRV_CALL iocpsrv_port(iocpsrv_t *server);
  * Addresses. A numeric host is used at once. A name is resolved on the engine's
  * resolver thread (a worker never waits for DNS); its addresses are tried in the
  * order the resolver gives them, the next after a refusal or an unreachable one,
- * until one connects or IOCPSRV_OPT_CONNECT_TIMEOUT_MS runs out. A stop does not wait
- * for a lookup the OS is still doing, except to join that thread.
+ * until one connects or IOCPSRV_OPT_CONNECT_TIMEOUT_MS runs out. Up to 4 names are
+ * looked up at once. A stop never waits for a lookup: one the OS is still doing
+ * finishes in the background and its answer is dropped.
  * IOCPSRV_OPT_CONNECT_SOURCE binds the local side.
  *
  * Returns 0, or IOCPSRV_EINVAL (NULL server, host or conn; port out of range),

@@ -60,9 +60,15 @@ static int connect_next(iocpsrv_t *srv, conn_t *c, conn_target_t *t) {
 }
 
 /* Connected: from now on an ordinary connection, introduced to the host. Returns 1 if
- * it is gone (the host refused it). */
+ * it is gone (the host refused it, or a close came first). */
 static int conn_established(iocpsrv_t *srv, conn_t *c, uint32_t *notes) {
   srv_mutex_lock(&c->slot.lock);
+  if (c->state != CONN_OPEN) {
+    /* A close (iocpsrv_disconnect, a stop, the timeout) came while the connect ended:
+     * it wins, and the host never meets the connection. */
+    srv_mutex_unlock(&c->slot.lock);
+    return conn_finalize(srv, c, IOCPSRV_REASON_LOCAL_ABORT, 1);
+  }
   c->connecting = 0;
   conn_target_t *t = c->target;
   c->target = NULL;

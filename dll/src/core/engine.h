@@ -173,7 +173,8 @@ struct iocpsrv_s {
   log_gate_t sockopt_log;  /* socket options an accepted socket refused: likewise */
   log_gate_t trust_log;    /* PROXY from untrusted peers, per-source refusals: likewise */
   srclimit_t per_source;   /* IOCPSRV_OPT_MAX_CONNECTIONS_PER_SOURCE counts (srcaddr.h) */
-  resolver_t resolver;     /* host names of iocpsrv_connect (core/resolver.c) */
+  srv_mutex_t resolver_lock; /* the pointer below */
+  resolver_t *resolver;    /* host names of iocpsrv_connect in this run (resolver.c) */
   bk_server_t bk;
 };
 

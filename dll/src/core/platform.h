@@ -62,6 +62,8 @@ static inline void srv_thread_join(srv_thread_t t) {
   WaitForSingleObject(t, INFINITE);
   CloseHandle(t);
 }
+/* Nobody will join it: it cleans up after itself when it ends. */
+static inline void srv_thread_detach(srv_thread_t t) { CloseHandle(t); }
 static inline int srv_cpu_count(void) {
   SYSTEM_INFO si;
   GetSystemInfo(&si);
@@ -160,6 +162,7 @@ static inline int srv_thread_create(srv_thread_t *t, void (*fn)(void *), void *a
   return 0;
 }
 static inline void srv_thread_join(srv_thread_t t) { pthread_join(t, NULL); }
+static inline void srv_thread_detach(srv_thread_t t) { pthread_detach(t); }
 
 /* System-wide CPU time (all cores) so far, in clock ticks: busy and total (the first
  * line of /proc/stat). */

@@ -1,6 +1,11 @@
-/* The resolver thread: host names given to iocpsrv_connect are looked up here, one at a
- * time, so that no worker (and no host thread calling connect) waits for DNS. Started
- * on the first name, joined by the stop once the connections are gone. */
+/* The resolver: host names given to iocpsrv_connect are looked up on threads of its
+ * own, up to RESOLVER_THREADS at once, so that no worker (and no host thread calling
+ * connect) waits for DNS, and one slow name does not hold up the others.
+ *
+ * A stop never waits for a lookup: the resolver is detached from its server
+ * (resolver_detach), the lookups still running in the OS finish in the background and
+ * their answers are dropped, and the last of its threads frees it. So the resolver is
+ * shared by the server and its threads and counted (refs), never part of the server. */
 #ifndef IOCPSRV_CORE_RESOLVER_H
 #define IOCPSRV_CORE_RESOLVER_H
 
@@ -10,6 +15,8 @@
 
 typedef struct iocpsrv_s iocpsrv_t;
 
+#define RESOLVER_THREADS 4
+
 typedef struct resolve_job_s {
   struct resolve_job_s *next;
   uint64_t id;   /* the connection waiting for the answer */
@@ -18,20 +25,23 @@ typedef struct resolve_job_s {
 } resolve_job_t;
 
 typedef struct resolver_s {
-  srv_mutex_t lock; /* with wake: the job list and the thread's life */
-  srv_cond_t wake;
+  srv_mutex_t lock;        /* everything below */
+  srv_cond_t wake;         /* a job was queued, or the resolver was detached */
+  srv_cond_t delivered;    /* no thread is handing an answer to the server any more */
   resolve_job_t *head, *tail;
-  int running, quit;
-  srv_thread_t thread;
+  iocpsrv_t *srv;          /* NULL once detached: answers are dropped */
+  int refs;                /* the server's (until detached) and one per thread */
+  int threads, idle;       /* threads alive, and those waiting for a job */
+  int delivering;          /* threads inside connect_resolved right now */
 } resolver_t;
 
-void resolver_init(resolver_t *r);
-void resolver_destroy(resolver_t *r);
-/* Look `host` up for connection `id`; the answer goes to connect_resolved (connect.c)
- * on the resolver thread. 0, IOCPSRV_ENOMEM or IOCPSRV_ESYSTEM (no thread). */
+/* Look `host` up for connection `id`, on the resolver of the server's current run
+ * (made on the first name). The answer goes to connect_resolved (connect.c) from a
+ * resolver thread. 0, IOCPSRV_ENOMEM or IOCPSRV_ESYSTEM (no thread to be had). */
 int resolver_submit(iocpsrv_t *srv, uint64_t id, const char *host, int port);
-/* The stop, once no connection is left: the thread ends after the lookup it is doing,
- * and jobs still queued (for connections gone since) are dropped. */
-void resolver_stop(resolver_t *r);
+/* The stop, once no connection is left: the run's resolver lets go of the server.
+ * Waits only for answers being handed over right now (no lookup); queued jobs are
+ * dropped. */
+void resolver_detach(iocpsrv_t *srv);
 
 #endif

@@ -40,7 +40,7 @@ static void finish_stop(iocpsrv_t *srv) {
     srv_cond_wait_ms(&srv->count_cond, &srv->count_lock, aborted ? 100 : left);
   }
   srv_mutex_unlock(&srv->count_lock);
-  resolver_stop(&srv->resolver); /* no connection is left to wait for an answer */
+  resolver_detach(srv); /* no connection is left to wait for an answer */
   pool_stop(srv);
   bk_release(&srv->bk);
   if (srv->opt.pull_mode) pullq_set_stopped(&srv->pull);
@@ -65,7 +65,7 @@ int IOCPSRV_CALL iocpsrv_create(iocpsrv_t **out, void *user) {
   srv_cond_init(&srv->count_cond);
   srv_mutex_init(&srv->task_lock);
   srv_mutex_init(&srv->poll_flush_lock);
-  resolver_init(&srv->resolver);
+  srv_mutex_init(&srv->resolver_lock);
   *out = srv;
   return 0;
 err_global:
@@ -288,7 +288,7 @@ int IOCPSRV_CALL iocpsrv_destroy(iocpsrv_t *srv) {
   srv_options_free(&srv->opt);
   srv_mutex_destroy(&srv->task_lock);
   srv_mutex_destroy(&srv->poll_flush_lock);
-  resolver_destroy(&srv->resolver);
+  srv_mutex_destroy(&srv->resolver_lock);
   srv_cond_destroy(&srv->count_cond);
   srv_mutex_destroy(&srv->count_lock);
   srv_mutex_destroy(&srv->life_lock);
