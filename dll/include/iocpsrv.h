@@ -273,7 +273,10 @@ typedef enum iocpsrv_option_e {
 
   /* IOCPSRV_OPT_MAX_CONNECTIONS: the most connections the server holds at once. A
    * client past it is closed at once, before the host hears of it (no connect, no
-   * disconnect), and counted in stats.connections_refused.
+   * disconnect), and counted in stats.connections_refused. Outbound connections
+   * (iocpsrv_connect) count too, from the call: past it, the call returns
+   * IOCPSRV_ELIMIT. A connection stops counting when its disconnect callback begins,
+   * so that callback may connect again at the limit.
    * Integer, connections. Default 10000. Range 1..16777215. Set while stopped. */
   IOCPSRV_OPT_MAX_CONNECTIONS = 5,
 

@@ -32,6 +32,22 @@ void open_count_release(iocpsrv_t *srv) {
   srv_mutex_unlock(&srv->count_lock);
 }
 
+int conn_admit(iocpsrv_t *srv) {
+  /* Counted first, then the state looked at: a stop that starts now either sees this
+   * connection in open_count and waits for it, or we see the stop. */
+  atomic_fetch_add(&srv->open_count, 1);
+  size_t before = atomic_fetch_add(&srv->admitted, 1);
+  int rc = srv_state(srv) != SRV_RUNNING ? IOCPSRV_ESTOPPED
+           : before >= (size_t)srv->opt.max_connections ? IOCPSRV_ELIMIT : 0;
+  if (rc) conn_admit_undo(srv);
+  return rc;
+}
+
+void conn_admit_undo(iocpsrv_t *srv) {
+  atomic_fetch_sub(&srv->admitted, 1);
+  open_count_release(srv);
+}
+
 conn_t *conn_lock_known(iocpsrv_t *srv, iocpsrv_conn_id_t id) {
   conn_t *c = (conn_t *)conntable_lookup(&srv->table, id);
   if (!c) return NULL;
@@ -111,6 +127,9 @@ void engine_conn_released(iocpsrv_t *srv, conn_t *c) {
     c->src_counted = 0;
     srclimit_release(&srv->per_source, &c->src_key);
   }
+  /* Likewise for IOCPSRV_OPT_MAX_CONNECTIONS: the disconnect callback may connect again
+   * (a reconnect loop) at the limit. A stop still waits for it (open_count). */
+  atomic_fetch_sub(&srv->admitted, 1);
   deliver_disconnect(srv, c, c->close_reason);
 
   srv_mutex_lock(&c->slot.lock);
@@ -241,14 +260,12 @@ int conn_introduce(iocpsrv_t *srv, conn_t *c) {
 
 void engine_accept(worker_t *w, bk_socket_t sock, const struct sockaddr_storage *sa) {
   iocpsrv_t *srv = w->srv;
-  /* Count first, then look at the state: a stop that starts now either sees this
-   * connection in open_count and waits for it, or we see the stop. */
-  size_t before = atomic_fetch_add(&srv->open_count, 1);
+  int admitted = conn_admit(srv) == 0;
   conn_t *c = NULL;
   src_admit_t adm;
-  if (srv_state(srv) == SRV_RUNNING && before < (size_t)srv->opt.max_connections) {
+  if (admitted) {
     if (source_admit(srv, sock, sa, &adm)) {
-      open_count_release(srv);
+      conn_admit_undo(srv);
       return;
     }
     c = conn_open(srv, sock, sa);
@@ -256,7 +273,7 @@ void engine_accept(worker_t *w, bk_socket_t sock, const struct sockaddr_storage 
   }
   if (!c) {
     refuse_socket(srv, sock);
-    open_count_release(srv);
+    if (admitted) conn_admit_undo(srv);
     return;
   }
   c->src_trusted = adm.trusted; /* the token is ours (conn_open): no one else reads them */

@@ -165,15 +165,13 @@ static int numeric_target(iocpsrv_t *srv, const char *host, int port, conn_targe
   return 0;
 }
 
-/* Take a slot for an outbound connection, as engine_accept does for a client: counted
- * first, then the state looked at, so a stop either waits for it or is seen here. */
+/* Take a slot for an outbound connection, as engine_accept does for a client. */
 static int outbound_slot(iocpsrv_t *srv, const char *host, int port, void *user,
                          conn_t **out) {
-  size_t before = atomic_fetch_add(&srv->open_count, 1);
-  int rc = srv_state(srv) != SRV_RUNNING ? IOCPSRV_ESTOPPED
-           : before >= (size_t)srv->opt.max_connections ? IOCPSRV_ELIMIT : 0;
+  int rc = conn_admit(srv);
+  if (rc) return rc;
   int nomem = 0;
-  conn_t *c = rc ? NULL : conn_new(srv, &nomem);
+  conn_t *c = conn_new(srv, &nomem);
   if (!rc && !c) rc = nomem ? IOCPSRV_ENOMEM : IOCPSRV_ELIMIT;
   pullq_node_t *bye = NULL;
   if (c && srv->opt.pull_mode && !(bye = pullq_reserve(&srv->pull))) rc = IOCPSRV_ENOMEM;
@@ -182,7 +180,7 @@ static int outbound_slot(iocpsrv_t *srv, const char *host, int port, void *user,
       c->refused = 1;
       conn_finalize(srv, c, IOCPSRV_REASON_OUT_OF_MEMORY, 1);
     } else {
-      open_count_release(srv);
+      conn_admit_undo(srv);
     }
     return rc;
   }

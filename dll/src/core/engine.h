@@ -158,7 +158,9 @@ struct iocpsrv_s {
   pool_t pool;
 
   conntable_t table;
-  atomic_size_t open_count;
+  atomic_size_t open_count; /* connections until their slot is free: a stop waits */
+  atomic_size_t admitted;   /* those counted against IOCPSRV_OPT_MAX_CONNECTIONS: until
+                               their disconnect begins */
   srv_mutex_t task_lock;
   conn_t *task_head, *task_tail;
   bk_event_t *accepted;    /* with task_lock: a ring of accepted clients waiting for a

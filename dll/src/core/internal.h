@@ -138,6 +138,11 @@ conn_t *conn_lock_id(iocpsrv_t *srv, iocpsrv_conn_id_t id);
 conn_t *conn_lock_known(iocpsrv_t *srv, iocpsrv_conn_id_t id);
 conn_t *conn_new(iocpsrv_t *srv, int *nomem);
 void open_count_release(iocpsrv_t *srv);
+/* Count a new connection (open_count, and against IOCPSRV_OPT_MAX_CONNECTIONS): 0, or
+ * IOCPSRV_ESTOPPED / IOCPSRV_ELIMIT with nothing counted. Undone by conn_admit_undo
+ * before a slot is taken, else by the slot's release (engine_conn_released). */
+int conn_admit(iocpsrv_t *srv);
+void conn_admit_undo(iocpsrv_t *srv);
 void request_close_locked(iocpsrv_t *srv, conn_t *c, int abort, int reason);
 int conn_abort_nomem(iocpsrv_t *srv, conn_t *c, const char *what);
 int conn_finalize(iocpsrv_t *srv, conn_t *c, int reason, int abort);

@@ -201,6 +201,14 @@ static void on_pull_room(void *ctx, const iocpsrv_conn_id_t *ids, size_t n) {
   }
 }
 
+/* Slots for IOCPSRV_OPT_MAX_CONNECTIONS connections, and for those whose disconnect
+ * callback runs meanwhile (no longer counted: it may connect again), one per worker. */
+static size_t table_slots(const iocpsrv_t *srv) {
+  size_t want = (size_t)srv->opt.max_connections + 1024; /* the most workers there are */
+  size_t cap = (size_t)CONN_MAX_CHUNKS * CONN_CHUNK;
+  return want < cap ? want : cap;
+}
+
 /* Start the engine, listening on host:port when `listening`. */
 static int engine_start(iocpsrv_t *srv, int listening, const char *host, int port) {
   if (engine_in_worker_of(srv)) return IOCPSRV_EINCALLBACK;
@@ -212,7 +220,7 @@ static int engine_start(iocpsrv_t *srv, int listening, const char *host, int por
   }
   int rc = 0;
   if (framing_cfg_from_option(&srv->framing, srv->opt.framing, srv->opt.max_packet_size) ||
-      conntable_reserve(&srv->table, (size_t)srv->opt.max_connections)) {
+      conntable_reserve(&srv->table, table_slots(srv))) {
     rc = IOCPSRV_ENOMEM;
   }
   srclimit_init(&srv->per_source); /* once; empty again after every stop */
