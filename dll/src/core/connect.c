@@ -175,6 +175,7 @@ static int outbound_slot(iocpsrv_t *srv, const char *host, int port, void *user,
   if (!rc && !c) rc = nomem ? IOCPSRV_ENOMEM : IOCPSRV_ELIMIT;
   pullq_node_t *bye = NULL;
   if (c && srv->opt.pull_mode && !(bye = pullq_reserve(&srv->pull))) rc = IOCPSRV_ENOMEM;
+  if (c && rc) engine_stat_add(&srv->stats.alloc_failures, 1); /* its DISCONNECT's */
   if (rc) {
     if (c) { /* never seen by anyone: the host hears nothing of it */
       c->refused = 1;
@@ -216,6 +217,7 @@ int IOCPSRV_CALL iocpsrv_connect(iocpsrv_t *srv, const char *host, int port, voi
   if (srv_state(srv) != SRV_RUNNING) return IOCPSRV_ESTOPPED;
   conn_target_t *t = NULL;
   int numeric = numeric_target(srv, host, port, &t);
+  if (numeric == IOCPSRV_ENOMEM) engine_stat_add(&srv->stats.alloc_failures, 1);
   if (numeric < 0) return numeric;
   conn_t *c;
   int rc = outbound_slot(srv, host, port, conn_user, &c);

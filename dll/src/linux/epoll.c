@@ -37,6 +37,10 @@
 #include "core/fault.h"
 #include "core/platform.h"
 
+#ifndef IP_BIND_ADDRESS_NO_PORT
+#  define IP_BIND_ADDRESS_NO_PORT 24 /* linux/in.h; glibc's netinet/in.h lacks it */
+#endif
+
 /* epoll data values that are not connection ids (ids are >= 1 << 24). */
 #define TAG_LISTEN 1u
 #define TAG_TASK 2u
@@ -586,6 +590,11 @@ int bk_connect(bk_server_t *b, bk_conn_t *c, uint64_t id, const struct sockaddr 
   if (fd < 0) return errno == EMFILE || errno == ENFILE ? IOCPSRV_ELIMIT : os_error(errno);
   /* Watched before connect: whatever connect leads to raises an edge. */
   struct epoll_event e = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.u64 = id};
+  /* The port is picked at connect, knowing the destination: a bound source address is
+   * not limited to one ephemeral range for every destination together. (Linux 4.2;
+   * older kernels refuse the option, and bind picks the port as before.) */
+  int one = 1;
+  if (from) setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
   if ((from && bind(fd, from, (socklen_t)fromlen) != 0) ||
       epoll_ctl(b->epfd, EPOLL_CTL_ADD, fd, &e) != 0) {
     int err = os_error(errno);
