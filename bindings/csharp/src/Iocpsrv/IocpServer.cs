@@ -331,6 +331,13 @@ public sealed unsafe partial class IocpServer : IDisposable, IAsyncDisposable
         ThrowIfDisposed();
         ArgumentOutOfRangeException.ThrowIfNegative(port);
         ArgumentOutOfRangeException.ThrowIfGreaterThan(port, 65535);
+        StartCore(listen: true, host, port);
+    }
+
+    // Start and StartWithoutListener: iocpsrv_listen or iocpsrv_start.
+    private void StartCore(bool listen, string? host, int port)
+    {
+        string operation = listen ? $"iocpsrv_listen({host ?? "null"}, {port})" : "iocpsrv_start";
         if (IsHandlerThread) throw new InvalidOperationException("Start cannot be called from a handler of the same server.");
         lock (_gate)
         {
@@ -342,11 +349,17 @@ public sealed unsafe partial class IocpServer : IDisposable, IAsyncDisposable
                 Native.iocpsrv_stop(_ptr, pendingMs);
                 OnStopped();
             }
+            // Running: the library would say State, but only after the pull stream of the run
+            // had been replaced below.
+            if (_running) throw Errors.For((int)IocpsrvError.State, operation);
             if (_pullMode) ResetPump();
             else ChoosePacketDelivery();
-            int hostLen = host is null ? 0 : Encoding.UTF8.GetByteCount(host);
-            byte[] hostBytes = new byte[hostLen + 1];
-            if (host is not null) Encoding.UTF8.GetBytes(host, hostBytes);
+            byte[]? hostBytes = null;
+            if (listen && host is not null)
+            {
+                hostBytes = new byte[Encoding.UTF8.GetByteCount(host) + 1];
+                Encoding.UTF8.GetBytes(host, hostBytes);
+            }
             // Mark the run as started before listen: a handler may call Stop as soon as the
             // first client connects, before iocpsrv_listen has even returned here.
             var previous = _stopped;
@@ -357,14 +370,15 @@ public sealed unsafe partial class IocpServer : IDisposable, IAsyncDisposable
             int rc;
             using (var r = Use())
             {
-                fixed (byte* h = hostBytes) rc = Native.iocpsrv_listen(r.P, host is null ? null : h, port);
+                if (!listen) rc = Native.iocpsrv_start(r.P);
+                else fixed (byte* h = hostBytes) rc = Native.iocpsrv_listen(r.P, h, port);
             }
             if (rc < 0)
             {
                 _running = false;
                 _keepAlive.Free();
                 Volatile.Write(ref _stopped, previous);
-                throw Errors.For(rc, $"iocpsrv_listen({host ?? "null"}, {port})", nameof(host));
+                throw Errors.For(rc, operation, listen ? nameof(host) : null);
             }
             if (_pullMode) StartPump();
         }
@@ -459,6 +473,7 @@ public sealed unsafe partial class IocpServer : IDisposable, IAsyncDisposable
         _handlerStopMs = null;
         if (_keepAlive.IsAllocated) _keepAlive.Free();
         if (_room.Any) _room.FailAll(Errors.For((int)IocpsrvError.Stopped, "SendAsync"));
+        EndCallbackAttempts();
         _stopped.TrySetResult();
     }
 
@@ -853,6 +868,7 @@ public sealed unsafe partial class IocpServer : IDisposable, IAsyncDisposable
         finally
         {
             if (added) _handle.DangerousRelease();
+            EndAttempts(run);
             run.Complete();
         }
     }
@@ -919,6 +935,8 @@ public sealed unsafe partial class IocpServer : IDisposable, IAsyncDisposable
     // waiting for room even before the reader gets to them.
     private void ObservePulled(EventEntry e)
     {
+        // An outbound attempt's outcome (its conn_user is the attempt's token).
+        if (e.ConnUser != 0 && e.Type is ServerEventType.Connected or ServerEventType.Disconnected) AttemptPulled(e);
         if (!_room.Any) return;
         if (e.Type == ServerEventType.Drained) _room.Drained(e.Conn);
         else if (e.Type == ServerEventType.Disconnected) _room.Closed(e.Conn);
@@ -940,21 +958,29 @@ public sealed unsafe partial class IocpServer : IDisposable, IAsyncDisposable
         nint prev = t_server;
         t_server = server;
         IocpServer? self = null;
+        nint attempt = *connUser; // a ConnectAsync attempt's token, 0 for an accepted client
+        bool refuse = false;
+        Exception? thrown = null;
         try
         {
             self = From(server);
             var handler = self?.Connected;
             if (handler is null) return 0;
-            var args = new ConnectedEventArgs(new ConnectionId(conn), Native.Str(peer));
+            var args = new ConnectedEventArgs(new ConnectionId(conn), Native.Str(peer), attempt != 0);
             handler(self!, args);
-            return args.Refuse ? 1 : 0;
+            refuse = args.Refuse;
+            return refuse ? 1 : 0;
         }
         catch (Exception ex)
         {
-            return self?.Report(ex, CallbackKind.Connected, conn) ?? true ? 1 : 0;
+            thrown = ex;
+            refuse = self?.Report(ex, CallbackKind.Connected, conn) ?? true;
+            return refuse ? 1 : 0;
         }
         finally
         {
+            // Its ConnectAsync completes once the handler has returned (on the thread pool).
+            if (attempt != 0) self?.AttemptConnected(attempt, conn, refuse, thrown);
             t_server = prev;
         }
     }
@@ -1025,6 +1051,8 @@ public sealed unsafe partial class IocpServer : IDisposable, IAsyncDisposable
         }
         finally
         {
+            // An outbound attempt that never got established: its ConnectAsync faults.
+            if (connUser != 0) self?.AttemptEnded(connUser, conn, reason);
             t_server = prev;
         }
     }
