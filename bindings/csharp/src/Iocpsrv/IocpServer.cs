@@ -9,7 +9,8 @@ namespace Iocpsrv;
 /// An iocpsrv TCP server: accepts clients, splits their byte streams into length-prefixed
 /// packets and raises <see cref="PacketReceived"/> once per packet on the engine's worker
 /// threads (or, with <see cref="IocpServerOptions.PullMode"/>, queues events for
-/// <see cref="ReadEventsAsync"/>).
+/// <see cref="ReadEventsAsync"/>). The same engine opens outbound connections
+/// (<see cref="ConnectAsync"/>), served like accepted ones.
 /// </summary>
 /// <remarks>
 /// Threading contract (the library's, see README.md): handlers run on worker threads; for
@@ -155,8 +156,9 @@ public sealed unsafe partial class IocpServer : IDisposable, IAsyncDisposable
 
     // ---- Handlers (callback mode) ----
 
-    /// <summary>A client connected (worker thread). Set <see cref="ConnectedEventArgs.Refuse"/>
-    /// to refuse it. Not raised in pull mode.</summary>
+    /// <summary>A client connected, or an outbound connection (<see cref="ConnectAsync"/>,
+    /// <see cref="ConnectedEventArgs.IsOutbound"/>) got established (worker thread). Set
+    /// <see cref="ConnectedEventArgs.Refuse"/> to refuse it. Not raised in pull mode.</summary>
     public event ServerEventHandler<ConnectedEventArgs>? Connected;
 
     /// <summary>One packet (worker thread); the span is valid only during the call. Not raised
@@ -171,8 +173,10 @@ public sealed unsafe partial class IocpServer : IDisposable, IAsyncDisposable
     /// Not raised in pull mode.</summary>
     public event PacketBatchHandler? PacketsReceived;
 
-    /// <summary>A connection ended, exactly once per accepted connection, after its last
-    /// packet (worker thread). Not raised in pull mode.</summary>
+    /// <summary>A connection ended, exactly once per accepted connection and per
+    /// <see cref="ConnectAsync"/> attempt, after its last packet (worker thread); an attempt
+    /// that never got established gets only this, with its reason. Not raised in pull
+    /// mode.</summary>
     public event ServerEventHandler<DisconnectedEventArgs>? Disconnected;
 
     /// <summary>After a send was refused with QueueFull, the queue fell below half its limit
