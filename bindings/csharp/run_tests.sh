@@ -14,6 +14,7 @@
 #                    IOCPSRV_LIBRARY: net10.0 built (deps.json probing), published for
 #                    linux-x64 framework-dependent, and net8.0 published for linux-x64
 #                    self-contained (so it runs on the .NET 8 runtime); each serves one echo
+#                    and checks the client role (ConnectAsync: an echo, a refusal)
 #   4. echo          examples/Echo under iocpsrv-flood: 100 pipelining clients, every echo
 #                    verified; per-packet handler, --batch (PacketsReceived) and --pull (batches)
 #

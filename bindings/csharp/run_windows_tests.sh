@@ -12,9 +12,11 @@
 #                 by side; NETSDK1152 was the old assembly/native name clash) and self-contained;
 #                 examples/Echo for win-x64, self-contained
 #   3. consumer   the self-contained consumer under Wine, with no IOCPSRV_LIBRARY: the runtime's
-#                 default probing finds iocpsrv.dll. iocpsrv-flood from Linux: 50 connections,
-#                 depth 8, every echo verified; then SIGINT: a graceful StopAsync, its
-#                 "stopped:" line with the totals, exit status 0
+#                 default probing finds iocpsrv.dll. First its client-role check on engines of
+#                 its own (StartWithoutListener, ConnectAsync to a listening one, an echo, a
+#                 closed port refused: "consumer: client role ok"); then iocpsrv-flood from
+#                 Linux: 50 connections, depth 8, every echo verified; then SIGINT: a graceful
+#                 StopAsync, its "stopped:" line with the totals, exit status 0
 #   4. echo       examples/Echo under Wine, the same with 100 connections
 #   5. xunit      for information, never a gate (IOCPSRV_WINE_XUNIT=0 skips it): the xunit
 #                 suite published win-x64 self-contained as one .exe that runs its own tests
@@ -174,6 +176,9 @@ if [ -e "$SC/PackageConsumer.exe" ]; then
   wine_serve consumer "$SC/PackageConsumer.exe" 50 200
   head -n1 "$TMP/consumer.out" | grep -q 'win-x64, binding Iocpsrv.Net.dll' \
     && ok "consumer ran as win-x64 with Iocpsrv.Net.dll" || fail "consumer: not the win-x64 runtime or not Iocpsrv.Net.dll"
+  grep -q '^consumer: client role ok' "$TMP/consumer.out" \
+    && ok "consumer: client role on iocpsrv.dll (StartWithoutListener, ConnectAsync echo, closed port ConnectRefused)" \
+    || fail "consumer: client role on iocpsrv.dll"
 fi
 
 # ---- 4. examples/Echo under Wine -------------------------------------------------------------

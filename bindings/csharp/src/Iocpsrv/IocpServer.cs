@@ -9,7 +9,8 @@ namespace Iocpsrv;
 /// An iocpsrv TCP server: accepts clients, splits their byte streams into length-prefixed
 /// packets and raises <see cref="PacketReceived"/> once per packet on the engine's worker
 /// threads (or, with <see cref="IocpServerOptions.PullMode"/>, queues events for
-/// <see cref="ReadEventsAsync"/>).
+/// <see cref="ReadEventsAsync"/>). The same engine opens outbound connections
+/// (<see cref="ConnectAsync"/>), served like accepted ones.
 /// </summary>
 /// <remarks>
 /// Threading contract (the library's, see README.md): handlers run on worker threads; for
@@ -155,8 +156,9 @@ public sealed unsafe partial class IocpServer : IDisposable, IAsyncDisposable
 
     // ---- Handlers (callback mode) ----
 
-    /// <summary>A client connected (worker thread). Set <see cref="ConnectedEventArgs.Refuse"/>
-    /// to refuse it. Not raised in pull mode.</summary>
+    /// <summary>A client connected, or an outbound connection (<see cref="ConnectAsync"/>,
+    /// <see cref="ConnectedEventArgs.IsOutbound"/>) got established (worker thread). Set
+    /// <see cref="ConnectedEventArgs.Refuse"/> to refuse it. Not raised in pull mode.</summary>
     public event ServerEventHandler<ConnectedEventArgs>? Connected;
 
     /// <summary>One packet (worker thread); the span is valid only during the call. Not raised
@@ -171,8 +173,10 @@ public sealed unsafe partial class IocpServer : IDisposable, IAsyncDisposable
     /// Not raised in pull mode.</summary>
     public event PacketBatchHandler? PacketsReceived;
 
-    /// <summary>A connection ended, exactly once per accepted connection, after its last
-    /// packet (worker thread). Not raised in pull mode.</summary>
+    /// <summary>A connection ended, exactly once per accepted connection and per
+    /// <see cref="ConnectAsync"/> attempt, after its last packet (worker thread); an attempt
+    /// that never got established gets only this, with its reason. Not raised in pull
+    /// mode.</summary>
     public event ServerEventHandler<DisconnectedEventArgs>? Disconnected;
 
     /// <summary>After a send was refused with QueueFull, the queue fell below half its limit
@@ -331,6 +335,13 @@ public sealed unsafe partial class IocpServer : IDisposable, IAsyncDisposable
         ThrowIfDisposed();
         ArgumentOutOfRangeException.ThrowIfNegative(port);
         ArgumentOutOfRangeException.ThrowIfGreaterThan(port, 65535);
+        StartCore(listen: true, host, port);
+    }
+
+    // Start and StartWithoutListener: iocpsrv_listen or iocpsrv_start.
+    private void StartCore(bool listen, string? host, int port)
+    {
+        string operation = listen ? $"iocpsrv_listen({host ?? "null"}, {port})" : "iocpsrv_start";
         if (IsHandlerThread) throw new InvalidOperationException("Start cannot be called from a handler of the same server.");
         lock (_gate)
         {
@@ -342,11 +353,17 @@ public sealed unsafe partial class IocpServer : IDisposable, IAsyncDisposable
                 Native.iocpsrv_stop(_ptr, pendingMs);
                 OnStopped();
             }
+            // Running: the library would say State, but only after the pull stream of the run
+            // had been replaced below.
+            if (_running) throw Errors.For((int)IocpsrvError.State, operation);
             if (_pullMode) ResetPump();
             else ChoosePacketDelivery();
-            int hostLen = host is null ? 0 : Encoding.UTF8.GetByteCount(host);
-            byte[] hostBytes = new byte[hostLen + 1];
-            if (host is not null) Encoding.UTF8.GetBytes(host, hostBytes);
+            byte[]? hostBytes = null;
+            if (listen && host is not null)
+            {
+                hostBytes = new byte[Encoding.UTF8.GetByteCount(host) + 1];
+                Encoding.UTF8.GetBytes(host, hostBytes);
+            }
             // Mark the run as started before listen: a handler may call Stop as soon as the
             // first client connects, before iocpsrv_listen has even returned here.
             var previous = _stopped;
@@ -357,14 +374,15 @@ public sealed unsafe partial class IocpServer : IDisposable, IAsyncDisposable
             int rc;
             using (var r = Use())
             {
-                fixed (byte* h = hostBytes) rc = Native.iocpsrv_listen(r.P, host is null ? null : h, port);
+                if (!listen) rc = Native.iocpsrv_start(r.P);
+                else fixed (byte* h = hostBytes) rc = Native.iocpsrv_listen(r.P, h, port);
             }
             if (rc < 0)
             {
                 _running = false;
                 _keepAlive.Free();
                 Volatile.Write(ref _stopped, previous);
-                throw Errors.For(rc, $"iocpsrv_listen({host ?? "null"}, {port})", nameof(host));
+                throw Errors.For(rc, operation, listen ? nameof(host) : null);
             }
             if (_pullMode) StartPump();
         }
@@ -459,6 +477,7 @@ public sealed unsafe partial class IocpServer : IDisposable, IAsyncDisposable
         _handlerStopMs = null;
         if (_keepAlive.IsAllocated) _keepAlive.Free();
         if (_room.Any) _room.FailAll(Errors.For((int)IocpsrvError.Stopped, "SendAsync"));
+        EndCallbackAttempts();
         _stopped.TrySetResult();
     }
 
@@ -853,6 +872,7 @@ public sealed unsafe partial class IocpServer : IDisposable, IAsyncDisposable
         finally
         {
             if (added) _handle.DangerousRelease();
+            EndAttempts(run);
             run.Complete();
         }
     }
@@ -919,6 +939,8 @@ public sealed unsafe partial class IocpServer : IDisposable, IAsyncDisposable
     // waiting for room even before the reader gets to them.
     private void ObservePulled(EventEntry e)
     {
+        // An outbound attempt's outcome (its conn_user is the attempt's token).
+        if (e.ConnUser != 0 && e.Type is ServerEventType.Connected or ServerEventType.Disconnected) AttemptPulled(e);
         if (!_room.Any) return;
         if (e.Type == ServerEventType.Drained) _room.Drained(e.Conn);
         else if (e.Type == ServerEventType.Disconnected) _room.Closed(e.Conn);
@@ -940,21 +962,29 @@ public sealed unsafe partial class IocpServer : IDisposable, IAsyncDisposable
         nint prev = t_server;
         t_server = server;
         IocpServer? self = null;
+        nint attempt = *connUser; // a ConnectAsync attempt's token, 0 for an accepted client
+        bool refuse = false;
+        Exception? thrown = null;
         try
         {
             self = From(server);
             var handler = self?.Connected;
             if (handler is null) return 0;
-            var args = new ConnectedEventArgs(new ConnectionId(conn), Native.Str(peer));
+            var args = new ConnectedEventArgs(new ConnectionId(conn), Native.Str(peer), attempt != 0);
             handler(self!, args);
-            return args.Refuse ? 1 : 0;
+            refuse = args.Refuse;
+            return refuse ? 1 : 0;
         }
         catch (Exception ex)
         {
-            return self?.Report(ex, CallbackKind.Connected, conn) ?? true ? 1 : 0;
+            thrown = ex;
+            refuse = self?.Report(ex, CallbackKind.Connected, conn) ?? true;
+            return refuse ? 1 : 0;
         }
         finally
         {
+            // Its ConnectAsync completes once the handler has returned (on the thread pool).
+            if (attempt != 0) self?.AttemptConnected(attempt, conn, refuse, thrown);
             t_server = prev;
         }
     }
@@ -1025,6 +1055,8 @@ public sealed unsafe partial class IocpServer : IDisposable, IAsyncDisposable
         }
         finally
         {
+            // An outbound attempt that never got established: its ConnectAsync faults.
+            if (connUser != 0) self?.AttemptEnded(connUser, conn, reason);
             t_server = prev;
         }
     }

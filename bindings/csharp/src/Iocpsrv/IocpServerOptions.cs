@@ -80,6 +80,17 @@ public sealed class IocpServerOptions
     /// hold at once; 0 = no limit (default).</summary>
     public int? MaxConnectionsPerSource { get; set; }
 
+    /// <summary>IOCPSRV_OPT_CONNECT_TIMEOUT_MS: how long a <see cref="IocpServer.ConnectAsync"/>
+    /// may take, name resolution and every address tried included, before it fails with
+    /// <see cref="DisconnectReason.ConnectTimeout"/> (checked about every 250 ms); default 10 s;
+    /// <see cref="TimeSpan.Zero"/> = no limit of the engine's (the OS gives up after its SYN
+    /// retries).</summary>
+    public TimeSpan? ConnectTimeout { get; set; }
+    /// <summary>IOCPSRV_OPT_CONNECT_SOURCE: the local address outbound connections bind to
+    /// ("127.0.0.2", "::1"; the OS picks the port). Only targets of its family can be reached.
+    /// Default: the OS chooses.</summary>
+    public string? ConnectSource { get; set; }
+
     /// <summary>IOCPSRV_OPT_PULL_BATCH_SENDS: pull mode: sends made by the thread that polls
     /// are written at its next poll, once per connection. Null (default): on in pull mode, where
     /// that thread is the binding's pump and sends only what <see cref="EventBatch.Send"/>
@@ -123,12 +134,14 @@ public sealed class IocpServerOptions
         if (ProxyProtocol is { } pp) yield return (ServerOption.ProxyProtocol, (long)pp);
         if (ReusePort is { } rp) yield return (ServerOption.ReusePort, rp ? 1 : 0);
         if (MaxConnectionsPerSource is { } mps) yield return (ServerOption.MaxConnectionsPerSource, mps);
+        if (ConnectTimeout is { } cto) yield return (ServerOption.ConnectTimeoutMs, Ms(cto));
         if (PullBatchSends is { } pbs) yield return (ServerOption.PullBatchSends, pbs ? 1 : 0);
     }
 
     internal IEnumerable<(ServerOption Option, string Value)> StringValues()
     {
         if (ProxyTrusted is { } pt) yield return (ServerOption.ProxyTrusted, pt);
+        if (ConnectSource is { } cs) yield return (ServerOption.ConnectSource, cs);
     }
 
     private static long Ms(TimeSpan t) => (long)Math.Ceiling(t.TotalMilliseconds);

@@ -118,7 +118,12 @@ internal static unsafe partial class Native
         delegate* unmanaged[Cdecl]<nint, int, byte*, void> cb);
 
     [LibraryImport(Lib)] internal static partial int iocpsrv_listen(nint server, byte* host, int port);
+    [LibraryImport(Lib)] internal static partial int iocpsrv_start(nint server);
     [LibraryImport(Lib)] internal static partial int iocpsrv_port(nint server);
+
+    // ---- The client role ----
+    [LibraryImport(Lib)]
+    internal static partial int iocpsrv_connect(nint server, byte* host, int port, nint connUser, ulong* conn);
     [LibraryImport(Lib)] internal static partial int iocpsrv_stop(nint server, int timeoutMs);
     [LibraryImport(Lib)] internal static partial int iocpsrv_destroy(nint server);
 

@@ -43,13 +43,14 @@ internal static class PackedRecords
         var type = (ServerEventType)BinaryPrimitives.ReadUInt16LittleEndian(header[4..]);
         var reason = (DisconnectReason)BinaryPrimitives.ReadUInt16LittleEndian(header[6..]);
         ulong conn = BinaryPrimitives.ReadUInt64LittleEndian(header[8..]);
+        ulong connUser = BinaryPrimitives.ReadUInt64LittleEndian(header[16..]);
         int payload = offset + EventHeaderSize;
         if (Align8(payloadLength) > length - payload)
             throw new InvalidDataException($"packed event record at {offset}: {payloadLength} payload bytes run past the {length} bytes written");
         if (type < ServerEventType.Connected || type > ServerEventType.Drained)
             throw new InvalidDataException($"packed event record at {offset}: unknown event type {(int)type}");
         offset = payload + (int)Align8(payloadLength);
-        return new EventEntry(type, reason, conn, buffer, payload, (int)payloadLength);
+        return new EventEntry(type, reason, conn, buffer, payload, (int)payloadLength, connUser);
     }
 
     /// <summary>Writes one send record (header, payload, zero padding) at the start of
@@ -79,9 +80,11 @@ internal static class PackedRecords
 
 /// <summary>One event of a packed batch, as parsed: its payload is
 /// <c>Bytes[Offset..Offset+Length)</c> (the poll buffer, or an array of its own for an event
-/// set aside while its connection was paused).</summary>
+/// set aside while its connection was paused). <c>ConnUser</c> is the record's conn_user: the
+/// binding's token of a <see cref="IocpServer.ConnectAsync"/> attempt, 0 for an accepted
+/// connection.</summary>
 internal readonly record struct EventEntry(
-    ServerEventType Type, DisconnectReason Reason, ulong Conn, byte[] Bytes, int Offset, int Length)
+    ServerEventType Type, DisconnectReason Reason, ulong Conn, byte[] Bytes, int Offset, int Length, ulong ConnUser = 0)
 {
     internal ReadOnlySpan<byte> Payload => new(Bytes, Offset, Length);
 

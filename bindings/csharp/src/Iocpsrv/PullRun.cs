@@ -27,6 +27,10 @@ internal sealed class PullRun
     }
 
     internal PullGate Gate { get; } = new();
+
+    /// <summary>Set (under the server's attempts lock) once this run's pump has ended: no
+    /// ConnectAsync outcome is taken from its stream any more.</summary>
+    internal bool AttemptsEnded;
     internal int ChannelCapacity { get; }
     internal PullEvents Channel { get; }
     internal BatchReader Batches { get; }

@@ -51,6 +51,9 @@ public enum IocpsrvError
     /// <summary>IOCPSRV_ENOSPACE: a packed poll's buffer is too small for the next event
     /// (the binding grows its buffer and polls again; it does not reach your code).</summary>
     NoSpace = -17,
+    /// <summary>IOCPSRV_ELIMIT: no room for another connection (MaxConnections, which counts
+    /// both directions, or no descriptor left): <see cref="IocpServer.ConnectAsync"/>.</summary>
+    Limit = -18,
 }
 
 /// <summary>Why a connection ended (iocpsrv_reason_t).</summary>
@@ -73,6 +76,20 @@ public enum DisconnectReason
     /// <summary>The engine could not allocate what the connection needed (a packet
     /// buffer, a queued send, a pull event): it was aborted.</summary>
     OutOfMemory = 8,
+    /// <summary>An outbound connection (<see cref="IocpServer.ConnectAsync"/>) that never got
+    /// established: nothing listens there (the peer answered the SYN with a reset).</summary>
+    ConnectRefused = 9,
+    /// <summary>An outbound connection that never got established: no route to the network
+    /// or host.</summary>
+    ConnectUnreachable = 10,
+    /// <summary>An outbound connection not established within
+    /// <see cref="IocpServerOptions.ConnectTimeout"/> (or the OS gave up first).</summary>
+    ConnectTimeout = 11,
+    /// <summary>An outbound connection whose host name has no address.</summary>
+    NameNotResolved = 12,
+    /// <summary>Any other failure of an outbound attempt (no local port or descriptor left
+    /// for it, ...).</summary>
+    ConnectFailed = 13,
 }
 
 /// <summary>Packet framing (iocpsrv_framing_t).</summary>
@@ -154,6 +171,12 @@ public enum ServerOption
     /// <summary>Connections one client address may hold at once; 0 = no limit (default).
     /// Behind a trusted balancer, the client its PROXY header names is counted.</summary>
     MaxConnectionsPerSource = 29,
+    /// <summary>How long a <see cref="IocpServer.ConnectAsync"/> may take, name resolution and
+    /// every address tried included, in milliseconds; default 10000; 0 = the OS's own limit.</summary>
+    ConnectTimeoutMs = 30,
+    /// <summary>Text option (<see cref="IocpServer.SetOptionString"/>): the local address
+    /// outbound connections bind to ("127.0.0.2", "::1"); empty (default) = the OS chooses.</summary>
+    ConnectSource = 31,
 }
 
 /// <summary>Values of <see cref="ServerOption.ProxyProtocol"/> (iocpsrv_proxy_mode_t).</summary>
@@ -177,6 +200,11 @@ public enum ConnectionFlags : uint
     Paused = 0x1,
     /// <summary>A disconnect is under way.</summary>
     Closing = 0x2,
+    /// <summary>Made by <see cref="IocpServer.ConnectAsync"/>, not accepted.</summary>
+    Outbound = 0x4,
+    /// <summary>Outbound and not established yet (<see cref="ConnectionInfo.Peer"/> is then
+    /// the target as given, or the address being tried).</summary>
+    Connecting = 0x8,
 }
 
 /// <summary>iocpsrv_conn_info_t, field for field (192 bytes).</summary>
@@ -307,6 +335,62 @@ public sealed class IocpsrvException : Exception
     }
 }
 
+/// <summary>
+/// A <see cref="IocpServer.ConnectAsync"/> attempt ended without becoming an established
+/// connection: its task faults with this. <see cref="Reason"/> says why
+/// (<see cref="DisconnectReason.ConnectRefused"/>, <see cref="DisconnectReason.ConnectTimeout"/>,
+/// <see cref="DisconnectReason.NameNotResolved"/>, <see cref="DisconnectReason.ConnectUnreachable"/>,
+/// <see cref="DisconnectReason.ConnectFailed"/>; <see cref="DisconnectReason.ServerStopped"/>
+/// when the server stopped first; <see cref="DisconnectReason.LocalClose"/> or
+/// <see cref="DisconnectReason.LocalAbort"/> after a <see cref="IocpServer.Disconnect"/> of
+/// the attempt, or when the Connected handler refused it, see <see cref="RefusedByHandler"/>).
+/// The attempt's Disconnected handler (pull mode: its Disconnected event) has the same
+/// reason. An <see cref="IOException"/>, as a failed socket connect is.
+/// </summary>
+public sealed class IocpsrvConnectException : IOException
+{
+    internal IocpsrvConnectException(string host, int port, ConnectionId connection, DisconnectReason reason,
+        bool refusedByHandler = false, Exception? inner = null)
+        : base($"connect to {(host.Contains(':') ? $"[{host}]" : host)}:{port} failed: {Describe(reason, refusedByHandler)}", inner)
+    {
+        Host = host;
+        Port = port;
+        Connection = connection;
+        Reason = reason;
+        RefusedByHandler = refusedByHandler;
+    }
+
+    /// <summary>Why the attempt ended.</summary>
+    public DisconnectReason Reason { get; }
+    /// <summary>The reason's name from iocpsrv_reason_name, e.g. "connect-refused".</summary>
+    public string ReasonName => IocpServer.ReasonName(Reason);
+    /// <summary>The host as given to ConnectAsync.</summary>
+    public string Host { get; }
+    /// <summary>The port as given to ConnectAsync.</summary>
+    public int Port { get; }
+    /// <summary>The attempt's connection id (dead now).</summary>
+    public ConnectionId Connection { get; }
+    /// <summary>True if the connection was established but the Connected handler refused it
+    /// (<see cref="ConnectedEventArgs.Refuse"/>, or it threw: the exception is then the
+    /// <see cref="Exception.InnerException"/>); no Disconnected follows then.
+    /// <see cref="Reason"/> is <see cref="DisconnectReason.LocalClose"/>.</summary>
+    public bool RefusedByHandler { get; }
+
+    private static string Describe(DisconnectReason reason, bool refusedByHandler) => refusedByHandler
+        ? "refused by the Connected handler"
+        : $"{IocpServer.ReasonName(reason)} ({reason switch
+        {
+            DisconnectReason.ConnectRefused => "nothing listens there",
+            DisconnectReason.ConnectUnreachable => "no route to the network or host",
+            DisconnectReason.ConnectTimeout => "not established within the connect timeout",
+            DisconnectReason.NameNotResolved => "the host name has no address",
+            DisconnectReason.ConnectFailed => "the attempt failed",
+            DisconnectReason.ServerStopped => "the server stopped before it was established",
+            DisconnectReason.LocalClose or DisconnectReason.LocalAbort => "disconnected before it was established",
+            _ => "ended before it was established",
+        }})";
+}
+
 /// <summary>Handles one packet. <paramref name="payload"/> is valid only during the call:
 /// copy what you keep (<c>payload.ToArray()</c>).</summary>
 public delegate void PacketHandler(IocpServer server, ConnectionId connection, ReadOnlySpan<byte> payload);
@@ -372,15 +456,21 @@ public delegate void ServerEventHandler<in TEventArgs>(IocpServer server, TEvent
 /// Disconnected).</summary>
 public sealed class ConnectedEventArgs : EventArgs
 {
-    internal ConnectedEventArgs(ConnectionId connection, string peer)
+    internal ConnectedEventArgs(ConnectionId connection, string peer, bool isOutbound)
     {
         Connection = connection;
         Peer = peer;
+        IsOutbound = isOutbound;
     }
     /// <summary>The new connection.</summary>
     public ConnectionId Connection { get; }
-    /// <summary>The client's address, "127.0.0.1:5000" or "[::1]:5000".</summary>
+    /// <summary>The client's address, "127.0.0.1:5000" or "[::1]:5000" (for an outbound
+    /// connection, the address it reached).</summary>
     public string Peer { get; }
+    /// <summary>True for a connection made by <see cref="IocpServer.ConnectAsync"/> (its task
+    /// completes once this handler has returned without refusing it), false for an accepted
+    /// client.</summary>
+    public bool IsOutbound { get; }
     /// <summary>Set to true to refuse the client.</summary>
     public bool Refuse { get; set; }
 }

@@ -29,6 +29,18 @@ public class LibraryTests
     }
 
     [Fact]
+    public void EveryReasonHasAName()
+    {
+        // The library's names, the connect reasons (issue 20) included.
+        foreach (DisconnectReason r in Enum.GetValues<DisconnectReason>())
+            Assert.NotEqual("unknown", IocpServer.ReasonName(r));
+        Assert.Equal("connect-timeout", IocpServer.ReasonName(DisconnectReason.ConnectTimeout));
+        Assert.Equal("name-not-resolved", IocpServer.ReasonName(DisconnectReason.NameNotResolved));
+        Assert.Equal(13, Enum.GetValues<DisconnectReason>().Length);
+        Assert.Equal("IOCPSRV_ELIMIT", IocpServer.ErrorName((int)IocpsrvError.Limit));
+    }
+
+    [Fact]
     public void EveryErrorCodeHasAName()
     {
         foreach (IocpsrvError e in Enum.GetValues<IocpsrvError>())

@@ -222,6 +222,7 @@ public class IdiomTests
             [IocpsrvError.AddressNotAvailable] = typeof(IocpsrvException),
             [IocpsrvError.System] = typeof(IocpsrvException),
             [IocpsrvError.AccessDenied] = typeof(IocpsrvException),
+            [IocpsrvError.Limit] = typeof(IocpsrvException),
         };
         foreach (IocpsrvError code in Enum.GetValues<IocpsrvError>())
         {

@@ -28,6 +28,8 @@ public class OptionsTests
             PullQueueLimit = 100,
             CloseTimeout = TimeSpan.FromMilliseconds(1500),
             IPv6Only = true,
+            ConnectTimeout = TimeSpan.FromMilliseconds(2500),
+            ConnectSource = "::1",
         };
         using var server = new IocpServer(o);
         Assert.Equal(3, server.GetOption(ServerOption.WorkerThreads));
@@ -48,8 +50,10 @@ public class OptionsTests
         Assert.Equal(100, server.GetOption(ServerOption.PullQueueLimit));
         Assert.Equal(1500, server.GetOption(ServerOption.CloseTimeoutMs));
         Assert.Equal(1, server.GetOption(ServerOption.IPv6Only));
+        Assert.Equal(2500, server.GetOption(ServerOption.ConnectTimeoutMs));
+        Assert.Equal("::1", server.GetOptionString(ServerOption.ConnectSource));
         // Every library option has a property.
-        Assert.Equal(29, Enum.GetValues<ServerOption>().Length);
+        Assert.Equal(31, Enum.GetValues<ServerOption>().Length);
     }
 
     [Fact]

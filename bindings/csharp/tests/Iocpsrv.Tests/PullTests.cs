@@ -57,6 +57,30 @@ public class PullTests
         }
     }
 
+    [Fact]
+    public async Task SecondStartLeavesTheRunningStreamAlone()
+    {
+        // Start on a running pull-mode server fails with State; the binding used to replace the
+        // running run's event stream first, so the reader's stream ended and no event of the
+        // running server was ever read again.
+        using var server = new IocpServer(new IocpServerOptions { PullMode = true, WorkerThreads = 2 });
+        server.Start();
+        var seen = new System.Collections.Concurrent.ConcurrentQueue<ServerEvent>();
+        var done = Task.Run(async () =>
+        {
+            await foreach (var batch in server.ReadBatchesAsync())
+                foreach (var ev in batch) seen.Enqueue(ev.ToServerEvent());
+        });
+        var ex = Assert.Throws<InvalidOperationException>(() => server.Start());
+        Assert.Equal(IocpsrvError.State, Assert.IsType<IocpsrvException>(ex.InnerException).Error);
+        using var c = await Client.ConnectAsync(server.Port);
+        await c.SendAsync(new byte[] { 1, 2, 3 });
+        await T.Eventually(() => seen.Any(e => e.Type == ServerEventType.Packet), "the packet event");
+        Assert.False(done.IsCompleted);
+        server.Stop(TimeSpan.Zero);
+        await done.Within();
+    }
+
     private static byte[] Payload(int client, int seq)
     {
         var p = T.Pattern(8 + seq % 50, client * 7919 + seq);

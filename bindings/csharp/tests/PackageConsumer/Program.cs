@@ -4,6 +4,11 @@
 //   PackageConsumer [--port N]        echo server until Ctrl+C / SIGINT / SIGTERM, then a
 //                                     graceful StopAsync and a "stopped: ..." line
 //
+// Both first check the client role on two engines of their own (so that the served server's
+// totals stay the flood's): one started without a listener connects (ConnectAsync) to a
+// listening echo engine, gets one echo back, and has an attempt on a closed port refused; a
+// "consumer: client role ok" line says it worked (any failure makes the exit status 1).
+//
 // Both first check that the native library was found without IOCPSRV_LIBRARY, by the
 // runtime's own probing of what the package put in the application (deps.json or the
 // application folder), and that it is the native library, not the managed assembly.
@@ -41,6 +46,8 @@ if (string.Equals(Path.GetFileNameWithoutExtension(managedFile), "iocpsrv", Stri
     return 1;
 }
 
+bool clientRoleOk = await ClientRoleCheck();
+
 await using var server = new IocpServer(new IocpServerOptions { WorkerThreads = 2 });
 server.UnhandledCallbackException += (s, e) => Console.Error.WriteLine($"consumer: handler failed: {e.Exception}");
 long refused = 0;
@@ -72,7 +79,7 @@ if (selfTest)
     c.Shutdown(SocketShutdown.Send);
     using var limit = new CancellationTokenSource(TimeSpan.FromSeconds(10));
     await server.StopAsync(limit.Token);
-    return ok ? 0 : 1;
+    return ok && clientRoleOk ? 0 : 1;
 }
 
 var stop = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
@@ -92,4 +99,49 @@ using (var limit = new CancellationTokenSource(TimeSpan.FromSeconds(10)))
 var st = server.Stats;
 Console.WriteLine($"stopped: {st.ConnectionsTotal} connections, {st.PacketsIn} packets in, {st.PacketsOut} out, " +
                   $"{st.BytesIn} bytes in, {st.BytesOut} out, {Interlocked.Read(ref refused)} sends refused");
-return Interlocked.Read(ref refused) == 0 ? 0 : 1;
+return Interlocked.Read(ref refused) == 0 && clientRoleOk ? 0 : 1;
+
+// The client role: StartWithoutListener, ConnectAsync to a listening engine, one echo, and an
+// attempt refused with its reason.
+static async Task<bool> ClientRoleCheck()
+{
+    try
+    {
+        await using var echo = new IocpServer(new IocpServerOptions { WorkerThreads = 1 });
+        echo.PacketReceived += (s, id, payload) => s.Send(id, payload);
+        echo.Start("127.0.0.1", 0);
+        int closedPort;
+        using (var probe = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp))
+        {
+            probe.Bind(new System.Net.IPEndPoint(System.Net.IPAddress.Loopback, 0));
+            closedPort = ((System.Net.IPEndPoint)probe.LocalEndPoint!).Port;
+        }
+
+        await using var client = new IocpServer(new IocpServerOptions { WorkerThreads = 1, ConnectTimeout = TimeSpan.FromSeconds(10) });
+        var reply = new TaskCompletionSource<byte[]>(TaskCreationOptions.RunContinuationsAsynchronously);
+        client.PacketReceived += (s, id, payload) => reply.TrySetResult(payload.ToArray());
+        client.StartWithoutListener();
+        using var limit = new CancellationTokenSource(TimeSpan.FromSeconds(20));
+        ConnectionId conn = await client.ConnectAsync("127.0.0.1", echo.Port, limit.Token);
+        client.Send(conn, "client role"u8);
+        byte[] echoed = await reply.Task.WaitAsync(limit.Token);
+        if (System.Text.Encoding.UTF8.GetString(echoed) != "client role") throw new InvalidOperationException("wrong echo");
+        DisconnectReason refusedWith = 0;
+        try
+        {
+            await client.ConnectAsync("127.0.0.1", closedPort, limit.Token);
+        }
+        catch (IocpsrvConnectException e)
+        {
+            refusedWith = e.Reason;
+        }
+        if (refusedWith != DisconnectReason.ConnectRefused) throw new InvalidOperationException($"closed port: {refusedWith}, not ConnectRefused");
+        Console.WriteLine($"consumer: client role ok (echo through ConnectAsync to 127.0.0.1:{echo.Port}, closed port {refusedWith})");
+        return true;
+    }
+    catch (Exception e)
+    {
+        Console.Error.WriteLine($"consumer: client role FAILED: {e}");
+        return false;
+    }
+}
