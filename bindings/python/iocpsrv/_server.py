@@ -127,7 +127,7 @@ class Server(ServerBase):
         if threading.current_thread() is self._dispatcher:
             raise InCallback(n.IOCPSRV_EINCALLBACK, "start() from a callback")
         with self._life:
-            h = self._handle()
+            self._handle()  # ServerStopped once closed
             if self._dispatcher is not None and not self._done.is_set():
                 raise InvalidState(n.IOCPSRV_ESTATE, "the server is already running")
             self._join_threads()  # a stop begun from a callback finishes first

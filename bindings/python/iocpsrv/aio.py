@@ -953,7 +953,6 @@ class _Attempt:
         self.abandoned = False  # cancelled, and its attempt aborted by _abandon
 
 
-
 class _Done:
     """An awaitable that is already done (stop() on a server that never started)."""
 
