@@ -46,7 +46,7 @@ from threading import get_ident
 from typing import Any, Iterable, Optional, Sequence, SupportsIndex
 
 from . import _native as n
-from ._errors import IocpsrvError, SendQueueFull, ServerStopped, error_from_code
+from ._errors import IocpsrvError, NotSupported, SendQueueFull, ServerStopped, error_from_code
 from ._native import ffi, library
 from ._packed import MIN_POLL_BYTES, PollBuffer, SendRecords
 from ._types import (
@@ -112,6 +112,35 @@ def conn_id(conn: object) -> int:
     if not 0 < value <= CONN_ID_MAX:
         raise ValueError(f"invalid connection id {value}: ids are ints from 1 to 2**64-1")
     return value
+
+
+# The conn_user of the connections the binding opens (iocpsrv_connect); accepted ones
+# have 0. Events carry it, so a DISCONNECT with it and no CONNECT before it is an
+# outbound attempt that never got established (its one event), where one without it
+# would be a refused client's (which gets none). Never dereferenced by the engine.
+OUTBOUND_USER = 1
+_OUTBOUND_PTR = ffi.cast("void *", OUTBOUND_USER)
+
+
+def connect_target(host: object, port: object) -> tuple[str, bytes, int]:
+    """connect()'s (host, host as the C call takes it, port), checked before any C
+    call: TypeError for a host that is not a str or a port that is not an int,
+    ValueError for an empty host or a port outside 1..65535."""
+    if not isinstance(host, str):
+        raise TypeError(f"host must be a str, not {type(host).__name__}")
+    if not host or "\0" in host:
+        raise ValueError(f"host must be a non-empty name or address, not {host!r}")
+    if isinstance(port, bool) or not isinstance(port, SupportsIndex):
+        raise TypeError(f"port must be an int, not {type(port).__name__}")
+    number = operator.index(port)
+    if not 1 <= number <= 65535:
+        raise ValueError(f"port must be in 1..65535, not {number}")
+    try:
+        # As the socket module does: non-ASCII names in their IDNA (punycode) form.
+        raw = host.encode("ascii") if host.isascii() else host.encode("idna")
+    except UnicodeError as e:
+        raise ValueError(f"host {host!r} is not a valid name: {e}") from None
+    return host, raw, number
 
 
 def payload_error(data: object) -> TypeError:
@@ -373,6 +402,44 @@ class ServerBase:
         if self._closed:
             raise ServerStopped(n.IOCPSRV_ESTOPPED, "the server is closed")
         return self._h
+
+    # ---- starting, and the client role -------------------------------------------------
+
+    def _start_engine(self, listen: bool) -> None:
+        """iocpsrv_listen on host:port, or (listen False) iocpsrv_start: the workers
+        without a listener."""
+        h = self._handle()
+        if listen:
+            rc = self._lib.iocpsrv_listen(h, self._host.encode("utf-8"), self._port_req)
+            if rc < 0:
+                raise error_from_code(rc, f"listen on {self._host!r} port {self._port_req}")
+            return
+        try:
+            start = self._lib.iocpsrv_start
+        except AttributeError:  # a library older than the client role
+            raise NotSupported(n.IOCPSRV_ENOTSUP,
+                               "start without a listener (the loaded library has no "
+                               "iocpsrv_start)") from None
+        rc = start(h)
+        if rc < 0:
+            raise error_from_code(rc, "start without a listener")
+
+    def _connect(self, host: str, port: int) -> int:
+        """iocpsrv_connect: the new connection's id (its attempt goes on in the
+        background, and its events may come before this returns)."""
+        host, raw, port = connect_target(host, port)
+        h = self._handle()
+        try:
+            connect = self._lib.iocpsrv_connect
+        except AttributeError:  # a library older than the client role
+            raise NotSupported(n.IOCPSRV_ENOTSUP,
+                               f"connect to {host!r} port {port} (the loaded library has "
+                               "no iocpsrv_connect)") from None
+        out = ffi.new("iocpsrv_conn_id_t *")
+        rc = connect(h, raw, port, _OUTBOUND_PTR, out)
+        if rc < 0:
+            raise self._error(rc, f"connect to {host!r} port {port}")
+        return int(out[0])
 
     # ---- thread-safe calls ------------------------------------------------------------
 
@@ -711,8 +778,8 @@ class ServerBase:
         return int(v[0]) if self._lib.iocpsrv_get_option(self._h, opt, v) == 0 else default
 
     def get_option(self, name: str) -> int | str:
-        """The current value of an option, by its keyword name (a str for proxy_trusted,
-        in the library's spelling: "127.0.0.1/32, ::1/128")."""
+        """The current value of an option, by its keyword name (a str for proxy_trusted
+        and connect_source, in the library's spelling: "127.0.0.1/32, ::1/128")."""
         opt = OPTIONS.get(name)
         if opt is None:
             raise KeyError(name)

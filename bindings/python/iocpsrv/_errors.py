@@ -10,9 +10,13 @@ ValueError, an unknown connection id a LookupError, out of memory a MemoryError.
 from __future__ import annotations
 
 import errno
-from typing import Optional
+import socket
+from typing import TYPE_CHECKING, Optional, Union
 
 from . import _native as n
+
+if TYPE_CHECKING:
+    from ._types import Reason
 
 __all__ = [
     "IocpsrvError",
@@ -33,7 +37,13 @@ __all__ = [
     "SystemFailure",
     "PermissionDenied",
     "BufferTooSmall",
+    "TooManyConnections",
+    "ConnectFailed",
+    "ConnectRefused",
+    "ConnectTimeout",
+    "NameNotResolved",
     "error_from_code",
+    "connect_error",
 ]
 
 
@@ -172,6 +182,92 @@ class BufferTooSmall(IocpsrvError):
     code = n.IOCPSRV_ENOSPACE
 
 
+class TooManyConnections(IocpsrvError):
+    """connect(): no room for another connection (IOCPSRV_ELIMIT): max_connections,
+    which counts accepted and outbound connections together, is reached, or no
+    descriptor is left for a socket."""
+
+    code = n.IOCPSRV_ELIMIT
+
+
+# ---- an outbound connection that was never established ------------------------------
+
+
+class ConnectFailed(ConnectionError):
+    """An outbound connection was never established (``await aio.Server.connect()``).
+
+    Not a call's error code (the call itself succeeded) but the end of the attempt, so
+    not an IocpsrvError: a ConnectionError (an OSError), as for a failed
+    socket.create_connection. ``reason`` is the Reason its disconnect carried
+    (CONNECT_REFUSED, CONNECT_UNREACHABLE, CONNECT_TIMEOUT, NAME_NOT_RESOLVED,
+    CONNECT_FAILED, or SERVER_STOPPED, LOCAL_CLOSE, LOCAL_ABORT when it was ended
+    first), ``conn`` the attempt's connection id, ``host`` and ``port`` the target.
+    ``errno`` is ECONNREFUSED or ETIMEDOUT for those two reasons, else None;
+    ``strerror`` the library's name for the reason ("connect-refused").
+
+    Where Python has a class for the failure, the exception is also one: a refusal is
+    a ConnectRefused (a ConnectionRefusedError), a timeout a ConnectTimeout (a
+    TimeoutError), a name that does not resolve a NameNotResolved (a socket.gaierror)."""
+
+    reason: Union[Reason, int]  # an int only for a reason newer than this binding
+
+    def __init__(self, reason: Union[Reason, int], conn: int = 0, host: str = "",
+                 port: int = 0):
+        text = _reason_text(int(reason))
+        super().__init__(_REASON_ERRNO.get(int(reason)), text)
+        self.reason = reason
+        self.conn = conn
+        self.host = host
+        self.port = port
+        self.args = (f"connect to {host!r} port {port} failed: {text} ({reason})",)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+    def __reduce__(self) -> tuple[type[ConnectFailed], tuple[Union[Reason, int], int, str, int]]:
+        return (type(self), (self.reason, self.conn, self.host, self.port))
+
+
+class ConnectRefused(ConnectFailed, ConnectionRefusedError):
+    """Nothing listens at the target (Reason.CONNECT_REFUSED, errno ECONNREFUSED)."""
+
+
+class ConnectTimeout(ConnectFailed, TimeoutError):
+    """Not established within the connect_timeout_ms option (Reason.CONNECT_TIMEOUT,
+    errno ETIMEDOUT)."""
+
+
+class NameNotResolved(ConnectFailed, socket.gaierror):
+    """The host name has no address (Reason.NAME_NOT_RESOLVED)."""
+
+
+_REASON_ERRNO: dict[int, int] = {
+    n.IOCPSRV_REASON_CONNECT_REFUSED: errno.ECONNREFUSED,
+    n.IOCPSRV_REASON_CONNECT_TIMEOUT: errno.ETIMEDOUT,
+}
+
+_CONNECT_CLASSES: dict[int, type[ConnectFailed]] = {
+    n.IOCPSRV_REASON_CONNECT_REFUSED: ConnectRefused,
+    n.IOCPSRV_REASON_CONNECT_TIMEOUT: ConnectTimeout,
+    n.IOCPSRV_REASON_NAME_NOT_RESOLVED: NameNotResolved,
+}
+
+
+def _reason_text(reason: int) -> str:
+    try:
+        lib = n.library()
+    except n.LibraryError:
+        return f"reason {reason}"
+    text: bytes = n.ffi.string(lib.iocpsrv_reason_name(reason))
+    return text.decode("utf-8", "replace")
+
+
+def connect_error(reason: Union[Reason, int], conn: int = 0, host: str = "", port: int = 0) -> ConnectFailed:
+    """The exception for an outbound attempt that ended with `reason` before it was
+    established (ConnectFailed, or its subclass for that reason)."""
+    return _CONNECT_CLASSES.get(int(reason), ConnectFailed)(reason, conn, host, port)
+
+
 # The errno of each OS-level code (the classes deriving from OSError).
 _ERRNO: dict[int, Optional[int]] = {
     n.IOCPSRV_EADDRINUSE: errno.EADDRINUSE,
@@ -201,6 +297,7 @@ _BY_CODE: dict[int, type[IocpsrvError]] = {
         SystemFailure,
         PermissionDenied,
         BufferTooSmall,
+        TooManyConnections,
     )
 }
 

@@ -143,6 +143,9 @@ int iocpsrv_set_worker_hooks(iocpsrv_t *server, iocpsrv_worker_cb on_start,
                              iocpsrv_worker_cb on_stop);
 int iocpsrv_set_log_cb(iocpsrv_t *server, iocpsrv_log_cb cb);
 int iocpsrv_listen(iocpsrv_t *server, const char *host, int port);
+int iocpsrv_start(iocpsrv_t *server);
+int iocpsrv_connect(iocpsrv_t *server, const char *host, int port, void *conn_user,
+                    iocpsrv_conn_id_t *conn);
 int iocpsrv_port(iocpsrv_t *server);
 int iocpsrv_stop(iocpsrv_t *server, int timeout_ms);
 int iocpsrv_destroy(iocpsrv_t *server);
@@ -198,6 +201,7 @@ IOCPSRV_EINCALLBACK = -14
 IOCPSRV_ESYSTEM = -15
 IOCPSRV_EACCES = -16
 IOCPSRV_ENOSPACE = -17
+IOCPSRV_ELIMIT = -18
 
 IOCPSRV_REASON_PEER_CLOSED = 1
 IOCPSRV_REASON_PEER_RESET = 2
@@ -207,6 +211,11 @@ IOCPSRV_REASON_PROTOCOL_ERROR = 5
 IOCPSRV_REASON_IDLE_TIMEOUT = 6
 IOCPSRV_REASON_SERVER_STOPPED = 7
 IOCPSRV_REASON_OUT_OF_MEMORY = 8
+IOCPSRV_REASON_CONNECT_REFUSED = 9
+IOCPSRV_REASON_CONNECT_UNREACHABLE = 10
+IOCPSRV_REASON_CONNECT_TIMEOUT = 11
+IOCPSRV_REASON_NAME_NOT_RESOLVED = 12
+IOCPSRV_REASON_CONNECT_FAILED = 13
 
 IOCPSRV_CLOSE_GRACEFUL = 0
 IOCPSRV_CLOSE_ABORT = 1
@@ -247,6 +256,8 @@ IOCPSRV_OPT_PROXY_PROTOCOL = 26
 IOCPSRV_OPT_REUSEPORT = 27
 IOCPSRV_OPT_PROXY_TRUSTED = 28
 IOCPSRV_OPT_MAX_CONNECTIONS_PER_SOURCE = 29
+IOCPSRV_OPT_CONNECT_TIMEOUT_MS = 30
+IOCPSRV_OPT_CONNECT_SOURCE = 31
 
 IOCPSRV_PROXY_OFF = 0
 IOCPSRV_PROXY_REQUIRED = 1
@@ -254,6 +265,8 @@ IOCPSRV_PROXY_OPTIONAL = 2
 
 IOCPSRV_CONN_PAUSED = 0x1
 IOCPSRV_CONN_CLOSING = 0x2
+IOCPSRV_CONN_OUTBOUND = 0x4
+IOCPSRV_CONN_CONNECTING = 0x8
 
 IOCPSRV_EVENT_CONNECT = 1
 IOCPSRV_EVENT_PACKET = 2

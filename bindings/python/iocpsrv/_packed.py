@@ -201,11 +201,11 @@ def dispatch_records(buf: PollBuffer, end: int,
         deliver(pairs)
 
 
-def read_event(buf: PollBuffer, offset: int) -> tuple[int, int, int, bytes]:
-    """(type, reason, conn, payload) of the record at offset."""
-    length, kind, reason, conn, _user = EVENT_HEADER.unpack_from(buf.view, offset)
+def read_event(buf: PollBuffer, offset: int) -> tuple[int, int, int, bytes, int]:
+    """(type, reason, conn, payload, conn_user) of the record at offset."""
+    length, kind, reason, conn, user = EVENT_HEADER.unpack_from(buf.view, offset)
     start = offset + EVENT_HEADER.size
-    return kind, reason, conn, buf.chunks[start:start + length]
+    return kind, reason, conn, buf.chunks[start:start + length], user
 
 
 def peer_text(payload: bytes) -> str:

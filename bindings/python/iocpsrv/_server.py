@@ -9,7 +9,7 @@ from typing import Any, Optional
 
 from . import _core
 from . import _native as n
-from ._core import ServerBase, log, timeout_ms
+from ._core import OUTBOUND_USER, ServerBase, log, timeout_ms
 from ._errors import InCallback, InvalidState, error_from_code
 from ._native import ffi
 from ._packed import dispatch_records, peer_text, read_event
@@ -52,6 +52,12 @@ class Server(ServerBase):
     called. ``on_send_failed(conn, data, error)`` hears of a send deferred to the end
     of a batch that the engine refused then (see "Deferred sends" in README.md).
 
+    The client role: ``connect(host, port)`` opens an outbound connection (on a server
+    that listens, or one made with ``listen=False``, whose start() starts the engine
+    without a listener). Once established it is served as an accepted one: on_connect
+    (with the address reached), on_packet, on_disconnect. An attempt that fails gets
+    on_disconnect alone, its reason saying why (Reason.CONNECT_REFUSED, ...).
+
     Keyword options are the C library's IOCPSRV_OPT_* in lower case (worker_threads=,
     max_packet_size=, framing="len16_be", send_queue_limit=, idle_timeout_ms=, ...).
     ``batch_size`` is how many events one iocpsrv_poll takes, ``poll_interval`` (seconds)
@@ -84,11 +90,13 @@ class Server(ServerBase):
         on_send_failed: Optional[OnSendFailed] = None,
         batch_size: int = 256,
         poll_interval: float = 0.1,
+        listen: bool = True,
         **options: OptionValue,
     ) -> None:
         if not (isinstance(poll_interval, (int, float)) and poll_interval > 0):
             raise ValueError("poll_interval must be a number of seconds > 0")
         super().__init__(host, port, batch_size, options)
+        self._listen = bool(listen)
         if on_connect is not None:
             self.on_connect = on_connect
         if on_packet is not None:
@@ -111,22 +119,24 @@ class Server(ServerBase):
 
     # ---- lifecycle -------------------------------------------------------------------
 
-    def start(self) -> "Server":
-        """Bind and start serving; the port is then in ``.port``. Not from a callback."""
+    def start(self, listen: Optional[bool] = None) -> "Server":
+        """Bind and start serving; the port is then in ``.port``. With ``listen=False``
+        (default: the constructor's ``listen``) start the engine without a listener,
+        for outbound connections only (connect()); ``.port`` is then None. Not from a
+        callback."""
         if threading.current_thread() is self._dispatcher:
             raise InCallback(n.IOCPSRV_EINCALLBACK, "start() from a callback")
         with self._life:
-            h = self._handle()
+            self._handle()  # ServerStopped once closed
             if self._dispatcher is not None and not self._done.is_set():
                 raise InvalidState(n.IOCPSRV_ESTATE, "the server is already running")
             self._join_threads()  # a stop begun from a callback finishes first
             self._reset_bookkeeping()
-            rc = self._lib.iocpsrv_listen(h, self._host.encode("utf-8"), self._port_req)
-            if rc < 0:
-                raise error_from_code(rc, f"listen on {self._host!r} port {self._port_req}")
+            self._start_engine(self._listen if listen is None else bool(listen))
             self._done.clear()
             t = threading.Thread(
-                target=self._run, name=f"iocpsrv-dispatch-{self.port}", daemon=True)
+                target=self._run, name=f"iocpsrv-dispatch-{self.port or 'client'}",
+                daemon=True)
             with self._state:
                 self._dispatcher = t
             _core._live.add(self)
@@ -158,6 +168,30 @@ class Server(ServerBase):
             self._lib.iocpsrv_stop(self._h, ms)
             self._join_threads()
             _core._live.discard(self)
+
+    def connect(self, host: str, port: int) -> int:
+        """Open an outbound connection to ``host`` (an address, "127.0.0.1" or "::1",
+        or a name, resolved off the engine's workers) and ``port`` (1..65535), without
+        blocking; returns its connection id (never reused). Any thread, callbacks
+        included; the server must be running (ServerStopped otherwise).
+
+        The attempt goes on in the background. Once established the connection is
+        served as an accepted one: on_connect(conn, peer) with the address reached
+        (returning False closes it, with no further callback), then on_packet, then
+        one on_disconnect. One that fails, times out (the connect_timeout_ms option),
+        is disconnected or stopped first gets on_disconnect alone, with
+        Reason.CONNECT_REFUSED, CONNECT_UNREACHABLE, CONNECT_TIMEOUT,
+        NAME_NOT_RESOLVED, CONNECT_FAILED, LOCAL_CLOSE, LOCAL_ABORT or SERVER_STOPPED.
+        Callbacks for it may run before this returns. Until established only
+        disconnect() and info() (``info(conn).connecting``) accept the id: send()
+        raises ConnectionNotFound.
+
+        Raises TypeError/ValueError for a bad host or port, ServerStopped,
+        TooManyConnections (max_connections, which counts both directions, is
+        reached, or no descriptor is left), AddressNotAvailable (a numeric host of
+        another family than the connect_source option's), OutOfMemory,
+        SystemFailure."""
+        return self._connect(host, port)
 
     def _stop_from_callback(self, ms: int) -> None:
         # The dispatcher must keep polling while the engine stops (a full pull queue
@@ -326,7 +360,8 @@ class Server(ServerBase):
         """The CONNECT, DISCONNECT or DRAIN record at offset."""
         self._handle_event(*read_event(self._poll_buffer, offset))
 
-    def _handle_event(self, kind: int, reason: int, conn: int, payload: bytes) -> None:
+    def _handle_event(self, kind: int, reason: int, conn: int, payload: bytes,
+                      user: int = 0) -> None:
         met = self._met
         if kind == _CONNECT:
             on_connect = self.on_connect
@@ -343,13 +378,16 @@ class Server(ServerBase):
             met.add(conn)
             self._sendable.add(conn)
         elif kind == _DISCONNECT:
-            if conn not in met:
+            if conn in met:
+                met.discard(conn)
+                if self._held:
+                    for data in self._release(conn):
+                        if not self._deliver_packet(conn, data):
+                            break
+            elif user != OUTBOUND_USER:
                 return  # refused: no callback at all
-            met.discard(conn)
-            if self._held:
-                for data in self._release(conn):
-                    if not self._deliver_packet(conn, data):
-                        break
+            # (else an outbound attempt that never got established: this is its one
+            # callback)
             self._forget(conn)
             on_disconnect = self.on_disconnect
             if on_disconnect is None:

@@ -43,7 +43,8 @@ else:
 
 
 # A keyword option's value: an int (IntEnums and numpy integers included), a name for
-# framing= and proxy_protocol=, or for proxy_trusted= a str, a list of str or None.
+# framing= and proxy_protocol=, for proxy_trusted= a str, a list of str or None, for
+# connect_source= a str or None.
 OptionValue = Union[int, str, Iterable[str], None]
 
 # (conn, payload): a packet as on_batch receives it and send_many takes it.
@@ -90,6 +91,12 @@ class Reason(NamedIntEnum):
     IDLE_TIMEOUT = n.IOCPSRV_REASON_IDLE_TIMEOUT
     SERVER_STOPPED = n.IOCPSRV_REASON_SERVER_STOPPED
     OUT_OF_MEMORY = n.IOCPSRV_REASON_OUT_OF_MEMORY
+    # An outbound connection (Server.connect) that never got established:
+    CONNECT_REFUSED = n.IOCPSRV_REASON_CONNECT_REFUSED  # nothing listens there
+    CONNECT_UNREACHABLE = n.IOCPSRV_REASON_CONNECT_UNREACHABLE  # no route
+    CONNECT_TIMEOUT = n.IOCPSRV_REASON_CONNECT_TIMEOUT  # not within connect_timeout_ms
+    NAME_NOT_RESOLVED = n.IOCPSRV_REASON_NAME_NOT_RESOLVED  # the host name has no address
+    CONNECT_FAILED = n.IOCPSRV_REASON_CONNECT_FAILED  # any other failure of the attempt
 
     @property
     def text(self) -> str:
@@ -154,6 +161,17 @@ class ConnInfo:
     @property
     def closing(self) -> bool:
         return bool(self.flags & n.IOCPSRV_CONN_CLOSING)
+
+    @property
+    def outbound(self) -> bool:
+        """Made by Server.connect, not accepted."""
+        return bool(self.flags & n.IOCPSRV_CONN_OUTBOUND)
+
+    @property
+    def connecting(self) -> bool:
+        """Outbound and not established yet (``peer`` is then the target as given, or
+        the address being tried)."""
+        return bool(self.flags & n.IOCPSRV_CONN_CONNECTING)
 
     @property
     def connect_time(self) -> float:
@@ -263,10 +281,14 @@ OPTIONS = {
     "reuseport": n.IOCPSRV_OPT_REUSEPORT,
     "proxy_trusted": n.IOCPSRV_OPT_PROXY_TRUSTED,
     "max_connections_per_source": n.IOCPSRV_OPT_MAX_CONNECTIONS_PER_SOURCE,
+    "connect_timeout_ms": n.IOCPSRV_OPT_CONNECT_TIMEOUT_MS,
+    "connect_source": n.IOCPSRV_OPT_CONNECT_SOURCE,
 }
 
 # Options whose value is text (iocpsrv_set_option_str), the rest are ints.
-STR_OPTIONS = {"proxy_trusted"}
+STR_OPTIONS = {"proxy_trusted", "connect_source"}
+# Text options that take a list of entries too (joined with ", ").
+_LIST_OPTIONS = {"proxy_trusted"}
 
 _FRAMING_NAMES = {
     "len32_le": Framing.LEN32_LE,
@@ -289,9 +311,12 @@ _NAMED: dict[str, tuple[dict[str, Any], str]] = {"framing": (_FRAMING_NAMES, "Fr
 
 
 def _str_option_value(name: str, value: OptionValue) -> str | None:
-    """None clears; a str is passed as it is; an iterable of str is joined with ", "."""
+    """None clears; a str is passed as it is; for proxy_trusted an iterable of str is
+    joined with ", "."""
     if value is None or isinstance(value, str):
         return value
+    if name not in _LIST_OPTIONS:
+        raise TypeError(f"option {name}= takes a str (or None), not {type(value).__name__}")
     if isinstance(value, (list, tuple, set, frozenset)) and all(isinstance(v, str) for v in value):
         return ", ".join(value)
     raise TypeError(

@@ -23,6 +23,12 @@ A protocol class, one instance per connection (like asyncio.Protocol)::
     async with iocpsrv.aio.Server(protocol_factory=Echo) as srv:
         await srv.wait_closed()
 
+Outbound connections (the client role), served like accepted ones::
+
+    async with iocpsrv.aio.Server(protocol_factory=Client, listen=False) as srv:
+        connection = await srv.connect("127.0.0.1", 5150)   # once established
+        connection.send(b"hello")
+
 Protocol callbacks run on the event loop thread. The exception policy is the threaded
 Server's: a raising connection_made / packet_received / drained is logged (logger
 "iocpsrv") and its connection aborted (connection_lost still follows, except after
@@ -40,10 +46,12 @@ import typing
 from . import _core, _errors
 from . import _native as _n
 from ._core import DEFER_MAX_COUNT as _DEFER_MAX_COUNT
+from ._core import OUTBOUND_USER as _OUTBOUND_USER
 from ._core import ServerBase as _ServerBase
 from ._core import check_send_args as _check_send_args
 from ._core import log as _log
 from ._core import timeout_ms as _timeout_ms
+from ._errors import connect_error as _connect_error
 from ._native import ffi as _ffi
 from ._packed import EVENT_HEADER as _EVENT_HEADER
 from ._packed import dispatch_records as _dispatch_records
@@ -110,8 +118,10 @@ class Event:
 
 
 class Connection:
-    """A connection as a Protocol sees it (transport-like). Its methods are the
-    server's, bound to this id; all are non-blocking and thread-safe."""
+    """A connection as a Protocol sees it (transport-like), and what Server.connect
+    returns. Its methods are the server's, bound to this id; all are non-blocking and
+    thread-safe. ``protocol`` is its Protocol (not set for the connections of an
+    ``async for`` server)."""
 
     __slots__ = ("id", "peer", "server", "protocol", "batched", "_send")
 
@@ -216,7 +226,11 @@ class Server(_ServerBase):
     batch (or soon after, with call_soon, when made from a coroutine);
     ``on_send_failed(conn, data, error)`` (or, in protocol mode, the protocol's
     send_failed) hears of one refused then. ``await srv.send_async(conn, data)`` and
-    ``await srv.drain(conn)`` wait for room instead of raising SendQueueFull."""
+    ``await srv.drain(conn)`` wait for room instead of raising SendQueueFull.
+
+    ``await srv.connect(host, port)`` opens an outbound connection and returns its
+    Connection once established; ``listen=False`` makes a server whose start() starts
+    the engine without a listener (a client only)."""
 
     def __init__(
         self,
@@ -228,9 +242,11 @@ class Server(_ServerBase):
         max_batches: int = 8,
         max_buffered: int = 8192,
         on_send_failed: Optional[OnSendFailed] = None,
+        listen: bool = True,
         **options: OptionValue,
     ) -> None:
         super().__init__(host, port, batch_size, options)
+        self._listen = bool(listen)
         self._factory = protocol_factory
         if on_send_failed is not None:
             self.on_send_failed = on_send_failed
@@ -251,11 +267,15 @@ class Server(_ServerBase):
         self._flush_scheduled = False
         self._tick_handle: asyncio.TimerHandle | None = None
         self._drain_waiters: dict[int, asyncio.Future[None]] = {}
+        self._attempts: dict[int, _Attempt] = {}  # connect() calls not settled yet
 
     # ---- lifecycle -------------------------------------------------------------------
 
-    async def start(self) -> "Server":
-        """Bind and start serving on the running loop; the port is then in ``.port``."""
+    async def start(self, listen: Optional[bool] = None) -> "Server":
+        """Bind and start serving on the running loop; the port is then in ``.port``.
+        With ``listen=False`` (default: the constructor's ``listen``) start the engine
+        without a listener, for outbound connections only (connect()); ``.port`` is
+        then None."""
         loop = asyncio.get_running_loop()
         h = self._handle()
         if self._running:
@@ -266,9 +286,8 @@ class Server(_ServerBase):
         self._queue.clear()
         self._conns.clear()
         self._drain_waiters.clear()
-        rc = self._lib.iocpsrv_listen(h, self._host.encode("utf-8"), self._port_req)
-        if rc < 0:
-            raise _errors.error_from_code(rc, f"listen on {self._host!r} port {self._port_req}")
+        self._attempts.clear()
+        self._start_engine(self._listen if listen is None else bool(listen))
         fd = self._lib.iocpsrv_wait_handle(h)
         if fd < 0:
             self._lib.iocpsrv_stop(h, 0)
@@ -361,6 +380,88 @@ class Server(_ServerBase):
         start())."""
         assert self._loop is not None, "the server has not been started"
         return self._loop
+
+    # ---- the client role ---------------------------------------------------------------
+
+    async def connect(self, host: str, port: int, *,
+                      protocol_factory: Optional[Callable[[], Protocol]] = None) -> Connection:
+        """Open an outbound connection to ``host`` (an address or a name, resolved off
+        the loop and the engine's workers) and ``port``; return its Connection once it
+        is established. The server must be running, on this loop.
+
+        It is then served as an accepted one: a protocol server calls the protocol's
+        connection_made before this returns (``protocol_factory`` replaces the
+        server's factory for this connection, e.g. a proxy's back end), an ``async
+        for`` server yields its CONNECT, PACKET and DISCONNECT events (the returned
+        Connection then has no protocol).
+
+        An attempt that is never established raises ConnectFailed (an OSError) with
+        ``reason`` (Reason.CONNECT_REFUSED, CONNECT_UNREACHABLE, CONNECT_TIMEOUT (the
+        connect_timeout_ms option), NAME_NOT_RESOLVED, CONNECT_FAILED, or
+        SERVER_STOPPED, LOCAL_CLOSE / LOCAL_ABORT when it was ended first): a
+        ConnectRefused (a ConnectionRefusedError) when nothing listens there, a
+        ConnectTimeout (a TimeoutError), a NameNotResolved (a socket.gaierror). An
+        ``async for`` server also yields its DISCONNECT event. A protocol whose
+        connection_made refuses it (returns False) or raises gives ConnectFailed with
+        LOCAL_CLOSE or LOCAL_ABORT. Cancelling the call (asyncio.wait_for) aborts the
+        attempt, or the connection if it was established meanwhile.
+
+        Raised at once, as by the threaded Server.connect: TypeError/ValueError for a
+        bad host or port, ServerStopped, TooManyConnections, AddressNotAvailable,
+        OutOfMemory, SystemFailure."""
+        loop = asyncio.get_running_loop()
+        if protocol_factory is not None and self._factory is None:
+            raise TypeError("protocol_factory= is for a protocol server; the "
+                            "connections of an `async for` server are read as events")
+        if self._running and loop is not self._loop:
+            raise RuntimeError("connect() must run on the loop the server was started on")
+        conn = self._connect(host, port)
+        attempt = _Attempt(loop.create_future(), protocol_factory, host, int(port))
+        self._attempts[conn] = attempt
+        try:
+            return await attempt.future
+        except asyncio.CancelledError:
+            self._abandon(conn, attempt)
+            raise
+
+    def _abandon(self, conn: int, attempt: _Attempt) -> None:
+        """connect() was cancelled: abort the attempt, or the connection if it was
+        established meanwhile (nobody will ever have its Connection)."""
+        fut = attempt.future
+        if self._attempts.get(conn) is attempt:
+            # Still connecting: its CONNECT, if one is already queued, is skipped
+            # (_attempt_connected); its DISCONNECT (LOCAL_ABORT) follows.
+            attempt.abandoned = True
+        elif fut.cancelled() or fut.exception() is not None:
+            return  # it failed, or its CONNECT came after the cancel and closed it
+        try:
+            self.disconnect(conn, graceful=False)
+        except (_errors.ConnectionNotFound, _errors.ServerStopped):
+            pass  # it ended meanwhile
+
+    def _attempt_connected(self, conn: int) -> tuple[Optional[_Attempt], bool]:
+        """At conn's CONNECT: (the connect() call waiting for it, if any; whether to
+        skip the event). A cancelled call's connection is closed here, not served."""
+        attempt = self._attempts.pop(conn, None) if self._attempts else None
+        if attempt is not None and attempt.future.done():  # connect() was cancelled
+            if not attempt.abandoned:  # (else its abort is under way)
+                self._refuse(conn, abort=True)
+            return None, True
+        return attempt, False
+
+    def _attempt_failed(self, conn: int, reason: int, attempt: Optional[_Attempt] = None,
+                        cause: Optional[BaseException] = None) -> None:
+        """conn's attempt ended before it was established (its DISCONNECT), or its
+        protocol refused it: its connect() raises ConnectFailed."""
+        if attempt is None:
+            attempt = self._attempts.pop(conn, None) if self._attempts else None
+            if attempt is None:
+                return
+        if attempt.future.done():  # cancelled
+            return
+        error = _connect_error(_REASONS.get(reason, reason), conn, attempt.host, attempt.port)
+        error.__cause__ = cause
+        attempt.future.set_exception(error)
 
     # ---- draining --------------------------------------------------------------------
 
@@ -590,6 +691,8 @@ class Server(_ServerBase):
         self._pump = -1
         for conn in list(self._drain_waiters):
             self._gone(conn, _errors.ServerStopped(_n.IOCPSRV_ESTOPPED, f"drain of connection {conn}"))
+        for conn in list(self._attempts):  # (each had its DISCONNECT: none is left)
+            self._attempt_failed(conn, _n.IOCPSRV_REASON_SERVER_STOPPED)
         self._wake_consumer()
         if self._closed_fut is not None and not self._closed_fut.done():
             self._closed_fut.set_result(None)
@@ -617,18 +720,25 @@ class Server(_ServerBase):
         append = self._queue.append
         offset = 0
         while offset < end:
-            length, kind, reason, conn, _user = unpack(view, offset)
+            length, kind, reason, conn, user = unpack(view, offset)
             start = offset + 24
             offset = start + ((length + 7) & -8)
             if kind == _PACKET:
                 append(Event(_EV_PACKET, conn, chunks[start:start + length]))
             elif kind == _CONNECT:
-                self._sendable.add(conn)
                 peer = _peer_text(chunks[start:start + length])
+                attempt, skip = self._attempt_connected(conn)
+                if skip:
+                    continue
+                if attempt is not None:
+                    attempt.future.set_result(Connection(self, conn, peer))
+                self._sendable.add(conn)
                 append(Event(_EV_CONNECT, conn, b"", peer))
             elif kind == _DISCONNECT:
                 # Gone for the engine now: sends to it raise at once, drain() ends.
                 self._gone(conn, _connection_gone(conn))
+                if user == _OUTBOUND_USER:
+                    self._attempt_failed(conn, reason)
                 append(Event(_EV_DISCONNECT, conn, b"", None, _REASONS.get(reason, reason)))
             elif kind == _DRAIN:
                 self._room(conn)
@@ -730,29 +840,43 @@ class Server(_ServerBase):
         self._dispatch_protocol_event(*_read_event(self._poll_buffer, offset))
 
     def _dispatch_protocol_event(self, kind: int, reason: int, conn: int,
-                                 payload: bytes) -> None:
+                                 payload: bytes, user: int = 0) -> None:
         conns = self._conns
         if kind == _CONNECT:
             peer = _peer_text(payload)
             c = Connection(self, conn, peer)
             factory = self._factory
+            attempt, skip = self._attempt_connected(conn)
+            if skip:
+                return
+            if attempt is not None and attempt.factory is not None:
+                factory = attempt.factory
             assert factory is not None  # protocol mode
             try:
                 c.protocol = p = factory()
                 c.batched = callable(getattr(p, "packets_received", None))
                 r = p.connection_made(c)
-            except BaseException:
+            except BaseException as e:
                 self._callback_failed("connection_made", conn, met=False)
+                if attempt is not None:
+                    self._attempt_failed(conn, _n.IOCPSRV_REASON_LOCAL_ABORT, attempt, e)
                 return
             if r is False:
                 self._refuse(conn)
+                if attempt is not None:
+                    self._attempt_failed(conn, _n.IOCPSRV_REASON_LOCAL_CLOSE, attempt)
                 return
             conns[conn] = c
             self._sendable.add(conn)
+            if attempt is not None:
+                attempt.future.set_result(c)
         elif kind == _DISCONNECT:
             gone = conns.get(conn)
             if gone is None:
-                return  # refused: no callback at all
+                if user == _OUTBOUND_USER:  # an attempt that never got established
+                    self._forget(conn)
+                    self._attempt_failed(conn, reason)
+                return  # (else refused: no callback at all)
             if self._held:
                 for data in self._release(conn):
                     if not self._deliver_packet(gone, data):
@@ -813,6 +937,20 @@ class Server(_ServerBase):
             c = self._conns.get(conn)
             if c is not None:
                 self._deliver_packet(c, data)
+
+
+class _Attempt:
+    """A connect() call waiting for its connection's CONNECT (or DISCONNECT)."""
+
+    __slots__ = ("future", "factory", "host", "port", "abandoned")
+
+    def __init__(self, future: asyncio.Future[Connection],
+                 factory: Optional[Callable[[], Protocol]], host: str, port: int):
+        self.future = future
+        self.factory = factory
+        self.host = host
+        self.port = port
+        self.abandoned = False  # cancelled, and its attempt aborted by _abandon
 
 
 class _Done:

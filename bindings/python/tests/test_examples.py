@@ -1,4 +1,4 @@
-"""examples/echo.py and examples/chat.py as a user runs them."""
+"""examples/echo.py, examples/chat.py and examples/client.py as a user runs them."""
 
 import os
 import re
@@ -165,3 +165,35 @@ def test_chat_example_line_mode():
         ex.stop()
     finally:
         ex.kill()
+
+
+def _client_example(*args):
+    return subprocess.run([sys.executable, os.path.join(PKG_ROOT, "examples", "client.py"),
+                           *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("echo_example,flags",
+                         [(("echo.py",), ()), (("aio_echo.py",), ("--aio",))],
+                         indirect=["echo_example"], ids=["threaded", "aio"])
+def test_client_example_verifies_every_echo(echo_example, flags):
+    """examples/client.py (the client role) against the echo example: 20 outbound
+    connections, 300 packets each, every echo checked, each connection closed."""
+    r = _client_example("--port", str(echo_example.port), "--connections", "20",
+                        "--count", "300", "--size", "500", *flags)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.strip() == "20 connections, 6,000 packets echoed and verified", r.stdout
+    out = echo_example.stop()
+    assert "stopped: 20 connections, 6000 packets in, 6000 out" in out, out
+
+
+@pytest.mark.parametrize("flags", [(), ("--aio",)], ids=["threaded", "aio"])
+def test_client_example_names_a_refused_attempt(flags):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = _client_example("--port", str(port), "--connections", "2", *flags)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.stdout.count("CONNECT_REFUSED") == 2, r.stdout
+    assert "Traceback" not in r.stderr, r.stderr

@@ -75,7 +75,7 @@ def test_address_not_available_for_a_foreign_address():
 
 def test_non_os_errors_are_not_oserrors():
     for cls in (iocpsrv.ConnectionNotFound, iocpsrv.SendQueueFull, iocpsrv.InvalidArgument,
-                iocpsrv.OutOfMemory, iocpsrv.ServerStopped):
+                iocpsrv.OutOfMemory, iocpsrv.ServerStopped, iocpsrv.TooManyConnections):
         assert not issubclass(cls, OSError), cls
 
 

@@ -124,7 +124,7 @@ def test_errors_carry_code_name_and_message():
         -8: iocpsrv.AddressInUse, -9: iocpsrv.AddressNotAvailable, -10: iocpsrv.NotSupported,
         -11: iocpsrv.Busy, -12: iocpsrv.UnknownOption, -13: iocpsrv.OptionOutOfRange,
         -14: iocpsrv.InCallback, -15: iocpsrv.SystemFailure, -16: iocpsrv.PermissionDenied,
-        -17: iocpsrv.BufferTooSmall,
+        -17: iocpsrv.BufferTooSmall, -18: iocpsrv.TooManyConnections,
     }
     for code, cls in cases.items():
         e = iocpsrv.error_from_code(code, "doing x")

@@ -24,7 +24,8 @@ def test_every_option_round_trips():
                   pool_min=2, pool_max=6, pool_busy_ms=300, pool_idle_ms=4000,
                   pool_cpu_high=90, pool_cpu_low=70, pull_batch_sends=0,
                   proxy_protocol=iocpsrv.ProxyMode.OPTIONAL, reuseport=1,
-                  proxy_trusted="10.1.2.3/8 ::1", max_connections_per_source=4)
+                  proxy_trusted="10.1.2.3/8 ::1", max_connections_per_source=4,
+                  connect_timeout_ms=750, connect_source="127.0.0.2")
     read_back = dict(proxy_trusted="10.0.0.0/8, ::1/128")  # the library's spelling
     assert set(values) | {"pull_mode"} == set(iocpsrv.OPTIONS)
     srv = iocpsrv.Server()
@@ -105,6 +106,37 @@ def test_proxy_trusted_values():
         assert srv.get_option("max_connections_per_source") == 0
         with pytest.raises(iocpsrv.OptionOutOfRange):
             srv.set_options(max_connections_per_source=-1)
+    finally:
+        srv.close()
+
+
+@needs_option("connect_source")
+def test_connect_options_values():
+    for cls in (iocpsrv.Server, iocpsrv.aio.Server):
+        srv = cls(connect_timeout_ms=1234, connect_source="::1")
+        try:
+            assert srv.get_option("connect_timeout_ms") == 1234
+            assert srv.get_option("connect_source") == "::1"
+            srv.set_options(connect_source="127.0.0.2")
+            assert srv.get_option("connect_source") == "127.0.0.2"
+            for bad in ("not-an-address", "10.0.0.0/8", "localhost"):
+                with pytest.raises(iocpsrv.InvalidArgument, match="connect_source"):
+                    srv.set_options(connect_source=bad)
+                assert srv.get_option("connect_source") == "127.0.0.2"  # unchanged
+            with pytest.raises(TypeError, match="connect_source"):
+                srv.set_options(connect_source=["127.0.0.1"])  # one address, not a list
+            srv.set_options(connect_source=None)
+            assert srv.get_option("connect_source") == ""
+            srv.set_options(connect_timeout_ms=0)  # no limit of ours
+            assert srv.get_option("connect_timeout_ms") == 0
+            with pytest.raises(iocpsrv.OptionOutOfRange):
+                srv.set_options(connect_timeout_ms=-1)
+        finally:
+            srv.close() if cls is iocpsrv.Server else __import__("asyncio").run(srv.close())
+    srv = iocpsrv.Server()
+    try:
+        assert srv.get_option("connect_timeout_ms") == 10000  # the default
+        assert srv.get_option("connect_source") == ""
     finally:
         srv.close()
 
