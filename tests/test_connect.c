@@ -25,22 +25,6 @@
 #include "test.h"
 #include "thread.h"
 
-static iocpsrv_stats_t stats_of(iocpsrv_t *srv) {
-  iocpsrv_stats_t st;
-  memset(&st, 0, sizeof st);
-  st.struct_size = sizeof st;
-  CHECK_OK(iocpsrv_stats(srv, &st));
-  return st;
-}
-
-static iocpsrv_conn_info_t info_of(iocpsrv_t *srv, iocpsrv_conn_id_t id) {
-  iocpsrv_conn_info_t info;
-  memset(&info, 0, sizeof info);
-  info.struct_size = sizeof info;
-  CHECK_OK(iocpsrv_conn_info(srv, id, &info));
-  return info;
-}
-
 /* ---------------------------------------------------------------- the client ---- */
 
 typedef struct attempt_s {
@@ -198,7 +182,7 @@ static void client_finish(client_t *cl, attempt_t *a, int n) {
     CHECK_EQ(a[i].disconnects, a[i].refuse ? 0 : 1); /* refused: no disconnect */
     CHECK_EQ(a[i].seen, a[i].id);
   }
-  iocpsrv_stats_t st = stats_of(cl->srv);
+  iocpsrv_stats_t st = test_stats(cl->srv);
   CHECK_EQ(st.connections_now, 0);
 }
 
@@ -211,15 +195,6 @@ static void client_destroy(client_t *cl, attempt_t *a) {
   tt_mutex_destroy(&cl->lock);
   free(cl);
   free(a);
-}
-
-/* A port on 127.0.0.1 where nothing listens (bound once, then closed). */
-static int dead_port(void) {
-  int port = 0;
-  ts_sock_t s = ts_listen("127.0.0.1", 0, &port);
-  CHECK(s != TS_INVALID);
-  ts_close(s);
-  return port;
 }
 
 /* ------------------------------------------------------------------ echoes ---- */
@@ -241,7 +216,7 @@ static void echo_through(const char *host, int n, int packets_each, size_t size)
   char want[64];
   snprintf(want, sizeof want, strchr(host, ':') ? "[%s]:%d" : "%s:%d", host, es->port);
   for (int i = 0; i < n; i++) CHECK_STREQ(a[i].peer, want);
-  iocpsrv_stats_t st = stats_of(cl->srv);
+  iocpsrv_stats_t st = test_stats(cl->srv);
   CHECK_EQ(st.connections_total, n);
   client_finish(cl, a, n);
   client_destroy(cl, a);
@@ -277,7 +252,7 @@ static void self_note_id(iocpsrv_conn_id_t id) {
 
 static int IOCPSRV_CALL self_connect(iocpsrv_t *srv, iocpsrv_conn_id_t id, const char *peer,
                                      void **user) {
-  iocpsrv_conn_info_t info = info_of(srv, id);
+  iocpsrv_conn_info_t info = test_conn_info(srv, id);
   CHECK_EQ(!!(info.flags & IOCPSRV_CONN_OUTBOUND), *user != NULL);
   CHECK_EQ(info.flags & IOCPSRV_CONN_CONNECTING, 0);
   self_note_id(id);
@@ -379,8 +354,8 @@ static void connect_served_like_a_client(void) {
   CHECK_OK(tt_counter_wait(&cl->ended, 1, 10000)); /* the idle one */
   CHECK_EQ(a[1].reason, IOCPSRV_REASON_IDLE_TIMEOUT);
   CHECK_EQ(a[1].echoed, 3);
-  ECHO_WAIT_FOR(stats_of(cl->srv).connections_now == 0);
-  iocpsrv_stats_t st = stats_of(cl->srv);
+  ECHO_WAIT_FOR(test_stats(cl->srv).connections_now == 0);
+  iocpsrv_stats_t st = test_stats(cl->srv);
   CHECK_EQ(st.connections_now, 0);
   CHECK_EQ(st.connections_rejected, 1);
   CHECK_EQ(st.idle_timeouts, 1);
@@ -414,7 +389,7 @@ static void expect_failures(const char *host, int port, int n, int reason,
 }
 
 static void connect_refused(void) {
-  expect_failures("127.0.0.1", dead_port(), 20, IOCPSRV_REASON_CONNECT_REFUSED, 0);
+  expect_failures("127.0.0.1", ts_dead_port(), 20, IOCPSRV_REASON_CONNECT_REFUSED, 0);
 }
 
 static void connect_name_not_resolved(void) {
@@ -474,7 +449,7 @@ static void connect_stop_in_flight(void) {
   echo_config_t cfg;
   memset(&cfg, 0, sizeof cfg);
   echo_server_t *es = echo_start(&cfg);
-  int dead = dead_port();
+  int dead = ts_dead_port();
   for (int round = 0; round < 3; round++) {
     client_t *cl = client_new(1, 8);
     cl->close_when_echoed = 0; /* the echoed ones stay open until the stop */
@@ -526,7 +501,7 @@ static void connect_from_a_thread_that_exits(void) {
   CHECK_OK(iocpsrv_start(cl->srv));
   exiting_t x = {cl, &a[0], port};
   tt_thread_join(tt_thread_start(connect_and_exit, &x));
-  iocpsrv_conn_info_t info = info_of(cl->srv, a[0].id);
+  iocpsrv_conn_info_t info = test_conn_info(cl->srv, a[0].id);
   CHECK(info.flags & IOCPSRV_CONN_CONNECTING); /* still pending as the thread is gone */
   for (int i = 0; i < 4; i++) { /* room in the backlog: accept what waits there */
     ts_sock_t s = ts_readable(l, 0) > 0 ? accept(l, NULL, NULL) : TS_INVALID;
@@ -574,7 +549,7 @@ static void connect_call_errors(void) {
   client_connect(cl, &a[1], "127.0.0.1", port);
   CHECK_ERR(iocpsrv_connect(cl->srv, "127.0.0.1", port, &a[2], &id), IOCPSRV_ELIMIT);
   /* While connecting: info says so, sending is not possible yet, user may change. */
-  iocpsrv_conn_info_t info = info_of(cl->srv, a[0].id);
+  iocpsrv_conn_info_t info = test_conn_info(cl->srv, a[0].id);
   CHECK_EQ(info.flags & (IOCPSRV_CONN_OUTBOUND | IOCPSRV_CONN_CONNECTING),
            IOCPSRV_CONN_OUTBOUND | IOCPSRV_CONN_CONNECTING);
   char want[64];
@@ -590,8 +565,8 @@ static void connect_call_errors(void) {
   CHECK_OK(iocpsrv_disconnect(cl->srv, a[1].id, IOCPSRV_CLOSE_REFUSE));
   CHECK_OK(tt_counter_wait(&cl->ended, 1, 5000));
   CHECK_EQ(a[0].reason, IOCPSRV_REASON_LOCAL_CLOSE);
-  ECHO_WAIT_FOR(stats_of(cl->srv).connections_now == 0);
-  CHECK_EQ(stats_of(cl->srv).connections_now, 0);
+  ECHO_WAIT_FOR(test_stats(cl->srv).connections_now == 0);
+  CHECK_EQ(test_stats(cl->srv).connections_now, 0);
   CHECK_EQ(a[1].disconnects, 0);
   a[1].disconnects = 1; /* for client_finish: refused, as asked */
   a[1].seen = a[1].id;
@@ -613,7 +588,7 @@ static void connect_from_source(void) {
   CHECK_OK(iocpsrv_start(cl->srv));
   client_connect(cl, &a[0], "127.0.0.1", es->port);
   CHECK_OK(tt_counter_wait(&cl->echoes, 1, 10000));
-  iocpsrv_conn_info_t info = info_of(cl->srv, a[0].id);
+  iocpsrv_conn_info_t info = test_conn_info(cl->srv, a[0].id);
   CHECK_EQ(strncmp(info.local, "127.0.0.2:", 10), 0);
   CHECK(echo_wait_peer(es, info.local, 5000) != NULL);
   client_finish(cl, a, 1);
@@ -635,7 +610,7 @@ static void connect_pull_mode(void) {
   int marker_ok = 1, marker_bad = 2;
   iocpsrv_conn_id_t ok_id, bad_id;
   CHECK_OK(iocpsrv_connect(srv, "127.0.0.1", es->port, &marker_ok, &ok_id));
-  CHECK_OK(iocpsrv_connect(srv, "127.0.0.1", dead_port(), &marker_bad, &bad_id));
+  CHECK_OK(iocpsrv_connect(srv, "127.0.0.1", ts_dead_port(), &marker_bad, &bad_id));
   int got_connect = 0, got_packets = 0, ok_gone = 0, bad_gone = 0;
   int64_t deadline = tt_now_ms() + 10000;
   while ((!ok_gone || !bad_gone) && tt_now_ms() < deadline) {

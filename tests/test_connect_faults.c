@@ -23,18 +23,8 @@
 #include "test.h"
 #include "thread.h"
 
-static uint64_t connections_now(iocpsrv_t *srv) {
-  iocpsrv_stats_t st;
-  memset(&st, 0, sizeof st);
-  st.struct_size = sizeof st;
-  CHECK_OK(iocpsrv_stats(srv, &st));
-  return st.connections_now;
-}
-
 static void wait_no_connections(iocpsrv_t *srv) {
-  int64_t end = tt_now_ms() + TS_WAIT_MS;
-  while (connections_now(srv) != 0 && tt_now_ms() < end) tt_sleep_ms(1);
-  CHECK_EQ(connections_now(srv), 0);
+  CHECK_OK(test_wait_connections_now(srv, 0, TS_WAIT_MS));
 }
 
 static iocpsrv_t *client_engine(int pull) {
@@ -56,7 +46,7 @@ static void connect_fault_no_socket(void) {
   CHECK_ERR(iocpsrv_connect(srv, "127.0.0.1", port, NULL, &id), IOCPSRV_ELIMIT);
   CHECK_EQ(id, 0);
   CHECK_EQ(iocpsrv_fault_failures(FAULT_CONNECT), 1);
-  CHECK_EQ(connections_now(srv), 0);
+  CHECK_EQ(test_stats(srv).connections_now, 0);
   CHECK_OK(iocpsrv_connect(srv, "127.0.0.1", port, NULL, &id)); /* works again */
   iocpsrv_event_t ev;
   CHECK_EQ(iocpsrv_poll(srv, &ev, 1, TS_WAIT_MS), 1);
@@ -87,7 +77,7 @@ static void connect_fault_descriptors_exhausted(void) {
   while (n > 0) close(fds[--n]);
   CHECK_EQ(setrlimit(RLIMIT_NOFILE, &old), 0);
   CHECK_ERR(rc, IOCPSRV_ELIMIT);
-  CHECK_EQ(connections_now(srv), 0);
+  CHECK_EQ(test_stats(srv).connections_now, 0);
   CHECK_OK(iocpsrv_connect(srv, "127.0.0.1", port, NULL, &id));
   iocpsrv_event_t ev;
   CHECK_EQ(iocpsrv_poll(srv, &ev, 1, TS_WAIT_MS), 1);

@@ -46,32 +46,6 @@
 #  include <netdb.h>
 #endif
 
-static iocpsrv_stats_t stats_of(iocpsrv_t *srv) {
-  iocpsrv_stats_t st;
-  memset(&st, 0, sizeof st);
-  st.struct_size = sizeof st;
-  CHECK_OK(iocpsrv_stats(srv, &st));
-  return st;
-}
-
-static int wait_connections_now(iocpsrv_t *srv, uint64_t n, int timeout_ms) {
-  int64_t end = tt_now_ms() + timeout_ms;
-  while (stats_of(srv).connections_now != n) {
-    if (tt_now_ms() >= end) return -1;
-    tt_sleep_ms(1);
-  }
-  return 0;
-}
-
-/* A port on 127.0.0.1 where nothing listens (bound once, then closed). */
-static int dead_port(void) {
-  int port = 0;
-  ts_sock_t s = ts_listen("127.0.0.1", 0, &port);
-  CHECK(s != TS_INVALID);
-  ts_close(s);
-  return port;
-}
-
 /* ------------------------------------------------------------ interposition ---- */
 
 #ifndef _WIN32
@@ -276,7 +250,7 @@ static void review_refuse_while_connect_completes(void) {
   iocpsrv_conn_id_t id = attempt_held_at_completion(srv, port);
   CHECK_OK(iocpsrv_disconnect(srv, id, IOCPSRV_CLOSE_REFUSE));
   release_peer();
-  CHECK_OK(wait_connections_now(srv, 0, 5000)); /* its slot is free: nothing more comes */
+  CHECK_OK(test_wait_connections_now(srv, 0, 5000)); /* its slot is free: nothing more comes */
   CHECK_MSG(tt_counter_get(&host.connects) == 0,
             "a connect callback after iocpsrv_disconnect(REFUSE) returned");
   CHECK_EQ(tt_counter_get(&host.disconnects), 0);
@@ -296,7 +270,7 @@ static void review_refuse_while_connect_completes_pull(void) {
   iocpsrv_conn_id_t id = attempt_held_at_completion(srv, port);
   CHECK_OK(iocpsrv_disconnect(srv, id, IOCPSRV_CLOSE_REFUSE));
   release_peer();
-  CHECK_OK(wait_connections_now(srv, 0, 5000));
+  CHECK_OK(test_wait_connections_now(srv, 0, 5000));
   iocpsrv_event_t ev[4];
   int n = iocpsrv_poll(srv, ev, 4, 0);
   CHECK_OK(n);
@@ -382,12 +356,12 @@ static void review_reconnect_from_disconnect_at_limit(void) {
   iocpsrv_t *srv = host_new(0);
   CHECK_OK(iocpsrv_set_option(srv, IOCPSRV_OPT_MAX_CONNECTIONS, 1));
   CHECK_OK(iocpsrv_start(srv));
-  host.reconnect_port = dead_port();
+  host.reconnect_port = ts_dead_port();
   host.reconnects_left = 3;
   iocpsrv_conn_id_t id = 0;
   CHECK_OK(iocpsrv_connect(srv, "127.0.0.1", host.reconnect_port, NULL, &id));
   CHECK_OK(tt_counter_wait(&host.disconnects, 1, 5000));
-  CHECK_OK(wait_connections_now(srv, 0, 5000));
+  CHECK_OK(test_wait_connections_now(srv, 0, 5000));
   tt_mutex_lock(&host.lock);
   int n = host.nreconnect, first = n ? host.reconnect_rc[0] : 0;
   tt_mutex_unlock(&host.lock);
@@ -417,7 +391,7 @@ static void review_disconnect_while_resolving(void) {
   CHECK_OK(iocpsrv_disconnect(srv, id, IOCPSRV_CLOSE_ABORT));
   CHECK_OK(tt_counter_wait(&host.disconnects, 1, 5000)); /* without the answer */
   CHECK_EQ(host.last_reason, IOCPSRV_REASON_LOCAL_ABORT);
-  CHECK_OK(wait_connections_now(srv, 0, 5000));
+  CHECK_OK(test_wait_connections_now(srv, 0, 5000));
   tt_counter_add(&dns_release, 1);
   CHECK_OK(tt_counter_wait(&dns_left, 1, 5000));
   /* The next name attempt is served (the thread survived the stale answer). */
@@ -564,7 +538,7 @@ static void review_connect_from_connect_and_disconnect_cb(void) {
   host.connect_from_connect = 1;    /* the first connect callback opens one more */
   host.connect_from_disconnect = 1; /* the refused one's disconnect opens one more */
   iocpsrv_conn_id_t id = 0;
-  CHECK_OK(iocpsrv_connect(srv, "127.0.0.1", dead_port(), NULL, &id));
+  CHECK_OK(iocpsrv_connect(srv, "127.0.0.1", ts_dead_port(), NULL, &id));
   CHECK_OK(tt_counter_wait(&host.connects, 1, 5000)); /* the one from the disconnect */
   CHECK_OK(tt_counter_wait(&host.connects, 2, 5000)); /* the one from the connect cb */
   tt_mutex_lock(&host.lock);
@@ -607,7 +581,7 @@ static void review_stop_from_callback_pending(void) {
   CHECK_OK(host.stop_rc);
   CHECK_OK(iocpsrv_stop(srv, 0)); /* finishes the stop the callback began */
   CHECK_EQ(tt_counter_get(&host.disconnects), 11);
-  CHECK_EQ(stats_of(srv).connections_now, 0);
+  CHECK_EQ(test_stats(srv).connections_now, 0);
   CHECK_ERR(iocpsrv_connect(srv, "127.0.0.1", port, NULL, &id), IOCPSRV_ESTOPPED);
   host_destroy();
   ts_close(l);

@@ -420,3 +420,11 @@ int ts_ipv6_available(void) {
   ts_close(s);
   return ok;
 }
+
+int ts_dead_port(void) {
+  int port = 0;
+  ts_sock_t s = ts_listen("127.0.0.1", 0, &port);
+  if (s == TS_INVALID) return -1;
+  ts_close(s);
+  return port;
+}

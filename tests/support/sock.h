@@ -111,6 +111,10 @@ int ts_wait_close(ts_sock_t s, int timeout_ms, size_t *discarded);
  * bound port. For "address in use" tests. Returns TS_INVALID on failure. */
 ts_sock_t ts_listen(const char *host, int port, int *port_out);
 
+/* A port on 127.0.0.1 where nothing listens (bound once, then closed): connecting
+ * there is refused. */
+int ts_dead_port(void);
+
 /* 1 if an IPv6 socket can bind ::1 on this machine. */
 int ts_ipv6_available(void);
 

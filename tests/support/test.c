@@ -6,6 +6,7 @@
 
 #include <stdarg.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "sock.h"
 #include "thread.h"
@@ -191,4 +192,29 @@ int test_under_wine(void) {
 #else
   return 0;
 #endif
+}
+
+iocpsrv_stats_t test_stats(iocpsrv_t *srv) {
+  iocpsrv_stats_t st;
+  memset(&st, 0, sizeof st);
+  st.struct_size = sizeof st;
+  CHECK_OK(iocpsrv_stats(srv, &st));
+  return st;
+}
+
+iocpsrv_conn_info_t test_conn_info(iocpsrv_t *srv, iocpsrv_conn_id_t id) {
+  iocpsrv_conn_info_t info;
+  memset(&info, 0, sizeof info);
+  info.struct_size = sizeof info;
+  CHECK_OK(iocpsrv_conn_info(srv, id, &info));
+  return info;
+}
+
+int test_wait_connections_now(iocpsrv_t *srv, uint64_t n, int timeout_ms) {
+  int64_t end = tt_now_ms() + timeout_ms;
+  while (test_stats(srv).connections_now != n) {
+    if (tt_now_ms() >= end) return -1;
+    tt_sleep_ms(1);
+  }
+  return 0;
 }

@@ -68,6 +68,13 @@ uint32_t test_get_u32le(const uint8_t *p);
  * README's Wine notes list); 0 on Linux. */
 int test_under_wine(void);
 
+/* iocpsrv_stats / iocpsrv_conn_info with struct_size set (fail the test on error). */
+iocpsrv_stats_t test_stats(iocpsrv_t *srv);
+iocpsrv_conn_info_t test_conn_info(iocpsrv_t *srv, iocpsrv_conn_id_t id);
+/* Wait up to timeout_ms for stats.connections_now == n (it drops just after a
+ * disconnect is delivered: no event marks it). 0, or -1 on timeout. */
+int test_wait_connections_now(iocpsrv_t *srv, uint64_t n, int timeout_ms);
+
 /* Cheap 32-bit FNV-1a hash for digests of payloads. */
 uint32_t test_hash(const void *data, size_t len);
 
