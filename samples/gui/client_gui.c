@@ -1,5 +1,6 @@
 /*
- * iocpsrv-client-gui -- the 2001 article's client window, in plain Win32 C.
+ * iocpsrv-client-gui -- the 2001 article's client window, in plain Win32 C, on iocpsrv's
+ * client role.
  *
  *   iocpsrv-client-gui.exe [--host H] [--port N] [--connect] [--send TEXT]
  *                          [--flood] [--count N] [--message TEXT] [--depth D]
@@ -7,35 +8,61 @@
  *                          [--window X,Y[,W,H]] [--quiet]
  *
  * Host and port fields with Connect; a message field with Send, and a list of what was
- * sent and what came back (the server frames every packet with a 4-byte little-endian
- * length, as the article's protocol does); and the article's Flood check box: with it
- * ticked, Send becomes Flood and sends Count packets of Message + sequence number
- * ("Test Item 1" ... "Test Item 99999", the defaults) on a connection of its own, with
- * Depth packets in flight, checking every echo's length, bytes and order as
- * iocpsrv-flood does, then half-closing and waiting for the server's close to prove
- * nothing extra came. A progress bar follows it; the elapsed time and the rate show
- * when it is done. Escape cancels a running flood.
+ * sent and what came back; and the article's Flood check box: with it ticked, Send
+ * becomes Flood and sends Count packets of Message + sequence number ("Test Item 1" ...
+ * "Test Item 99999", the defaults) on a connection of its own, with Depth packets in
+ * flight, checking every echo's length, bytes and order as iocpsrv-flood does, then
+ * half-closing and waiting for the server's close to prove nothing extra came. A
+ * progress bar follows it; the elapsed time and the rate show when it is done. Escape
+ * cancels a running flood.
  *
- * Threads. The window's thread never blocks on the network. The connection's reader
- * and the flood each run on a thread of their own, with non-blocking sockets and
- * select() every 100 ms so they notice a stop request; they report to the window only
- * with PostMessage (heap-allocated payloads, freed by the window's thread; progress as
- * a number in lParam, at most 20 posts a second). Closing the window stops both and
- * waits for them.
+ * The network is the library's: this program has no socket code. iocpsrv_start runs an
+ * engine without a listener and iocpsrv_connect opens each outbound connection without
+ * blocking; the engine resolves, connects, frames every packet (the 4-byte
+ * little-endian length of the article's protocol), sends, receives and splits the
+ * stream into packets, and ends every attempt with one disconnect callback whose reason
+ * (connect-refused, connect-timeout, name-not-resolved, peer-closed, ...) the window
+ * shows. Two engines:
+ *   - the session engine (started with the window) holds the Connect/Send connection;
+ *   - each flood runs on an engine of its own, started for it and stopped when it
+ *     ends, so its options fit it (an idle timeout as its "no echo for 10 s" watchdog,
+ *     a packet size limit just above the longest echo, a 10 s limit for the server's
+ *     close) and its counters (iocpsrv_stats) are its alone: after the stop, the bytes
+ *     it received must be exactly the echoes verified, which is how "nothing came after
+ *     the last echo" is checked (a graceful close discards what still arrives, but
+ *     counts it).
+ *
+ * Threads. The engines call back on their worker threads; the callbacks never touch a
+ * window. As in iocpsrv-server-gui, each builds a heap-allocated event, appends it to a
+ * queue under a lock and, when the queue was idle, posts one WM_CLI_EVENTS; the
+ * window's thread takes the whole queue, shows it and frees it (a timer drains it too,
+ * in case a post failed). An event that must never be lost is allocated before the
+ * connection exists: the session's "closed" event is its conn_user, the flood's "done"
+ * event is in its state, and its disconnect callback (exactly one per attempt) queues
+ * it. The flood is driven from its own callbacks: the connect callback sends the first
+ * Depth packets, each verified echo sends the next (iocpsrv_sendv: the text and the
+ * number without joining them), so no thread of ours waits; its progress is a number
+ * in a posted message, at most 20 a second. The window's thread only calls
+ * iocpsrv_connect, iocpsrv_send, iocpsrv_disconnect and, to end a flood or close,
+ * iocpsrv_stop, which is safe there because the callbacks only queue and post.
  *
  * Scripts and tests: --connect connects at start, --send TEXT sends TEXT once
  * connected and waits for its echo, --flood runs the flood (after that echo when both
  * are given), --autoclose closes the window when all of that is done (after PATH exists,
  * with --close-when-exists, so a script can take a screenshot first). Report lines go to
  * stdout when there is one and to --summary PATH:
+ *   iocpsrv-client-gui: engine 1.1.0 iocp
  *   iocpsrv-client-gui: connected 127.0.0.1:5150
  *   iocpsrv-client-gui: echo ok bytes=5
  *   iocpsrv-client-gui: flood ok=1 verified=99999 count=99999 elapsed_s=3.306 ...
  *   iocpsrv-client-gui: summary ok=1 connected=1 line_echoed=1 flood_verified=99999 ...
+ *   iocpsrv-client-gui: connect failed: connection refused (connect-refused)
  * Exit status: 0 when everything asked for on the command line succeeded, 1 if not,
  * 2 for bad usage.
  */
 #include "gui_common.h"
+
+#include <iocpsrv.h>
 
 #define APP_NAME L"iocpsrv client"
 #define REPORT "iocpsrv-client-gui"
@@ -44,10 +71,12 @@
 #define DEFAULT_DEPTH 8
 #define MAX_MESSAGE 4096
 #define MAX_DEPTH 1024
-#define MAX_PACKET (16u * 1024 * 1024) /* the longest packet the reader accepts */
-#define IO_TIMEOUT_MS 10000            /* connect, or no byte while one is due */
+#define MAX_PACKET (16 * 1024 * 1024) /* the longest packet the session accepts */
+#define IO_TIMEOUT_MS 10000  /* connect; no echo while one is due; the server's close */
+#define STOP_TIMEOUT_MS 2000 /* closing the window: a graceful close for this long */
 #define RECV_LINES_MAX 2000
 #define PREVIEW_CHARS 200
+#define PROGRESS_MS 50       /* the flood's progress: at most 20 posts a second */
 
 enum {
   IDC_HOST_LABEL = 100,
@@ -72,16 +101,12 @@ enum {
   IDC_STATUS
 };
 
-enum { TIMER_AUTOCLOSE = 1, TIMER_ECHO_WAIT = 2 };
+enum { TIMER_AUTOCLOSE = 1, TIMER_ECHO_WAIT = 2, TIMER_REFRESH = 3 };
 
-/* Posted by the threads; wParam is the session's or the flood's generation number, so
- * a late message from an earlier one is recognised (and its payload still freed). */
-#define WM_CLI_CONNECTED (WM_GUI_FIRST + 0)  /* lParam: char* "host:port" */
-#define WM_CLI_FAILED (WM_GUI_FIRST + 1)     /* lParam: char* reason */
-#define WM_CLI_PACKET (WM_GUI_FIRST + 2)     /* lParam: packet_t* */
-#define WM_CLI_CLOSED (WM_GUI_FIRST + 3)     /* lParam: char* reason */
-#define WM_FLOOD_PROGRESS (WM_GUI_FIRST + 4) /* lParam: echoes verified so far */
-#define WM_FLOOD_DONE (WM_GUI_FIRST + 5)     /* lParam: flood_result_t* */
+/* Posted by the engines' callbacks (worker threads). */
+#define WM_CLI_EVENTS (WM_GUI_FIRST + 0)     /* the event queue has events */
+#define WM_FLOOD_PROGRESS (WM_GUI_FIRST + 1) /* wParam: the flood's generation; lParam:
+                                                echoes verified so far */
 
 /* ------------------------------------------------------------------------------------ */
 /* Options and window state.                                                             */
@@ -122,237 +147,169 @@ static double g_flood_elapsed;
 static int g_exit_code;
 
 /* ------------------------------------------------------------------------------------ */
-/* Sockets.                                                                              */
+/* Events: worker threads -> the window's thread (the server window's scheme).           */
 
-static void put_le32(uint8_t *p, uint32_t v) {
-  p[0] = (uint8_t)v;
-  p[1] = (uint8_t)(v >> 8);
-  p[2] = (uint8_t)(v >> 16);
-  p[3] = (uint8_t)(v >> 24);
-}
+enum { EV_CONNECTED = 1, EV_PACKET, EV_CLOSED, EV_LOG, EV_FLOOD_DONE };
 
-static uint32_t get_le32(const uint8_t *p) {
-  return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
+typedef struct ev_s {
+  struct ev_s *next;
+  int type;
+  int reason;            /* EV_CLOSED: an iocpsrv_reason_t; EV_LOG: the level */
+  unsigned gen;          /* the session's or the flood's generation */
+  iocpsrv_conn_id_t conn;
+  uint64_t len;          /* EV_PACKET: the payload's length */
+  size_t copied;         /* bytes in data[] */
+  char peer[64];         /* EV_CONNECTED: the address reached */
+  uint8_t data[];        /* EV_PACKET: the payload's first bytes; EV_LOG: the message */
+} ev_t;
 
-static char *dup_printf(const char *fmt, ...) {
-  char buf[512];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(buf, sizeof buf, fmt, ap);
-  va_end(ap);
-  return _strdup(buf);
-}
+static SRWLOCK g_q_lock = SRWLOCK_INIT;
+static ev_t *g_q_head, *g_q_tail;
+static int g_q_posted; /* a WM_CLI_EVENTS is on its way */
 
-/* Wait until `s` is readable (or writable) for up to ms; 1 ready, 0 not yet, -1 error. */
-static int wait_sock(SOCKET s, int write, int ms) {
-  fd_set fds, efds;
-  struct timeval tv;
-  int n;
-  FD_ZERO(&fds);
-  FD_ZERO(&efds);
-  FD_SET(s, &fds);
-  FD_SET(s, &efds);
-  tv.tv_sec = ms / 1000;
-  tv.tv_usec = (ms % 1000) * 1000;
-  n = select(0, write ? NULL : &fds, write ? &fds : NULL, &efds, &tv);
-  if (n < 0) return -1;
-  if (n > 0 && FD_ISSET(s, &efds)) return -1;
-  return n > 0;
-}
-
-/* Connect without blocking the caller for longer than IO_TIMEOUT_MS, giving up early
- * when *stop is set. Returns a non-blocking socket with TCP_NODELAY, or INVALID_SOCKET
- * with a reason in err. */
-static SOCKET connect_to(const char *host, const char *port, volatile LONG *stop, char *err,
-                         size_t cap) {
-  struct addrinfo hints, *ai = NULL, *a;
-  SOCKET s = INVALID_SOCKET;
-  int rc;
-  memset(&hints, 0, sizeof hints);
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  rc = getaddrinfo(host, port, &hints, &ai);
-  if (rc != 0) {
-    snprintf(err, cap, "cannot resolve %s (error %d)", host, rc);
-    return INVALID_SOCKET;
+static void ev_push(ev_t *e) {
+  int post;
+  e->next = NULL;
+  AcquireSRWLockExclusive(&g_q_lock);
+  if (g_q_tail) g_q_tail->next = e;
+  else g_q_head = e;
+  g_q_tail = e;
+  post = !g_q_posted;
+  g_q_posted = 1;
+  ReleaseSRWLockExclusive(&g_q_lock);
+  /* PostMessage, never SendMessage: a worker must not wait for the window's thread,
+   * which may itself be waiting in iocpsrv_stop for this worker. If the post fails
+   * (queue full, window gone), the refresh timer drains the queue instead. */
+  if (post && !PostMessageW(g_wnd, WM_CLI_EVENTS, 0, 0)) {
+    AcquireSRWLockExclusive(&g_q_lock);
+    g_q_posted = 0;
+    ReleaseSRWLockExclusive(&g_q_lock);
   }
-  snprintf(err, cap, "no address for %s", host);
-  for (a = ai; a != NULL; a = a->ai_next) {
-    u_long on = 1;
-    int one = 1, waited = 0, r = 0;
-    s = socket(a->ai_family, a->ai_socktype, a->ai_protocol);
-    if (s == INVALID_SOCKET) {
-      snprintf(err, cap, "socket: error %d", WSAGetLastError());
-      continue;
-    }
-    ioctlsocket(s, FIONBIO, &on);
-    setsockopt(s, IPPROTO_TCP, TCP_NODELAY, (const char *)&one, sizeof one);
-    if (connect(s, a->ai_addr, (int)a->ai_addrlen) != 0) {
-      int e = WSAGetLastError();
-      if (e != WSAEWOULDBLOCK && e != WSAEINPROGRESS) {
-        snprintf(err, cap, "connect: error %d", e);
-        closesocket(s);
-        s = INVALID_SOCKET;
-        continue;
-      }
-      while (!*stop && waited < IO_TIMEOUT_MS && (r = wait_sock(s, 1, 100)) == 0) waited += 100;
-      if (r != 1) {
-        int soerr = 0, len = sizeof soerr;
-        getsockopt(s, SOL_SOCKET, SO_ERROR, (char *)&soerr, &len);
-        if (*stop) snprintf(err, cap, "canceled");
-        else if (r == 0) snprintf(err, cap, "no answer within %d s", IO_TIMEOUT_MS / 1000);
-        else if (soerr == WSAECONNREFUSED) snprintf(err, cap, "connection refused");
-        else snprintf(err, cap, "connect: error %d", soerr);
-        closesocket(s);
-        s = INVALID_SOCKET;
-        if (*stop) break;
-        continue;
-      }
-    }
-    break;
-  }
-  freeaddrinfo(ai);
-  return s;
 }
 
-/* Send all of buf on a non-blocking socket; 0, or -1 with a reason. */
-static int send_all(SOCKET s, const uint8_t *buf, size_t len, volatile LONG *stop, char *err,
-                    size_t cap) {
-  size_t off = 0;
-  int waited = 0;
-  while (off < len) {
-    int n = send(s, (const char *)buf + off, (int)(len - off), 0);
-    if (n > 0) {
-      off += (size_t)n;
-      waited = 0;
-      continue;
-    }
-    if (n < 0 && WSAGetLastError() == WSAEWOULDBLOCK) {
-      if (stop != NULL && *stop) {
-        snprintf(err, cap, "canceled");
-        return -1;
-      }
-      if (waited >= IO_TIMEOUT_MS) {
-        snprintf(err, cap, "the server takes no data (%d s)", IO_TIMEOUT_MS / 1000);
-        return -1;
-      }
-      wait_sock(s, 1, 100);
-      waited += 100;
-      continue;
-    }
-    snprintf(err, cap, "send: error %d", WSAGetLastError());
-    return -1;
+static ev_t *ev_take_all(void) {
+  ev_t *all;
+  AcquireSRWLockExclusive(&g_q_lock);
+  all = g_q_head;
+  g_q_head = g_q_tail = NULL;
+  g_q_posted = 0;
+  ReleaseSRWLockExclusive(&g_q_lock);
+  return all;
+}
+
+static void ev_free_all(ev_t *e) {
+  while (e != NULL) {
+    ev_t *next = e->next;
+    free(e);
+    e = next;
   }
-  return 0;
+}
+
+static ev_t *ev_new(int type, iocpsrv_conn_id_t conn, const void *data, size_t copy) {
+  ev_t *e = (ev_t *)calloc(1, sizeof *e + copy + 1);
+  if (e == NULL) return NULL;
+  e->type = type;
+  e->conn = conn;
+  e->copied = copy;
+  if (copy) memcpy(e->data, data, copy);
+  return e;
 }
 
 /* ------------------------------------------------------------------------------------ */
-/* The connection: a reader thread per session.                                          */
+/* Reasons: why a connection ended, or why it never got established, in words; the      */
+/* engine's own name (iocpsrv_reason_name) follows in parentheses.                       */
 
-typedef struct packet_s {
-  size_t len;
-  uint8_t data[]; /* up to PREVIEW_CHARS * 4 bytes of it */
-} packet_t;
+static const char *reason_words(int reason) {
+  switch (reason) {
+  case IOCPSRV_REASON_PEER_CLOSED: return "closed by the server";
+  case IOCPSRV_REASON_PEER_RESET: return "reset by the server or the network";
+  case IOCPSRV_REASON_LOCAL_CLOSE: return "closed by this client";
+  case IOCPSRV_REASON_LOCAL_ABORT: return "aborted by this client";
+  case IOCPSRV_REASON_PROTOCOL_ERROR: return "the server sent a packet longer than allowed";
+  case IOCPSRV_REASON_IDLE_TIMEOUT: return "nothing came for too long";
+  case IOCPSRV_REASON_SERVER_STOPPED: return "the client's engine stopped";
+  case IOCPSRV_REASON_OUT_OF_MEMORY: return "out of memory";
+  case IOCPSRV_REASON_CONNECT_REFUSED: return "connection refused (nothing listens there)";
+  case IOCPSRV_REASON_CONNECT_UNREACHABLE: return "network or host unreachable";
+  case IOCPSRV_REASON_CONNECT_TIMEOUT: return "no answer in time";
+  case IOCPSRV_REASON_NAME_NOT_RESOLVED: return "the host name has no address";
+  case IOCPSRV_REASON_CONNECT_FAILED: return "the connection could not be made";
+  default: return "unknown reason";
+  }
+}
 
-typedef struct session_s {
-  HANDLE thread;
-  SOCKET sock;            /* set by the thread once connected; read under g_sess_lock */
-  volatile LONG stop;
-  WPARAM gen;
-  char host[256];
-  char port[16];
-} session_t;
+/* "connection refused (nothing listens there) (connect-refused)" */
+static void describe_reason(char *out, size_t cap, int reason) {
+  snprintf(out, cap, "%s (%s)", reason_words(reason), iocpsrv_reason_name(reason));
+}
 
-static session_t *g_sess;   /* the window's thread only */
-static SRWLOCK g_sess_lock = SRWLOCK_INIT;
-static WPARAM g_sess_gen;
+/* ------------------------------------------------------------------------------------ */
+/* The session: the Connect / Send connection, on the session engine.                    */
+/*                                                                                       */
+/* Its conn_user is its EV_CLOSED event, allocated before iocpsrv_connect: every         */
+/* callback reads the generation from it, and the disconnect callback queues it.         */
+
+static iocpsrv_t *g_engine;
+
+static struct {
+  int active;             /* connecting or connected: its EV_CLOSED is still to come */
+  unsigned gen;
+  iocpsrv_conn_id_t id;
+  char target[300];       /* "host:port" as typed */
+} g_sess;
+static unsigned g_sess_gen;
 static int g_connected;
 
-static DWORD WINAPI session_thread(LPVOID arg) {
-  session_t *ss = (session_t *)arg;
-  char err[256];
-  uint8_t *in = NULL;
-  size_t in_len = 0, in_cap = 65536;
-  const char *why = "closed by the server";
-  SOCKET s = connect_to(ss->host, ss->port, &ss->stop, err, sizeof err);
-  if (s == INVALID_SOCKET) {
-    char *m = _strdup(err);
-    if (!PostMessageW(g_wnd, WM_CLI_FAILED, ss->gen, (LPARAM)m)) free(m);
+static int IOCPSRV_CALL sess_on_connect(iocpsrv_t *srv, iocpsrv_conn_id_t conn, const char *peer,
+                                        void **conn_user) {
+  const ev_t *closed = (const ev_t *)*conn_user; /* starts as iocpsrv_connect's conn_user */
+  ev_t *e = ev_new(EV_CONNECTED, conn, NULL, 0);
+  if (e == NULL) {
+    /* The window could not hear of it: close it; its disconnect says why. Never
+     * refuse here: a refused connection gets no disconnect callback. */
+    iocpsrv_disconnect(srv, conn, IOCPSRV_CLOSE_ABORT);
     return 0;
   }
-  AcquireSRWLockExclusive(&g_sess_lock);
-  ss->sock = s;
-  ReleaseSRWLockExclusive(&g_sess_lock);
-  {
-    char *m = dup_printf(strchr(ss->host, ':') ? "[%s]:%s" : "%s:%s", ss->host, ss->port);
-    if (!PostMessageW(g_wnd, WM_CLI_CONNECTED, ss->gen, (LPARAM)m)) free(m);
-  }
-  in = (uint8_t *)malloc(in_cap);
-  if (in == NULL) why = "out of memory";
-  while (in != NULL && !ss->stop) {
-    int r = wait_sock(s, 0, 100), n;
-    size_t off = 0;
-    if (r == 0) continue;
-    if (in_len == in_cap) { /* a packet longer than the buffer: grow it */
-      uint8_t *bigger = in_cap < MAX_PACKET + 4 ? (uint8_t *)realloc(in, in_cap * 2) : NULL;
-      if (bigger == NULL) {
-        why = "packet too large";
-        break;
-      }
-      in = bigger;
-      in_cap *= 2;
-    }
-    n = recv(s, (char *)in + in_len, (int)(in_cap - in_len), 0);
-    if (n == 0) break;
-    if (n < 0) {
-      int e = WSAGetLastError();
-      if (e == WSAEWOULDBLOCK) continue;
-      snprintf(err, sizeof err, "receive: error %d", e);
-      why = err;
-      break;
-    }
-    in_len += (size_t)n;
-    while (in_len - off >= 4) {
-      uint32_t len = get_le32(in + off);
-      packet_t *p;
-      size_t copy;
-      if (len > MAX_PACKET) {
-        why = "the server sent a length above 16 MiB";
-        goto out;
-      }
-      if (in_len - off - 4 < len) break;
-      copy = len < PREVIEW_CHARS * 4 ? len : PREVIEW_CHARS * 4;
-      p = (packet_t *)malloc(sizeof *p + copy + 1);
-      if (p != NULL) {
-        p->len = len;
-        memcpy(p->data, in + off + 4, copy);
-        if (!PostMessageW(g_wnd, WM_CLI_PACKET, ss->gen, (LPARAM)p)) free(p);
-      }
-      off += 4 + (size_t)len;
-    }
-    if (off > 0) {
-      memmove(in, in + off, in_len - off);
-      in_len -= off;
-    }
-  }
-out:
-  if (ss->stop) why = "disconnected";
-  free(in);
-  AcquireSRWLockExclusive(&g_sess_lock);
-  ss->sock = INVALID_SOCKET;
-  ReleaseSRWLockExclusive(&g_sess_lock);
-  shutdown(s, SD_SEND);
-  closesocket(s);
-  {
-    char *m = _strdup(why);
-    if (!PostMessageW(g_wnd, WM_CLI_CLOSED, ss->gen, (LPARAM)m)) free(m);
+  e->gen = closed->gen;
+  snprintf(e->peer, sizeof e->peer, "%s", peer);
+  ev_push(e);
+  return 0;
+}
+
+static int IOCPSRV_CALL sess_on_packet(iocpsrv_t *srv, iocpsrv_conn_id_t conn, void *conn_user,
+                                       const uint8_t *data, size_t len) {
+  const ev_t *closed = (const ev_t *)conn_user;
+  size_t copy = len < PREVIEW_CHARS * 4 ? len : PREVIEW_CHARS * 4;
+  ev_t *e = ev_new(EV_PACKET, conn, data, copy); /* copies: data dies with this call */
+  if (e != NULL) {
+    e->gen = closed->gen;
+    e->len = len;
+    ev_push(e);
   }
   return 0;
 }
 
+static void IOCPSRV_CALL sess_on_disconnect(iocpsrv_t *srv, iocpsrv_conn_id_t conn,
+                                            void *conn_user, int reason) {
+  ev_t *closed = (ev_t *)conn_user;
+  closed->conn = conn;
+  closed->reason = reason;
+  ev_push(closed); /* the window's thread frees it */
+}
+
+/* Both engines: errors and warnings go to the list. */
+static void IOCPSRV_CALL on_log(iocpsrv_t *srv, int level, const char *message) {
+  ev_t *e;
+  if (level > 1) return;
+  e = ev_new(EV_LOG, 0, message, strlen(message));
+  if (e != NULL) {
+    e->reason = level;
+    ev_push(e);
+  }
+}
+
 /* ------------------------------------------------------------------------------------ */
-/* The flood: a thread with a connection of its own.                                     */
+/* The flood: a connection on an engine of its own, driven by its callbacks.             */
 
 typedef struct flood_result_s {
   int ok;
@@ -360,23 +317,41 @@ typedef struct flood_result_s {
   uint64_t verified;
   uint64_t count;
   double elapsed_s;      /* first send to last verified echo */
+  uint64_t bytes_in;     /* the flood engine's counters, headers included */
+  uint64_t bytes_out;
   char error[256];
 } flood_result_t;
 
 typedef struct flood_s {
-  HANDLE thread;
-  volatile LONG stop;
-  WPARAM gen;
+  /* Set by the window's thread before iocpsrv_connect, read-only afterwards. */
+  iocpsrv_t *srv;        /* the flood's own engine */
+  unsigned gen;
   char host[256];
-  char port[16];
+  int port;
   char *message;         /* UTF-8 */
   size_t message_len;
   uint64_t count;
   uint64_t depth;
+  /* The window's thread. */
+  iocpsrv_conn_id_t conn;
+  volatile LONG cancel;  /* set before iocpsrv_disconnect / iocpsrv_stop */
+  /* The connection's callbacks only (the engine serializes them) until the done event;
+   * the window's thread reads them once iocpsrv_stop has returned. */
+  ev_t *done;            /* EV_FLOOD_DONE, queued by the disconnect callback */
+  uint64_t next_send;    /* the next sequence number to send (from 1) */
+  uint64_t next_recv;    /* the next echo expected (from 1) */
+  uint64_t bytes_verified; /* the echoes verified, with their 4-byte headers */
+  int connected;
+  int all_echoed;
+  LARGE_INTEGER t0;
+  DWORD last_post;
+  ULONGLONG close_tick;  /* when the last echo came and our close began */
+  flood_result_t res;
 } flood_t;
 
 static flood_t *g_flood;  /* the window's thread only */
-static WPARAM g_flood_gen;
+static unsigned g_flood_gen;
+static uint64_t g_done_packets_in, g_done_packets_out; /* of floods that ended */
 
 static size_t digits(uint64_t v, char *out) {
   char tmp[20];
@@ -396,161 +371,149 @@ static double seconds_since(LARGE_INTEGER t0) {
   return (double)(t.QuadPart - t0.QuadPart) / (double)f.QuadPart;
 }
 
-static void flood_run(flood_t *fl, flood_result_t *res) {
-  char err[256];
-  size_t max_packet = 4 + fl->message_len + 20;
-  size_t out_cap = (size_t)fl->depth * max_packet, in_cap = 65536 + max_packet, in_len = 0;
-  uint8_t *out = (uint8_t *)malloc(out_cap), *in = (uint8_t *)malloc(in_cap);
-  uint64_t next_send = 1, next_recv = 1;
-  LARGE_INTEGER t0;
-  DWORD last_post = 0, last_byte;
-  SOCKET s;
-
-  res->count = fl->count;
-  if (out == NULL || in == NULL) {
-    snprintf(res->error, sizeof res->error, "out of memory");
-    goto done;
-  }
-  s = connect_to(fl->host, fl->port, &fl->stop, err, sizeof err);
-  if (s == INVALID_SOCKET) {
-    snprintf(res->error, sizeof res->error, "%s", err);
-    goto done;
-  }
-  QueryPerformanceCounter(&t0);
-  last_byte = GetTickCount();
-  while (next_recv <= fl->count) {
-    size_t out_len = 0, off = 0;
-    int r, n;
-    if (fl->stop) {
-      res->canceled = 1;
-      snprintf(res->error, sizeof res->error, "canceled");
-      goto close;
-    }
-    /* Fill the window: packets next_send.. while fewer than depth are in flight. */
-    while (next_send <= fl->count && next_send - next_recv < fl->depth) {
-      size_t len = fl->message_len;
-      memcpy(out + out_len + 4, fl->message, fl->message_len);
-      len += digits(next_send, (char *)out + out_len + 4 + fl->message_len);
-      put_le32(out + out_len, (uint32_t)len);
-      out_len += 4 + len;
-      next_send++;
-    }
-    if (out_len > 0 && send_all(s, out, out_len, &fl->stop, err, sizeof err) != 0) {
-      snprintf(res->error, sizeof res->error, "%s after %llu echoes", err,
-               (unsigned long long)(next_recv - 1));
-      res->canceled = fl->stop != 0;
-      goto close;
-    }
-    /* Read what came back and check every echo in order. */
-    r = wait_sock(s, 0, 100);
-    if (r == 0) {
-      if (GetTickCount() - last_byte >= IO_TIMEOUT_MS) {
-        snprintf(res->error, sizeof res->error,
-                 "no echo for %d s: %llu of %llu sent came back", IO_TIMEOUT_MS / 1000,
-                 (unsigned long long)(next_recv - 1), (unsigned long long)(next_send - 1));
-        goto close;
-      }
-      continue;
-    }
-    n = recv(s, (char *)in + in_len, (int)(in_cap - in_len), 0);
-    if (n == 0) {
-      snprintf(res->error, sizeof res->error, "the server closed the connection after %llu of "
-               "%llu echoes", (unsigned long long)(next_recv - 1), (unsigned long long)(next_send - 1));
-      goto close;
-    }
-    if (n < 0) {
-      int e = WSAGetLastError();
-      if (e == WSAEWOULDBLOCK) continue;
-      snprintf(res->error, sizeof res->error, "receive: error %d after %llu echoes", e,
-               (unsigned long long)(next_recv - 1));
-      goto close;
-    }
-    last_byte = GetTickCount();
-    in_len += (size_t)n;
-    while (in_len - off >= 4) {
-      uint32_t len = get_le32(in + off);
-      char d[20];
-      size_t nd = digits(next_recv, d);
-      if (next_recv >= next_send) {
-        snprintf(res->error, sizeof res->error, "a packet came that was never sent (%llu sent)",
-                 (unsigned long long)(next_send - 1));
-        goto close;
-      }
-      if (len != fl->message_len + nd) {
-        snprintf(res->error, sizeof res->error, "echo %llu has length %lu, expected %lu",
-                 (unsigned long long)next_recv, (unsigned long)len,
-                 (unsigned long)(fl->message_len + nd));
-        goto close;
-      }
-      if (in_len - off - 4 < len) break;
-      if (memcmp(in + off + 4, fl->message, fl->message_len) != 0 ||
-          memcmp(in + off + 4 + fl->message_len, d, nd) != 0) {
-        snprintf(res->error, sizeof res->error, "echo %llu differs from what was sent",
-                 (unsigned long long)next_recv);
-        goto close;
-      }
-      next_recv++;
-      off += 4 + (size_t)len;
-    }
-    if (off > 0) {
-      memmove(in, in + off, in_len - off);
-      in_len -= off;
-    }
-    res->verified = next_recv - 1;
-    if (GetTickCount() - last_post >= 50 || next_recv > fl->count) {
-      last_post = GetTickCount();
-      PostMessageW(g_wnd, WM_FLOOD_PROGRESS, fl->gen, (LPARAM)res->verified);
-    }
-  }
-  res->elapsed_s = seconds_since(t0);
-
-  /* All echoes are in: half-close and wait for the server's close, which proves it sent
-   * nothing beyond the echoes. */
-  shutdown(s, SD_SEND);
-  for (;;) {
-    int r = wait_sock(s, 0, 100), n;
-    if (fl->stop) {
-      res->ok = 1; /* every echo was verified; only the close check was cut short */
-      break;
-    }
-    if (r == 0) {
-      if (GetTickCount() - last_byte >= IO_TIMEOUT_MS) {
-        snprintf(res->error, sizeof res->error, "the server did not close the connection "
-                 "within %d s of ours", IO_TIMEOUT_MS / 1000);
-        break;
-      }
-      continue;
-    }
-    n = recv(s, (char *)in, (int)in_cap, 0);
-    if (n == 0) {
-      res->ok = 1;
-      break;
-    }
-    if (n > 0) {
-      snprintf(res->error, sizeof res->error, "%d unexpected bytes after the last echo", n);
-      break;
-    }
-    if (WSAGetLastError() != WSAEWOULDBLOCK) {
-      snprintf(res->error, sizeof res->error, "error %d instead of the server's close",
-               WSAGetLastError());
-      break;
-    }
-  }
-close:
-  closesocket(s);
-done:
-  if (res->elapsed_s == 0 && res->verified > 0) res->elapsed_s = seconds_since(t0);
-  free(out);
-  free(in);
+/* The first failure is the one reported. */
+static void flood_fail(flood_t *fl, const char *fmt, ...) {
+  va_list ap;
+  if (fl->res.error[0]) return;
+  va_start(ap, fmt);
+  vsnprintf(fl->res.error, sizeof fl->res.error, fmt, ap);
+  va_end(ap);
 }
 
-static DWORD WINAPI flood_thread(LPVOID arg) {
-  flood_t *fl = (flood_t *)arg;
-  flood_result_t *res = (flood_result_t *)calloc(1, sizeof *res);
-  if (res == NULL) return 0;
-  flood_run(fl, res);
-  if (!PostMessageW(g_wnd, WM_FLOOD_DONE, fl->gen, (LPARAM)res)) free(res);
+/* Queue packet next_send: the text and the number as one packet, which the engine
+ * frames (iocpsrv_sendv gathers the two buffers; it copies them). 0, or -1 with the
+ * flood failed (not when a cancel closed the connection first). */
+static int flood_send_next(iocpsrv_t *srv, iocpsrv_conn_id_t conn, flood_t *fl) {
+  char d[20];
+  iocpsrv_buf_t b[2];
+  int rc;
+  b[0].base = fl->message;
+  b[0].len = fl->message_len;
+  b[1].base = d;
+  b[1].len = digits(fl->next_send, d);
+  rc = iocpsrv_sendv(srv, conn, b, 2);
+  if (rc < 0) {
+    if (!(fl->cancel && (rc == IOCPSRV_ENOTCONN || rc == IOCPSRV_ESTOPPED)))
+      flood_fail(fl, "cannot send packet %llu: %s (%s)", (unsigned long long)fl->next_send,
+                 iocpsrv_strerror(rc), iocpsrv_err_name(rc));
+    return -1;
+  }
+  fl->next_send++;
   return 0;
+}
+
+static int IOCPSRV_CALL flood_on_connect(iocpsrv_t *srv, iocpsrv_conn_id_t conn, const char *peer,
+                                         void **conn_user) {
+  flood_t *fl = (flood_t *)*conn_user;
+  fl->connected = 1;
+  QueryPerformanceCounter(&fl->t0);
+  fl->last_post = GetTickCount();
+  /* The window: Depth packets in flight; each echo verified sends the next. Sends from
+   * a connection's own callbacks are written together after them. */
+  while (fl->next_send <= fl->count && fl->next_send - fl->next_recv < fl->depth) {
+    if (flood_send_next(srv, conn, fl) != 0) {
+      iocpsrv_disconnect(srv, conn, IOCPSRV_CLOSE_GRACEFUL);
+      break;
+    }
+  }
+  return 0; /* never refuse: a refused connection gets no disconnect, and the flood ends
+               with that disconnect */
+}
+
+static int IOCPSRV_CALL flood_on_packet(iocpsrv_t *srv, iocpsrv_conn_id_t conn, void *conn_user,
+                                        const uint8_t *data, size_t len) {
+  flood_t *fl = (flood_t *)conn_user;
+  char d[20];
+  size_t nd;
+  DWORD now;
+  if (fl->next_recv >= fl->next_send) {
+    flood_fail(fl, "a packet came that was never sent (%llu sent)",
+               (unsigned long long)(fl->next_send - 1));
+    return 1; /* close */
+  }
+  nd = digits(fl->next_recv, d);
+  if (len != fl->message_len + nd) {
+    flood_fail(fl, "echo %llu has length %lu, expected %lu", (unsigned long long)fl->next_recv,
+               (unsigned long)len, (unsigned long)(fl->message_len + nd));
+    return 1;
+  }
+  if (memcmp(data, fl->message, fl->message_len) != 0 ||
+      memcmp(data + fl->message_len, d, nd) != 0) {
+    flood_fail(fl, "echo %llu differs from what was sent", (unsigned long long)fl->next_recv);
+    return 1;
+  }
+  fl->bytes_verified += 4 + (uint64_t)len;
+  fl->next_recv++;
+  if (fl->next_recv > fl->count) {
+    /* All echoes are in. Returning non-zero closes gracefully: our FIN once the queue
+     * (empty) is written, then the engine waits for the server's close; the
+     * disconnect callback says how that went. */
+    fl->res.elapsed_s = seconds_since(fl->t0);
+    fl->all_echoed = 1;
+    fl->close_tick = GetTickCount64();
+    PostMessageW(g_wnd, WM_FLOOD_PROGRESS, fl->gen, (LPARAM)fl->count);
+    return 1;
+  }
+  if (fl->next_send <= fl->count && flood_send_next(srv, conn, fl) != 0) return 1;
+  now = GetTickCount();
+  if (now - fl->last_post >= PROGRESS_MS) {
+    fl->last_post = now;
+    PostMessageW(g_wnd, WM_FLOOD_PROGRESS, fl->gen, (LPARAM)(fl->next_recv - 1));
+  }
+  return 0;
+}
+
+/* Exactly one per flood, established or not: the result, then the done event. */
+static void IOCPSRV_CALL flood_on_disconnect(iocpsrv_t *srv, iocpsrv_conn_id_t conn,
+                                             void *conn_user, int reason) {
+  flood_t *fl = (flood_t *)conn_user;
+  flood_result_t *r = &fl->res;
+  uint64_t verified = fl->next_recv - 1, sent = fl->next_send - 1;
+  char why[160];
+  ev_t *done = fl->done;
+  describe_reason(why, sizeof why, reason);
+  r->verified = verified;
+  r->count = fl->count;
+  if (r->elapsed_s == 0 && verified > 0) r->elapsed_s = seconds_since(fl->t0);
+  if (fl->all_echoed && !r->error[0]) {
+    if (reason == IOCPSRV_REASON_LOCAL_CLOSE) {
+      /* Our close began at the last echo; IOCPSRV_OPT_CLOSE_TIMEOUT_MS turns it into an
+       * abort if the server's close has not come by then (the reason stays). */
+      if (GetTickCount64() - fl->close_tick >= IO_TIMEOUT_MS)
+        flood_fail(fl, "the server did not close the connection within %d s of ours",
+                   IO_TIMEOUT_MS / 1000);
+      else
+        r->ok = 1; /* the bytes received are checked once the engine has stopped */
+    } else if (fl->cancel || reason == IOCPSRV_REASON_SERVER_STOPPED) {
+      r->ok = 1; /* every echo was verified; only the close check was cut short */
+    } else {
+      flood_fail(fl, "%s instead of the server's close", why);
+    }
+  } else if (r->error[0]) {
+    /* a verification failure closed it: that is the error */
+  } else if (fl->cancel) {
+    r->canceled = 1;
+    flood_fail(fl, "canceled");
+  } else if (!fl->connected) {
+    flood_fail(fl, "cannot connect to %s:%d: %s", fl->host, fl->port, why);
+  } else if (reason == IOCPSRV_REASON_IDLE_TIMEOUT) {
+    flood_fail(fl, "no echo for %d s: %llu of %llu sent came back", IO_TIMEOUT_MS / 1000,
+               (unsigned long long)verified, (unsigned long long)sent);
+  } else if (reason == IOCPSRV_REASON_PEER_CLOSED) {
+    flood_fail(fl, "the server closed the connection after %llu of %llu echoes",
+               (unsigned long long)verified, (unsigned long long)sent);
+  } else if (reason == IOCPSRV_REASON_PROTOCOL_ERROR) {
+    flood_fail(fl, "echo %llu is longer than any packet sent (%s)",
+               (unsigned long long)fl->next_recv, iocpsrv_reason_name(reason));
+  } else {
+    flood_fail(fl, "%s after %llu of %llu echoes", why, (unsigned long long)verified,
+               (unsigned long long)sent);
+  }
+  fl->done = NULL;
+  done->gen = fl->gen;
+  done->conn = conn;
+  done->reason = reason;
+  ev_push(done); /* the window's thread stops this engine, then reads fl */
 }
 
 /* ------------------------------------------------------------------------------------ */
@@ -559,12 +522,12 @@ static DWORD WINAPI flood_thread(LPVOID arg) {
 static int g_recv_widest;
 
 static void recv_line(const wchar_t *fmt, ...) {
-  wchar_t line[PREVIEW_CHARS + 128];
+  wchar_t line[PREVIEW_CHARS + 256];
   va_list ap;
   va_start(ap, fmt);
-  _vsnwprintf(line, PREVIEW_CHARS + 128, fmt, ap);
+  _vsnwprintf(line, PREVIEW_CHARS + 256, fmt, ap);
   va_end(ap);
-  line[PREVIEW_CHARS + 127] = 0;
+  line[PREVIEW_CHARS + 255] = 0;
   gui_log_add(g_recv, line, RECV_LINES_MAX, &g_recv_widest);
 }
 
@@ -578,6 +541,26 @@ static void set_status(const wchar_t *fmt, ...) {
   SendMessageW(g_status, SB_SETTEXTW, 0, (LPARAM)t);
 }
 
+static void add_stats(iocpsrv_t *srv, uint64_t *in, uint64_t *out) {
+  iocpsrv_stats_t st;
+  memset(&st, 0, sizeof st);
+  st.struct_size = (uint32_t)sizeof st;
+  if (srv == NULL || iocpsrv_stats(srv, &st) < 0) return;
+  *in += st.packets_in;
+  *out += st.packets_out;
+}
+
+/* The status bar's last part: packets through the engines (iocpsrv_stats). */
+static void stats_refresh(void) {
+  uint64_t in = g_done_packets_in, out = g_done_packets_out;
+  wchar_t a[32], b[32], t[128];
+  add_stats(g_engine, &in, &out);
+  if (g_flood != NULL) add_stats(g_flood->srv, &in, &out);
+  _snwprintf(t, 128, L"Packets in %ls, out %ls", gui_fmt_u64(a, in), gui_fmt_u64(b, out));
+  t[127] = 0;
+  SendMessageW(g_status, SB_SETTEXTW, 2, (LPARAM)t);
+}
+
 /* ------------------------------------------------------------------------------------ */
 /* Buttons.                                                                              */
 
@@ -586,9 +569,9 @@ static int flood_checked(void) { return SendMessageW(g_flood_box, BM_GETCHECK, 0
 static void update_controls(void) {
   int flood = flood_checked(), running = g_flood != NULL;
   HWND focus = GetFocus();
-  SetWindowTextW(g_connect, g_sess != NULL ? L"&Disconnect" : L"&Connect");
-  EnableWindow(g_host, g_sess == NULL && !running);
-  EnableWindow(g_port, g_sess == NULL && !running);
+  SetWindowTextW(g_connect, g_sess.active ? L"&Disconnect" : L"&Connect");
+  EnableWindow(g_host, !g_sess.active && !running);
+  EnableWindow(g_port, !g_sess.active && !running);
   SetWindowTextW(g_send, running ? L"&Cancel" : flood ? L"&Flood" : L"&Send");
   EnableWindow(g_send, running || flood || g_connected);
   EnableWindow(g_msg, !flood);
@@ -598,11 +581,14 @@ static void update_controls(void) {
   EnableWindow(g_depth, flood && !running);
   if (focus != NULL && !IsWindowEnabled(focus)) SetFocus(g_send);
   SendMessageW(g_status, SB_SETTEXTW, 1,
-               (LPARAM)(running ? L"Flooding" : g_connected ? L"Connected" : g_sess ? L"Connecting"
-                                                                             : L"Not connected"));
+               (LPARAM)(running        ? L"Flooding"
+                        : g_connected  ? L"Connected"
+                        : g_sess.active ? L"Connecting"
+                                        : L"Not connected"));
 }
 
-static int read_endpoint(char *host, size_t host_cap, char *port, size_t port_cap) {
+/* The host (UTF-8) and port fields; "host:port" (IPv6 in brackets) for messages. */
+static int read_endpoint(char *host, size_t host_cap, int *port, char *target, size_t target_cap) {
   wchar_t h[256], p[16];
   long port_num;
   GetWindowTextW(g_host, h, 256);
@@ -618,69 +604,79 @@ static int read_endpoint(char *host, size_t host_cap, char *port, size_t port_ca
     SendMessageW(g_port, EM_SETSEL, 0, -1);
     return -1;
   }
-  WideCharToMultiByte(CP_UTF8, 0, h, -1, host, (int)host_cap, NULL, NULL);
-  snprintf(port, port_cap, "%ld", port_num);
+  if (WideCharToMultiByte(CP_UTF8, 0, h, -1, host, (int)host_cap, NULL, NULL) == 0) {
+    recv_line(L"The host name is too long");
+    SetFocus(g_host);
+    return -1;
+  }
+  *port = (int)port_num;
+  snprintf(target, target_cap, strchr(host, ':') ? "[%s]:%d" : "%s:%d", host, *port);
   return 0;
 }
 
+static void autorun_next(void);
+static void autorun_finish(void);
+
 static void do_connect(void) {
-  session_t *ss;
-  if (g_sess != NULL) return;
-  ss = (session_t *)calloc(1, sizeof *ss);
-  if (ss == NULL) return;
-  if (read_endpoint(ss->host, sizeof ss->host, ss->port, sizeof ss->port) != 0) {
-    free(ss);
+  char host[256];
+  int port, rc;
+  ev_t *closed;
+  iocpsrv_conn_id_t id = 0;
+  if (g_sess.active) return;
+  if (read_endpoint(host, sizeof host, &port, g_sess.target, sizeof g_sess.target) != 0) {
+    if (g_autorun) autorun_finish();
     return;
   }
-  ss->sock = INVALID_SOCKET;
-  ss->gen = ++g_sess_gen;
-  ss->thread = CreateThread(NULL, 0, session_thread, ss, 0, NULL);
-  if (ss->thread == NULL) {
-    free(ss);
-    recv_line(L"Cannot start a thread");
+  closed = ev_new(EV_CLOSED, 0, NULL, 0);
+  if (closed == NULL) {
+    recv_line(L"Cannot connect: out of memory");
     return;
   }
-  g_sess = ss;
-  set_status(L"Connecting to %hs:%hs ...", ss->host, ss->port);
+  closed->gen = ++g_sess_gen;
+  /* Returns at once; the attempt goes on in the engine. Its callbacks may run before
+   * this returns: they only queue events, which this thread handles afterwards. */
+  rc = iocpsrv_connect(g_engine, host, port, closed, &id);
+  if (rc < 0) {
+    free(closed); /* no callback comes for a call that failed */
+    recv_line(L"Cannot connect to %hs: %hs (%hs)", g_sess.target, iocpsrv_strerror(rc),
+              iocpsrv_err_name(rc));
+    set_status(L"Cannot connect: %hs", iocpsrv_strerror(rc));
+    gui_report(REPORT ": connect failed: %s (%s)", iocpsrv_strerror(rc), iocpsrv_err_name(rc));
+    if (g_autorun) autorun_finish();
+    return;
+  }
+  g_sess.active = 1;
+  g_sess.gen = closed->gen;
+  g_sess.id = id;
+  g_connected = 0;
+  set_status(L"Connecting to %hs ...", g_sess.target);
   update_controls();
 }
 
-/* Stop the reader and wait for it (it notices within 100 ms). */
+/* Close the session gracefully (queued sends are written first). The window forgets
+ * it at once; its late events are recognised by their generation and dropped. */
 static void do_disconnect(void) {
-  session_t *ss = g_sess;
-  if (ss == NULL) return;
-  InterlockedExchange(&ss->stop, 1);
-  WaitForSingleObject(ss->thread, INFINITE);
-  CloseHandle(ss->thread);
-  free(ss);
-  g_sess = NULL;
+  if (!g_sess.active) return;
+  iocpsrv_disconnect(g_engine, g_sess.id, IOCPSRV_CLOSE_GRACEFUL);
+  g_sess.active = 0;
   g_connected = 0;
   set_status(L"Not connected");
   update_controls();
 }
 
-/* Send `len` bytes as one framed packet on the connection. */
+/* Send `len` bytes as one packet on the session (the engine frames and copies it). */
 static int send_packet(const char *data, int len) {
-  uint8_t *buf;
-  char err[128];
-  int rc = -1;
-  SOCKET s;
-  if (g_sess == NULL || !g_connected) {
+  int rc;
+  if (!g_sess.active || !g_connected) {
     recv_line(L"Not connected: press Connect first");
     return -1;
   }
-  buf = (uint8_t *)malloc((size_t)len + 4);
-  if (buf == NULL) return -1;
-  put_le32(buf, (uint32_t)len);
-  memcpy(buf + 4, data, (size_t)len);
-  AcquireSRWLockShared(&g_sess_lock);
-  s = g_sess->sock;
-  if (s != INVALID_SOCKET) rc = send_all(s, buf, (size_t)len + 4, NULL, err, sizeof err);
-  else snprintf(err, sizeof err, "connection closed");
-  ReleaseSRWLockShared(&g_sess_lock);
-  if (rc != 0) recv_line(L"Send failed: %hs", err);
-  free(buf);
-  return rc;
+  rc = iocpsrv_send(g_engine, g_sess.id, data, (size_t)len);
+  if (rc < 0) {
+    recv_line(L"Send failed: %hs (%hs)", iocpsrv_strerror(rc), iocpsrv_err_name(rc));
+    return -1;
+  }
+  return 0;
 }
 
 static void do_send_line(void) {
@@ -698,10 +694,43 @@ static void do_send_line(void) {
   free(w);
 }
 
+static void flood_free(flood_t *fl) {
+  if (fl == NULL) return;
+  if (fl->srv != NULL) iocpsrv_destroy(fl->srv);
+  free(fl->done);
+  free(fl->message);
+  free(fl);
+}
+
+/* The flood's engine: options for this one connection. 0, or a negative code. */
+static int flood_engine(flood_t *fl) {
+  int rc = iocpsrv_create(&fl->srv, fl);
+  int64_t longest = (int64_t)fl->message_len + 20; /* text + the longest number */
+  if (rc < 0) return rc;
+  if ((rc = iocpsrv_set_option(fl->srv, IOCPSRV_OPT_WORKER_THREADS, 1)) < 0 ||
+      /* An echo longer than any packet sent closes it at its header (protocol-error). */
+      (rc = iocpsrv_set_option(fl->srv, IOCPSRV_OPT_MAX_PACKET_SIZE, longest)) < 0 ||
+      /* Depth packets in flight always fit: a send is never refused. */
+      (rc = iocpsrv_set_option(fl->srv, IOCPSRV_OPT_SEND_QUEUE_LIMIT,
+                               (int64_t)fl->depth * (longest + 4) + 65536)) < 0 ||
+      (rc = iocpsrv_set_option(fl->srv, IOCPSRV_OPT_CONNECT_TIMEOUT_MS, IO_TIMEOUT_MS)) < 0 ||
+      /* No echo for this long while one is due: the engine aborts (idle-timeout). */
+      (rc = iocpsrv_set_option(fl->srv, IOCPSRV_OPT_IDLE_TIMEOUT_MS, IO_TIMEOUT_MS)) < 0 ||
+      /* Our close waits this long for the server's. */
+      (rc = iocpsrv_set_option(fl->srv, IOCPSRV_OPT_CLOSE_TIMEOUT_MS, IO_TIMEOUT_MS)) < 0 ||
+      (rc = iocpsrv_set_connect_cb(fl->srv, flood_on_connect)) < 0 ||
+      (rc = iocpsrv_set_packet_cb(fl->srv, flood_on_packet)) < 0 ||
+      (rc = iocpsrv_set_disconnect_cb(fl->srv, flood_on_disconnect)) < 0 ||
+      (rc = iocpsrv_set_log_cb(fl->srv, on_log)) < 0)
+    return rc;
+  return iocpsrv_start(fl->srv);
+}
+
 static void start_flood(void) {
   flood_t *fl;
   wchar_t t[32], *msg;
   long count, depth;
+  int rc;
   if (g_flood != NULL) return;
   GetWindowTextW(g_count, t, 32);
   if (gui_parse_long(t, 1, 100000000, &count) != 0) {
@@ -717,38 +746,49 @@ static void start_flood(void) {
   }
   fl = (flood_t *)calloc(1, sizeof *fl);
   if (fl == NULL) return;
-  if (read_endpoint(fl->host, sizeof fl->host, fl->port, sizeof fl->port) != 0) {
-    free(fl);
-    return;
+  {
+    char target[300];
+    if (read_endpoint(fl->host, sizeof fl->host, &fl->port, target, sizeof target) != 0) {
+      free(fl);
+      return;
+    }
   }
   msg = gui_get_text(g_text);
   fl->message = msg ? gui_wide_to_utf8(msg, NULL) : NULL;
   free(msg);
   if (fl->message == NULL || strlen(fl->message) > MAX_MESSAGE) {
     recv_line(L"Flood: the message must be at most %d bytes", MAX_MESSAGE);
-    free(fl->message);
-    free(fl);
+    flood_free(fl);
     return;
   }
   fl->message_len = strlen(fl->message);
   fl->count = (uint64_t)count;
   fl->depth = (uint64_t)depth;
+  fl->next_send = fl->next_recv = 1;
   fl->gen = ++g_flood_gen;
-  SendMessageW(g_progress, PBM_SETRANGE32, 0, (LPARAM)count);
-  SendMessageW(g_progress, PBM_SETPOS, 0, 0);
-  SetWindowTextW(g_result, L"Flooding...");
-  fl->thread = CreateThread(NULL, 0, flood_thread, fl, 0, NULL);
-  if (fl->thread == NULL) {
-    free(fl->message);
-    free(fl);
-    recv_line(L"Cannot start a thread");
+  fl->done = ev_new(EV_FLOOD_DONE, 0, NULL, 0);
+  if (fl->done == NULL) {
+    recv_line(L"Flood: out of memory");
+    flood_free(fl);
+    return;
+  }
+  rc = flood_engine(fl);
+  if (rc == 0) rc = iocpsrv_connect(fl->srv, fl->host, fl->port, fl, &fl->conn);
+  if (rc < 0) {
+    recv_line(L"Flood: cannot start: %hs (%hs)", iocpsrv_strerror(rc), iocpsrv_err_name(rc));
+    gui_report(REPORT ": flood failed to start: %s (%s)", iocpsrv_strerror(rc),
+               iocpsrv_err_name(rc));
+    flood_free(fl); /* iocpsrv_destroy stops the engine first */
     return;
   }
   g_flood = fl;
+  SendMessageW(g_progress, PBM_SETRANGE32, 0, (LPARAM)count);
+  SendMessageW(g_progress, PBM_SETPOS, 0, 0);
+  SetWindowTextW(g_result, L"Flooding...");
   {
     wchar_t n[32];
     wchar_t *m = gui_utf8_to_wide(fl->message, -1);
-    recv_line(L"Flood: %ls packets of \"%ls\" + sequence to %hs:%hs, %ld in flight",
+    recv_line(L"Flood: %ls packets of \"%ls\" + sequence to %hs:%d, %ld in flight",
               gui_fmt_u64(n, fl->count), m ? m : L"", fl->host, fl->port, depth);
     free(m);
   }
@@ -757,23 +797,38 @@ static void start_flood(void) {
   update_controls();
 }
 
-/* Cancel the flood (if running) and wait for its thread. */
+/* Stop the flood's engine (joins its worker: no callback runs after this) and take its
+ * counters; the flood is then only memory. */
+static void flood_end(flood_t *fl) {
+  iocpsrv_stats_t st;
+  memset(&st, 0, sizeof st);
+  st.struct_size = (uint32_t)sizeof st;
+  iocpsrv_stop(fl->srv, 0);
+  if (iocpsrv_stats(fl->srv, &st) == 0) {
+    fl->res.bytes_in = st.bytes_in;
+    fl->res.bytes_out = st.bytes_out;
+    g_done_packets_in += st.packets_in;
+    g_done_packets_out += st.packets_out;
+  }
+}
+
+/* Cancel the flood: abort its connection, and its done event follows (wait = 0); or,
+ * when the window closes, stop its engine at once and free it (wait = 1). */
 static void stop_flood(int wait) {
   flood_t *fl = g_flood;
   if (fl == NULL) return;
-  InterlockedExchange(&fl->stop, 1);
-  if (!wait) return;
-  WaitForSingleObject(fl->thread, INFINITE);
-  CloseHandle(fl->thread);
-  free(fl->message);
-  free(fl);
+  InterlockedExchange(&fl->cancel, 1);
+  if (!wait) {
+    iocpsrv_disconnect(fl->srv, fl->conn, IOCPSRV_CLOSE_ABORT);
+    return;
+  }
+  flood_end(fl); /* its done event stays queued and is freed with the queue */
   g_flood = NULL;
+  flood_free(fl);
 }
 
 /* ------------------------------------------------------------------------------------ */
 /* Script mode.                                                                          */
-
-static void autorun_next(void);
 
 static void autorun_finish(void) {
   if (g_auto_done) return;
@@ -816,59 +871,46 @@ static int summary_ok(void) {
 }
 
 /* ------------------------------------------------------------------------------------ */
-/* Messages from the threads.                                                            */
+/* Events from the engines, on the window's thread.                                      */
 
-static void on_connected(WPARAM gen, char *where) {
-  if (g_sess != NULL && gen == g_sess->gen) {
-    g_connected = 1;
-    g_connected_once = 1;
-    set_status(L"Connected to %hs", where);
-    recv_line(L"Connected to %hs", where);
-    gui_report(REPORT ": connected %s", where);
-    update_controls();
-    SetFocus(g_msg);
-    if (g_autorun && g_opt.send && !g_auto_done) {
-      int len = 0;
-      char *s = gui_wide_to_utf8(g_opt.send, &len);
-      if (s != NULL) {
-        SetWindowTextW(g_msg, g_opt.send);
-        g_wait_echo = s;
-        g_wait_echo_len = len;
-        if (send_packet(s, len) == 0) {
-          wchar_t shown[PREVIEW_CHARS + 32];
-          gui_preview(shown, PREVIEW_CHARS + 32, (const uint8_t *)s, (size_t)len, PREVIEW_CHARS);
-          recv_line(L"\x2192 sent %d bytes: %ls", len, shown);
-          SetTimer(g_wnd, TIMER_ECHO_WAIT, IO_TIMEOUT_MS, NULL);
-        } else {
-          gui_report(REPORT ": echo failed: cannot send");
-          free(g_wait_echo);
-          g_wait_echo = NULL;
-        }
+static void on_connected(const ev_t *e) {
+  if (!g_sess.active || e->gen != g_sess.gen) return;
+  g_connected = 1;
+  g_connected_once = 1;
+  set_status(L"Connected to %hs", e->peer);
+  recv_line(L"Connected to %hs (connection %llu)", e->peer, (unsigned long long)e->conn);
+  gui_report(REPORT ": connected %s", e->peer);
+  update_controls();
+  SetFocus(g_msg);
+  if (g_autorun && g_opt.send && !g_auto_done) {
+    int len = 0;
+    char *s = gui_wide_to_utf8(g_opt.send, &len);
+    if (s != NULL) {
+      SetWindowTextW(g_msg, g_opt.send);
+      g_wait_echo = s;
+      g_wait_echo_len = len;
+      if (send_packet(s, len) == 0) {
+        wchar_t shown[PREVIEW_CHARS + 32];
+        gui_preview(shown, PREVIEW_CHARS + 32, (const uint8_t *)s, (size_t)len, PREVIEW_CHARS);
+        recv_line(L"\x2192 sent %d bytes: %ls", len, shown);
+        SetTimer(g_wnd, TIMER_ECHO_WAIT, IO_TIMEOUT_MS, NULL);
+      } else {
+        gui_report(REPORT ": echo failed: cannot send");
+        free(g_wait_echo);
+        g_wait_echo = NULL;
       }
     }
-    autorun_next();
   }
-  free(where);
+  autorun_next();
 }
 
-static void on_failed(WPARAM gen, char *why) {
-  if (g_sess != NULL && gen == g_sess->gen) {
-    recv_line(L"Cannot connect: %hs", why);
-    gui_report(REPORT ": connect failed: %s", why);
-    do_disconnect();
-    set_status(L"Cannot connect: %hs", why);
-    if (g_autorun) autorun_finish();
-  }
-  free(why);
-}
-
-static void on_packet(WPARAM gen, packet_t *p) {
+static void on_packet(const ev_t *e) {
   wchar_t shown[PREVIEW_CHARS + 32];
-  size_t copied = p->len < PREVIEW_CHARS * 4 ? p->len : PREVIEW_CHARS * 4;
-  gui_preview(shown, PREVIEW_CHARS + 32, p->data, copied, PREVIEW_CHARS);
-  recv_line(L"\x2190 received %llu bytes: %ls", (unsigned long long)p->len, shown);
-  if (g_wait_echo != NULL && p->len == (size_t)g_wait_echo_len &&
-      memcmp(p->data, g_wait_echo, copied) == 0) {
+  if (!g_sess.active || e->gen != g_sess.gen) return;
+  gui_preview(shown, PREVIEW_CHARS + 32, e->data, e->copied, PREVIEW_CHARS);
+  recv_line(L"\x2190 received %llu bytes: %ls", (unsigned long long)e->len, shown);
+  if (g_wait_echo != NULL && e->len == (uint64_t)g_wait_echo_len &&
+      memcmp(e->data, g_wait_echo, e->copied) == 0) {
     g_line_echoed = 1;
     gui_report(REPORT ": echo ok bytes=%d", g_wait_echo_len);
     free(g_wait_echo);
@@ -876,31 +918,49 @@ static void on_packet(WPARAM gen, packet_t *p) {
     KillTimer(g_wnd, TIMER_ECHO_WAIT);
     autorun_next();
   }
-  free(p);
 }
 
-static void on_closed(WPARAM gen, char *why) {
-  if (g_sess != NULL && gen == g_sess->gen) {
-    recv_line(L"Connection closed: %hs", why);
-    do_disconnect();
-    set_status(L"Connection closed: %hs", why);
-    if (g_wait_echo != NULL && g_autorun) { /* the echo will not come */
-      gui_report(REPORT ": echo failed: %s", why);
-      free(g_wait_echo);
-      g_wait_echo = NULL;
-      autorun_next();
-    }
-  }
-  free(why);
-}
-
-static void on_flood_done(WPARAM gen, flood_result_t *r) {
-  wchar_t a[32], b[32], c[32], t[512];
-  if (g_flood == NULL || gen != g_flood->gen) {
-    free(r);
+/* The session's one disconnect: a failed attempt, or the end of the connection. */
+static void on_closed(const ev_t *e) {
+  char why[160];
+  if (!g_sess.active || e->gen != g_sess.gen) return; /* the user disconnected it */
+  describe_reason(why, sizeof why, e->reason);
+  g_sess.active = 0;
+  if (!g_connected) {
+    recv_line(L"Cannot connect to %hs: %hs", g_sess.target, why);
+    set_status(L"Cannot connect: %hs", reason_words(e->reason));
+    gui_report(REPORT ": connect failed: %s", why);
+    update_controls();
+    if (g_autorun) autorun_finish();
     return;
   }
-  stop_flood(1); /* joins the thread, which has finished */
+  g_connected = 0;
+  recv_line(L"Connection closed: %hs", why);
+  set_status(L"Connection closed: %hs", reason_words(e->reason));
+  update_controls();
+  if (g_wait_echo != NULL && g_autorun) { /* the echo will not come */
+    gui_report(REPORT ": echo failed: %s", why);
+    free(g_wait_echo);
+    g_wait_echo = NULL;
+    autorun_next();
+  }
+}
+
+static void on_flood_done(const ev_t *e) {
+  wchar_t a[32], b[32], c[32], t[512];
+  flood_t *fl = g_flood;
+  flood_result_t *r;
+  if (fl == NULL || e->gen != fl->gen) return;
+  flood_end(fl);
+  r = &fl->res;
+  /* Everything the engine read from the socket, its FIN wait included, must be the
+   * echoes verified: bytes that came after the last echo were discarded by the close,
+   * but counted. */
+  if (r->ok && r->bytes_in > fl->bytes_verified) {
+    r->ok = 0;
+    snprintf(r->error, sizeof r->error, "%llu unexpected bytes after the last echo",
+             (unsigned long long)(r->bytes_in - fl->bytes_verified));
+  }
   g_flood_verified = r->verified;
   g_flood_elapsed = r->elapsed_s;
   g_flood_ok = r->ok;
@@ -917,14 +977,48 @@ static void on_flood_done(WPARAM gen, flood_result_t *r) {
   SetWindowTextW(g_result, t);
   recv_line(L"Flood: %ls", t);
   gui_report(REPORT ": flood ok=%d verified=%llu count=%llu elapsed_s=%.3f msgs_per_s=%.0f "
-                    "error=\"%s\"",
+                    "bytes_out=%llu bytes_in=%llu error=\"%s\"",
              r->ok, (unsigned long long)r->verified, (unsigned long long)r->count, r->elapsed_s,
-             r->elapsed_s > 0 ? (double)r->verified / r->elapsed_s : 0.0, r->ok ? "" : r->error);
-  free(r);
+             r->elapsed_s > 0 ? (double)r->verified / r->elapsed_s : 0.0,
+             (unsigned long long)r->bytes_out, (unsigned long long)r->bytes_in,
+             r->ok ? "" : r->error);
+  g_flood = NULL;
+  flood_free(fl);
   update_controls();
+  stats_refresh();
   SetFocus(g_send);
   autorun_next();
 }
+
+/* Show what the callbacks queued, in order, then free it. */
+static void drain_events(void) {
+  ev_t *e = ev_take_all(), *next;
+  for (; e != NULL; e = next) {
+    next = e->next;
+    switch (e->type) {
+    case EV_CONNECTED:
+      on_connected(e);
+      break;
+    case EV_PACKET:
+      on_packet(e);
+      break;
+    case EV_CLOSED:
+      on_closed(e);
+      break;
+    case EV_LOG: {
+      wchar_t *m = gui_utf8_to_wide((const char *)e->data, (int)e->copied);
+      recv_line(L"iocpsrv %ls: %ls", e->reason == 0 ? L"error" : L"warning", m ? m : L"?");
+      free(m);
+      break;
+    }
+    case EV_FLOOD_DONE:
+      on_flood_done(e);
+      break;
+    }
+    free(e);
+  }
+}
+
 
 /* ------------------------------------------------------------------------------------ */
 /* Layout.                                                                               */
@@ -932,14 +1026,15 @@ static void on_flood_done(WPARAM gen, flood_result_t *r) {
 static void layout(int w, int h) {
   const gui_metrics_t *m = &g_m;
   RECT sr;
-  int x, y, sh, bw, lw, right, parts[2];
+  int x, y, sh, bw, lw, right, parts[3];
   int label_h = m->line + gui_scale(m, 2);
   SendMessageW(g_status, WM_SIZE, 0, 0);
   GetWindowRect(g_status, &sr);
   sh = sr.bottom - sr.top;
-  parts[0] = MulDiv(w, 70, 100);
-  parts[1] = -1;
-  SendMessageW(g_status, SB_SETPARTS, 2, (LPARAM)parts);
+  parts[0] = MulDiv(w, 52, 100); /* what happened */
+  parts[1] = MulDiv(w, 70, 100); /* connected, flooding, ... */
+  parts[2] = -1;                 /* the engines' packet counters */
+  SendMessageW(g_status, SB_SETPARTS, 3, (LPARAM)parts);
   bw = gui_scale(m, 92);
   lw = gui_text_width(m, g_wnd, L"Message:") + gui_scale(m, 6); /* the widest left label */
 
@@ -1048,7 +1143,7 @@ static void create_controls(HWND wnd) {
 static void on_enter(void) {
   HWND f = GetFocus();
   if (f == g_host || f == g_port) {
-    if (g_sess == NULL) do_connect();
+    if (!g_sess.active) do_connect();
   } else if (f == g_msg) {
     if (g_connected) do_send_line();
   } else if (f == g_count || f == g_text || f == g_depth) {
@@ -1063,12 +1158,39 @@ static void on_escape(void) {
 
 static LRESULT CALLBACK wnd_proc(HWND wnd, UINT msg, WPARAM wp, LPARAM lp) {
   switch (msg) {
-  case WM_CREATE:
+  case WM_CREATE: {
+    int rc;
     g_wnd = wnd;
     create_controls(wnd);
+    /* The session engine: no listener, one worker (its callbacks only queue events). */
+    rc = iocpsrv_create(&g_engine, NULL);
+    if (rc == 0) rc = iocpsrv_set_option(g_engine, IOCPSRV_OPT_WORKER_THREADS, 1);
+    if (rc == 0) rc = iocpsrv_set_option(g_engine, IOCPSRV_OPT_MAX_PACKET_SIZE, MAX_PACKET);
+    if (rc == 0) rc = iocpsrv_set_option(g_engine, IOCPSRV_OPT_CONNECT_TIMEOUT_MS, IO_TIMEOUT_MS);
+    if (rc == 0) rc = iocpsrv_set_connect_cb(g_engine, sess_on_connect);
+    if (rc == 0) rc = iocpsrv_set_packet_cb(g_engine, sess_on_packet);
+    if (rc == 0) rc = iocpsrv_set_disconnect_cb(g_engine, sess_on_disconnect);
+    if (rc == 0) rc = iocpsrv_set_log_cb(g_engine, on_log);
+    if (rc == 0) rc = iocpsrv_start(g_engine);
+    if (rc < 0) {
+      gui_report(REPORT ": engine failed: %s (%s)", iocpsrv_strerror(rc), iocpsrv_err_name(rc));
+      if (g_engine != NULL) iocpsrv_destroy(g_engine);
+      g_engine = NULL;
+      return -1;
+    }
+    gui_report(REPORT ": engine %s", iocpsrv_version_string());
+    {
+      wchar_t *v = gui_utf8_to_wide(iocpsrv_version_string(), -1);
+      recv_line(L"iocpsrv %ls, client role. Press Connect (or Enter in the host field).",
+                v ? v : L"?");
+      free(v);
+    }
+    SetTimer(wnd, TIMER_REFRESH, 250, NULL);
     set_status(L"Not connected");
     update_controls();
+    stats_refresh();
     return 0;
+  }
   case WM_SIZE:
     layout(LOWORD(lp), HIWORD(lp));
     return 0;
@@ -1083,17 +1205,8 @@ static LRESULT CALLBACK wnd_proc(HWND wnd, UINT msg, WPARAM wp, LPARAM lp) {
     else if (g_focus != NULL && IsWindow(g_focus) && IsWindowEnabled(g_focus)) SetFocus(g_focus);
     else SetFocus(g_connected ? g_msg : g_host);
     return 0;
-  case WM_CLI_CONNECTED:
-    on_connected(wp, (char *)lp);
-    return 0;
-  case WM_CLI_FAILED:
-    on_failed(wp, (char *)lp);
-    return 0;
-  case WM_CLI_PACKET:
-    on_packet(wp, (packet_t *)lp);
-    return 0;
-  case WM_CLI_CLOSED:
-    on_closed(wp, (char *)lp);
+  case WM_CLI_EVENTS:
+    drain_events();
     return 0;
   case WM_FLOOD_PROGRESS:
     if (g_flood != NULL && wp == g_flood->gen) {
@@ -1105,15 +1218,15 @@ static LRESULT CALLBACK wnd_proc(HWND wnd, UINT msg, WPARAM wp, LPARAM lp) {
       SetWindowTextW(g_result, t);
     }
     return 0;
-  case WM_FLOOD_DONE:
-    on_flood_done(wp, (flood_result_t *)lp);
-    return 0;
   case WM_TIMER:
     if (wp == TIMER_AUTOCLOSE) {
       if (gui_file_exists(g_opt.close_file)) {
         KillTimer(wnd, TIMER_AUTOCLOSE);
         PostMessageW(wnd, WM_CLOSE, 0, 0);
       }
+    } else if (wp == TIMER_REFRESH) {
+      drain_events(); /* also catches a post that failed */
+      stats_refresh();
     } else if (wp == TIMER_ECHO_WAIT) {
       KillTimer(wnd, TIMER_ECHO_WAIT);
       if (g_wait_echo != NULL) {
@@ -1137,7 +1250,7 @@ static LRESULT CALLBACK wnd_proc(HWND wnd, UINT msg, WPARAM wp, LPARAM lp) {
       on_escape();
       break;
     case IDC_CONNECT:
-      if (g_sess != NULL) {
+      if (g_sess.active) {
         do_disconnect();
         recv_line(L"Disconnected");
         SetFocus(g_host);
@@ -1158,17 +1271,22 @@ static LRESULT CALLBACK wnd_proc(HWND wnd, UINT msg, WPARAM wp, LPARAM lp) {
   case WM_CLOSE:
     DestroyWindow(wnd);
     return 0;
-  case WM_DESTROY: {
-    MSG m;
-    /* Clean shutdown: stop the flood and the reader and wait for both, then free what
-     * they posted that was never handled. */
+  case WM_DESTROY:
+    /* Clean shutdown: end the flood (its engine stopped and destroyed), then stop the
+     * session engine: the session closes gracefully for up to STOP_TIMEOUT_MS and no
+     * callback runs after iocpsrv_stop returns; then free what the callbacks queued. */
     KillTimer(wnd, TIMER_AUTOCLOSE);
     KillTimer(wnd, TIMER_ECHO_WAIT);
+    KillTimer(wnd, TIMER_REFRESH);
     stop_flood(1);
-    do_disconnect();
-    while (PeekMessageW(&m, wnd, WM_CLI_CONNECTED, WM_FLOOD_DONE, PM_REMOVE)) {
-      if (m.message != WM_FLOOD_PROGRESS) free((void *)m.lParam);
+    if (g_engine != NULL) {
+      iocpsrv_stop(g_engine, STOP_TIMEOUT_MS);
+      g_sess.active = 0;
+      g_connected = 0;
     }
+    ev_free_all(ev_take_all());
+    if (g_engine != NULL) iocpsrv_destroy(g_engine);
+    g_engine = NULL;
     if (g_autorun) g_exit_code = summary_ok() ? 0 : 1;
     gui_report(REPORT ": summary ok=%d connected=%d line_echoed=%d flood_ok=%d flood_verified=%llu "
                       "flood_count=%ld elapsed_s=%.3f",
@@ -1179,9 +1297,11 @@ static LRESULT CALLBACK wnd_proc(HWND wnd, UINT msg, WPARAM wp, LPARAM lp) {
     PostQuitMessage(g_exit_code);
     return 0;
   }
-  }
   return DefWindowProcW(wnd, msg, wp, lp);
 }
+
+/* ------------------------------------------------------------------------------------ */
+
 
 /* ------------------------------------------------------------------------------------ */
 
@@ -1271,7 +1391,6 @@ static int parse_args(void) {
 int WINAPI WinMain(HINSTANCE inst, HINSTANCE prev, LPSTR cmd, int show) {
   WNDCLASSEXW wc;
   INITCOMMONCONTROLSEX icc;
-  WSADATA wsa;
   HWND wnd;
   MSG msg;
   int rc;
@@ -1280,10 +1399,6 @@ int WINAPI WinMain(HINSTANCE inst, HINSTANCE prev, LPSTR cmd, int show) {
   rc = parse_args();
   if (rc == 1) return 0;
   if (rc != 0) return rc;
-  if (WSAStartup(MAKEWORD(2, 2), &wsa) != 0) {
-    gui_error_box(NULL, APP_NAME, L"WSAStartup failed", g_opt.quiet);
-    return 1;
-  }
   icc.dwSize = sizeof icc;
   icc.dwICC = ICC_BAR_CLASSES | ICC_PROGRESS_CLASS | ICC_STANDARD_CLASSES;
   InitCommonControlsEx(&icc);
@@ -1320,6 +1435,5 @@ int WINAPI WinMain(HINSTANCE inst, HINSTANCE prev, LPSTR cmd, int show) {
   free(g_gui_summary_path);
   free(g_opt.send);
   free(g_opt.close_file);
-  WSACleanup();
   return g_exit_code;
 }
