@@ -229,7 +229,7 @@ static const char *reason_words(int reason) {
   case IOCPSRV_REASON_IDLE_TIMEOUT: return "nothing came for too long";
   case IOCPSRV_REASON_SERVER_STOPPED: return "the client's engine stopped";
   case IOCPSRV_REASON_OUT_OF_MEMORY: return "out of memory";
-  case IOCPSRV_REASON_CONNECT_REFUSED: return "connection refused (nothing listens there)";
+  case IOCPSRV_REASON_CONNECT_REFUSED: return "nothing listens on that port";
   case IOCPSRV_REASON_CONNECT_UNREACHABLE: return "network or host unreachable";
   case IOCPSRV_REASON_CONNECT_TIMEOUT: return "no answer in time";
   case IOCPSRV_REASON_NAME_NOT_RESOLVED: return "the host name has no address";

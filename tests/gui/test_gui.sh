@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
 # test_samples_gui: iocpsrv-server-gui and iocpsrv-client-gui under Wine on a virtual X
-# display (Xvfb). The client connects, sends a line and waits for its echo, then floods
-# the server (99,999 "Test Item N" packets by default, every echo verified) while the
-# server echoes; the test checks what both programs report (exit status, summary lines
-# on stdout and in --summary files), takes a screenshot of each window while it is shown,
-# checks that neither is blank, and keeps them under ARTIFACTS.
+# display (Xvfb). Both run on iocpsrv.dll: the server listens, the client uses the
+# library's client role (iocpsrv_start, iocpsrv_connect). The client connects, sends a
+# line and waits for its echo, then floods the server (99,999 "Test Item N" packets by
+# default, every echo verified) while the server echoes; the test checks what both
+# programs report (exit status, summary lines on stdout and in --summary files, the
+# client's engine, the bytes its flood engine sent against those the server received),
+# takes a screenshot of each window while it is shown, checks that neither is blank, and
+# keeps them under ARTIFACTS. Then, with the server gone, the client connects to its
+# port again and must report the refusal with the engine's reason (connect-refused).
+# With --objdump, the client's imports are checked too: iocpsrv_connect from
+# iocpsrv.dll, and no Winsock DLL (the library does all of its networking).
 #
 #   test_gui.sh --server EXE --client EXE --wine-run cmake/wine-run.sh --artifacts DIR
-#               [--prefix WINEPREFIX] [--count N]
+#               [--prefix WINEPREFIX] [--count N] [--objdump OBJDUMP]
 #
 # Exit 0 pass, 1 fail, 77 skipped (no Xvfb and it cannot be installed: the reason is
 # printed). Tools come from Debian (xvfb, x11-apps for xwd, imagemagick); when missing
@@ -17,7 +23,7 @@
 # bars itself (there is no window manager), with the Marlett font for their buttons.
 set -u
 
-server= client= wine_run= artifacts= prefix= count=99999
+server= client= wine_run= artifacts= prefix= count=99999 objdump=
 while [ $# -gt 0 ]; do
   case "$1" in
     --server) server=$2; shift 2 ;;
@@ -26,6 +32,7 @@ while [ $# -gt 0 ]; do
     --artifacts) artifacts=$2; shift 2 ;;
     --prefix) prefix=$2; shift 2 ;;
     --count) count=$2; shift 2 ;;
+    --objdump) objdump=$2; shift 2 ;;
     *) echo "test_gui.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -62,6 +69,23 @@ identify=/usr/bin/identify
 convert=/usr/bin/convert
 [ -f "$server" ] || { echo "test_gui: no $server"; exit 1; }
 [ -f "$client" ] || { echo "test_gui: no $client"; exit 1; }
+
+# ---- The client is built on the library ---------------------------------------------
+# Its import table: the client role from iocpsrv.dll, and no socket library of its own.
+if [ -n "$objdump" ] && [ -x "$objdump" ]; then
+  imports=$("$objdump" -p "$client" 2>/dev/null)
+  dlls=$(printf '%s\n' "$imports" | sed -n 's/^[[:space:]]*DLL Name: //p' | tr '\n' ' ')
+  echo "test_gui: client imports: $dlls"
+  printf '%s\n' "$dlls" | grep -qi 'iocpsrv\.dll' || fail "the client does not import iocpsrv.dll"
+  for fn in iocpsrv_start iocpsrv_connect; do
+    printf '%s\n' "$imports" | grep -Eq "[[:space:]]$fn\$" || fail "the client does not import $fn"
+  done
+  if printf '%s\n' "$dlls" | grep -Eqi 'ws2_32|wsock32|mswsock'; then
+    fail "the client imports a Winsock DLL: it should leave its sockets to iocpsrv"
+  fi
+else
+  echo "test_gui: no --objdump: the client's imports are not checked"
+fi
 
 # ---- Scratch space and cleanup ------------------------------------------------------
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/test_gui.XXXXXX")
@@ -224,10 +248,24 @@ wait_exit "$server_pid" 30
 server_rc=$?
 server_pid=
 
+# ---- A refused connection: the server is gone, its port closed ----------------------
+# The client must get the engine's disconnect with IOCPSRV_REASON_CONNECT_REFUSED and
+# show it (exit 1: what was asked did not succeed).
+: >"$tmp/refused.txt"
+"$wine_run" "$client" --host 127.0.0.1 --port "$port" --connect --autoclose --quiet \
+  --window 800,0,760,430 --summary "$(winpath "$tmp/refused.txt")" \
+  >"$tmp/refused.out" 2>"$tmp/refused.err" &
+client_pid=$!
+wait_exit "$client_pid" 60
+refused_rc=$?
+client_pid=
+
 cp "$tmp/server.txt" "$artifacts/server-summary.txt"
 cp "$tmp/client.txt" "$artifacts/client-summary.txt"
+cp "$tmp/refused.txt" "$artifacts/client-refused-summary.txt"
 say "client report:"; sed 's/^/  /' "$tmp/client.txt"
 say "server report:"; sed 's/^/  /' "$tmp/server.txt"
+say "client report, refused:"; sed 's/^/  /' "$tmp/refused.txt"
 
 # ---- What the programs said ---------------------------------------------------------
 [ "$client_rc" = 0 ] || fail "client exit status $client_rc (want 0)"
@@ -244,10 +282,32 @@ grep -q ": $want" "$tmp/server.txt" || fail "server: no '$want' summary"
 grep -q ": $want" "$tmp/server.out" || fail "server: the summary line is not on its stdout"
 grep -q "protocol_errors=0 echo_errors=0$" "$tmp/server.txt" || fail "server: errors reported"
 
+# The client ran on the library, and its flood engine's counters match the server's:
+# the server received the flood's bytes plus the line (27 bytes and a 4-byte header).
+grep -Eq ": engine [0-9]+\.[0-9]+\.[0-9]+ iocp$" "$tmp/client.txt" ||
+  fail "client: no 'engine <version> iocp' line (is it running on iocpsrv.dll?)"
+flood_out=$(sed -n 's/.*: flood ok=1 .* bytes_out=\([0-9]*\) bytes_in=\([0-9]*\) .*/\1/p' "$tmp/client.txt")
+flood_in=$(sed -n 's/.*: flood ok=1 .* bytes_out=\([0-9]*\) bytes_in=\([0-9]*\) .*/\2/p' "$tmp/client.txt")
+server_in=$(sed -n 's/.*: summary .* bytes_in=\([0-9]*\) .*/\1/p' "$tmp/server.txt")
+if [ -z "$flood_out" ] || [ -z "$flood_in" ] || [ -z "$server_in" ]; then
+  fail "no byte counts in the client's flood line or the server's summary"
+else
+  [ "$flood_in" = "$flood_out" ] || fail "client: the flood received $flood_in bytes for $flood_out sent"
+  [ "$server_in" = $((flood_out + 31)) ] ||
+    fail "server: $server_in bytes in, want the flood's $flood_out + 31 of the line"
+fi
+
+# The refusal, with the engine's reason.
+[ "$refused_rc" = 1 ] || fail "refused client: exit status $refused_rc (want 1)"
+grep -Eq ": connect failed: .*\(connect-refused\)$" "$tmp/refused.txt" ||
+  fail "refused client: no 'connect failed: ... (connect-refused)' line"
+grep -q ": summary ok=0 connected=0 " "$tmp/refused.txt" ||
+  fail "refused client: no 'summary ok=0 connected=0' line"
+
 for shot in gui-server-flooding gui-server gui-client; do check_picture "$shot"; done
 
 if [ "$failures" -gt 0 ]; then
-  for f in client.err server.err; do
+  for f in client.err server.err refused.err; do
     [ -s "$tmp/$f" ] && { say "$f (last lines):"; tail -15 "$tmp/$f" | sed 's/^/  /'; }
   done
   say "$failures check(s) failed; artifacts in $artifacts"
