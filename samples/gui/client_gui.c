@@ -630,6 +630,7 @@ static void do_connect(void) {
   closed = ev_new(EV_CLOSED, 0, NULL, 0);
   if (closed == NULL) {
     recv_line(L"Cannot connect: out of memory");
+    if (g_autorun) autorun_finish();
     return;
   }
   closed->gen = ++g_sess_gen;
