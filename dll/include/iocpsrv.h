@@ -807,7 +807,9 @@ typedef struct iocpsrv_stats_s {
   uint64_t connections_rejected; /* refused by the connect callback */
   uint64_t packets_in;
   uint64_t packets_out;          /* packets queued by send/sendv/broadcast */
-  uint64_t bytes_in;             /* on the wire, headers included */
+  uint64_t bytes_in;             /* on the wire, headers included; bytes read and
+                                    dropped while a close waits for the peer's FIN
+                                    count too */
   uint64_t bytes_out;            /* handed to the kernel, headers included */
   uint64_t accept_errors;        /* failed accepts (descriptors exhausted: the engine
                                     then closes waiting clients, or pauses accepting
