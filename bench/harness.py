@@ -283,15 +283,18 @@ class Harness:
         self.failures.append(msg)
         self.log(f"  FAILED: {msg}")
 
-    def flood(self, s, w, duration, quiet=False):
-        """One verified flood run against server s; returns a result dict or None."""
+    def flood(self, s, w, duration, quiet=False, client=None, label="iocpsrv-flood"):
+        """One verified flood run against server s; returns a result dict or None.
+        client: the flood binary (default: the one just built); its CPU time is
+        measured too (RUSAGE_CHILDREN: the flood is the only child reaped meanwhile)."""
         if s.proc is None or s.proc.poll() is not None:
             self.fail(f"{s.key}: not running before {w.key} "
                       + " | ".join(s.lines[-3:]))
             return None
-        cmd = [self.a.flood, "--host", "127.0.0.1", "--port", str(s.port)] + w.flood_args(
-            duration)
+        cmd = [client or self.a.flood, "--host", "127.0.0.1", "--port", str(s.port)] + \
+            w.flood_args(duration)
         c0 = cpu_seconds(s.proc.pid)
+        ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.monotonic()
         p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         limit = (duration if w.kind == "duration" else 60) + 60
@@ -300,9 +303,11 @@ class Harness:
         except subprocess.TimeoutExpired:
             p.kill()
             out, err = p.communicate()
-            self.fail(f"{s.key} {w.key}: iocpsrv-flood still running after {limit} s")
+            self.fail(f"{s.key} {w.key}: {label} still running after {limit} s")
             return None
         wall = time.monotonic() - t0
+        ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        client_cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
         alive = s.proc.poll() is None
         c1 = cpu_seconds(s.proc.pid) if alive else c0
         try:
@@ -310,7 +315,7 @@ class Harness:
         except ValueError:
             d = {}
         if p.returncode != 0 or not d.get("ok") or d.get("errors"):
-            self.fail(f"{s.key} {w.key}: iocpsrv-flood exit {p.returncode}: "
+            self.fail(f"{s.key} {w.key}: {label} exit {p.returncode}: "
                       f"{out.strip()[:400]} {err.strip()[:400]}")
             return None
         if not alive:
@@ -323,6 +328,7 @@ class Harness:
             "elapsed_s": d["elapsed_s"], "packets": packets,
             "cpu_s": c1 - c0, "cpu_ns_per_msg": (c1 - c0) / packets * 1e9 if packets else None,
             "wall_s": wall,
+            "client_cpu_ns_per_msg": client_cpu / packets * 1e9 if packets else None,
         }
 
 
@@ -359,6 +365,130 @@ def run_matrix(h, servers, workloads, a):
                 h.stop(s)
                 h.check_stats(s)
     return results
+
+
+# ---------------------------------------------------------------------------------------
+# iocpsrv-flood (the library's client role) against the old flood (its own epoll loop)
+
+FLOOD_NEED = 0.9  # the issue's bar: the new flood drives >= 0.9x the old one's msgs/s
+FLOOD_CLIENTS = (("new", "iocpsrv-flood (library client role)"),
+                 ("legacy", "old iocpsrv-flood (own epoll loop)"))
+
+
+def run_flood_compare(h, ref, workloads, a):
+    """Both floods against ref_epoll, the same workloads, the order alternating each
+    repetition; {"new"|"legacy": {workload: [result, ...]}}."""
+    clients = {"new": a.flood, "legacy": a.legacy_flood}
+    results = {k: {w.key: [] for w in workloads} for k in clients}
+    reps = a.flood_reps or a.reps
+    for rep in range(reps):
+        h.log(f"flood comparison {rep + 1}/{reps}: both floods against {ref.key}")
+        h.start(ref)
+        try:
+            if a.warmup:
+                for k in clients:
+                    h.flood(ref, Workload("warmup", 8, 10, 16, "warm-up"),
+                            0.25 if a.quick else 0.5, client=clients[k], label=k)
+            for w in workloads:
+                order = ["new", "legacy"] if rep % 2 == 0 else ["legacy", "new"]
+                for k in order:
+                    r = h.flood(ref, w, a.duration, client=clients[k],
+                                label=f"{k} iocpsrv-flood")
+                    if r is None:
+                        continue
+                    r["rep"] = rep
+                    results[k][w.key].append(r)
+                    h.log(f"  {w.key:11s} {k:7s} flood {r['msgs_per_s']:>12,.0f} msgs/s "
+                          f"p50 {r['p50_us']:>9,.1f} us  client cpu "
+                          f"{r['client_cpu_ns_per_msg']:>8,.0f} ns/msg")
+        finally:
+            h.stop(ref)
+            h.check_stats(ref)
+    return results
+
+
+def flood_compare_cells(fc, workloads):
+    """Per workload: the paired median ratio new / legacy of msgs/s, and how many pairs."""
+    out = {}
+    for w in workloads:
+        v, n = paired_ratio(fc, "new", "legacy", w.key, "msgs_per_s")
+        out[w.key] = (v, n)
+    return out
+
+
+def flood_compare_section(fc, workloads, a):
+    L = ["## iocpsrv-flood on the library's client role against the old flood", ""]
+    L.append(f"Both clients drive the reference server (ref_epoll) with the same arguments "
+             f"(1 client thread, the workloads above), one after the other, the order "
+             f"alternating each repetition. The old flood is samples/flood/flood.c as of "
+             f"{a.legacy_note}, built by bench/run with the same compiler flags into "
+             f"build/bench/; it had its own epoll loop and plain sockets. × old is the median "
+             f"over the repetitions of new ÷ old msgs/s within each repetition; the bar is "
+             f"{FLOOD_NEED:.1f}× on every workload. Client CPU per message: utime+stime of "
+             f"the flood process (getrusage of the reaped child) divided by its verified "
+             f"messages.")
+    L.append("")
+    L.append("| workload | new msgs/s | old msgs/s | × old | ≥ 0.9× | new p50 µs | old p50 µs "
+             "| new client CPU ns/msg | old client CPU ns/msg | runs |")
+    L.append("| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
+    cells = flood_compare_cells(fc, workloads)
+    met_n = total = 0
+    for w in workloads:
+        new, old = fc["new"][w.key], fc["legacy"][w.key]
+        v, n = cells[w.key]
+        if v is None:
+            verdict = "–"
+        else:
+            total += 1
+            ok = v >= FLOOD_NEED
+            met_n += ok
+            verdict = ("✅" if ok else f"❌ {(FLOOD_NEED - v) / FLOOD_NEED * 100:.0f}% short") + \
+                ("" if n >= TARGET_REPS else " †")
+        L.append(f"| {w.key} | {fmt_num(med(new, 'msgs_per_s'))} | "
+                 f"{fmt_num(med(old, 'msgs_per_s'))} | "
+                 f"{'–' if v is None else f'{v:.2f}×'} | {verdict} | "
+                 f"{fmt_num(med(new, 'p50_us'), 1)} | {fmt_num(med(old, 'p50_us'), 1)} | "
+                 f"{fmt_num(med(new, 'client_cpu_ns_per_msg'))} | "
+                 f"{fmt_num(med(old, 'client_cpu_ns_per_msg'))} | {n} |")
+    L.append("")
+    if total:
+        L.append(f"{met_n} of {total} workloads at {FLOOD_NEED:.1f}× or more.")
+        if any(n < TARGET_REPS for _, n in cells.values()):
+            L.append("")
+            L.append(f"† fewer than {TARGET_REPS} repetitions paired: an indication, not a "
+                     "verdict.")
+        L.append("")
+    return L
+
+
+def flood_only_report(a, workloads, fc, meta, elapsed_total):
+    m = meta["machine"]
+    L = ["# iocpsrv-flood against the old flood", ""]
+    L.append(f"Generated by `{meta['command']}` on {meta['date']} in "
+             f"{elapsed_total / 60:.1f} min (only the flood comparison of `bench/run`; "
+             "see bench/README.md).")
+    L.append("")
+    L.append(f"- {m['nproc']} CPUs: {m['cpu']}; kernel {m['kernel']}, {m['os']}; gcc {m['gcc']}")
+    L.append(f"- load average before: {meta['load_before']}; after: {meta['load_after']} "
+             "(1/5/15 min; the machine is shared)")
+    L.append(f"- source: {meta['source']}")
+    reps = a.flood_reps or a.reps
+    L.append(f"- {reps} repetition{'s' if reps != 1 else ''}; throughput workloads run for "
+             f"{a.duration:g} s, the headline is 99,999 packets")
+    L.append("")
+    L.extend(flood_compare_section(fc, workloads, a))
+    L.append("## Verification")
+    L.append("")
+    if meta["failures"]:
+        L.append(f"**{len(meta['failures'])} FAILURE(S)**:")
+        L.append("")
+        for f in meta["failures"]:
+            L.append(f"- {f}")
+    else:
+        L.append(f"Every run passed: {meta['runs']} flood runs, {meta['packets']:,} packets "
+                 "echoed and verified by each client.")
+    L.append("")
+    return "\n".join(L)
 
 
 def med(rs, key):
@@ -878,6 +1008,15 @@ def write_report(a, servers, workloads, results, summary, prof, meta, elapsed_to
             L.append(f"| {w.key} | {fmt_num(b)} | " + " | ".join(cols) + " |")
         L.append("")
 
+    fc = getattr(a, "flood_compare", None)
+    if fc is not None:
+        L.extend(flood_compare_section(fc, workloads, a))
+    elif getattr(a, "flood_compare_missing", None):
+        L.append("## iocpsrv-flood on the library's client role against the old flood")
+        L.append("")
+        L.append(f"Not measured: {a.flood_compare_missing}.")
+        L.append("")
+
     # Per-workload tables
     L.append("## Results by workload")
     L.append("")
@@ -1078,6 +1217,16 @@ def main():
     ap.add_argument("--profile-notes", default="", help="file with notes for the profile section")
     ap.add_argument("--left-out-note", action="append", default=[], metavar="KEYS=WHY",
                     help="why bench/run did not build these servers (repeatable)")
+    ap.add_argument("--legacy-flood", default="",
+                    help="the old iocpsrv-flood (own epoll loop) to compare the new one with")
+    ap.add_argument("--legacy-note", default="an earlier revision",
+                    help="what the old flood was built from (for the report)")
+    ap.add_argument("--legacy-missing", default="",
+                    help="why there is no old flood (the comparison is left out)")
+    ap.add_argument("--flood-only", action="store_true",
+                    help="only the comparison of the two floods against ref_epoll")
+    ap.add_argument("--flood-reps", type=int, default=None,
+                    help="repetitions of the flood comparison (default: --reps)")
     a = ap.parse_args()
     a.flood = os.path.join(a.build, "cmake", "samples", "iocpsrv-flood")
     if a.quick:
@@ -1128,6 +1277,23 @@ def main():
     if not servers or not workloads:
         print("harness: nothing to run", file=sys.stderr)
         return 2
+    # The flood comparison needs the old flood and ref_epoll.
+    a.flood_compare = None
+    a.flood_compare_missing = None
+    if a.legacy_flood and not os.path.exists(a.legacy_flood):
+        a.legacy_missing = a.legacy_missing or f"{a.legacy_flood} is missing (not built)"
+    if not a.legacy_flood and not a.legacy_missing:
+        a.legacy_missing = "no old flood given (--legacy-flood)"
+    ref_server = next((s for s in servers if s.key == "ref"), None)
+    if a.legacy_missing:
+        a.flood_compare_missing = a.legacy_missing
+    elif ref_server is None:
+        a.flood_compare_missing = "ref_epoll is not in this run"
+    if a.flood_only:
+        if a.flood_compare_missing:
+            print(f"harness: --flood-only: {a.flood_compare_missing}", file=sys.stderr)
+            return 1
+        servers = [ref_server]
 
     # The memory measurement holds every idle client in this process.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -1152,11 +1318,18 @@ def main():
     prof = None
     mem = None
     try:
-        results = run_matrix(h, servers, workloads, a)
-        if a.idle_connections > 0:
+        if a.flood_only:
+            results = {}
+        else:
+            results = run_matrix(h, servers, workloads, a)
+        if not a.flood_compare_missing:
+            a.flood_compare = run_flood_compare(h, ref_server, workloads, a)
+        if a.flood_only:
+            pass
+        elif a.idle_connections > 0:
             h.log(f"memory: {a.idle_connections:,} idle connections")
             mem = memory(h, {s.key: s for s in servers}, a.idle_connections)
-        if not a.no_profile:
+        if not a.no_profile and not a.flood_only:
             h.log("profile: iocpsrv-echo and ref_epoll on " + PROFILE_WORKLOAD)
             try:
                 prof = profile(h, {s.key: s for s in servers}, a)
@@ -1179,8 +1352,9 @@ def main():
         print("harness: FAILED: " + "; ".join(h.failures), file=sys.stderr)
         return 1
     summary = summarize(results)
-    runs = sum(len(rs) for per in results.values() for rs in per.values())
-    packets = sum(r["packets"] for per in results.values() for rs in per.values() for r in rs)
+    every = list(results.values()) + list((a.flood_compare or {}).values())
+    runs = sum(len(rs) for per in every for rs in per.values())
+    packets = sum(r["packets"] for per in every for rs in per.values() for r in rs)
     meta = {
         "command": a.command,
         "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
@@ -1193,14 +1367,26 @@ def main():
         "packets": packets,
     }
     elapsed = time.monotonic() - t_start
-    report = write_report(a, servers, workloads, results, summary, prof, meta, elapsed, mem)
+    if a.flood_only:
+        report = flood_only_report(a, workloads, a.flood_compare, meta, elapsed)
+        raw = "results-flood.json"
+    else:
+        report = write_report(a, servers, workloads, results, summary, prof, meta, elapsed,
+                              mem)
+        raw = "results-quick.json" if a.quick else "results.json"
     with open(a.out, "w") as f:
         f.write(report)
-    with open(os.path.join(a.build, "results-quick.json" if a.quick else "results.json"),
-              "w") as f:
+    with open(os.path.join(a.build, raw), "w") as f:
         json.dump({"meta": meta, "results": results, "summary": summary,
-                   "memory": mem, "profile": prof}, f, indent=1, default=str)
+                   "memory": mem, "profile": prof, "flood_compare": a.flood_compare},
+                  f, indent=1, default=str)
     h.log(f"wrote {a.out} ({elapsed:.0f} s)")
+    if a.flood_compare is not None:
+        for wkey, (v, n) in flood_compare_cells(a.flood_compare, workloads).items():
+            if v is not None:
+                h.log(f"  flood {'met   ' if v >= FLOOD_NEED else 'MISSED'} new flood msgs/s "
+                      f">= {FLOOD_NEED:.1f}x the old flood against ref_epoll {wkey:11s} "
+                      f"{v:.2f}x (n={n})")
     present = {s.key for s in servers if summary.get(s.key)}
     wkeys = [w.key for w in workloads if w.key in THROUGHPUT_WORKLOADS]
     noted = set()

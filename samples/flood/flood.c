@@ -427,6 +427,21 @@ static long check_message(const expect_t *e, const uint8_t *p, size_t off, size_
 static long check_pattern(const expect_t *e, const uint8_t *p, size_t off, size_t n,
                           uint8_t *want) {
   size_t o = off, end = off + n;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+  if ((off & 7) == 0) { /* the usual case, a whole echo: words, then a masked tail */
+    uint64_t w = e->seed + (uint64_t)(off >> 3) * PATTERN_STEP, t = 0;
+    size_t k = 0;
+    while (k + 8 <= n && load_le64(p + k) == w) {
+      k += 8;
+      w += PATTERN_STEP;
+    }
+    if (k == n) return -1;
+    if (n - k < 8) {
+      memcpy(&t, p + k, n - k);
+      if (((t ^ w) & (~0ull >> (64 - 8 * (n - k)))) == 0) return -1;
+    }
+  }
+#endif
   for (;;) {
     uint64_t w = e->seed + (uint64_t)(o >> 3) * PATTERN_STEP;
     if ((o & 7) == 0)
@@ -485,7 +500,7 @@ typedef struct conn_s {
   uint64_t next_send;  /* sequence number of the next packet to queue (from 1) */
   uint64_t next_recv;  /* sequence number of the next echo expected */
   uint64_t target;     /* last sequence number to send; UINT64_MAX while --duration runs */
-  uint64_t *sent_at;   /* queue time of each packet in flight, by seq % depth */
+  uint64_t *sent_at;   /* queue time of each packet in flight, by seq & g_ring_mask */
   /* The echo being received: its header (hdr_have bytes of it), then its payload. */
   uint8_t hdr[4];
   uint32_t hdr_have;
@@ -510,6 +525,7 @@ static worker_t *g_workers;     /* g_cfg.threads + 1: the last is the main threa
 static _Thread_local worker_t *tls_worker;
 static size_t g_scratch_cap;    /* bytes formatted per iocpsrv_send (at least a packet) */
 static size_t g_max_packet;     /* header + the largest payload this run sends */
+static uint64_t g_ring_mask;    /* sent_at has a power of two >= --depth entries */
 static uint64_t g_deadline;     /* --duration: stop queueing at this time */
 static uint64_t g_t0;
 static unsigned g_reported;     /* error lines printed so far */
@@ -576,7 +592,7 @@ static int conn_pump(worker_t *w, conn_t *c, uint64_t now) {
       size_t len = payload_write(w->scratch + used + 4, c->index, c->next_send);
       put_le32(w->scratch + used, (uint32_t)len);
       used += 4 + len;
-      c->sent_at[c->next_send % depth] = now;
+      c->sent_at[c->next_send & g_ring_mask] = now;
       c->next_send++;
     } while (c->next_send <= c->target && c->next_send - c->next_recv < depth &&
              used + g_max_packet <= g_scratch_cap);
@@ -632,7 +648,7 @@ static int echo_begin(worker_t *w, conn_t *c, uint32_t len, size_t left) {
  * error (reported). */
 static int conn_receive(worker_t *w, conn_t *c, const uint8_t *p, size_t n, uint64_t now) {
   const uint8_t *end = p + n;
-  uint64_t depth = (uint64_t)g_cfg.depth, first = c->next_recv;
+  uint64_t first = c->next_recv;
   int rc = 0;
   while (p < end) {
     size_t take;
@@ -667,7 +683,7 @@ static int conn_receive(worker_t *w, conn_t *c, const uint8_t *p, size_t n, uint
     p += take;
     c->cur_off += take;
     if (c->cur_off == c->cur_len) {
-      uint64_t lat = now - c->sent_at[c->next_recv % depth];
+      uint64_t lat = now - c->sent_at[c->next_recv & g_ring_mask];
       w->hist[hist_index(lat)]++;
       if (lat > w->lat_max) w->lat_max = lat;
       c->next_recv++;
@@ -1017,6 +1033,9 @@ int main(int argc, char **argv) {
    * per-connection output buffers had (the engine copies it into its queue). */
   g_max_packet = 4 + (g_cfg.size >= 0 ? (size_t)g_cfg.size : g_cfg.message_len + 20);
   g_scratch_cap = g_max_packet + 65536;
+  for (g_ring_mask = 1; g_ring_mask < (uint64_t)g_cfg.depth; g_ring_mask <<= 1) {
+  }
+  g_ring_mask--;
 
   g_workers = (worker_t *)calloc((size_t)g_cfg.threads + 1, sizeof *g_workers);
   conns = (conn_t *)calloc((size_t)g_cfg.connections, sizeof *conns);
@@ -1033,7 +1052,7 @@ int main(int argc, char **argv) {
     c->state = C_CONNECTING;
     c->next_send = c->next_recv = 1;
     c->target = g_cfg.duration > 0 ? UINT64_MAX : g_cfg.count;
-    c->sent_at = (uint64_t *)calloc((size_t)g_cfg.depth, sizeof(uint64_t));
+    c->sent_at = (uint64_t *)calloc((size_t)g_ring_mask + 1, sizeof(uint64_t));
     if (c->sent_at == NULL) goto oom;
   }
 
