@@ -419,7 +419,7 @@ def flood_compare_cells(fc, workloads):
 def flood_compare_section(fc, workloads, a):
     L = ["## iocpsrv-flood on the library's client role against the old flood", ""]
     L.append(f"Both clients drive the reference server (ref_epoll) with the same arguments "
-             f"(1 client thread, the workloads above), one after the other, the order "
+             f"(`--threads 1`, the workloads of this run), one after the other, the order "
              f"alternating each repetition. The old flood is samples/flood/flood.c as of "
              f"{a.legacy_note}, built by bench/run with the same compiler flags into "
              f"build/bench/; it had its own epoll loop and plain sockets. × old is the median "
@@ -914,7 +914,8 @@ def write_report(a, servers, workloads, results, summary, prof, meta, elapsed_to
     L.append("")
     L.append("## Method")
     L.append("")
-    L.append(f"- Client: `iocpsrv-flood` (1 client thread, `--json`; every echoed byte, length "
+    L.append(f"- Client: `iocpsrv-flood` (the library's client role with 1 worker thread, "
+             f"`--json`; every echoed byte, length "
              f"and order verified; any error fails the run). Throughput workloads run for "
              f"{a.duration:g} s each (`--duration`); the headline is a fixed 99,999 packets.")
     reps_note = f"{a.reps} repetition{'s' if a.reps != 1 else ''}, median reported"
