@@ -562,17 +562,19 @@ static void conn_leave(conn_t *c, int locked) {
 
 static void conn_error(worker_t *w, conn_t *c, const char *fmt, ...) {
   va_list ap;
+  unsigned reported;
   if (c->state == C_DONE || c->state == C_FAILED) return;
   w->errors++;
   c->state = C_FAILED;
-  if (ATOMIC_ADD(&g_reported, 1u) <= MAX_REPORTED) {
+  reported = ATOMIC_ADD(&g_reported, 1u);
+  if (reported <= MAX_REPORTED) {
     char line[512];
     va_start(ap, fmt);
     vsnprintf(line, sizeof line, fmt, ap);
     va_end(ap);
     fprintf(stderr, "%siocpsrv-flood: connection %u: %s\n", g_cfg.progress ? "\n" : "",
             (unsigned)c->index, line);
-    if (ATOMIC_LOAD(&g_reported) == MAX_REPORTED)
+    if (reported == MAX_REPORTED)
       fprintf(stderr, "iocpsrv-flood: further errors are counted, not printed\n");
   }
 }
