@@ -518,6 +518,7 @@ typedef struct worker_s {
   uint64_t packets;    /* verified echoes; read by the progress line (atomic stores) */
   uint64_t bytes;      /* bytes delivered; read by the progress line (atomic stores) */
   uint64_t errors;
+  char pad[64];        /* the next worker's counters on another cache line */
 } worker_t;
 
 static iocpsrv_t *g_srv;
