@@ -588,15 +588,12 @@ int bk_connect(bk_server_t *b, bk_conn_t *c, uint64_t id, const struct sockaddr 
                                    : socket(to->sa_family, SOCK_STREAM | SOCK_NONBLOCK |
                                                                SOCK_CLOEXEC, 0);
   if (fd < 0) return errno == EMFILE || errno == ENFILE ? IOCPSRV_ELIMIT : os_error(errno);
-  /* Watched before connect: whatever connect leads to raises an edge. */
-  struct epoll_event e = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.u64 = id};
   /* The port is picked at connect, knowing the destination: a bound source address is
    * not limited to one ephemeral range for every destination together. (Linux 4.2;
    * older kernels refuse the option, and bind picks the port as before.) */
   int one = 1;
   if (from) setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
-  if ((from && bind(fd, from, (socklen_t)fromlen) != 0) ||
-      epoll_ctl(b->epfd, EPOLL_CTL_ADD, fd, &e) != 0) {
+  if (from && bind(fd, from, (socklen_t)fromlen) != 0) {
     int err = os_error(errno);
     close(fd);
     return err;
@@ -608,6 +605,15 @@ int bk_connect(bk_server_t *b, bk_conn_t *c, uint64_t id, const struct sockaddr 
     int reason = connect_reason(errno);
     close(fd);
     return reason;
+  }
+  /* Watched once connecting, not before: a socket not yet connecting reports a hang-up
+   * (it is closed), which would stay on the connection as the peer's. Adding it polls
+   * it at once, so an attempt that already ended raises its edge all the same. */
+  struct epoll_event e = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.u64 = id};
+  if (epoll_ctl(b->epfd, EPOLL_CTL_ADD, fd, &e) != 0) {
+    int err = os_error(errno);
+    close(fd);
+    return err;
   }
   *out = fd;
   return 0;
