@@ -147,12 +147,12 @@ static double g_flood_elapsed;
 static int g_exit_code;
 
 /* ------------------------------------------------------------------------------------ */
-/* Events: worker threads -> the window's thread (the server window's scheme).           */
+/* Events: worker threads -> the window's thread (gui_common.h's queue).               */
 
 enum { EV_CONNECTED = 1, EV_PACKET, EV_CLOSED, EV_LOG, EV_FLOOD_DONE };
 
 typedef struct ev_s {
-  struct ev_s *next;
+  gui_event_t link;      /* first: the queue's */
   int type;
   int reason;            /* EV_CLOSED: an iocpsrv_reason_t; EV_LOG: the level */
   unsigned gen;          /* the session's or the flood's generation */
@@ -163,47 +163,13 @@ typedef struct ev_s {
   uint8_t data[];        /* EV_PACKET: the payload's first bytes; EV_LOG: the message */
 } ev_t;
 
-static SRWLOCK g_q_lock = SRWLOCK_INIT;
-static ev_t *g_q_head, *g_q_tail;
-static int g_q_posted; /* a WM_CLI_EVENTS is on its way */
+static gui_queue_t g_q = GUI_QUEUE_INIT(WM_CLI_EVENTS);
 
-static void ev_push(ev_t *e) {
-  int post;
-  e->next = NULL;
-  AcquireSRWLockExclusive(&g_q_lock);
-  if (g_q_tail) g_q_tail->next = e;
-  else g_q_head = e;
-  g_q_tail = e;
-  post = !g_q_posted;
-  g_q_posted = 1;
-  ReleaseSRWLockExclusive(&g_q_lock);
-  /* PostMessage, never SendMessage: a worker must not wait for the window's thread,
-   * which may itself be waiting in iocpsrv_stop for this worker. If the post fails
-   * (queue full, window gone), the refresh timer drains the queue instead. */
-  if (post && !PostMessageW(g_wnd, WM_CLI_EVENTS, 0, 0)) {
-    AcquireSRWLockExclusive(&g_q_lock);
-    g_q_posted = 0;
-    ReleaseSRWLockExclusive(&g_q_lock);
-  }
-}
+static void ev_push(ev_t *e) { gui_queue_push(&g_q, g_wnd, &e->link); }
 
-static ev_t *ev_take_all(void) {
-  ev_t *all;
-  AcquireSRWLockExclusive(&g_q_lock);
-  all = g_q_head;
-  g_q_head = g_q_tail = NULL;
-  g_q_posted = 0;
-  ReleaseSRWLockExclusive(&g_q_lock);
-  return all;
-}
+/* The next event after e (the link is an ev_t's first member). */
+static ev_t *ev_next(ev_t *e) { return (ev_t *)e->link.next; }
 
-static void ev_free_all(ev_t *e) {
-  while (e != NULL) {
-    ev_t *next = e->next;
-    free(e);
-    e = next;
-  }
-}
 
 static ev_t *ev_new(int type, iocpsrv_conn_id_t conn, const void *data, size_t copy) {
   ev_t *e = (ev_t *)calloc(1, sizeof *e + copy + 1);
@@ -993,9 +959,9 @@ static void on_flood_done(const ev_t *e) {
 
 /* Show what the callbacks queued, in order, then free it. */
 static void drain_events(void) {
-  ev_t *e = ev_take_all(), *next;
+  ev_t *e = (ev_t *)gui_queue_take_all(&g_q), *next;
   for (; e != NULL; e = next) {
-    next = e->next;
+    next = ev_next(e);
     switch (e->type) {
     case EV_CONNECTED:
       on_connected(e);
@@ -1285,7 +1251,7 @@ static LRESULT CALLBACK wnd_proc(HWND wnd, UINT msg, WPARAM wp, LPARAM lp) {
       g_sess.active = 0;
       g_connected = 0;
     }
-    ev_free_all(ev_take_all());
+    gui_event_free_all(gui_queue_take_all(&g_q));
     if (g_engine != NULL) iocpsrv_destroy(g_engine);
     g_engine = NULL;
     if (g_autorun) g_exit_code = summary_ok() ? 0 : 1;

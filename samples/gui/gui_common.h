@@ -1,7 +1,8 @@
 /*
  * gui_common.h -- what iocpsrv-server-gui and iocpsrv-client-gui share: DPI scaling and
  * the message font, number formatting, UTF-8 <-> UTF-16, the command line, and the
- * machine-readable report lines (stdout when the program has one, and a --summary file).
+ * machine-readable report lines (stdout when the program has one, and a --summary file),
+ * and the queue that carries events from worker threads to the window.
  *
  * Plain Win32 and C, header-only (every function is static), no external library.
  */
@@ -366,5 +367,61 @@ GUI_FN void gui_report_window(const char *name, HWND wnd) {
 /* Posted messages: worker threads -> the window's thread. */
 #define WM_GUI_FIRST (WM_APP + 1)
 #define WM_GUI_LAST (WM_APP + 32)
+
+/* Events from worker threads to the window's thread, which owns every window. A worker
+ * appends an event under a lock and, when the queue was idle, posts one `msg`; the
+ * window's thread takes them all at once. Each program's event struct starts with a
+ * gui_event_t and is malloc'd whole (gui_event_free_all frees it through the link). */
+typedef struct gui_event_s {
+  struct gui_event_s *next;
+} gui_event_t;
+
+typedef struct gui_queue_s {
+  SRWLOCK lock;
+  gui_event_t *head, *tail;
+  int posted; /* a `msg` is on its way */
+  UINT msg;
+} gui_queue_t;
+
+#define GUI_QUEUE_INIT(msg) {SRWLOCK_INIT, NULL, NULL, 0, (msg)}
+
+GUI_FN void gui_queue_push(gui_queue_t *q, HWND wnd, gui_event_t *e) {
+  int post;
+  e->next = NULL;
+  AcquireSRWLockExclusive(&q->lock);
+  if (q->tail) q->tail->next = e;
+  else q->head = e;
+  q->tail = e;
+  post = !q->posted;
+  q->posted = 1;
+  ReleaseSRWLockExclusive(&q->lock);
+  /* PostMessage, never SendMessage: a worker must not wait for the window's thread,
+   * which may itself be waiting in iocpsrv_stop for this worker. If the post fails
+   * (queue full, window gone), the program's refresh timer drains the queue instead. */
+  if (post && !PostMessageW(wnd, q->msg, 0, 0)) {
+    AcquireSRWLockExclusive(&q->lock);
+    q->posted = 0;
+    ReleaseSRWLockExclusive(&q->lock);
+  }
+}
+
+/* Every queued event, oldest first (NULL when none). */
+GUI_FN gui_event_t *gui_queue_take_all(gui_queue_t *q) {
+  gui_event_t *all;
+  AcquireSRWLockExclusive(&q->lock);
+  all = q->head;
+  q->head = q->tail = NULL;
+  q->posted = 0;
+  ReleaseSRWLockExclusive(&q->lock);
+  return all;
+}
+
+GUI_FN void gui_event_free_all(gui_event_t *e) {
+  while (e != NULL) {
+    gui_event_t *next = e->next;
+    free(e);
+    e = next;
+  }
+}
 
 #endif /* IOCPSRV_GUI_COMMON_H */

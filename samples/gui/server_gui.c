@@ -106,7 +106,7 @@ static volatile LONG64 g_echo_errors;
 enum { EV_CONNECT = 1, EV_PACKET, EV_DISCONNECT, EV_LOG };
 
 typedef struct ev_s {
-  struct ev_s *next;
+  gui_event_t link;      /* first: the queue's */
   int type;
   int reason;
   iocpsrv_conn_id_t conn;
@@ -118,39 +118,11 @@ typedef struct ev_s {
   uint8_t data[];        /* packet preview or log message */
 } ev_t;
 
-static SRWLOCK g_q_lock = SRWLOCK_INIT;
-static ev_t *g_q_head, *g_q_tail;
-static int g_q_posted; /* a WM_SRV_EVENTS is on its way */
+static gui_queue_t g_q = GUI_QUEUE_INIT(WM_SRV_EVENTS);
 
 static void ev_push(ev_t *e) {
-  int post;
-  e->next = NULL;
   e->hidden_before = InterlockedExchange64(&g_not_shown, 0);
-  AcquireSRWLockExclusive(&g_q_lock);
-  if (g_q_tail) g_q_tail->next = e;
-  else g_q_head = e;
-  g_q_tail = e;
-  post = !g_q_posted;
-  g_q_posted = 1;
-  ReleaseSRWLockExclusive(&g_q_lock);
-  /* PostMessage, never SendMessage: a worker must not wait for the window's thread,
-   * which may itself be waiting in iocpsrv_stop for this worker. If the post fails
-   * (queue full, window gone), the refresh timer drains the queue instead. */
-  if (post && !PostMessageW(g_wnd, WM_SRV_EVENTS, 0, 0)) {
-    AcquireSRWLockExclusive(&g_q_lock);
-    g_q_posted = 0;
-    ReleaseSRWLockExclusive(&g_q_lock);
-  }
-}
-
-static ev_t *ev_take_all(void) {
-  ev_t *all;
-  AcquireSRWLockExclusive(&g_q_lock);
-  all = g_q_head;
-  g_q_head = g_q_tail = NULL;
-  g_q_posted = 0;
-  ReleaseSRWLockExclusive(&g_q_lock);
-  return all;
+  gui_queue_push(&g_q, g_wnd, &e->link);
 }
 
 static ev_t *ev_new(int type, iocpsrv_conn_id_t conn, const void *data, size_t copy) {
@@ -647,13 +619,13 @@ static void log_hidden(int64_t hidden) {
 
 /* Show what the workers queued, then free it. */
 static void drain_events(void) {
-  ev_t *e = ev_take_all(), *next;
+  ev_t *e = (ev_t *)gui_queue_take_all(&g_q), *next;
   LONG64 hidden;
   int any = e != NULL;
   if (any) SendMessageW(g_log, WM_SETREDRAW, FALSE, 0);
   for (; e != NULL; e = next) {
     wchar_t *peer = gui_utf8_to_wide(e->peer, -1);
-    next = e->next;
+    next = (ev_t *)e->link.next;
     log_hidden(e->hidden_before);
     switch (e->type) {
     case EV_CONNECT:
@@ -957,13 +929,7 @@ static LRESULT CALLBACK wnd_proc(HWND wnd, UINT msg, WPARAM wp, LPARAM lp) {
        * this), free what the workers queued, then destroy. */
       if (g_listening) iocpsrv_stop(g_srv, STOP_TIMEOUT_MS);
       g_listening = 0;
-      {
-        ev_t *e = ev_take_all(), *next;
-        for (; e != NULL; e = next) {
-          next = e->next;
-          free(e);
-        }
-      }
+      gui_event_free_all(gui_queue_take_all(&g_q));
       iocpsrv_stats(g_srv, &st);
       if (st.protocol_errors || st.accept_errors || g_echo_errors) g_had_error = 1;
       if (g_had_error) g_exit_code = 1;
