@@ -294,10 +294,7 @@ static void review_abort_while_connect_completes(void) {
   iocpsrv_t *srv = host_new(0);
   CHECK_OK(iocpsrv_start(srv));
   iocpsrv_conn_id_t id = attempt_held_at_completion(srv, port);
-  iocpsrv_conn_info_t info;
-  memset(&info, 0, sizeof info);
-  info.struct_size = sizeof info;
-  CHECK_OK(iocpsrv_conn_info(srv, id, &info));
+  iocpsrv_conn_info_t info = test_conn_info(srv, id);
   CHECK(info.flags & IOCPSRV_CONN_CONNECTING); /* not established, as far as we know */
   CHECK_OK(iocpsrv_disconnect(srv, id, IOCPSRV_CLOSE_ABORT));
   release_peer();
@@ -325,10 +322,7 @@ static void review_timeout_while_connect_completes(void) {
   /* Wait for the sweep's verdict while the worker is held. */
   int64_t end = tt_now_ms() + 5000;
   for (;;) {
-    iocpsrv_conn_info_t info;
-    memset(&info, 0, sizeof info);
-    info.struct_size = sizeof info;
-    CHECK_OK(iocpsrv_conn_info(srv, id, &info));
+    iocpsrv_conn_info_t info = test_conn_info(srv, id);
     if (info.flags & IOCPSRV_CONN_CLOSING) break;
     CHECK_MSG(tt_now_ms() < end, "the connect timeout never fired");
     tt_sleep_ms(5);
@@ -611,10 +605,7 @@ static void review_ipv6_source(void) {
   CHECK_ERR(iocpsrv_connect(srv, "127.0.0.1", es->port, NULL, &id), IOCPSRV_EADDRNOTAVAIL);
   CHECK_OK(iocpsrv_connect(srv, "[::1]", es->port, NULL, &id));
   CHECK_OK(tt_counter_wait(&host.connects, 1, 5000));
-  iocpsrv_conn_info_t info;
-  memset(&info, 0, sizeof info);
-  info.struct_size = sizeof info;
-  CHECK_OK(iocpsrv_conn_info(srv, id, &info));
+  iocpsrv_conn_info_t info = test_conn_info(srv, id);
   CHECK_EQ(strncmp(info.local, "[::1]:", 6), 0);
   CHECK_EQ(info.flags & (IOCPSRV_CONN_OUTBOUND | IOCPSRV_CONN_CONNECTING),
            IOCPSRV_CONN_OUTBOUND);

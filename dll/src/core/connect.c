@@ -172,7 +172,7 @@ static int outbound_slot(iocpsrv_t *srv, const char *host, int port, void *user,
   if (rc) return rc;
   int nomem = 0;
   conn_t *c = conn_new(srv, &nomem);
-  if (!rc && !c) rc = nomem ? IOCPSRV_ENOMEM : IOCPSRV_ELIMIT;
+  if (!c) rc = nomem ? IOCPSRV_ENOMEM : IOCPSRV_ELIMIT;
   pullq_node_t *bye = NULL;
   if (c && srv->opt.pull_mode && !(bye = pullq_reserve(&srv->pull))) rc = IOCPSRV_ENOMEM;
   if (c && rc) engine_stat_add(&srv->stats.alloc_failures, 1); /* its DISCONNECT's */
